@@ -1,0 +1,8 @@
+-- Bytes at the end of an upload that the blob store could not write yet (S3 wants parts of
+-- at least 5 MiB). Written in the same transaction as the session's new offset.
+CREATE TABLE upload_staged (
+    upload_id     TEXT NOT NULL REFERENCES upload_sessions (id) ON DELETE CASCADE,
+    start_offset  INTEGER NOT NULL,
+    bytes         BLOB NOT NULL,
+    PRIMARY KEY (upload_id, start_offset)
+);

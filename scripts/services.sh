@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs and starts what Berth's tests need, on a fresh Debian machine or this one:
+# OCI clients (skopeo, podman), a running Postgres at 127.0.0.1:5432, and Garage (a real
+# S3-compatible store) on 127.0.0.1:3900. Source it: it exports the S3 settings.
+# Idempotent: whatever is already installed or running is left as is.
+
+berth_services_start() {
+  local need=()
+  for tool in skopeo podman curl psql tar gzip; do
+    command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+  done
+  if [ "${#need[@]}" -gt 0 ]; then
+    echo "installing OCI clients and tools (missing: ${need[*]})" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends \
+      skopeo podman uidmap fuse-overlayfs slirp4netns curl postgresql-client tar gzip ca-certificates >/dev/null
+  fi
+
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    echo "starting Postgres" >&2
+    if [ -d /etc/postgresql ]; then
+      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    fi
+    for _ in $(seq 1 60); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.5; done
+  fi
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+    echo "Postgres is not reachable at 127.0.0.1:5432; the Postgres backends cannot be tested" >&2
+    return 1
+  fi
+
+  # Remember whether Garage was already running, so that callers stop only what they started.
+  BERTH_STARTED_GARAGE=1
+  if [ -f "${GARAGE_DIR:-${TMPDIR:-/tmp}/garage-ci}/garage.pid" ] \
+     && kill -0 "$(cat "${GARAGE_DIR:-${TMPDIR:-/tmp}/garage-ci}/garage.pid")" 2>/dev/null; then
+    BERTH_STARTED_GARAGE=0
+  fi
+  export BERTH_STARTED_GARAGE
+  # shellcheck source=scripts/garage.sh
+  source "$(dirname "${BASH_SOURCE[0]}")/garage.sh" start
+}
+
+berth_services_start

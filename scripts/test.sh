@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Berth's full test suite: lints, unit tests, the build without default features, docs and
+# examples, and the integration suite against the real binary on every backend
+# (SQLite + directory, Postgres + directory, Postgres + S3, memory). Installs and starts
+# what it needs (see scripts/services.sh); fails, never skips, when a service is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+source scripts/services.sh
+trap '[ "$BERTH_STARTED_GARAGE" = 1 ] && scripts/garage.sh stop >/dev/null 2>&1; true' EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
+step "core library without default features, and the smallest binary"
+cargo build --lib --no-default-features
+cargo build --bin berth --no-default-features --features cli
+
+step "unit tests"
+cargo test --lib --bins
+
+step "documentation, doc tests and examples"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib
+cargo test --doc
+cargo run --quiet --example embed -- --demo
+
+for backend in ${BERTH_TEST_BACKENDS:-sqlite postgres postgres-s3 memory}; do
+  step "integration suite on $backend"
+  BERTH_TEST_BACKEND="$backend" cargo test --test integration
+done
+echo
+echo "all tests passed"

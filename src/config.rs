@@ -1,0 +1,449 @@
+//! Configuration of the `berth` binary: every setting is a flag, an environment variable
+//! (`BERTH_` + the key in upper case) and a key of the optional TOML file (`--config`).
+//! Flags win over the environment, which wins over the file, which wins over defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// A byte count written as a number with an optional unit: `16MiB`, `5MB`, `1048576`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (e.g. 16MiB, 5MB, 1048576)"))?;
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "ki" | "kib" => 1 << 10,
+            "m" | "mb" => 1000 * 1000,
+            "mi" | "mib" => 1 << 20,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "gi" | "gib" => 1 << 30,
+            other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+        };
+        number
+            .checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+/// A duration written as a number with a unit (`ms`, `s`, `m`, `h`, `d`); a bare number is
+/// seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl FromStr for Span {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 20m, 24h)"))?;
+        let millis = match unit.trim() {
+            "ms" => number,
+            "" | "s" => number.saturating_mul(1000),
+            "m" => number.saturating_mul(60_000),
+            "h" => number.saturating_mul(3_600_000),
+            "d" => number.saturating_mul(86_400_000),
+            other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+        };
+        Ok(Span(Duration::from_millis(millis)))
+    }
+}
+
+macro_rules! string_or_number_deserialize {
+    ($t:ty) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(Deserialize)]
+                #[serde(untagged)]
+                enum Raw {
+                    Number(u64),
+                    Text(String),
+                }
+                match Raw::deserialize(d)? {
+                    Raw::Number(n) => n.to_string().parse().map_err(serde::de::Error::custom),
+                    Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+                }
+            }
+        }
+    };
+}
+string_or_number_deserialize!(ByteSize);
+string_or_number_deserialize!(Span);
+
+/// Where blobs are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// A local directory under the data directory (the default).
+    Filesystem,
+    /// An S3 bucket (AWS, MinIO, Garage, …).
+    S3,
+    /// Process memory: blobs and metadata vanish on exit (throwaway registries).
+    Memory,
+}
+
+/// The `berth` command line.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about = "An OCI container registry", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the registry (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty, env = $env:literal, value_name = $vn:literal, )*) => {
+        /// Every setting, each optional so that the layers (flags, environment, file) merge.
+        #[derive(Debug, Default, Clone, Args, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            /// TOML file with settings (keys as below, in snake_case).
+            #[arg(long, env = "BERTH_CONFIG", global = true, value_name = "FILE")]
+            #[serde(skip)]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env, global = true, value_name = $vn)]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        impl Settings {
+            /// Fills every setting missing here from `lower`.
+            fn or(self, lower: Settings) -> Settings {
+                Settings {
+                    config: self.config.or(lower.config),
+                    $( $field: self.$field.or(lower.$field), )*
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Address to listen on [default: 0.0.0.0:5000].
+    listen: SocketAddr, env = "BERTH_LISTEN", value_name = "ADDR",
+    /// Optional second listener for health probes only (keep it off the public network).
+    admin_listen: SocketAddr, env = "BERTH_ADMIN_LISTEN", value_name = "ADDR",
+    /// Directory for the SQLite database and filesystem blobs [default: ./berth-data].
+    data_dir: PathBuf, env = "BERTH_DATA_DIR", value_name = "DIR",
+    /// Metadata database: sqlite:PATH or postgres://… [default: sqlite:<data-dir>/berth.db].
+    database_url: String, env = "BERTH_DATABASE_URL", value_name = "URL",
+    /// Run database migrations on start [default: true].
+    migrate_on_start: bool, env = "BERTH_MIGRATE_ON_START", value_name = "BOOL",
+    /// Most database connections [default: 16].
+    db_max_connections: u32, env = "BERTH_DB_MAX_CONNECTIONS", value_name = "N",
+    /// How long a request waits for a database connection before answering 503 [default: 5s].
+    db_acquire_timeout: Span, env = "BERTH_DB_ACQUIRE_TIMEOUT", value_name = "DURATION",
+    /// Blob storage: filesystem, s3 or memory [default: filesystem].
+    storage: StorageKind, env = "BERTH_STORAGE", value_name = "KIND",
+    /// Filesystem storage: bytes written between syncs and session checkpoints [default: 16MiB].
+    fs_part_size: ByteSize, env = "BERTH_FS_PART_SIZE", value_name = "SIZE",
+    /// Filesystem storage: write with O_DIRECT where the filesystem supports it [default: true].
+    fs_direct_io: bool, env = "BERTH_FS_DIRECT_IO", value_name = "BOOL",
+    /// S3 bucket.
+    s3_bucket: String, env = "BERTH_S3_BUCKET", value_name = "BUCKET",
+    /// S3 region [default: from the AWS environment, else us-east-1].
+    s3_region: String, env = "BERTH_S3_REGION", value_name = "REGION",
+    /// S3 endpoint URL, for MinIO, Garage and other S3-compatible stores.
+    s3_endpoint: String, env = "BERTH_S3_ENDPOINT", value_name = "URL",
+    /// Endpoint to presign blob URLs for, when clients reach S3 at another address.
+    s3_public_endpoint: String, env = "BERTH_S3_PUBLIC_ENDPOINT", value_name = "URL",
+    /// Use path-style S3 URLs (MinIO, Garage) [default: false].
+    s3_force_path_style: bool, env = "BERTH_S3_FORCE_PATH_STYLE", value_name = "BOOL",
+    /// Key prefix for every object Berth writes [default: none].
+    s3_prefix: String, env = "BERTH_S3_PREFIX", value_name = "PREFIX",
+    /// S3 multipart part size, 5MiB to 5GiB [default: 16MiB].
+    s3_part_size: ByteSize, env = "BERTH_S3_PART_SIZE", value_name = "SIZE",
+    /// Parts one upload sends to S3 concurrently [default: 4].
+    s3_upload_concurrency: usize, env = "BERTH_S3_UPLOAD_CONCURRENCY", value_name = "N",
+    /// Lifetime of presigned blob URLs [default: 20m].
+    s3_presign_expiry: Span, env = "BERTH_S3_PRESIGN_EXPIRY", value_name = "DURATION",
+    /// Redirect blob downloads to the storage's presigned URLs [default: true].
+    redirect: bool, env = "BERTH_REDIRECT", value_name = "BOOL",
+    /// Part buffers shared by all uploads: the upload memory budget [default: 8].
+    upload_buffers: usize, env = "BERTH_UPLOAD_BUFFERS", value_name = "N",
+    /// Idle upload sessions expire after this long [default: 24h].
+    upload_ttl: Span, env = "BERTH_UPLOAD_TTL", value_name = "DURATION",
+    /// How often expired uploads and orphaned storage are cleaned up [default: 5m].
+    maintenance_interval: Span, env = "BERTH_MAINTENANCE_INTERVAL", value_name = "DURATION",
+    /// OCI-Chunk-Min-Length advertised to clients [default: 5MiB].
+    chunk_min_length: ByteSize, env = "BERTH_CHUNK_MIN_LENGTH", value_name = "SIZE",
+    /// Largest manifest accepted [default: 4MiB].
+    max_manifest_size: ByteSize, env = "BERTH_MAX_MANIFEST_SIZE", value_name = "SIZE",
+    /// Serve the referrers API [default: true].
+    referrers_api: bool, env = "BERTH_REFERRERS_API", value_name = "BOOL",
+    /// Accept single-request uploads (POST ?digest=) [default: true].
+    single_request_uploads: bool, env = "BERTH_SINGLE_REQUEST_UPLOADS", value_name = "BOOL",
+    /// Refuse tag and catalog pages with n above this [default: no limit].
+    max_page_size: u32, env = "BERTH_MAX_PAGE_SIZE", value_name = "N",
+    /// Send Docker-Content-Digest on manifest GETs by tag [default: true].
+    tag_digest_header: bool, env = "BERTH_TAG_DIGEST_HEADER", value_name = "BOOL",
+    /// Send Link headers for further pages [default: true].
+    link_headers: bool, env = "BERTH_LINK_HEADERS", value_name = "BOOL",
+    /// How long in-flight requests may run after SIGTERM/SIGINT [default: 30s].
+    shutdown_timeout: Span, env = "BERTH_SHUTDOWN_TIMEOUT", value_name = "DURATION",
+    /// Log filter, e.g. info or berth=debug,tower_http=warn [default: info].
+    log: String, env = "BERTH_LOG", value_name = "FILTER",
+}
+
+/// Resolved settings of a `berth` process.
+// Builds without some backends leave their settings unread.
+#[cfg_attr(
+    not(all(feature = "sqlite", feature = "postgres", feature = "s3")),
+    allow(dead_code)
+)]
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub migrate_on_start: bool,
+    pub db_max_connections: u32,
+    pub db_acquire_timeout: Duration,
+    pub storage: StorageKind,
+    pub fs_part_size: usize,
+    pub fs_direct_io: bool,
+    pub s3: S3Settings,
+    pub redirect: bool,
+    pub upload_buffers: usize,
+    pub upload_ttl: Duration,
+    pub maintenance_interval: Duration,
+    pub chunk_min_length: u64,
+    pub max_manifest_size: usize,
+    pub referrers_api: bool,
+    pub single_request_uploads: bool,
+    pub max_page_size: Option<u32>,
+    pub tag_digest_header: bool,
+    pub link_headers: bool,
+    pub shutdown_timeout: Duration,
+    pub log: String,
+}
+
+/// S3 settings as configured.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub public_endpoint: Option<String>,
+    pub force_path_style: bool,
+    pub prefix: String,
+    pub part_size: u64,
+    pub upload_concurrency: usize,
+    pub presign_expiry: Duration,
+}
+
+const MIB: u64 = 1 << 20;
+
+impl Settings {
+    /// Settings from the command line and environment, over the TOML file they name.
+    pub fn load(self) -> anyhow::Result<Settings> {
+        match self.config.clone() {
+            Some(path) => Ok(self.or(Self::from_file(&path)?)),
+            None => Ok(self),
+        }
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Applies defaults and checks the settings fit together.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let storage = self.storage.unwrap_or(StorageKind::Filesystem);
+        let s3_part_size = self.s3_part_size.map_or(16 * MIB, |b| b.0);
+        if storage == StorageKind::S3 {
+            if self.s3_bucket.as_deref().unwrap_or("").is_empty() {
+                bail!("storage = s3 needs a bucket: set BERTH_S3_BUCKET or --s3-bucket");
+            }
+            if !(5 * MIB..=5 * 1024 * MIB).contains(&s3_part_size) {
+                bail!(
+                    "s3_part_size must be between 5MiB and 5GiB (S3's part limits), got {s3_part_size} bytes"
+                );
+            }
+        }
+        if storage == StorageKind::Memory
+            && self.database_url.as_deref().is_some_and(|u| !u.is_empty())
+        {
+            bail!(
+                "storage = memory keeps metadata in memory too; unset database_url or choose filesystem or s3 storage"
+            );
+        }
+        let fs_part_size = self.fs_part_size.map_or(16 * MIB, |b| b.0);
+        if !(64 * 1024..=1024 * MIB).contains(&fs_part_size) {
+            bail!("fs_part_size must be between 64KiB and 1GiB, got {fs_part_size} bytes");
+        }
+        let upload_buffers = self.upload_buffers.unwrap_or(8);
+        if upload_buffers == 0 {
+            bail!("upload_buffers must be at least 1");
+        }
+        let max_manifest_size = self.max_manifest_size.map_or(4 * MIB, |b| b.0);
+        Ok(Config {
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 5000))),
+            admin_listen: self.admin_listen,
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("berth-data")),
+            database_url: self.database_url.filter(|s| !s.is_empty()),
+            migrate_on_start: self.migrate_on_start.unwrap_or(true),
+            db_max_connections: self.db_max_connections.unwrap_or(16),
+            db_acquire_timeout: self
+                .db_acquire_timeout
+                .map_or(Duration::from_secs(5), |s| s.0),
+            storage,
+            fs_part_size: fs_part_size as usize,
+            fs_direct_io: self.fs_direct_io.unwrap_or(true),
+            s3: S3Settings {
+                bucket: self.s3_bucket,
+                region: self.s3_region.filter(|s| !s.is_empty()),
+                endpoint: self.s3_endpoint.filter(|s| !s.is_empty()),
+                public_endpoint: self.s3_public_endpoint.filter(|s| !s.is_empty()),
+                force_path_style: self.s3_force_path_style.unwrap_or(false),
+                prefix: self.s3_prefix.unwrap_or_default(),
+                part_size: s3_part_size,
+                upload_concurrency: self.s3_upload_concurrency.unwrap_or(4).max(1),
+                presign_expiry: self
+                    .s3_presign_expiry
+                    .map_or(Duration::from_secs(1200), |s| s.0),
+            },
+            redirect: self.redirect.unwrap_or(true),
+            upload_buffers,
+            upload_ttl: self
+                .upload_ttl
+                .map_or(Duration::from_secs(24 * 3600), |s| s.0),
+            maintenance_interval: self
+                .maintenance_interval
+                .map_or(Duration::from_secs(300), |s| s.0)
+                .max(Duration::from_millis(100)),
+            chunk_min_length: self.chunk_min_length.map_or(5 * MIB, |b| b.0),
+            max_manifest_size: usize::try_from(max_manifest_size).unwrap_or(usize::MAX),
+            referrers_api: self.referrers_api.unwrap_or(true),
+            single_request_uploads: self.single_request_uploads.unwrap_or(true),
+            max_page_size: self.max_page_size,
+            tag_digest_header: self.tag_digest_header.unwrap_or(true),
+            link_headers: self.link_headers.unwrap_or(true),
+            shutdown_timeout: self
+                .shutdown_timeout
+                .map_or(Duration::from_secs(30), |s| s.0),
+            log: self.log.unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+}
+
+impl Config {
+    /// The metadata database URL in effect.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite:{}", self.data_dir.join("berth.db").display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse_with_units() {
+        assert_eq!("16MiB".parse::<ByteSize>().unwrap().0, 16 << 20);
+        assert_eq!("5MB".parse::<ByteSize>().unwrap().0, 5_000_000);
+        assert_eq!("1024".parse::<ByteSize>().unwrap().0, 1024);
+        assert!("5 parsecs".parse::<ByteSize>().is_err());
+        assert_eq!("24h".parse::<Span>().unwrap().0, Duration::from_secs(86400));
+        assert_eq!(
+            "250ms".parse::<Span>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!("30".parse::<Span>().unwrap().0, Duration::from_secs(30));
+        assert!("soon".parse::<Span>().is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: Settings = toml::from_str(
+            "listen = \"127.0.0.1:7000\"\nupload_ttl = \"2h\"\ns3_part_size = 8388608\nreferrers_api = false\n",
+        )
+        .unwrap();
+        let cli = Settings {
+            listen: Some("127.0.0.1:8000".parse().unwrap()),
+            ..Default::default()
+        };
+        let config = cli.or(file).resolve().unwrap();
+        assert_eq!(config.listen.port(), 8000);
+        assert_eq!(config.upload_ttl, Duration::from_secs(7200));
+        assert_eq!(config.s3.part_size, 8 << 20);
+        assert!(!config.referrers_api);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(toml::from_str::<Settings>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn contradictory_settings_are_refused() {
+        let s3_without_bucket = Settings {
+            storage: Some(StorageKind::S3),
+            ..Default::default()
+        };
+        assert!(s3_without_bucket.resolve().is_err());
+        let tiny_parts = Settings {
+            storage: Some(StorageKind::S3),
+            s3_bucket: Some("b".into()),
+            s3_part_size: Some(ByteSize(1 << 20)),
+            ..Default::default()
+        };
+        assert!(tiny_parts.resolve().is_err());
+        let memory_with_db = Settings {
+            storage: Some(StorageKind::Memory),
+            database_url: Some("sqlite:x.db".into()),
+            ..Default::default()
+        };
+        assert!(memory_with_db.resolve().is_err());
+    }
+
+    #[test]
+    fn defaults_make_an_embedded_registry() {
+        let config = Settings::default().resolve().unwrap();
+        assert_eq!(config.listen.port(), 5000);
+        assert_eq!(config.storage, StorageKind::Filesystem);
+        assert_eq!(
+            config.effective_database_url(),
+            "sqlite:berth-data/berth.db"
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! The registry's error: OCI error codes with their HTTP status, message and detail.
+//!
+//! Lower layers have their own error enums; they become a [`RegistryError`] here, in one
+//! place. Their messages are internal by default: clients see a generic message for 5xx
+//! answers while the cause is logged.
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde::Serialize;
+
+use crate::metadata::MetadataError;
+use crate::oci::{DigestError, ManifestError, NameError, ReferenceError, TagError};
+use crate::storage::StorageError;
+
+/// Error codes of the distribution spec, plus the two Distribution uses for server faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Blob unknown to registry.
+    BlobUnknown,
+    /// Blob upload invalid.
+    BlobUploadInvalid,
+    /// Blob upload unknown to registry.
+    BlobUploadUnknown,
+    /// Provided digest did not match uploaded content.
+    DigestInvalid,
+    /// Manifest references a manifest or blob unknown to registry.
+    ManifestBlobUnknown,
+    /// Manifest invalid.
+    ManifestInvalid,
+    /// Manifest unknown to registry.
+    ManifestUnknown,
+    /// Invalid repository name.
+    NameInvalid,
+    /// Repository name not known to registry.
+    NameUnknown,
+    /// Provided length did not match content length.
+    SizeInvalid,
+    /// Authentication required.
+    Unauthorized,
+    /// Requested access to the resource is denied.
+    Denied,
+    /// The operation is unsupported.
+    Unsupported,
+    /// Too many requests.
+    TooManyRequests,
+    /// An unexpected server fault (HTTP 500).
+    Unknown,
+    /// A dependency of the server is down (HTTP 503).
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The code's wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            ErrorCode::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            ErrorCode::DigestInvalid => "DIGEST_INVALID",
+            ErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorCode::NameInvalid => "NAME_INVALID",
+            ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            ErrorCode::SizeInvalid => "SIZE_INVALID",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Denied => "DENIED",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::Unknown => "UNKNOWN",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    /// The HTTP status a code is answered with unless a request needs another.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::BlobUnknown
+            | ErrorCode::BlobUploadUnknown
+            | ErrorCode::ManifestUnknown
+            | ErrorCode::NameUnknown => StatusCode::NOT_FOUND,
+            ErrorCode::BlobUploadInvalid
+            | ErrorCode::DigestInvalid
+            | ErrorCode::ManifestBlobUnknown
+            | ErrorCode::ManifestInvalid
+            | ErrorCode::NameInvalid
+            | ErrorCode::SizeInvalid => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Denied => StatusCode::FORBIDDEN,
+            ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// One entry of the error envelope.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ErrorEntry {
+    /// The OCI code.
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Structured detail, for programs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+/// An error answered to a client: a status, the OCI error envelope and extra headers.
+#[derive(Clone, Debug)]
+pub struct RegistryError {
+    status: StatusCode,
+    entries: Vec<ErrorEntry>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    cause: Option<String>,
+}
+
+/// Result alias for registry operations.
+pub type RegistryResult<T> = Result<T, RegistryError>;
+
+impl RegistryError {
+    /// An error with `code`'s usual status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> RegistryError {
+        RegistryError {
+            status: code.status(),
+            entries: vec![ErrorEntry {
+                code: code.as_str(),
+                message: message.into(),
+                detail: None,
+            }],
+            headers: Vec::new(),
+            cause: None,
+        }
+    }
+
+    /// A server fault: clients see a generic message, `cause` goes to the log.
+    pub fn internal(cause: impl std::fmt::Display) -> RegistryError {
+        let mut e = RegistryError::new(ErrorCode::Unknown, "internal server error");
+        e.cause = Some(cause.to_string());
+        e
+    }
+
+    /// A dependency is down; the message says which, and clients may retry.
+    pub fn unavailable(message: impl Into<String>) -> RegistryError {
+        RegistryError::new(ErrorCode::Unavailable, message)
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("5"))
+    }
+
+    /// Replaces the status.
+    pub fn with_status(mut self, status: StatusCode) -> RegistryError {
+        self.status = status;
+        self
+    }
+
+    /// Sets the detail of the first entry.
+    pub fn with_detail(mut self, detail: serde_json::Value) -> RegistryError {
+        if let Some(first) = self.entries.first_mut() {
+            first.detail = Some(detail);
+        }
+        self
+    }
+
+    /// Adds another entry to the envelope.
+    pub fn and(
+        mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        detail: Option<serde_json::Value>,
+    ) -> RegistryError {
+        self.entries.push(ErrorEntry {
+            code: code.as_str(),
+            message: message.into(),
+            detail,
+        });
+        self
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> RegistryError {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The envelope entries.
+    pub fn entries(&self) -> &[ErrorEntry] {
+        &self.entries
+    }
+
+    /// Extra response headers.
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.headers
+    }
+
+    /// The internal cause of a server fault, for logs.
+    pub fn cause(&self) -> Option<&str> {
+        self.cause.as_deref()
+    }
+
+    /// The first entry's code.
+    pub fn code(&self) -> &'static str {
+        self.entries.first().map(|e| e.code).unwrap_or("UNKNOWN")
+    }
+
+    /// The JSON envelope `{"errors":[…]}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "errors": self.entries })
+    }
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let first = self.entries.first();
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code(),
+            first.map(|e| e.message.as_str()).unwrap_or("")
+        )?;
+        if let Some(cause) = &self.cause {
+            write!(f, " ({cause})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+impl From<MetadataError> for RegistryError {
+    fn from(e: MetadataError) -> Self {
+        match e {
+            MetadataError::Unavailable(_) => {
+                let mut err = RegistryError::unavailable(
+                    "the metadata database is unavailable; retry shortly",
+                );
+                err.cause = Some(e.to_string());
+                err
+            }
+            other => RegistryError::internal(other),
+        }
+    }
+}
+
+impl From<StorageError> for RegistryError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Unavailable(_) => {
+                let mut err =
+                    RegistryError::unavailable("blob storage is unavailable; retry shortly");
+                err.cause = Some(e.to_string());
+                err
+            }
+            StorageError::Limit(message) => {
+                RegistryError::new(ErrorCode::BlobUploadInvalid, message)
+            }
+            other => RegistryError::internal(other),
+        }
+    }
+}
+
+impl From<NameError> for RegistryError {
+    fn from(e: NameError) -> Self {
+        RegistryError::new(ErrorCode::NameInvalid, e.to_string())
+    }
+}
+
+impl From<DigestError> for RegistryError {
+    fn from(e: DigestError) -> Self {
+        RegistryError::new(ErrorCode::DigestInvalid, e.to_string())
+    }
+}
+
+impl From<TagError> for RegistryError {
+    fn from(e: TagError) -> Self {
+        RegistryError::new(ErrorCode::ManifestInvalid, e.to_string())
+    }
+}
+
+impl From<ReferenceError> for RegistryError {
+    fn from(e: ReferenceError) -> Self {
+        match e {
+            ReferenceError::Digest(d) => d.into(),
+            ReferenceError::Tag(t) => t.into(),
+        }
+    }
+}
+
+impl From<ManifestError> for RegistryError {
+    fn from(e: ManifestError) -> Self {
+        RegistryError::new(ErrorCode::ManifestInvalid, e.to_string())
+    }
+}

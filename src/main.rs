@@ -1,0 +1,261 @@
+//! The `berth` binary: configuration, logging, and the server's lifecycle.
+
+mod config;
+#[cfg(feature = "otel")]
+mod telemetry;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth::metadata::MetadataStore;
+use berth::metadata::memory::MemoryMetadataStore;
+use berth::storage::BlobStore;
+use berth::storage::fs::FsBlobStore;
+use berth::storage::memory::MemoryBlobStore;
+use berth::{Registry, RegistryOptions};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use config::{Cli, Command, Config, StorageKind};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = cli.settings.load()?.resolve()?;
+    let filter = EnvFilter::try_new(&config.log)
+        .with_context(|| format!("invalid log filter {:?}", config.log))?;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    #[cfg(feature = "otel")]
+    let (otel, telemetry) = telemetry::layer()?;
+    #[cfg(not(feature = "otel"))]
+    let otel: Option<tracing_subscriber::layer::Identity> = None;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(config).await,
+            Command::Migrate => migrate(config).await,
+        }
+    });
+    drop(runtime);
+    #[cfg(feature = "otel")]
+    telemetry.shutdown();
+    outcome
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn sql_store(config: &Config) -> anyhow::Result<berth::metadata::sql::SqlMetadataStore> {
+    use berth::metadata::sql::{SqlMetadataStore, SqlOptions, redact_url};
+    let url = config.effective_database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    }
+    let options = SqlOptions {
+        max_connections: config.db_max_connections,
+        acquire_timeout: config.db_acquire_timeout,
+    };
+    SqlMetadataStore::connect(&url, &options)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(&url)))
+}
+
+async fn metadata_store(config: &Config) -> anyhow::Result<Arc<dyn MetadataStore>> {
+    if config.storage == StorageKind::Memory {
+        return Ok(Arc::new(MemoryMetadataStore::new()));
+    }
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    {
+        let store = sql_store(config).await?;
+        if config.migrate_on_start {
+            store
+                .migrate()
+                .await
+                .context("applying database migrations")?;
+        }
+        Ok(Arc::new(store))
+    }
+    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+    anyhow::bail!("this berth was built without database support; use --storage memory")
+}
+
+async fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    Ok(match config.storage {
+        StorageKind::Filesystem => Arc::new(
+            FsBlobStore::open(&config.data_dir, config.fs_part_size, config.fs_direct_io)
+                .await
+                .with_context(|| format!("opening blob directory {}", config.data_dir.display()))?,
+        ),
+        StorageKind::Memory => Arc::new(MemoryBlobStore::new(config.fs_part_size)),
+        StorageKind::S3 => s3_store(config).await?,
+    })
+}
+
+#[cfg(feature = "s3")]
+async fn s3_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    use berth::storage::s3::{S3BlobStore, S3Config};
+    let s3 = &config.s3;
+    let store = S3BlobStore::connect(S3Config {
+        bucket: s3.bucket.clone().unwrap_or_default(),
+        region: s3.region.clone(),
+        endpoint: s3.endpoint.clone(),
+        public_endpoint: s3.public_endpoint.clone(),
+        force_path_style: s3.force_path_style,
+        prefix: s3.prefix.clone(),
+        part_size: s3.part_size as usize,
+        upload_concurrency: s3.upload_concurrency,
+        presign_expiry: s3.presign_expiry,
+    })
+    .await
+    .context("configuring S3 storage")?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "s3"))]
+async fn s3_store(_config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    anyhow::bail!("this berth was built without S3 support")
+}
+
+/// SQLite deployments run on one machine: their processes share a change counter file next
+/// to the database, which lets each cache manifests in memory.
+fn manifest_change_counter(config: &Config) -> Option<std::path::PathBuf> {
+    if config.storage == StorageKind::Memory {
+        return None;
+    }
+    let url = config.effective_database_url();
+    let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let path = path.split('?').next()?;
+    (!path.is_empty() && !path.contains(":memory:"))
+        .then(|| std::path::PathBuf::from(format!("{path}.changes")))
+}
+
+fn registry_options(config: &Config) -> RegistryOptions {
+    RegistryOptions {
+        upload_ttl: config.upload_ttl,
+        maintenance_interval: config.maintenance_interval,
+        upload_buffers: config.upload_buffers,
+        chunk_min_length: config.chunk_min_length,
+        max_manifest_size: config.max_manifest_size,
+        referrers_api: config.referrers_api,
+        single_request_uploads: config.single_request_uploads,
+        max_page_size: config.max_page_size,
+        tag_digest_header: config.tag_digest_header,
+        link_headers: config.link_headers,
+        redirect_blobs: config.redirect,
+        ..RegistryOptions::default()
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let metadata = metadata_store(&config).await?;
+    let blobs = blob_store(&config).await?;
+    let mut builder = Registry::builder(blobs, metadata).options(registry_options(&config));
+    if let Some(counter) = manifest_change_counter(&config) {
+        builder = builder.manifest_cache(&counter).with_context(|| {
+            format!("mapping the manifest change counter {}", counter.display())
+        })?;
+    }
+    let registry = builder.build();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        address = %local,
+        storage = registry.blob_store().kind(),
+        buffers = registry.buffers().count(),
+        part_size = registry.buffers().capacity(),
+        "berth listening"
+    );
+    // One machine-readable line on stdout, for scripts and tests that start Berth on port 0.
+    println!("listening on {local}");
+    std::io::stdout().flush().ok();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    tokio::spawn(registry.clone().run_maintenance(stopped()));
+    if let Some(admin) = config.admin_listen {
+        let listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("listening on {admin}"))?;
+        tracing::info!(address = %listener.local_addr()?, "health probes listening");
+        let app = berth::http::health_router(registry.clone());
+        let done = stopped();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(done)
+                .await
+            {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let app = berth::http::router(registry.clone()).merge(berth::http::health_router(registry));
+    berth::http::serve(listener, app, stopped(), config.shutdown_timeout)
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    if config.storage == StorageKind::Memory {
+        anyhow::bail!("storage = memory has no database to migrate");
+    }
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    {
+        let store = sql_store(&config).await?;
+        store
+            .migrate()
+            .await
+            .context("applying database migrations")?;
+        tracing::info!(
+            database = %berth::metadata::sql::redact_url(&config.effective_database_url()),
+            "migrations applied"
+        );
+        Ok(())
+    }
+    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+    anyhow::bail!("this berth was built without database support")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

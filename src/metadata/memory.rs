@@ -1,0 +1,458 @@
+//! Metadata in process memory, for tests and embedding. Nothing survives the process.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{
+    BlobCommit, BlobRecord, Garbage, ManifestRecord, MetadataResult, MetadataStore, NewManifest,
+    Page, PutManifestOutcome, ReferrerRecord, SessionUpdate, UploadCheckpoint, UploadSession,
+};
+use crate::oci::{Digest, Reference, RepositoryName, Tag};
+use crate::storage::PartRecord;
+
+/// A metadata store in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryMetadataStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    repositories: BTreeMap<String, Repository>,
+    blobs: HashMap<Digest, BlobRecord>,
+    uploads: HashMap<String, Upload>,
+    garbage: BTreeMap<i64, Garbage>,
+    next_garbage_id: i64,
+}
+
+#[derive(Debug, Default)]
+struct Repository {
+    blobs: BTreeSet<Digest>,
+    manifests: BTreeMap<Digest, StoredManifest>,
+    tags: BTreeMap<String, Digest>,
+}
+
+#[derive(Debug)]
+struct StoredManifest {
+    record: ManifestRecord,
+    artifact_type: Option<String>,
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug)]
+struct Upload {
+    session: UploadSession,
+    next_part: u32,
+    parts: BTreeMap<u32, PartRecord>,
+    staged: Vec<u8>,
+}
+
+impl State {
+    fn queue_garbage(&mut self, upload_id: &str, store_state: &str) -> i64 {
+        self.next_garbage_id += 1;
+        let id = self.next_garbage_id;
+        self.garbage.insert(
+            id,
+            Garbage {
+                id,
+                upload_id: upload_id.to_owned(),
+                store_state: store_state.to_owned(),
+            },
+        );
+        id
+    }
+
+    fn session_update(&self, id: &str) -> SessionUpdate {
+        match self.uploads.get(id) {
+            Some(u) => SessionUpdate::Conflict {
+                offset: u.session.offset,
+            },
+            None => SessionUpdate::Gone,
+        }
+    }
+}
+
+fn page_of<'a, T: 'a>(
+    items: impl Iterator<Item = (&'a String, T)>,
+    page: Page<'_>,
+) -> impl Iterator<Item = (&'a String, T)> {
+    let after = page.after.unwrap_or("").to_owned();
+    items
+        .filter(move |(k, _)| k.as_str() > after.as_str())
+        .take(page.limit.map(|l| l as usize).unwrap_or(usize::MAX))
+}
+
+impl MemoryMetadataStore {
+    /// An empty store.
+    pub fn new() -> MemoryMetadataStore {
+        MemoryMetadataStore::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl MetadataStore for MemoryMetadataStore {
+    async fn ping(&self) -> MetadataResult<()> {
+        Ok(())
+    }
+
+    async fn repository_exists(&self, repository: &RepositoryName) -> MetadataResult<bool> {
+        Ok(self.state().repositories.contains_key(repository.as_str()))
+    }
+
+    async fn repositories(&self, page: Page<'_>) -> MetadataResult<Vec<String>> {
+        let state = self.state();
+        Ok(page_of(state.repositories.iter(), page)
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    async fn blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<Option<BlobRecord>> {
+        let state = self.state();
+        let linked = state
+            .repositories
+            .get(repository.as_str())
+            .is_some_and(|r| r.blobs.contains(digest));
+        Ok(linked.then(|| state.blobs.get(digest).cloned()).flatten())
+    }
+
+    async fn mount_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        from: Option<&RepositoryName>,
+        _now: i64,
+    ) -> MetadataResult<Option<BlobRecord>> {
+        let mut state = self.state();
+        let found = match from {
+            Some(from) => state
+                .repositories
+                .get(from.as_str())
+                .is_some_and(|r| r.blobs.contains(digest)),
+            None => state
+                .repositories
+                .values()
+                .any(|r| r.blobs.contains(digest)),
+        };
+        let Some(record) = found.then(|| state.blobs.get(digest).cloned()).flatten() else {
+            return Ok(None);
+        };
+        state
+            .repositories
+            .entry(repository.as_str().to_owned())
+            .or_default()
+            .blobs
+            .insert(digest.clone());
+        Ok(Some(record))
+    }
+
+    async fn unlink_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<bool> {
+        Ok(self
+            .state()
+            .repositories
+            .get_mut(repository.as_str())
+            .is_some_and(|r| r.blobs.remove(digest)))
+    }
+
+    async fn create_upload(&self, session: &UploadSession) -> MetadataResult<()> {
+        self.state().uploads.insert(
+            session.id.clone(),
+            Upload {
+                session: session.clone(),
+                next_part: 1,
+                parts: BTreeMap::new(),
+                staged: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn upload(&self, id: &str) -> MetadataResult<Option<UploadSession>> {
+        Ok(self.state().uploads.get(id).map(|u| u.session.clone()))
+    }
+
+    async fn reserve_part_number(&self, id: &str) -> MetadataResult<u32> {
+        let mut state = self.state();
+        let upload = state.uploads.get_mut(id).ok_or_else(|| {
+            super::MetadataError::Database(format!("upload session {id} is gone"))
+        })?;
+        upload.next_part += 1;
+        Ok(upload.next_part - 1)
+    }
+
+    async fn checkpoint_upload(
+        &self,
+        id: &str,
+        expected_offset: u64,
+        cp: UploadCheckpoint<'_>,
+    ) -> MetadataResult<SessionUpdate> {
+        let mut state = self.state();
+        let Some(upload) = state
+            .uploads
+            .get_mut(id)
+            .filter(|u| u.session.offset == expected_offset && !u.session.committing)
+        else {
+            return Ok(state.session_update(id));
+        };
+        upload.session.offset = cp.offset;
+        upload.session.algorithm = cp.algorithm;
+        upload.session.hash_state = cp.hash_state.to_vec();
+        upload.session.store_state = cp.store_state.to_owned();
+        upload.session.updated_at = cp.now;
+        for part in cp.new_parts {
+            upload.parts.insert(part.number, part.clone());
+        }
+        if cp.clear_staged {
+            upload.staged.clear();
+        }
+        if let Some(bytes) = cp.staged {
+            upload.staged.extend_from_slice(bytes);
+        }
+        upload.session.staged_len = upload.staged.len() as u64;
+        Ok(SessionUpdate::Saved)
+    }
+
+    async fn upload_parts(&self, id: &str) -> MetadataResult<Vec<PartRecord>> {
+        Ok(self
+            .state()
+            .uploads
+            .get(id)
+            .map(|u| u.parts.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn upload_staged(&self, id: &str) -> MetadataResult<Vec<u8>> {
+        Ok(self
+            .state()
+            .uploads
+            .get(id)
+            .map(|u| u.staged.clone())
+            .unwrap_or_default())
+    }
+
+    async fn begin_commit(
+        &self,
+        id: &str,
+        expected_offset: u64,
+        now: i64,
+    ) -> MetadataResult<SessionUpdate> {
+        let mut state = self.state();
+        let Some(upload) = state
+            .uploads
+            .get_mut(id)
+            .filter(|u| u.session.offset == expected_offset)
+        else {
+            return Ok(state.session_update(id));
+        };
+        upload.session.committing = true;
+        upload.session.updated_at = now;
+        Ok(SessionUpdate::Saved)
+    }
+
+    async fn commit_blob(
+        &self,
+        id: &str,
+        blob: &BlobRecord,
+        _now: i64,
+    ) -> MetadataResult<BlobCommit> {
+        let mut state = self.state();
+        let Some(upload) = state.uploads.get(id).filter(|u| u.session.committing) else {
+            return Ok(BlobCommit::SessionGone);
+        };
+        let session = upload.session.clone();
+        state.uploads.remove(id);
+        let outcome = if state.blobs.contains_key(&blob.digest) {
+            BlobCommit::Deduplicated {
+                garbage_id: state.queue_garbage(id, &session.store_state),
+            }
+        } else {
+            state.blobs.insert(blob.digest.clone(), blob.clone());
+            BlobCommit::Created
+        };
+        state
+            .repositories
+            .entry(session.repository.as_str().to_owned())
+            .or_default()
+            .blobs
+            .insert(blob.digest.clone());
+        Ok(outcome)
+    }
+
+    async fn cancel_upload(&self, id: &str, _now: i64) -> MetadataResult<Option<Garbage>> {
+        let mut state = self.state();
+        let Some(upload) = state.uploads.remove(id) else {
+            return Ok(None);
+        };
+        let garbage_id = state.queue_garbage(id, &upload.session.store_state);
+        Ok(state.garbage.get(&garbage_id).cloned())
+    }
+
+    async fn expire_uploads(&self, cutoff: i64, limit: u32, _now: i64) -> MetadataResult<u64> {
+        let mut state = self.state();
+        let mut expired: Vec<(i64, String)> = state
+            .uploads
+            .values()
+            .filter(|u| u.session.updated_at < cutoff)
+            .map(|u| (u.session.updated_at, u.session.id.clone()))
+            .collect();
+        expired.sort();
+        expired.truncate(limit as usize);
+        for (_, id) in &expired {
+            if let Some(upload) = state.uploads.remove(id) {
+                state.queue_garbage(id, &upload.session.store_state);
+            }
+        }
+        Ok(expired.len() as u64)
+    }
+
+    async fn garbage(&self, limit: u32) -> MetadataResult<Vec<Garbage>> {
+        Ok(self
+            .state()
+            .garbage
+            .values()
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn forget_garbage(&self, id: i64) -> MetadataResult<()> {
+        self.state().garbage.remove(&id);
+        Ok(())
+    }
+
+    async fn put_manifest(&self, m: NewManifest<'_>) -> MetadataResult<PutManifestOutcome> {
+        let mut state = self.state();
+        let repo = state
+            .repositories
+            .entry(m.repository.as_str().to_owned())
+            .or_default();
+        let blobs: Vec<Digest> = m
+            .parsed
+            .blobs
+            .iter()
+            .filter(|d| !repo.blobs.contains(*d))
+            .cloned()
+            .collect();
+        let manifests: Vec<Digest> = m
+            .parsed
+            .children
+            .iter()
+            .filter(|d| !repo.manifests.contains_key(*d))
+            .cloned()
+            .collect();
+        if !blobs.is_empty() || !manifests.is_empty() {
+            return Ok(PutManifestOutcome::MissingReferences { blobs, manifests });
+        }
+        repo.manifests
+            .entry(m.digest.clone())
+            .or_insert_with(|| StoredManifest {
+                record: ManifestRecord {
+                    digest: m.digest.clone(),
+                    media_type: m.parsed.media_type.clone(),
+                    content: bytes::Bytes::copy_from_slice(m.content),
+                    subject: m.parsed.subject.clone(),
+                },
+                artifact_type: m.parsed.artifact_type.clone(),
+                annotations: m.parsed.annotations.clone(),
+            });
+        if let Some(tag) = m.tag {
+            repo.tags.insert(tag.as_str().to_owned(), m.digest.clone());
+        }
+        Ok(PutManifestOutcome::Stored)
+    }
+
+    async fn manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+    ) -> MetadataResult<Option<ManifestRecord>> {
+        let state = self.state();
+        let Some(repo) = state.repositories.get(repository.as_str()) else {
+            return Ok(None);
+        };
+        let digest = match reference {
+            Reference::Tag(tag) => repo.tags.get(tag.as_str()),
+            Reference::Digest(digest) => Some(digest),
+        };
+        Ok(digest
+            .and_then(|d| repo.manifests.get(d))
+            .map(|m| m.record.clone()))
+    }
+
+    async fn delete_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<bool> {
+        let mut state = self.state();
+        let Some(repo) = state.repositories.get_mut(repository.as_str()) else {
+            return Ok(false);
+        };
+        let existed = repo.manifests.remove(digest).is_some();
+        repo.tags.retain(|_, d| d != digest);
+        Ok(existed)
+    }
+
+    async fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> MetadataResult<bool> {
+        Ok(self
+            .state()
+            .repositories
+            .get_mut(repository.as_str())
+            .is_some_and(|r| r.tags.remove(tag.as_str()).is_some()))
+    }
+
+    async fn tags(
+        &self,
+        repository: &RepositoryName,
+        page: Page<'_>,
+    ) -> MetadataResult<Option<Vec<String>>> {
+        let state = self.state();
+        Ok(state.repositories.get(repository.as_str()).map(|r| {
+            page_of(r.tags.iter(), page)
+                .map(|(k, _)| k.clone())
+                .collect()
+        }))
+    }
+
+    async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        page: Page<'_>,
+    ) -> MetadataResult<Vec<ReferrerRecord>> {
+        let state = self.state();
+        let Some(repo) = state.repositories.get(repository.as_str()) else {
+            return Ok(Vec::new());
+        };
+        let after = page.after.unwrap_or("");
+        Ok(repo
+            .manifests
+            .values()
+            .filter(|m| m.record.subject.as_ref() == Some(subject))
+            .filter(|m| artifact_type.is_none_or(|t| m.artifact_type.as_deref() == Some(t)))
+            .filter(|m| m.record.digest.as_str() > after)
+            .take(page.limit.map(|l| l as usize).unwrap_or(usize::MAX))
+            .map(|m| ReferrerRecord {
+                digest: m.record.digest.clone(),
+                media_type: m.record.media_type.clone(),
+                size: m.record.content.len() as u64,
+                artifact_type: m.artifact_type.clone(),
+                annotations: m.annotations.clone(),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,319 @@
+//! The metadata store: repositories, blob links, manifests and their references, tags,
+//! referrers and upload sessions.
+//!
+//! References are rows, never derived from storage, so that pagination is an index scan and
+//! garbage collection can trust what the database says is in use. The store knows digests and
+//! storage keys as strings; it never touches bytes.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::oci::{Digest, DigestAlgorithm, ParsedManifest, Reference, RepositoryName, Tag};
+use crate::storage::PartRecord;
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod sql;
+
+pub mod memory;
+
+/// Errors of the metadata layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MetadataError {
+    /// The database cannot be reached (connection refused, pool timeout).
+    #[error("metadata database unavailable: {0}")]
+    Unavailable(String),
+    /// A row holds something Berth did not write.
+    #[error("metadata row is corrupt: {0}")]
+    Corrupt(String),
+    /// Any other database failure.
+    #[error("metadata database error: {0}")]
+    Database(String),
+}
+
+/// Result alias for the metadata layer.
+pub type MetadataResult<T> = Result<T, MetadataError>;
+
+/// A blob as the metadata store knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRecord {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Where the blob store keeps its bytes.
+    pub storage_key: String,
+}
+
+/// A stored manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestRecord {
+    /// Digest of the exact bytes.
+    pub digest: Digest,
+    /// Media type to answer with.
+    pub media_type: String,
+    /// The bytes, as pushed.
+    pub content: Bytes,
+    /// The manifest's `subject`, if any.
+    pub subject: Option<Digest>,
+}
+
+/// A manifest about to be stored.
+#[derive(Clone, Copy, Debug)]
+pub struct NewManifest<'a> {
+    /// Target repository.
+    pub repository: &'a RepositoryName,
+    /// Digest of `content`.
+    pub digest: &'a Digest,
+    /// What validation found in it.
+    pub parsed: &'a ParsedManifest,
+    /// The exact bytes.
+    pub content: &'a [u8],
+    /// Tag to point at it, when pushed by tag.
+    pub tag: Option<&'a Tag>,
+    /// Unix milliseconds.
+    pub now: i64,
+}
+
+/// Outcome of storing a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutManifestOutcome {
+    /// Stored (or already present) and tagged.
+    Stored,
+    /// Refused: these blobs or child manifests are not in the repository.
+    MissingReferences {
+        /// Blobs (config, layers) not linked to the repository.
+        blobs: Vec<Digest>,
+        /// Child manifests not in the repository.
+        manifests: Vec<Digest>,
+    },
+}
+
+/// One entry of a referrers list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferrerRecord {
+    /// The referring manifest's digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `artifactType`, or the config's media type for image manifests without one.
+    pub artifact_type: Option<String>,
+    /// Its annotations.
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// A page of a lexically ordered listing: up to `limit` entries strictly after `after`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Page<'a> {
+    /// Most entries to return; `None` for all.
+    pub limit: Option<u32>,
+    /// Exclusive lower bound.
+    pub after: Option<&'a str>,
+}
+
+/// An upload session between requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadSession {
+    /// Session id (a UUID).
+    pub id: String,
+    /// Repository the blob will be linked to.
+    pub repository: RepositoryName,
+    /// Bytes received and durable.
+    pub offset: u64,
+    /// Hash function of `hash_state`.
+    pub algorithm: DigestAlgorithm,
+    /// Hash state after `offset` bytes.
+    pub hash_state: Vec<u8>,
+    /// The blob store's own state for this upload.
+    pub store_state: String,
+    /// Bytes held for the blob store in the session (see `upload_staged`).
+    pub staged_len: u64,
+    /// A `PUT` has claimed the session and is completing it.
+    pub committing: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds of the last checkpoint.
+    pub updated_at: i64,
+}
+
+/// New durable progress of an upload, saved only if the session is still at the offset the
+/// writer started from.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadCheckpoint<'a> {
+    /// New offset.
+    pub offset: u64,
+    /// Hash function of `hash_state`.
+    pub algorithm: DigestAlgorithm,
+    /// Hash state after `offset` bytes.
+    pub hash_state: &'a [u8],
+    /// The blob store's new state.
+    pub store_state: &'a str,
+    /// Parts written since the previous checkpoint.
+    pub new_parts: &'a [PartRecord],
+    /// Drop the staged bytes recorded so far (a part now holds them).
+    pub clear_staged: bool,
+    /// Bytes to stage, ending at `offset`: the store could not write them yet.
+    pub staged: Option<&'a [u8]>,
+    /// Unix milliseconds.
+    pub now: i64,
+}
+
+/// Outcome of a conditional session update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionUpdate {
+    /// Saved.
+    Saved,
+    /// Another request moved the session first; it is now at `offset`.
+    Conflict {
+        /// The session's current offset.
+        offset: u64,
+    },
+    /// The session no longer exists (completed, cancelled or expired).
+    Gone,
+}
+
+/// Outcome of publishing an uploaded blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlobCommit {
+    /// The blob is new; its bytes stay where the upload wrote them.
+    Created,
+    /// The digest was already stored elsewhere: the upload's bytes are queued as garbage
+    /// (`garbage_id`) and should be discarded.
+    Deduplicated {
+        /// Garbage entry to forget once the bytes are gone.
+        garbage_id: i64,
+    },
+    /// The session was gone before the commit (expired or cancelled meanwhile).
+    SessionGone,
+}
+
+/// Storage an abandoned upload may have written, queued for removal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Garbage {
+    /// Queue entry id.
+    pub id: i64,
+    /// The upload session's id.
+    pub upload_id: String,
+    /// The blob store's state for that upload.
+    pub store_state: String,
+}
+
+/// Persistence of everything but blob bytes.
+///
+/// Every method is one transaction: a manifest with its references, tag and referrer entry
+/// commits together; session updates are conditional on the offset they start from.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Checks that the database answers.
+    async fn ping(&self) -> MetadataResult<()>;
+
+    /// Whether the repository exists.
+    async fn repository_exists(&self, repository: &RepositoryName) -> MetadataResult<bool>;
+    /// Repositories in lexical order.
+    async fn repositories(&self, page: Page<'_>) -> MetadataResult<Vec<String>>;
+
+    /// The blob, if linked to the repository.
+    async fn blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<Option<BlobRecord>>;
+    /// Links an existing blob to `repository`: from `from` if given, else from any repository.
+    /// Returns the blob if it was found (and is now linked).
+    async fn mount_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        from: Option<&RepositoryName>,
+        now: i64,
+    ) -> MetadataResult<Option<BlobRecord>>;
+    /// Removes the blob's link to the repository; `false` if it was not linked.
+    async fn unlink_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<bool>;
+
+    /// Starts an upload session.
+    async fn create_upload(&self, session: &UploadSession) -> MetadataResult<()>;
+    /// Reads an upload session.
+    async fn upload(&self, id: &str) -> MetadataResult<Option<UploadSession>>;
+    /// Hands out a part number never handed out before for this session.
+    async fn reserve_part_number(&self, id: &str) -> MetadataResult<u32>;
+    /// Saves progress if the session is still at `expected_offset` and not committing.
+    async fn checkpoint_upload(
+        &self,
+        id: &str,
+        expected_offset: u64,
+        checkpoint: UploadCheckpoint<'_>,
+    ) -> MetadataResult<SessionUpdate>;
+    /// Parts saved by checkpoints, in part-number order.
+    async fn upload_parts(&self, id: &str) -> MetadataResult<Vec<PartRecord>>;
+    /// The staged bytes of a session, in upload order (they end at its offset).
+    async fn upload_staged(&self, id: &str) -> MetadataResult<Vec<u8>>;
+    /// Claims the session for completion if it is at `expected_offset`; claiming twice is allowed.
+    async fn begin_commit(
+        &self,
+        id: &str,
+        expected_offset: u64,
+        now: i64,
+    ) -> MetadataResult<SessionUpdate>;
+    /// Publishes the blob of a claimed session: records digest → key (unless the digest exists),
+    /// links it to the repository and ends the session.
+    async fn commit_blob(
+        &self,
+        id: &str,
+        blob: &BlobRecord,
+        now: i64,
+    ) -> MetadataResult<BlobCommit>;
+    /// Ends a session without publishing; its storage is queued as garbage.
+    async fn cancel_upload(&self, id: &str, now: i64) -> MetadataResult<Option<Garbage>>;
+    /// Ends sessions idle since before `cutoff`, queueing their storage as garbage.
+    async fn expire_uploads(&self, cutoff: i64, limit: u32, now: i64) -> MetadataResult<u64>;
+    /// Storage waiting to be removed.
+    async fn garbage(&self, limit: u32) -> MetadataResult<Vec<Garbage>>;
+    /// Forgets a garbage entry once its storage is removed.
+    async fn forget_garbage(&self, id: i64) -> MetadataResult<()>;
+
+    /// Stores a manifest with its references, referrer entry and tag, in one transaction.
+    async fn put_manifest(&self, manifest: NewManifest<'_>) -> MetadataResult<PutManifestOutcome>;
+    /// A manifest by tag or digest.
+    async fn manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+    ) -> MetadataResult<Option<ManifestRecord>>;
+    /// Deletes a manifest with its tags and references; `false` if it did not exist.
+    async fn delete_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<bool>;
+    /// Deletes a tag; `false` if it did not exist.
+    async fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> MetadataResult<bool>;
+    /// Tags in lexical order; `None` if the repository does not exist.
+    async fn tags(
+        &self,
+        repository: &RepositoryName,
+        page: Page<'_>,
+    ) -> MetadataResult<Option<Vec<String>>>;
+    /// Manifests whose `subject` is `subject`, in digest order, optionally of one artifact type.
+    async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        page: Page<'_>,
+    ) -> MetadataResult<Vec<ReferrerRecord>>;
+}
+
+/// Unix time in milliseconds.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

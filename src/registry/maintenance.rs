@@ -1,0 +1,94 @@
+//! Background upkeep: expiring abandoned upload sessions and removing storage that no row
+//! references any more. Safe to run on every replica at once: each step is idempotent and
+//! every session or garbage entry is claimed by one transaction.
+
+use std::future::Future;
+
+use super::Registry;
+use crate::error::RegistryResult;
+use crate::metadata::now_millis;
+
+const BATCH: u32 = 100;
+
+/// What one maintenance pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// Upload sessions expired.
+    pub expired_uploads: u64,
+    /// Garbage entries whose storage was removed.
+    pub collected: u64,
+    /// Garbage entries that could not be removed yet.
+    pub failed: u64,
+}
+
+impl Registry {
+    /// Expires idle upload sessions and removes queued garbage, once.
+    pub async fn run_maintenance_once(&self) -> RegistryResult<MaintenanceReport> {
+        let mut report = MaintenanceReport::default();
+        let now = now_millis();
+        let cutoff =
+            now - i64::try_from(self.inner.options.upload_ttl.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            let expired = self
+                .inner
+                .metadata
+                .expire_uploads(cutoff, BATCH, now)
+                .await?;
+            report.expired_uploads += expired;
+            if expired < u64::from(BATCH) {
+                break;
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let batch = self.inner.metadata.garbage(BATCH).await?;
+            let fresh: Vec<_> = batch.into_iter().filter(|g| seen.insert(g.id)).collect();
+            if fresh.is_empty() {
+                break;
+            }
+            for garbage in fresh {
+                match self
+                    .inner
+                    .blobs
+                    .discard_upload(&garbage.upload_id, &garbage.store_state)
+                    .await
+                {
+                    Ok(()) => {
+                        self.inner.metadata.forget_garbage(garbage.id).await?;
+                        report.collected += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(upload = %garbage.upload_id, error = %e, "could not remove upload storage");
+                        report.failed += 1;
+                    }
+                }
+            }
+        }
+        if report != MaintenanceReport::default() {
+            tracing::info!(
+                expired_uploads = report.expired_uploads,
+                collected = report.collected,
+                failed = report.failed,
+                "maintenance pass"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Runs maintenance every `maintenance_interval` until `shutdown` resolves.
+    pub async fn run_maintenance(self, shutdown: impl Future<Output = ()>) {
+        let mut interval = tokio::time::interval(self.inner.options.maintenance_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = interval.tick() => {
+                    if let Err(e) = self.run_maintenance_once().await {
+                        tracing::warn!(error = %e, "maintenance pass failed");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Manifests, tags, referrers and listings.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+
+use super::Registry;
+use super::coalesce::Coalescer;
+use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::metadata::{
+    ManifestRecord, MetadataError, MetadataStore, NewManifest, Page, PutManifestOutcome,
+    ReferrerRecord, now_millis,
+};
+use crate::oci::{Digest, DigestAlgorithm, ParsedManifest, Reference, RepositoryName};
+
+type ManifestKey = (RepositoryName, Reference);
+type ManifestLookup = Result<Option<ManifestRecord>, MetadataError>;
+
+/// Concurrent reads of one manifest share a query (see `coalesce`).
+pub(crate) struct ManifestReads(Coalescer<ManifestKey, ManifestLookup>);
+
+impl ManifestReads {
+    pub(crate) fn new() -> Self {
+        ManifestReads(Coalescer::new())
+    }
+}
+
+/// A manifest accepted by [`Registry::put_manifest`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PushedManifest {
+    /// Digest of the bytes received.
+    pub digest: Digest,
+    /// What validation found in it.
+    pub parsed: ParsedManifest,
+}
+
+impl Registry {
+    /// Validates and stores a manifest pushed to `reference` (`PUT`).
+    pub async fn put_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> RegistryResult<PushedManifest> {
+        let max = self.inner.options.max_manifest_size;
+        if body.len() > max {
+            return Err(RegistryError::new(
+                ErrorCode::ManifestInvalid,
+                format!("manifest is {} bytes; the limit is {max}", body.len()),
+            )
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        let parsed = ParsedManifest::parse(content_type, body)?;
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let algorithm = expected.algorithm().ok_or_else(|| {
+                    RegistryError::new(
+                        ErrorCode::DigestInvalid,
+                        format!(
+                            "digest algorithm {:?} is not supported; use sha256 or sha512",
+                            expected.algorithm_name()
+                        ),
+                    )
+                })?;
+                let computed = algorithm.digest(body);
+                if computed != *expected {
+                    return Err(RegistryError::new(
+                        ErrorCode::DigestInvalid,
+                        format!("manifest digest is {computed}, not {expected} as in the URL"),
+                    ));
+                }
+                computed
+            }
+            Reference::Tag(_) => DigestAlgorithm::Sha256.digest(body),
+        };
+        let tag = match reference {
+            Reference::Tag(tag) => Some(tag),
+            Reference::Digest(_) => None,
+        };
+        // The change counter moves before and after the commit: a cached read can be neither
+        // older than the commit once it is acknowledged, nor left behind by a crash mid-way
+        // for longer than the cache's maximum age.
+        self.manifests_changing();
+        let outcome = self
+            .inner
+            .metadata
+            .put_manifest(NewManifest {
+                repository,
+                digest: &digest,
+                parsed: &parsed,
+                content: body,
+                tag,
+                now: now_millis(),
+            })
+            .await;
+        self.manifests_changing();
+        match outcome? {
+            PutManifestOutcome::Stored => Ok(PushedManifest { digest, parsed }),
+            PutManifestOutcome::MissingReferences { blobs, manifests } => {
+                let missing = blobs
+                    .iter()
+                    .map(|d| (d, "blob"))
+                    .chain(manifests.iter().map(|d| (d, "manifest")));
+                let mut error: Option<RegistryError> = None;
+                for (digest, what) in missing {
+                    let message =
+                        format!("{what} {digest} is not in repository {repository}; push it first");
+                    let detail = serde_json::json!({ "digest": digest.as_str() });
+                    error = Some(match error {
+                        None => RegistryError::new(ErrorCode::ManifestBlobUnknown, message)
+                            .with_detail(detail),
+                        Some(e) => e.and(ErrorCode::ManifestBlobUnknown, message, Some(detail)),
+                    });
+                }
+                Err(error.unwrap_or_else(|| {
+                    RegistryError::internal("manifest refused without missing references")
+                }))
+            }
+        }
+    }
+
+    fn manifests_changing(&self) {
+        if let Some(cache) = &self.inner.manifest_cache {
+            cache.changed();
+        }
+    }
+
+    /// A manifest by tag or digest.
+    pub async fn manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+    ) -> RegistryResult<ManifestRecord> {
+        let metadata = Arc::clone(&self.inner.metadata);
+        let fetch = move |(repository, reference): ManifestKey| {
+            let metadata: Arc<dyn MetadataStore> = Arc::clone(&metadata);
+            async move { metadata.manifest(&repository, &reference).await }
+        };
+        let key = (repository.clone(), reference.clone());
+        let cache = self.inner.manifest_cache.as_ref();
+        let counter = cache.map(|c| c.counter());
+        let cached = cache.and_then(|c| c.get(&key));
+        let found = match cached {
+            Some(hit) => hit,
+            None => {
+                let found = match self.inner.manifest_reads.0.get(key.clone(), fetch).await {
+                    Some(result) => result?,
+                    None => self.inner.metadata.manifest(repository, reference).await?,
+                };
+                if let (Some(cache), Some(counter)) = (cache, counter) {
+                    cache.put(key, counter, found.clone());
+                }
+                found
+            }
+        };
+        match found {
+            Some(m) => Ok(m),
+            None => Err(self
+                .not_found(repository, ErrorCode::ManifestUnknown, reference)
+                .await?),
+        }
+    }
+
+    /// Deletes a tag, or a manifest with all its tags (`DELETE`).
+    pub async fn delete_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+    ) -> RegistryResult<()> {
+        self.manifests_changing();
+        let deleted = match reference {
+            Reference::Tag(tag) => self.inner.metadata.delete_tag(repository, tag).await,
+            Reference::Digest(digest) => {
+                self.inner
+                    .metadata
+                    .delete_manifest(repository, digest)
+                    .await
+            }
+        };
+        self.manifests_changing();
+        let deleted = deleted?;
+        if deleted {
+            Ok(())
+        } else {
+            Err(self
+                .not_found(repository, ErrorCode::ManifestUnknown, reference)
+                .await?)
+        }
+    }
+
+    /// Tags of a repository, in lexical order.
+    pub async fn tags(
+        &self,
+        repository: &RepositoryName,
+        page: Page<'_>,
+    ) -> RegistryResult<Vec<String>> {
+        self.inner
+            .metadata
+            .tags(repository, page)
+            .await?
+            .ok_or_else(|| {
+                RegistryError::new(
+                    ErrorCode::NameUnknown,
+                    format!("repository {repository} does not exist"),
+                )
+            })
+    }
+
+    /// Repositories, in lexical order.
+    pub async fn repositories(&self, page: Page<'_>) -> RegistryResult<Vec<String>> {
+        Ok(self.inner.metadata.repositories(page).await?)
+    }
+
+    /// Manifests of `repository` whose subject is `subject`.
+    pub async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        page: Page<'_>,
+    ) -> RegistryResult<Vec<ReferrerRecord>> {
+        Ok(self
+            .inner
+            .metadata
+            .referrers(repository, subject, artifact_type, page)
+            .await?)
+    }
+}

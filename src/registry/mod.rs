@@ -1,0 +1,287 @@
+//! The registry: OCI semantics over a blob store and a metadata store, free of HTTP.
+//!
+//! [`Registry`] is cheap to clone and is what the HTTP layer calls. It owns the upload engine
+//! ([`uploads`]), manifest handling ([`manifests`]) and background maintenance
+//! ([`maintenance`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::buffers::BufferPool;
+use crate::metadata::MetadataStore;
+use crate::oci::{Descriptor, RepositoryName};
+use crate::storage::BlobStore;
+
+mod coalesce;
+mod hashing;
+pub mod maintenance;
+pub mod manifest_cache;
+pub mod manifests;
+pub mod uploads;
+
+/// The largest manifest the spec asks registries to accept, and Berth's default limit.
+pub const DEFAULT_MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+
+/// Maps a blob (repository and descriptor) to a location clients are redirected to, e.g. on a
+/// CDN or a mirror. Returning `None` falls back to Berth's own behaviour.
+pub type BlobLocationHook =
+    Arc<dyn Fn(&RepositoryName, &Descriptor) -> Option<String> + Send + Sync>;
+
+/// Computes the `Location` of an upload session from its repository and id.
+pub type UploadLocationHook = Arc<dyn Fn(&RepositoryName, &str) -> String + Send + Sync>;
+
+/// Behaviour switches of a registry.
+#[derive(Clone)]
+pub struct RegistryOptions {
+    /// Upload sessions idle this long are expired and their bytes removed.
+    pub upload_ttl: Duration,
+    /// How often expired sessions and garbage are looked for.
+    pub maintenance_interval: Duration,
+    /// Number of part buffers shared by all uploads (the upload memory budget).
+    pub upload_buffers: usize,
+    /// `OCI-Chunk-Min-Length` advertised to clients.
+    pub chunk_min_length: u64,
+    /// Largest manifest accepted (bytes); larger ones get 413.
+    pub max_manifest_size: usize,
+    /// Serve the referrers API; when off, it answers 404 as if unknown.
+    pub referrers_api: bool,
+    /// Accept single-request uploads (`POST ?digest=`); when off, such a POST opens a session.
+    pub single_request_uploads: bool,
+    /// Refuse tag and catalog pages larger than this (`n` above it gets 400).
+    pub max_page_size: Option<u32>,
+    /// Send `Docker-Content-Digest` when a manifest is fetched by tag.
+    pub tag_digest_header: bool,
+    /// Send `Link` headers for further pages.
+    pub link_headers: bool,
+    /// Answer blob GETs with a redirect when the store offers direct URLs.
+    pub redirect_blobs: bool,
+    /// Custom blob locations (CDN, mirrors).
+    pub blob_location: Option<BlobLocationHook>,
+    /// Custom upload locations.
+    pub upload_location: Option<UploadLocationHook>,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            upload_ttl: Duration::from_secs(24 * 3600),
+            maintenance_interval: Duration::from_secs(300),
+            upload_buffers: 8,
+            chunk_min_length: 5 * 1024 * 1024,
+            max_manifest_size: DEFAULT_MAX_MANIFEST_SIZE,
+            referrers_api: true,
+            single_request_uploads: true,
+            max_page_size: None,
+            tag_digest_header: true,
+            link_headers: true,
+            redirect_blobs: true,
+            blob_location: None,
+            upload_location: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RegistryOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryOptions")
+            .field("upload_ttl", &self.upload_ttl)
+            .field("maintenance_interval", &self.maintenance_interval)
+            .field("upload_buffers", &self.upload_buffers)
+            .field("chunk_min_length", &self.chunk_min_length)
+            .field("max_manifest_size", &self.max_manifest_size)
+            .field("referrers_api", &self.referrers_api)
+            .field("single_request_uploads", &self.single_request_uploads)
+            .field("max_page_size", &self.max_page_size)
+            .field("tag_digest_header", &self.tag_digest_header)
+            .field("link_headers", &self.link_headers)
+            .field("redirect_blobs", &self.redirect_blobs)
+            .field("blob_location", &self.blob_location.is_some())
+            .field("upload_location", &self.upload_location.is_some())
+            .finish()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    pub(crate) metadata: Arc<dyn MetadataStore>,
+    pub(crate) buffers: BufferPool,
+    pub(crate) options: RegistryOptions,
+    pub(crate) manifest_reads: manifests::ManifestReads,
+    pub(crate) manifest_cache: Option<manifest_cache::ManifestCache>,
+}
+
+/// A registry: the state the HTTP layer serves.
+#[derive(Clone)]
+pub struct Registry {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("blobs", &self.inner.blobs.kind())
+            .field("buffers", &self.inner.buffers)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// A registry over the given stores with default options.
+    pub fn new(blobs: Arc<dyn BlobStore>, metadata: Arc<dyn MetadataStore>) -> Registry {
+        Registry::builder(blobs, metadata).build()
+    }
+
+    /// Starts configuring a registry.
+    pub fn builder(blobs: Arc<dyn BlobStore>, metadata: Arc<dyn MetadataStore>) -> RegistryBuilder {
+        RegistryBuilder {
+            blobs,
+            metadata,
+            options: RegistryOptions::default(),
+            manifest_cache: None,
+        }
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &RegistryOptions {
+        &self.inner.options
+    }
+
+    /// The blob store.
+    pub fn blob_store(&self) -> &Arc<dyn BlobStore> {
+        &self.inner.blobs
+    }
+
+    /// The metadata store.
+    pub fn metadata_store(&self) -> &Arc<dyn MetadataStore> {
+        &self.inner.metadata
+    }
+
+    /// The shared pool of upload part buffers.
+    pub fn buffers(&self) -> &BufferPool {
+        &self.inner.buffers
+    }
+}
+
+/// Builds a [`Registry`].
+pub struct RegistryBuilder {
+    blobs: Arc<dyn BlobStore>,
+    metadata: Arc<dyn MetadataStore>,
+    options: RegistryOptions,
+    manifest_cache: Option<manifest_cache::ManifestCache>,
+}
+
+impl RegistryBuilder {
+    /// Replaces all options at once.
+    pub fn options(mut self, options: RegistryOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// How long an idle upload session lives.
+    pub fn upload_ttl(mut self, ttl: Duration) -> Self {
+        self.options.upload_ttl = ttl;
+        self
+    }
+
+    /// How often expired sessions and garbage are looked for.
+    pub fn maintenance_interval(mut self, interval: Duration) -> Self {
+        self.options.maintenance_interval = interval;
+        self
+    }
+
+    /// Number of part buffers shared by all uploads.
+    pub fn upload_buffers(mut self, count: usize) -> Self {
+        self.options.upload_buffers = count;
+        self
+    }
+
+    /// `OCI-Chunk-Min-Length` advertised to clients.
+    pub fn chunk_min_length(mut self, bytes: u64) -> Self {
+        self.options.chunk_min_length = bytes;
+        self
+    }
+
+    /// Largest manifest accepted.
+    pub fn max_manifest_size(mut self, bytes: usize) -> Self {
+        self.options.max_manifest_size = bytes;
+        self
+    }
+
+    /// Serve the referrers API (on by default); off answers 404 as if unknown.
+    pub fn referrers_api(mut self, enabled: bool) -> Self {
+        self.options.referrers_api = enabled;
+        self
+    }
+
+    /// Accept `POST ?digest=` single-request uploads (on by default).
+    pub fn single_request_uploads(mut self, enabled: bool) -> Self {
+        self.options.single_request_uploads = enabled;
+        self
+    }
+
+    /// Refuse list pages larger than `n` with 400, as AWS ECR does.
+    pub fn max_page_size(mut self, n: Option<u32>) -> Self {
+        self.options.max_page_size = n;
+        self
+    }
+
+    /// Send `Docker-Content-Digest` on manifest GETs by tag (on by default).
+    pub fn tag_digest_header(mut self, enabled: bool) -> Self {
+        self.options.tag_digest_header = enabled;
+        self
+    }
+
+    /// Send `Link` headers on paginated lists (on by default).
+    pub fn link_headers(mut self, enabled: bool) -> Self {
+        self.options.link_headers = enabled;
+        self
+    }
+
+    /// Redirect blob GETs to the store's direct URLs when it has them (on by default).
+    pub fn redirect_blobs(mut self, enabled: bool) -> Self {
+        self.options.redirect_blobs = enabled;
+        self
+    }
+
+    /// Maps a blob to a custom location clients are redirected to.
+    pub fn blob_location(
+        mut self,
+        hook: impl Fn(&RepositoryName, &Descriptor) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.options.blob_location = Some(Arc::new(hook));
+        self
+    }
+
+    /// Maps an upload to the `Location` clients continue it at.
+    pub fn upload_location(
+        mut self,
+        hook: impl Fn(&RepositoryName, &str) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.options.upload_location = Some(Arc::new(hook));
+        self
+    }
+
+    /// Caches manifests in memory, coordinated with every process on this machine through the
+    /// change counter file at `counter_path` (see [`manifest_cache`]). Only for deployments
+    /// whose processes all run on one machine, such as SQLite ones.
+    pub fn manifest_cache(mut self, counter_path: &std::path::Path) -> std::io::Result<Self> {
+        self.manifest_cache = Some(manifest_cache::ManifestCache::open(counter_path)?);
+        Ok(self)
+    }
+
+    /// Builds the registry.
+    pub fn build(self) -> Registry {
+        let buffers = BufferPool::new(self.options.upload_buffers, self.blobs.part_size());
+        Registry {
+            inner: Arc::new(Inner {
+                blobs: self.blobs,
+                metadata: self.metadata,
+                buffers,
+                options: self.options,
+                manifest_reads: manifests::ManifestReads::new(),
+                manifest_cache: self.manifest_cache,
+            }),
+        }
+    }
+}

@@ -1,0 +1,790 @@
+//! The upload engine: blob uploads streamed into the blob store, resumable by any process.
+//!
+//! A request's body is cut into pieces of the store's part size, hashed as it arrives and
+//! written piece by piece. Whenever the store reports pieces durable, the session row is
+//! updated, conditionally on the offset the request started from, with the new offset and
+//! the hash state at that offset. Any process can therefore continue the upload and verify the
+//! digest at the end without reading a byte back, and a request that loses a race on a session
+//! (the update finds another offset) gets 416 while nothing it wrote becomes part of the blob.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use http::{HeaderValue, StatusCode};
+
+use super::Registry;
+use super::hashing::{HashPipe, SavedState};
+use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::metadata::{
+    BlobCommit, BlobRecord, MetadataStore, SessionUpdate, UploadCheckpoint, UploadSession,
+    now_millis,
+};
+use crate::oci::{Digest, DigestAlgorithm, Hasher, RepositoryName};
+use crate::storage::{
+    Durable, PartNumbers, Piece, PieceKind, Staged, StorageError, StorageResult, UploadWriter,
+};
+
+/// A request body as the upload engine reads it.
+pub type BodyStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// What a request declares about the bytes it carries (`Content-Range`, `Content-Length`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkSpec {
+    /// Offset of the first byte, when the request states it.
+    pub start: Option<u64>,
+    /// Number of bytes, when the request states it.
+    pub length: Option<u64>,
+}
+
+/// The `Range` header value for an upload holding `offset` bytes (`0-<last byte>`; `0-0`
+/// when empty, as Docker's registry has always answered).
+pub fn upload_range(offset: u64) -> HeaderValue {
+    let last = offset.saturating_sub(1);
+    HeaderValue::from_str(&format!("0-{last}")).unwrap_or_else(|_| HeaderValue::from_static("0-0"))
+}
+
+/// 416 with the session's current `Range`, for a request that does not continue the upload
+/// where it stands.
+pub(crate) fn out_of_order(offset: u64, message: impl Into<String>) -> RegistryError {
+    RegistryError::new(ErrorCode::BlobUploadInvalid, message)
+        .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+        .with_detail(serde_json::json!({ "offset": offset }))
+        .with_header(http::header::RANGE, upload_range(offset))
+}
+
+fn upload_unknown(id: &str) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::BlobUploadUnknown,
+        format!(
+            "upload {id} is not in progress (it may have completed, been cancelled or expired)"
+        ),
+    )
+}
+
+fn unsupported_algorithm(digest: &Digest) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::DigestInvalid,
+        format!(
+            "digest algorithm {:?} is not supported for uploads; use sha256 or sha512",
+            digest.algorithm_name()
+        ),
+    )
+}
+
+struct SessionPartNumbers {
+    metadata: Arc<dyn MetadataStore>,
+    id: String,
+}
+
+#[async_trait]
+impl PartNumbers for SessionPartNumbers {
+    async fn next(&self) -> StorageResult<u32> {
+        self.metadata
+            .reserve_part_number(&self.id)
+            .await
+            .map_err(|e| StorageError::Backend {
+                operation: "reserve part number",
+                message: e.to_string(),
+            })
+    }
+}
+
+/// One request appending to one session.
+struct Appender {
+    registry: Registry,
+    session: UploadSession,
+    writer: Box<dyn UploadWriter>,
+    /// Hash states at the end of pieces written but not yet recorded.
+    pending: VecDeque<(u64, DigestAlgorithm, SavedState)>,
+}
+
+enum Next {
+    Chunk(Option<Result<Bytes, std::io::Error>>),
+    Settled(StorageResult<Option<Durable>>),
+}
+
+enum BodyEnd {
+    Complete,
+    Failed(std::io::Error),
+    TooLong,
+}
+
+impl Appender {
+    async fn open(
+        registry: &Registry,
+        repository: &RepositoryName,
+        id: &str,
+        start: Option<u64>,
+        finishing: bool,
+    ) -> RegistryResult<Appender> {
+        let session = registry.upload_session(repository, id).await?;
+        Self::check_position(&session, start, finishing)?;
+        let numbers = Arc::new(SessionPartNumbers {
+            metadata: Arc::clone(&registry.inner.metadata),
+            id: id.to_owned(),
+        });
+        let staged = match session.staged_len {
+            0 => Staged::none(),
+            len => {
+                let (metadata, id) = (Arc::clone(&registry.inner.metadata), id.to_owned());
+                Staged::new(
+                    len as usize,
+                    Box::pin(async move {
+                        metadata
+                            .upload_staged(&id)
+                            .await
+                            .map(Bytes::from)
+                            .map_err(|e| StorageError::Backend {
+                                operation: "read staged bytes",
+                                message: e.to_string(),
+                            })
+                    }),
+                )
+            }
+        };
+        let writer = match registry
+            .inner
+            .blobs
+            .open_upload(id, session.offset, &session.store_state, staged, numbers)
+            .await
+        {
+            Ok(w) => w,
+            Err(StorageError::Busy) => {
+                return Err(out_of_order(
+                    session.offset,
+                    "another request is writing this upload; retry from the reported range",
+                ));
+            }
+            Err(StorageError::UploadLost(why)) => {
+                tracing::error!(upload = id, %why, "upload data lost; cancelling the session");
+                registry.discard_session(id).await;
+                return Err(RegistryError::new(
+                    ErrorCode::BlobUploadUnknown,
+                    format!("upload {id} lost its stored data; start a new upload"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut appender = Appender {
+            registry: registry.clone(),
+            session,
+            writer,
+            pending: VecDeque::new(),
+        };
+        // The writer may have waited on another: the session is read again now that this
+        // request holds it.
+        let current = registry.upload_session(repository, id).await?;
+        if current.offset != appender.session.offset
+            || current.committing != appender.session.committing
+        {
+            appender.writer.abandon().await;
+            Self::check_position(&current, start, finishing)?;
+            return Err(out_of_order(
+                current.offset,
+                "the upload moved on meanwhile",
+            ));
+        }
+        appender.session = current;
+        Ok(appender)
+    }
+
+    fn check_position(
+        session: &UploadSession,
+        start: Option<u64>,
+        finishing: bool,
+    ) -> RegistryResult<()> {
+        if session.committing && !finishing {
+            return Err(out_of_order(
+                session.offset,
+                "the upload is being completed",
+            ));
+        }
+        match start {
+            Some(start) if start != session.offset => Err(out_of_order(
+                session.offset,
+                format!(
+                    "chunk starts at byte {start} but the upload holds {} bytes; continue at {}",
+                    session.offset, session.offset
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn hasher(&self, algorithm: Option<DigestAlgorithm>) -> RegistryResult<Hasher> {
+        match algorithm {
+            // Nothing hashed yet: hash with the algorithm the client will verify against.
+            Some(alg) if self.session.offset == 0 => Ok(Hasher::new(alg)),
+            _ => Hasher::restore(self.session.algorithm, &self.session.hash_state)
+                .map_err(RegistryError::internal),
+        }
+    }
+
+    /// Streams `body` into the upload. With `finishing`, the last piece is written as the
+    /// blob's end when the digest matches, so that completion follows directly.
+    async fn append(
+        &mut self,
+        mut body: BodyStream,
+        length: Option<u64>,
+        finishing: Option<&Digest>,
+    ) -> RegistryResult<()> {
+        let buffers = self.registry.inner.buffers.clone();
+        let mut hasher = HashPipe::new(self.hasher(finishing.and_then(Digest::algorithm))?);
+        let start = self.session.offset;
+        let mut received = start;
+        let mut carried = self.writer.carried();
+        let mut buffer = None;
+        let end = loop {
+            // Pieces finishing in the background are recorded as soon as they are durable,
+            // even while the client is slow to send more.
+            let next = if self.writer.in_flight() > 0 {
+                tokio::select! {
+                    biased;
+                    settled = self.writer.settle() => Next::Settled(settled),
+                    chunk = body.next() => Next::Chunk(chunk),
+                }
+            } else {
+                Next::Chunk(body.next().await)
+            };
+            let chunk = match next {
+                Next::Settled(settled) => {
+                    if let Some(durable) = settled? {
+                        self.record(vec![durable]).await?;
+                    }
+                    continue;
+                }
+                Next::Chunk(None) => break BodyEnd::Complete,
+                Next::Chunk(Some(Ok(chunk))) => chunk,
+                Next::Chunk(Some(Err(e))) => break BodyEnd::Failed(e),
+            };
+            let allowed = length.map_or(usize::MAX, |l| (start + l - received) as usize);
+            let mut rest = chunk.slice(..chunk.len().min(allowed));
+            while !rest.is_empty() {
+                if buffer.is_none() {
+                    let mut fresh = buffers.get().await;
+                    fresh.reserve_head(carried);
+                    buffer = Some(fresh);
+                }
+                let Some(buf) = buffer.as_mut() else {
+                    unreachable!()
+                };
+                let n = buf.remaining().min(rest.len());
+                buf.extend_from_slice(&rest[..n]);
+                hasher.update(rest.split_to(n)).await?;
+                received += n as u64;
+                if buf.remaining() == 0 {
+                    let Some(full) = buffer.take() else {
+                        unreachable!()
+                    };
+                    let piece = Piece {
+                        buffer: full,
+                        carried,
+                        end_offset: received,
+                        kind: PieceKind::Full,
+                    };
+                    carried = 0;
+                    let state = hasher.mark().await?;
+                    self.write(piece, hasher.algorithm(), state).await?;
+                }
+            }
+            if chunk.len() > allowed {
+                break BodyEnd::TooLong;
+            }
+        };
+
+        let algorithm = hasher.algorithm();
+        let final_state = hasher.mark().await?.get().await?;
+        drop(hasher);
+        let ends_blob = matches!(end, BodyEnd::Complete)
+            && length.is_none_or(|l| received - start == l)
+            && match finishing {
+                None => false,
+                // A mismatching digest leaves the upload open for more bytes, so its last
+                // piece must not be written as the blob's end.
+                Some(digest) => {
+                    algorithm != digest.algorithm().unwrap_or(algorithm)
+                        || Hasher::restore(algorithm, &final_state)
+                            .map_err(RegistryError::internal)?
+                            .finish()
+                            == *digest
+                }
+            };
+        let kind = if ends_blob {
+            PieceKind::Final
+        } else {
+            PieceKind::RequestEnd
+        };
+        let has_new_bytes = buffer.as_ref().is_some_and(|b| b.len() > carried);
+        if has_new_bytes || (kind == PieceKind::Final && carried > 0) {
+            let buf = match buffer.take() {
+                Some(b) => b,
+                None => {
+                    let mut fresh = buffers.get().await;
+                    fresh.reserve_head(carried);
+                    fresh
+                }
+            };
+            let piece = Piece {
+                buffer: buf,
+                carried,
+                end_offset: received,
+                kind,
+            };
+            self.write(piece, algorithm, SavedState::Ready(final_state))
+                .await?;
+        }
+        let durable = self.writer.flush().await?;
+        self.record(durable).await?;
+
+        match end {
+            BodyEnd::Failed(e) => Err(RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!(
+                    "request body ended early ({e}); the upload holds {} bytes, resume from there",
+                    self.session.offset
+                ),
+            )
+            .with_header(http::header::RANGE, upload_range(self.session.offset))),
+            BodyEnd::TooLong => Err(RegistryError::new(
+                ErrorCode::SizeInvalid,
+                format!(
+                    "request body is longer than the {} bytes its Content-Range declares",
+                    length.unwrap_or(0)
+                ),
+            )),
+            BodyEnd::Complete => match length {
+                Some(l) if received - start != l => Err(RegistryError::new(
+                    ErrorCode::SizeInvalid,
+                    format!(
+                        "request body has {} bytes but its Content-Range declares {l}",
+                        received - start
+                    ),
+                )),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    async fn write(
+        &mut self,
+        piece: Piece,
+        algorithm: DigestAlgorithm,
+        state: SavedState,
+    ) -> RegistryResult<()> {
+        self.pending.push_back((piece.end_offset, algorithm, state));
+        let durable = self.writer.write(piece).await?;
+        self.record(durable).await
+    }
+
+    /// Saves durable progress in the session, conditionally on the offset it is at.
+    async fn record(&mut self, durable: Vec<Durable>) -> RegistryResult<()> {
+        let Some(last) = durable.last() else {
+            return Ok(());
+        };
+        let mut state = None;
+        while let Some((end, algorithm, saved)) = self.pending.pop_front() {
+            if end == last.end_offset {
+                state = Some((algorithm, saved.get().await?));
+                break;
+            }
+        }
+        let (hasher_algorithm, state) = state.ok_or_else(|| {
+            RegistryError::internal(format!(
+                "no hash state saved for offset {} of upload {}",
+                last.end_offset, self.session.id
+            ))
+        })?;
+        let parts: Vec<_> = durable
+            .iter()
+            .flat_map(|d| d.parts.iter().cloned())
+            .collect();
+        let clear_staged = durable.iter().any(|d| d.consumed_staged);
+        // Only a request's last piece can be staged, so at most one is.
+        let staged = durable.iter().find_map(|d| d.staged.clone());
+        let checkpoint = UploadCheckpoint {
+            offset: last.end_offset,
+            algorithm: hasher_algorithm,
+            hash_state: &state,
+            store_state: &last.store_state,
+            new_parts: &parts,
+            clear_staged,
+            staged: staged.as_deref(),
+            now: now_millis(),
+        };
+        let outcome = self
+            .registry
+            .inner
+            .metadata
+            .checkpoint_upload(&self.session.id, self.session.offset, checkpoint)
+            .await;
+        match outcome {
+            Ok(SessionUpdate::Saved) => {
+                self.session.offset = last.end_offset;
+                self.session.algorithm = hasher_algorithm;
+                self.session.hash_state = state;
+                self.session.store_state = last.store_state.clone();
+                if clear_staged {
+                    self.session.staged_len = 0;
+                }
+                self.session.staged_len += staged.as_ref().map_or(0, |b| b.len() as u64);
+                Ok(())
+            }
+            Ok(SessionUpdate::Conflict { offset }) => {
+                self.writer.abandon().await;
+                Err(out_of_order(
+                    offset,
+                    "another request moved the upload first",
+                ))
+            }
+            Ok(SessionUpdate::Gone) => {
+                self.writer.abandon().await;
+                Err(upload_unknown(&self.session.id))
+            }
+            Err(e) => {
+                self.writer.abandon().await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// Opens an upload session for `repository`, hashing with `algorithm` until told otherwise.
+    pub async fn start_upload(
+        &self,
+        repository: &RepositoryName,
+        algorithm: DigestAlgorithm,
+    ) -> RegistryResult<UploadSession> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let store_state = self.inner.blobs.begin_upload(&id).await?;
+        let now = now_millis();
+        let session = UploadSession {
+            id,
+            repository: repository.clone(),
+            offset: 0,
+            algorithm,
+            hash_state: Hasher::new(algorithm).save(),
+            store_state,
+            committing: false,
+            staged_len: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        if let Err(e) = self.inner.metadata.create_upload(&session).await {
+            let _ = self
+                .inner
+                .blobs
+                .discard_upload(&session.id, &session.store_state)
+                .await;
+            return Err(e.into());
+        }
+        Ok(session)
+    }
+
+    /// An upload session of `repository`.
+    pub async fn upload_session(
+        &self,
+        repository: &RepositoryName,
+        id: &str,
+    ) -> RegistryResult<UploadSession> {
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(RegistryError::new(
+                ErrorCode::BlobUploadUnknown,
+                format!("{id:?} is not an upload id"),
+            ));
+        }
+        match self.inner.metadata.upload(id).await? {
+            Some(s) if &s.repository == repository => Ok(s),
+            _ => Err(upload_unknown(id)),
+        }
+    }
+
+    /// Appends a chunk (`PATCH`). Returns the session as it stands afterwards.
+    pub async fn append_upload(
+        &self,
+        repository: &RepositoryName,
+        id: &str,
+        chunk: ChunkSpec,
+        body: BodyStream,
+    ) -> RegistryResult<UploadSession> {
+        let mut appender = match Appender::open(self, repository, id, chunk.start, false).await {
+            Ok(a) => a,
+            Err(e) => return Err(discard_body(body, e).await),
+        };
+        appender.append(body, chunk.length, None).await?;
+        Ok(appender.session)
+    }
+
+    /// Appends an optional last chunk and publishes the blob as `digest` (`PUT`).
+    pub async fn finish_upload(
+        &self,
+        repository: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+        chunk: ChunkSpec,
+        body: BodyStream,
+    ) -> RegistryResult<BlobRecord> {
+        let Some(algorithm) = digest.algorithm() else {
+            return Err(discard_body(body, unsupported_algorithm(digest)).await);
+        };
+        let mut appender = match Appender::open(self, repository, id, chunk.start, true).await {
+            Ok(a) => a,
+            Err(e) => return Err(discard_body(body, e).await),
+        };
+        appender.append(body, chunk.length, Some(digest)).await?;
+        let session = appender.session.clone();
+        let size = session.offset;
+        let verified_in_stream = session.algorithm == algorithm;
+        if verified_in_stream {
+            let computed = Hasher::restore(session.algorithm, &session.hash_state)
+                .map_err(RegistryError::internal)?
+                .finish();
+            if computed != *digest {
+                return Err(digest_mismatch(digest, &computed, size));
+            }
+        }
+        let now = now_millis();
+        match self.inner.metadata.begin_commit(id, size, now).await? {
+            SessionUpdate::Saved => {}
+            SessionUpdate::Conflict { offset } => {
+                return Err(out_of_order(
+                    offset,
+                    "another request moved the upload first",
+                ));
+            }
+            SessionUpdate::Gone => return Err(upload_unknown(id)),
+        }
+        let parts = self.inner.metadata.upload_parts(id).await?;
+        let storage_key = appender.writer.complete(&parts, size).await?;
+        drop(appender);
+        if !verified_in_stream {
+            // The bytes were hashed with another algorithm before the client named this one:
+            // verify by reading the finished object once.
+            let computed = self.hash_object(&storage_key, algorithm).await?;
+            if computed != *digest {
+                self.discard_session(id).await;
+                return Err(digest_mismatch(digest, &computed, size));
+            }
+        }
+        let blob = BlobRecord {
+            digest: digest.clone(),
+            size,
+            storage_key,
+        };
+        match self
+            .inner
+            .metadata
+            .commit_blob(id, &blob, now_millis())
+            .await?
+        {
+            BlobCommit::Created => Ok(blob),
+            BlobCommit::Deduplicated { garbage_id } => {
+                self.collect_garbage_entry(garbage_id, id, &session.store_state)
+                    .await;
+                Ok(self
+                    .inner
+                    .metadata
+                    .blob(repository, digest)
+                    .await?
+                    .unwrap_or(blob))
+            }
+            BlobCommit::SessionGone => match self.inner.metadata.blob(repository, digest).await? {
+                // A racing PUT of the same session published it first.
+                Some(existing) => Ok(existing),
+                None => Err(upload_unknown(id)),
+            },
+        }
+    }
+
+    /// Uploads a whole blob in one request (`POST ?digest=`).
+    pub async fn upload_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        chunk: ChunkSpec,
+        body: BodyStream,
+    ) -> RegistryResult<BlobRecord> {
+        let Some(algorithm) = digest.algorithm() else {
+            return Err(discard_body(body, unsupported_algorithm(digest)).await);
+        };
+        let session = match self.start_upload(repository, algorithm).await {
+            Ok(s) => s,
+            Err(e) => return Err(discard_body(body, e).await),
+        };
+        let result = self
+            .finish_upload(
+                repository,
+                &session.id,
+                digest,
+                ChunkSpec {
+                    start: None,
+                    ..chunk
+                },
+                body,
+            )
+            .await;
+        if result.is_err() {
+            // Nobody knows this session's id: it must not linger until it expires.
+            self.discard_session(&session.id).await;
+        }
+        result
+    }
+
+    /// Cancels an upload (`DELETE`) and removes its bytes.
+    pub async fn cancel_upload(&self, repository: &RepositoryName, id: &str) -> RegistryResult<()> {
+        self.upload_session(repository, id).await?;
+        match self.inner.metadata.cancel_upload(id, now_millis()).await? {
+            Some(garbage) => {
+                self.collect_garbage_entry(garbage.id, id, &garbage.store_state)
+                    .await;
+                Ok(())
+            }
+            None => Err(upload_unknown(id)),
+        }
+    }
+
+    /// Ends a session and removes its storage, logging failures (the sweeper retries).
+    pub(crate) async fn discard_session(&self, id: &str) {
+        match self.inner.metadata.cancel_upload(id, now_millis()).await {
+            Ok(Some(garbage)) => {
+                self.collect_garbage_entry(garbage.id, id, &garbage.store_state)
+                    .await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(upload = id, error = %e, "could not cancel upload session"),
+        }
+    }
+
+    pub(crate) async fn collect_garbage_entry(
+        &self,
+        garbage_id: i64,
+        upload_id: &str,
+        store_state: &str,
+    ) {
+        match self
+            .inner
+            .blobs
+            .discard_upload(upload_id, store_state)
+            .await
+        {
+            Ok(()) => {
+                if let Err(e) = self.inner.metadata.forget_garbage(garbage_id).await {
+                    tracing::warn!(upload = upload_id, error = %e, "could not forget garbage entry");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(upload = upload_id, error = %e, "could not remove upload storage; will retry")
+            }
+        }
+    }
+
+    async fn hash_object(&self, key: &str, algorithm: DigestAlgorithm) -> RegistryResult<Digest> {
+        let mut stream = self.inner.blobs.read(key, None).await?;
+        let mut hasher = Hasher::new(algorithm);
+        while let Some(chunk) = stream.next().await {
+            hasher.update(&chunk?);
+        }
+        Ok(hasher.finish())
+    }
+
+    /// A blob linked to `repository`.
+    pub async fn blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> RegistryResult<BlobRecord> {
+        match self.inner.metadata.blob(repository, digest).await? {
+            Some(blob) => Ok(blob),
+            None => Err(self
+                .not_found(repository, ErrorCode::BlobUnknown, digest)
+                .await?),
+        }
+    }
+
+    /// Unlinks a blob from `repository` (`DELETE`); its bytes stay while other links exist.
+    pub async fn delete_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> RegistryResult<()> {
+        if self.inner.metadata.unlink_blob(repository, digest).await? {
+            Ok(())
+        } else {
+            Err(self
+                .not_found(repository, ErrorCode::BlobUnknown, digest)
+                .await?)
+        }
+    }
+
+    /// Links a blob already in the registry into `repository`: from `from` if given, else
+    /// from any repository. `None` when it was not found.
+    pub async fn mount_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        from: Option<&RepositoryName>,
+    ) -> RegistryResult<Option<BlobRecord>> {
+        Ok(self
+            .inner
+            .metadata
+            .mount_blob(repository, digest, from, now_millis())
+            .await?)
+    }
+
+    /// The 404 for something missing in `repository`: `NAME_UNKNOWN` if the repository itself
+    /// does not exist, else `code`.
+    pub(crate) async fn not_found(
+        &self,
+        repository: &RepositoryName,
+        code: ErrorCode,
+        what: impl std::fmt::Display,
+    ) -> RegistryResult<RegistryError> {
+        if self.inner.metadata.repository_exists(repository).await? {
+            let noun = match code {
+                ErrorCode::BlobUnknown => "blob",
+                _ => "manifest",
+            };
+            Ok(RegistryError::new(
+                code,
+                format!("{noun} {what} is not in repository {repository}"),
+            ))
+        } else {
+            Ok(RegistryError::new(
+                ErrorCode::NameUnknown,
+                format!("repository {repository} does not exist"),
+            ))
+        }
+    }
+}
+
+/// Most bytes read and thrown away to answer a refused upload request, and for how long.
+const DISCARD_LIMIT: u64 = 64 * 1024 * 1024;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads (a bounded part of) a body nobody will use before the error is answered: a client
+/// still sending then reads the answer instead of hitting a reset connection.
+pub async fn discard_body(mut body: BodyStream, error: RegistryError) -> RegistryError {
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.len() as u64;
+            if seen > DISCARD_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    error
+}
+
+fn digest_mismatch(expected: &Digest, computed: &Digest, size: u64) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::DigestInvalid,
+        format!("the {size} bytes uploaded have digest {computed}, not {expected}"),
+    )
+    .with_detail(serde_json::json!({ "expected": expected.as_str(), "computed": computed.as_str(), "size": size }))
+}

@@ -1,0 +1,367 @@
+//! Blobs in a local directory.
+//!
+//! Each upload writes one file in place (`blobs/<xx>/<upload-id>`) and that file becomes the
+//! blob: completing it truncates and syncs, nothing is copied or renamed. One writer at a time
+//! holds an exclusive `flock` on the file, so racing requests, even from two processes sharing
+//! the directory, cannot interleave their bytes; bytes past the recorded offset (a killed
+//! writer's) are overwritten by the next writer and cut off at completion. Every piece is
+//! `fdatasync`ed before it is reported durable.
+//!
+//! Where the filesystem supports it, pieces are written with `O_DIRECT` from the aligned part
+//! buffers, skipping the page cache copy. Direct I/O needs block-aligned offsets and lengths:
+//! a request that starts mid-block re-reads the block's head from the file (the writer's
+//! *carried* bytes), and a piece ending mid-block is padded with zeros that the next piece
+//! overwrites and completion truncates.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::task::JoinHandle;
+
+use crate::buffers::ALIGNMENT;
+
+use super::Staged;
+use super::{
+    BlobStore, ByteRange, ByteStream, Durable, PartNumbers, PartRecord, Piece, StorageError,
+    StorageResult, UploadWriter,
+};
+
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// A blob store in a local directory.
+#[derive(Debug, Clone)]
+pub struct FsBlobStore {
+    root: PathBuf,
+    part_size: usize,
+    direct_io: bool,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> StorageResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
+        .map_err(StorageError::Io)
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+fn open_direct(path: &Path) -> std::io::Result<File> {
+    File::options()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+/// Whether files in `dir` accept aligned `O_DIRECT` writes (tmpfs and some others do not).
+fn supports_direct_io(dir: &Path) -> bool {
+    let probe = dir.join(format!(".direct-io-probe-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        File::create(&probe)?;
+        let file = open_direct(&probe)?;
+        let layout = std::alloc::Layout::from_size_align(ALIGNMENT, ALIGNMENT)
+            .map_err(std::io::Error::other)?;
+        // SAFETY: non-zero size; zeroed so the slice below is initialized.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(std::io::Error::other("allocation failed"));
+        }
+        // SAFETY: `ptr` is valid for `ALIGNMENT` initialized bytes until deallocated below.
+        let block = unsafe { std::slice::from_raw_parts(ptr, ALIGNMENT) };
+        let written = file.write_at(block, 0);
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(ptr, layout) };
+        written.map(|_| ())
+    })();
+    let _ = std::fs::remove_file(&probe);
+    result.is_ok()
+}
+
+fn key_for(upload_id: &str) -> String {
+    let shard = upload_id.get(..2).unwrap_or("00");
+    format!("blobs/{shard}/{upload_id}")
+}
+
+fn checked_key(key: &str) -> StorageResult<&str> {
+    let ok = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
+        && !key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if ok {
+        Ok(key)
+    } else {
+        Err(StorageError::State(format!("invalid storage key {key:?}")))
+    }
+}
+
+impl FsBlobStore {
+    /// Opens (creating if needed) a store rooted at `root`, writing pieces of `part_size`
+    /// bytes, with direct I/O if `direct_io` is asked for and the filesystem supports it.
+    pub async fn open(
+        root: impl Into<PathBuf>,
+        part_size: usize,
+        direct_io: bool,
+    ) -> StorageResult<FsBlobStore> {
+        let root = root.into();
+        let blobs = root.join("blobs");
+        let direct_io = blocking(move || {
+            std::fs::create_dir_all(&blobs)?;
+            Ok(direct_io && supports_direct_io(&blobs))
+        })
+        .await?;
+        // Direct I/O writes whole blocks: pieces are a whole number of them.
+        let part_size = part_size.div_ceil(ALIGNMENT).max(1) * ALIGNMENT;
+        tracing::debug!(root = %root.display(), direct_io, "filesystem blob store");
+        Ok(FsBlobStore {
+            root,
+            part_size,
+            direct_io,
+        })
+    }
+
+    /// Whether pieces are written with `O_DIRECT`.
+    pub fn direct_io(&self) -> bool {
+        self.direct_io
+    }
+
+    /// The directory the store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> StorageResult<PathBuf> {
+        Ok(self.root.join(checked_key(key)?))
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    fn kind(&self) -> &'static str {
+        "filesystem"
+    }
+
+    fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    async fn begin_upload(&self, upload_id: &str) -> StorageResult<String> {
+        let path = self.path(&key_for(upload_id))?;
+        blocking(move || {
+            let dir = path.parent().expect("upload keys have a directory");
+            if !dir.exists() {
+                std::fs::create_dir_all(dir)?;
+                sync_dir(dir.parent().expect("shard directories have a parent"))?;
+            }
+            File::options()
+                .write(true)
+                .create_new(true)
+                .open(&path)?
+                .sync_all()?;
+            sync_dir(dir)
+        })
+        .await?;
+        Ok(String::new())
+    }
+
+    async fn open_upload(
+        &self,
+        upload_id: &str,
+        offset: u64,
+        _store_state: &str,
+        staged: Staged,
+        _part_numbers: Arc<dyn PartNumbers>,
+    ) -> StorageResult<Box<dyn UploadWriter>> {
+        if !staged.is_empty() {
+            return Err(StorageError::State(
+                "the filesystem store never stages bytes".into(),
+            ));
+        }
+        let key = key_for(upload_id);
+        let path = self.path(&key)?;
+        let shown = key.clone();
+        let direct_io = self.direct_io;
+        let (file, direct) =
+            tokio::task::spawn_blocking(move || -> StorageResult<(File, Option<File>)> {
+                let file = match File::options().read(true).write(true).open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(StorageError::UploadLost(format!("{shown} does not exist")));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                match file.try_lock() {
+                    Ok(()) => {}
+                    Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::Busy),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+                }
+                let len = file.metadata()?.len();
+                if len < offset {
+                    return Err(StorageError::UploadLost(format!(
+                        "{shown} holds {len} bytes, the session records {offset}"
+                    )));
+                }
+                let direct = if direct_io {
+                    Some(open_direct(&path)?)
+                } else {
+                    None
+                };
+                Ok((file, direct))
+            })
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
+        let carried = if direct.is_some() {
+            (offset % ALIGNMENT as u64) as usize
+        } else {
+            0
+        };
+        Ok(Box::new(FsWriter {
+            file: Arc::new(file),
+            direct: direct.map(Arc::new),
+            carried,
+            key,
+            in_flight: VecDeque::new(),
+        }))
+    }
+
+    async fn discard_upload(&self, upload_id: &str, _store_state: &str) -> StorageResult<()> {
+        self.delete(&key_for(upload_id)).await
+    }
+
+    async fn read(&self, key: &str, range: Option<ByteRange>) -> StorageResult<ByteStream> {
+        let path = self.path(key)?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::NotFound(key.to_owned()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stream = match range {
+            Some(r) => {
+                tokio::io::AsyncSeekExt::seek(&mut file, SeekFrom::Start(r.start)).await?;
+                tokio_util::io::ReaderStream::with_capacity(file.take(r.len()), READ_CHUNK).boxed()
+            }
+            None => tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK).boxed(),
+        };
+        Ok(stream.map(|r| r.map_err(StorageError::Io)).boxed())
+    }
+
+    async fn delete(&self, key: &str) -> StorageResult<()> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn check(&self) -> StorageResult<()> {
+        let blobs = self.root.join("blobs");
+        let meta = tokio::fs::metadata(&blobs).await?;
+        if meta.is_dir() && !meta.permissions().readonly() {
+            Ok(())
+        } else {
+            Err(StorageError::Unavailable(format!(
+                "{} is not a writable directory",
+                blobs.display()
+            )))
+        }
+    }
+}
+
+struct FsWriter {
+    /// Holds the lock; reads block heads, truncates.
+    file: Arc<File>,
+    /// Opened with `O_DIRECT` for writing pieces, when the filesystem allows it.
+    direct: Option<Arc<File>>,
+    carried: usize,
+    key: String,
+    in_flight: VecDeque<JoinHandle<std::io::Result<u64>>>,
+}
+
+#[async_trait]
+impl UploadWriter for FsWriter {
+    fn carried(&self) -> usize {
+        self.carried
+    }
+
+    async fn write(&mut self, piece: Piece) -> StorageResult<Vec<Durable>> {
+        let file = Arc::clone(&self.file);
+        let direct = self.direct.clone();
+        let carried = piece.carried;
+        let at = piece.start_offset() - carried as u64;
+        let end = piece.end_offset;
+        let mut buffer = piece.buffer;
+        self.carried = 0;
+        self.in_flight
+            .push_back(tokio::task::spawn_blocking(move || {
+                if carried > 0 {
+                    file.read_exact_at(&mut buffer.as_mut_slice()[..carried], at)?;
+                }
+                match direct {
+                    Some(direct) => {
+                        let len = buffer.pad_to_alignment();
+                        direct.write_all_at(&buffer.as_slice()[..len], at)?;
+                        direct.sync_data()?;
+                    }
+                    None => {
+                        file.write_all_at(buffer.as_slice(), at)?;
+                        file.sync_data()?;
+                    }
+                }
+                Ok(end)
+            }));
+        let mut durable = Vec::new();
+        while self.in_flight.len() > 1 {
+            durable.extend(self.settle().await?);
+        }
+        Ok(durable)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    async fn settle(&mut self) -> StorageResult<Option<Durable>> {
+        let Some(handle) = self.in_flight.front_mut() else {
+            return Ok(None);
+        };
+        let written = handle.await;
+        self.in_flight.pop_front();
+        let end_offset = written.map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
+        Ok(Some(Durable::at(end_offset, String::new())))
+    }
+
+    async fn complete(&mut self, _parts: &[PartRecord], size: u64) -> StorageResult<String> {
+        self.flush().await?;
+        let file = Arc::clone(&self.file);
+        blocking(move || {
+            file.set_len(size)?;
+            file.sync_all()?;
+            // Leave the cursor-free file handle as is; readers open their own.
+            let _ = (&*file).seek(SeekFrom::Start(0));
+            Ok(())
+        })
+        .await?;
+        Ok(self.key.clone())
+    }
+
+    async fn abandon(&mut self) {
+        // Unrecorded bytes lie past the session's offset: the next writer overwrites them and
+        // completion cuts them off.
+        let _ = self.flush().await;
+    }
+}

@@ -1,0 +1,282 @@
+//! Blob stores: content bytes, streamed in through two-phase uploads and out by key.
+//!
+//! A store knows upload ids, storage keys and bytes; never repositories, tags or digests'
+//! meaning. An upload is written in *pieces*; each piece a writer reports durable can be
+//! recorded by the metadata store, and only recorded pieces ever become part of the blob, so a
+//! request that loses a race on a session leaves nothing in it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::buffers::PartBuffer;
+
+pub mod fs;
+pub mod memory;
+#[cfg(feature = "s3")]
+pub mod s3;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Another request is writing this upload right now.
+    #[error("the upload is being written by another request")]
+    Busy,
+    /// No object under this key.
+    #[error("no stored object {0:?}")]
+    NotFound(String),
+    /// The upload's bytes are gone (the store lost them, e.g. after a disk failure).
+    #[error("the upload's stored bytes are missing or short: {0}")]
+    UploadLost(String),
+    /// A limit of the backend would be exceeded.
+    #[error("{0}")]
+    Limit(String),
+    /// The backend cannot be reached.
+    #[error("blob storage unavailable: {0}")]
+    Unavailable(String),
+    /// Local I/O failed.
+    #[error("blob storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The backend refused or failed a request.
+    #[error("blob storage {operation} failed: {message}")]
+    Backend {
+        /// What was attempted.
+        operation: &'static str,
+        /// What the backend said.
+        message: String,
+    },
+    /// Saved upload state cannot be read back.
+    #[error("upload storage state is invalid: {0}")]
+    State(String),
+}
+
+/// Result alias for the storage layer.
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// A stream of blob bytes.
+pub type ByteStream = BoxStream<'static, StorageResult<Bytes>>;
+
+/// A half-open byte range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// Number of bytes in the range.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// A multipart part recorded with its session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// Part number, unique within the session.
+    pub number: u32,
+    /// Bytes in the part.
+    pub size: u64,
+    /// The backend's tag for the part.
+    pub etag: String,
+}
+
+/// Where a piece sits in its request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PieceKind {
+    /// A full buffer in the middle of a request.
+    Full,
+    /// The last bytes of a request that leaves the upload open.
+    RequestEnd,
+    /// The last bytes of the upload: the blob is completed next.
+    Final,
+}
+
+/// Bytes handed to an [`UploadWriter`].
+pub struct Piece {
+    /// `carried` bytes reserved at the head for the writer to fill, then new bytes.
+    pub buffer: PartBuffer,
+    /// Bytes at the head that the writer fills with content it carried over from earlier
+    /// requests (see [`UploadWriter::carried`]); zero except in a request's first piece.
+    pub carried: usize,
+    /// Upload offset just after the piece's last byte.
+    pub end_offset: u64,
+    /// Where the piece sits.
+    pub kind: PieceKind,
+}
+
+impl Piece {
+    /// Upload offset of the first new byte.
+    pub fn start_offset(&self) -> u64 {
+        self.end_offset - (self.buffer.len() - self.carried) as u64
+    }
+}
+
+/// Progress a writer made durable: once recorded, the upload holds every byte before
+/// `end_offset`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Durable {
+    /// Upload offset covered.
+    pub end_offset: u64,
+    /// Parts written for it.
+    pub parts: Vec<PartRecord>,
+    /// The store's state for the upload after it.
+    pub store_state: String,
+    /// Bytes the store did not keep (too few to form a part it may write yet): the registry
+    /// records them with the session and hands them back, as `staged`, to the next writer.
+    pub staged: Option<Bytes>,
+    /// Whether this piece used the staged bytes the writer was opened with (they are no longer
+    /// needed once it is recorded).
+    pub consumed_staged: bool,
+}
+
+impl Durable {
+    /// Progress with no parts and nothing staged.
+    pub fn at(end_offset: u64, store_state: String) -> Durable {
+        Durable {
+            end_offset,
+            parts: Vec::new(),
+            store_state,
+            staged: None,
+            consumed_staged: false,
+        }
+    }
+}
+
+/// Bytes earlier writers left staged with the session (see [`Durable::staged`]), fetched only
+/// if a piece needs them: most requests that stage bytes never read the earlier ones back.
+pub struct Staged {
+    len: usize,
+    fetch: Option<BoxFuture<'static, StorageResult<Bytes>>>,
+}
+
+impl Staged {
+    /// Nothing staged.
+    pub fn none() -> Staged {
+        Staged {
+            len: 0,
+            fetch: None,
+        }
+    }
+
+    /// `len` staged bytes that `fetch` reads.
+    pub fn new(len: usize, fetch: BoxFuture<'static, StorageResult<Bytes>>) -> Staged {
+        Staged {
+            len,
+            fetch: Some(fetch),
+        }
+    }
+
+    /// Number of staged bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Fetches the staged bytes (once; later calls return nothing).
+    pub async fn take(&mut self) -> StorageResult<Bytes> {
+        let bytes = match self.fetch.take() {
+            Some(fetch) => fetch.await?,
+            None => Bytes::new(),
+        };
+        if bytes.len() != self.len {
+            return Err(StorageError::State(format!(
+                "{} staged bytes expected, {} found",
+                self.len,
+                bytes.len()
+            )));
+        }
+        self.len = 0;
+        Ok(bytes)
+    }
+}
+
+/// Source of part numbers never used before in a session, for stores that number parts.
+#[async_trait]
+pub trait PartNumbers: Send + Sync {
+    /// The next unused part number.
+    async fn next(&self) -> StorageResult<u32>;
+}
+
+/// Appends to one upload for the duration of one request.
+#[async_trait]
+pub trait UploadWriter: Send {
+    /// Bytes from earlier requests that this writer places at the head of the first piece.
+    fn carried(&self) -> usize;
+    /// Writes a piece, possibly in the background; returns what became durable meanwhile,
+    /// in upload order.
+    async fn write(&mut self, piece: Piece) -> StorageResult<Vec<Durable>>;
+    /// Pieces written but not yet reported durable.
+    fn in_flight(&self) -> usize;
+    /// Waits for the oldest piece in flight and reports it durable (`None` if none is in
+    /// flight). Cancel-safe: dropping the future loses nothing.
+    async fn settle(&mut self) -> StorageResult<Option<Durable>>;
+    /// Waits for every written piece; returns what became durable, in upload order.
+    async fn flush(&mut self) -> StorageResult<Vec<Durable>> {
+        let mut durable = Vec::new();
+        while let Some(d) = self.settle().await? {
+            durable.push(d);
+        }
+        Ok(durable)
+    }
+    /// Turns the recorded parts into the finished object of `size` bytes; returns its key.
+    /// Safe to call again after a crash between completion and publication.
+    async fn complete(&mut self, parts: &[PartRecord], size: u64) -> StorageResult<String>;
+    /// Removes what this writer wrote that was never recorded (it lost a race).
+    async fn abandon(&mut self);
+}
+
+/// Content-addressed bytes behind the registry.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Short name for logs (`filesystem`, `s3`, `memory`).
+    fn kind(&self) -> &'static str;
+    /// Size of the pieces uploads are cut into.
+    fn part_size(&self) -> usize;
+    /// Largest number of pieces one request keeps in flight.
+    fn write_concurrency(&self) -> usize {
+        2
+    }
+    /// Prepares storage for a new upload; returns the store's initial state for it.
+    async fn begin_upload(&self, upload_id: &str) -> StorageResult<String>;
+    /// Opens an upload at `offset` for one request. `staged` are bytes earlier writers left to
+    /// the registry (see [`Durable::staged`]); they end at `offset` and lead the first piece.
+    /// Stores that need one writer at a time answer [`StorageError::Busy`] while another
+    /// request holds it.
+    async fn open_upload(
+        &self,
+        upload_id: &str,
+        offset: u64,
+        store_state: &str,
+        staged: Staged,
+        part_numbers: Arc<dyn PartNumbers>,
+    ) -> StorageResult<Box<dyn UploadWriter>>;
+    /// Removes everything an upload may have written, its completed object included.
+    /// Idempotent.
+    async fn discard_upload(&self, upload_id: &str, store_state: &str) -> StorageResult<()>;
+    /// Streams an object, or a range of it.
+    async fn read(&self, key: &str, range: Option<ByteRange>) -> StorageResult<ByteStream>;
+    /// Deletes an object. Idempotent.
+    async fn delete(&self, key: &str) -> StorageResult<()>;
+    /// A URL clients can fetch the object from directly, if the store offers one.
+    async fn presigned_url(&self, _key: &str) -> StorageResult<Option<String>> {
+        Ok(None)
+    }
+    /// Checks that the store is reachable and writable.
+    async fn check(&self) -> StorageResult<()>;
+}

@@ -1,0 +1,748 @@
+//! Blobs in S3 (AWS S3, MinIO, Garage and other S3-compatible stores).
+//!
+//! Each upload session streams into one multipart upload completed at `blobs/<upload-id>`;
+//! completion is zero-copy (`CompleteMultipartUpload`, no server-side copy, no re-read). Part
+//! numbers come from the session row, so every request uses numbers nobody used before: a
+//! request that loses a race uploads parts nobody lists. S3 wants every part but the last to be
+//! at least 5 MiB: bytes a request ends with that cannot form such a part are handed back to
+//! the registry, which records them with the session in the same transaction as the new
+//! offset, and gives them to the next writer to send at the head of its first part. A blob
+//! whose bytes all arrive in one request and fit one buffer is written with one `PutObject`
+//! (to `blobs/<upload-id>.<nonce>`, unique to its writer).
+//!
+//! Berth enforces S3's rules itself (part sizes, part count) rather than trusting the server
+//! to: some S3-compatible stores accept what AWS refuses.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream as S3Body;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use super::Staged;
+use super::{
+    BlobStore, ByteRange, ByteStream, Durable, PartNumbers, PartRecord, Piece, PieceKind,
+    StorageError, StorageResult, UploadWriter,
+};
+
+/// S3's smallest part size for every part but the last.
+pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+/// S3's largest part size.
+pub const MAX_PART_SIZE: usize = 5 * 1024 * 1024 * 1024;
+/// S3's highest part number.
+pub const MAX_PARTS: u32 = 10_000;
+
+/// How to reach the bucket.
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Region; from the AWS environment when `None`.
+    pub region: Option<String>,
+    /// Endpoint URL for S3-compatible stores; AWS when `None`.
+    pub endpoint: Option<String>,
+    /// Endpoint clients reach, used for presigned URLs when it differs from `endpoint`.
+    pub public_endpoint: Option<String>,
+    /// Path-style addressing (MinIO, Garage).
+    pub force_path_style: bool,
+    /// Prefix of every key Berth writes.
+    pub prefix: String,
+    /// Multipart part size (5 MiB to 5 GiB).
+    pub part_size: usize,
+    /// Parts one request uploads concurrently.
+    pub upload_concurrency: usize,
+    /// Lifetime of presigned URLs.
+    pub presign_expiry: Duration,
+}
+
+struct Shared {
+    client: Client,
+    presigner: Client,
+    bucket: String,
+    prefix: String,
+    part_size: usize,
+    concurrency: usize,
+    presign_expiry: Duration,
+    /// Sign request payloads (hash every byte once more for SigV4): needed for integrity over
+    /// plain HTTP; over HTTPS, TLS protects the bytes and `UNSIGNED-PAYLOAD` saves the work.
+    sign_payload: bool,
+}
+
+/// A blob store in an S3 bucket.
+#[derive(Clone)]
+pub struct S3BlobStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for S3BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3BlobStore")
+            .field("bucket", &self.shared.bucket)
+            .field("prefix", &self.shared.prefix)
+            .field("part_size", &self.shared.part_size)
+            .finish()
+    }
+}
+
+/// What the session row remembers for this store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct UploadState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    multipart: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    object: Option<String>,
+}
+
+impl UploadState {
+    fn parse(s: &str) -> StorageResult<UploadState> {
+        if s.is_empty() {
+            return Ok(UploadState::default());
+        }
+        serde_json::from_str(s).map_err(|e| StorageError::State(format!("S3 upload state: {e}")))
+    }
+
+    fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+fn s3_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            StorageError::Unavailable(format!(
+                "S3 {operation}: {}",
+                aws_smithy_types::error::display::DisplayErrorContext(&err)
+            ))
+        }
+        _ => {
+            let code = err.code().unwrap_or("unknown");
+            let message = err.message().unwrap_or("");
+            StorageError::Backend {
+                operation,
+                message: format!("{code}: {message}"),
+            }
+        }
+    }
+}
+
+fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
+    err.code()
+}
+
+fn nonce() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+async fn build_client(config: &S3Config, endpoint: Option<&str>) -> Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &config.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    let sdk = loader.load().await;
+    let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(config.force_path_style)
+        // Berth hashes every byte itself; SDK checksums would hash them again, and their
+        // streaming trailers are not understood by every S3-compatible store.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    if sdk.region().is_none() {
+        builder = builder.region(Region::new("us-east-1"));
+    }
+    if let Some(endpoint) = endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    Client::from_conf(builder.build())
+}
+
+impl S3BlobStore {
+    /// Configures a store; credentials come from the standard AWS chain (environment, shared
+    /// files, web identity / IRSA, instance metadata).
+    pub async fn connect(config: S3Config) -> StorageResult<S3BlobStore> {
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&config.part_size) {
+            return Err(StorageError::Limit(format!(
+                "S3 part size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes, got {}",
+                config.part_size
+            )));
+        }
+        let client = build_client(&config, config.endpoint.as_deref()).await;
+        let presigner = match &config.public_endpoint {
+            Some(public) => build_client(&config, Some(public)).await,
+            None => client.clone(),
+        };
+        Ok(S3BlobStore {
+            shared: Arc::new(Shared {
+                client,
+                presigner,
+                bucket: config.bucket,
+                prefix: config.prefix,
+                part_size: config.part_size,
+                concurrency: config.upload_concurrency.max(1),
+                presign_expiry: config.presign_expiry,
+                sign_payload: config
+                    .endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://")),
+            }),
+        })
+    }
+}
+
+impl Shared {
+    fn blob_key(&self, upload_id: &str) -> String {
+        format!("{}blobs/{upload_id}", self.prefix)
+    }
+
+    async fn put_object(&self, key: &str, body: Bytes) -> StorageResult<()> {
+        let len = body.len() as i64;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(len)
+            .body(S3Body::from(body));
+        let sent = if self.sign_payload {
+            request.send().await
+        } else {
+            request.customize().disable_payload_signing().send().await
+        };
+        sent.map_err(|e| s3_error("PutObject", e))?;
+        Ok(())
+    }
+
+    async fn keys_under(&self, prefix: &str) -> StorageResult<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| s3_error("ListObjectsV2", e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn delete_keys(&self, keys: Vec<String>) -> StorageResult<()> {
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StorageError::State(e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StorageError::State(e.to_string()))?;
+            // DeleteObjects requires a Content-MD5 or checksum; the SDK adds one when required.
+            let result = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await;
+            if let Err(e) = result {
+                // Fall back to single deletes (some stores lack DeleteObjects).
+                tracing::debug!(error = %s3_error("DeleteObjects", e), "falling back to DeleteObject");
+                for key in batch {
+                    self.delete_key(key).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_key(&self, key: &str) -> StorageResult<()> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if error_code(&e) == Some("NoSuchKey") => Ok(()),
+            Err(e) => Err(s3_error("DeleteObject", e)),
+        }
+    }
+
+    async fn abort_multipart(&self, key: &str, upload: &str) -> StorageResult<()> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if error_code(&e) == Some("NoSuchUpload") => Ok(()),
+            Err(e) => Err(s3_error("AbortMultipartUpload", e)),
+        }
+    }
+
+    /// Every multipart upload under `prefix`, as (key, upload id).
+    async fn multiparts_under(&self, prefix: &str) -> StorageResult<Vec<(String, String)>> {
+        let mut found = Vec::new();
+        let mut key_marker = None;
+        let mut id_marker = None;
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker)
+                .set_upload_id_marker(id_marker)
+                .send()
+                .await
+                .map_err(|e| s3_error("ListMultipartUploads", e))?;
+            found.extend(
+                page.uploads()
+                    .iter()
+                    .filter_map(|u| Some((u.key()?.to_owned(), u.upload_id()?.to_owned()))),
+            );
+            if page.is_truncated() == Some(true) {
+                key_marker = page.next_key_marker().map(str::to_owned);
+                id_marker = page.next_upload_id_marker().map(str::to_owned);
+                if key_marker.is_none() && id_marker.is_none() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3BlobStore {
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+
+    fn part_size(&self) -> usize {
+        self.shared.part_size
+    }
+
+    fn write_concurrency(&self) -> usize {
+        self.shared.concurrency
+    }
+
+    async fn begin_upload(&self, _upload_id: &str) -> StorageResult<String> {
+        // Nothing to create yet: the multipart upload starts with the first part, so a small
+        // blob sent in one request costs one PutObject.
+        Ok(UploadState::default().encode())
+    }
+
+    async fn open_upload(
+        &self,
+        upload_id: &str,
+        _offset: u64,
+        store_state: &str,
+        staged: Staged,
+        part_numbers: Arc<dyn PartNumbers>,
+    ) -> StorageResult<Box<dyn UploadWriter>> {
+        let state = UploadState::parse(store_state)?;
+        Ok(Box::new(S3Writer {
+            staged,
+            shared: Arc::clone(&self.shared),
+            upload_id: upload_id.to_owned(),
+            key: self.shared.blob_key(upload_id),
+            state,
+            written: Vec::new(),
+            part_numbers,
+            in_flight: VecDeque::new(),
+        }))
+    }
+
+    async fn discard_upload(&self, upload_id: &str, _store_state: &str) -> StorageResult<()> {
+        let shared = &self.shared;
+        let key = shared.blob_key(upload_id);
+        for (k, id) in shared.multiparts_under(&key).await? {
+            shared.abort_multipart(&k, &id).await?;
+        }
+        let keys = shared.keys_under(&key).await?;
+        shared.delete_keys(keys).await
+    }
+
+    async fn read(&self, key: &str, range: Option<ByteRange>) -> StorageResult<ByteStream> {
+        let mut request = self
+            .shared
+            .client
+            .get_object()
+            .bucket(&self.shared.bucket)
+            .key(key);
+        if let Some(r) = range {
+            request = request.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let out = request.send().await.map_err(|e| {
+            if error_code(&e) == Some("NoSuchKey") {
+                StorageError::NotFound(key.to_owned())
+            } else {
+                s3_error("GetObject", e)
+            }
+        })?;
+        let stream = futures::stream::unfold(out.body, |mut body| async move {
+            body.next().await.map(|chunk| {
+                (
+                    chunk.map_err(|e| StorageError::Backend {
+                        operation: "GetObject",
+                        message: e.to_string(),
+                    }),
+                    body,
+                )
+            })
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn delete(&self, key: &str) -> StorageResult<()> {
+        self.shared.delete_key(key).await
+    }
+
+    async fn presigned_url(&self, key: &str) -> StorageResult<Option<String>> {
+        let config = PresigningConfig::expires_in(self.shared.presign_expiry)
+            .map_err(|e| StorageError::State(format!("presign expiry: {e}")))?;
+        let request = self
+            .shared
+            .presigner
+            .get_object()
+            .bucket(&self.shared.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| s3_error("presign GetObject", e))?;
+        Ok(Some(request.uri().to_owned()))
+    }
+
+    async fn check(&self) -> StorageResult<()> {
+        self.shared
+            .client
+            .head_bucket()
+            .bucket(&self.shared.bucket)
+            .send()
+            .await
+            .map_err(|e| match s3_error("HeadBucket", e) {
+                StorageError::Backend { message, .. } => {
+                    StorageError::Unavailable(format!("bucket {}: {message}", self.shared.bucket))
+                }
+                other => other,
+            })?;
+        Ok(())
+    }
+}
+
+struct S3Writer {
+    shared: Arc<Shared>,
+    upload_id: String,
+    key: String,
+    /// The state after every piece issued so far.
+    state: UploadState,
+    /// Bytes of earlier requests that lead this writer's first piece.
+    staged: Staged,
+    /// Whole objects this writer created.
+    written: Vec<String>,
+    part_numbers: Arc<dyn PartNumbers>,
+    in_flight: VecDeque<JoinHandle<StorageResult<Durable>>>,
+}
+
+enum Destination {
+    Part,
+    Stage,
+    WholeObject,
+}
+
+impl S3Writer {
+    async fn ensure_multipart(&mut self) -> StorageResult<String> {
+        if let Some(id) = &self.state.multipart {
+            return Ok(id.clone());
+        }
+        let out = self
+            .shared
+            .client
+            .create_multipart_upload()
+            .bucket(&self.shared.bucket)
+            .key(&self.key)
+            .content_type("application/octet-stream")
+            .send()
+            .await
+            .map_err(|e| s3_error("CreateMultipartUpload", e))?;
+        let id = out
+            .upload_id()
+            .ok_or_else(|| StorageError::Backend {
+                operation: "CreateMultipartUpload",
+                message: "no upload id in the answer".into(),
+            })?
+            .to_owned();
+        self.state.multipart = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Puts the staged bytes at the head of the piece; whether there were any.
+    async fn fill_carried(&mut self, piece: &mut Piece) -> StorageResult<bool> {
+        if piece.carried == 0 {
+            return Ok(false);
+        }
+        if piece.carried != self.staged.len() {
+            return Err(StorageError::State(format!(
+                "{} bytes are staged but the piece carries {}",
+                self.staged.len(),
+                piece.carried
+            )));
+        }
+        let staged = self.staged.take().await?;
+        piece.buffer.as_mut_slice()[..piece.carried].copy_from_slice(&staged);
+        Ok(true)
+    }
+
+    fn ready(durable: Durable) -> JoinHandle<StorageResult<Durable>> {
+        tokio::spawn(async move { Ok(durable) })
+    }
+}
+
+#[async_trait]
+impl UploadWriter for S3Writer {
+    fn carried(&self) -> usize {
+        self.staged.len()
+    }
+
+    async fn write(&mut self, mut piece: Piece) -> StorageResult<Vec<Durable>> {
+        let total = piece.buffer.len();
+        let destination = match piece.kind {
+            PieceKind::Full => Destination::Part,
+            PieceKind::RequestEnd if total >= MIN_PART_SIZE => Destination::Part,
+            PieceKind::RequestEnd => Destination::Stage,
+            PieceKind::Final if self.state.multipart.is_none() => Destination::WholeObject,
+            PieceKind::Final => Destination::Part,
+        };
+        let end_offset = piece.end_offset;
+        let task: JoinHandle<StorageResult<Durable>> = match destination {
+            Destination::Stage => {
+                // Too few bytes for a part: the registry keeps the new ones with the session;
+                // the staged ones it already has.
+                let carried = piece.carried;
+                let bytes = piece.buffer.freeze().slice(carried..);
+                Self::ready(Durable {
+                    end_offset,
+                    parts: Vec::new(),
+                    store_state: self.state.encode(),
+                    staged: Some(bytes),
+                    consumed_staged: false,
+                })
+            }
+            Destination::WholeObject => {
+                let consumed_staged = self.fill_carried(&mut piece).await?;
+                let key = format!("{}.{}", self.key, nonce());
+                self.state.object = Some(key.clone());
+                self.written.push(key.clone());
+                let store_state = self.state.encode();
+                let shared = Arc::clone(&self.shared);
+                let bytes = piece.buffer.freeze();
+                tokio::spawn(async move {
+                    shared.put_object(&key, bytes).await?;
+                    Ok(Durable {
+                        end_offset,
+                        parts: Vec::new(),
+                        store_state,
+                        staged: None,
+                        consumed_staged,
+                    })
+                })
+            }
+            Destination::Part => {
+                let multipart = self.ensure_multipart().await?;
+                let number = self.part_numbers.next().await?;
+                if number > MAX_PARTS {
+                    return Err(StorageError::Limit(format!(
+                        "the upload would need more than {MAX_PARTS} S3 parts; send larger chunks or raise BERTH_S3_PART_SIZE"
+                    )));
+                }
+                let consumed_staged = self.fill_carried(&mut piece).await?;
+                let store_state = self.state.encode();
+                let shared = Arc::clone(&self.shared);
+                let key = self.key.clone();
+                let bytes = piece.buffer.freeze();
+                tokio::spawn(async move {
+                    let size = bytes.len() as u64;
+                    let request = shared
+                        .client
+                        .upload_part()
+                        .bucket(&shared.bucket)
+                        .key(&key)
+                        .upload_id(&multipart)
+                        .part_number(number as i32)
+                        .content_length(size as i64)
+                        .body(S3Body::from(bytes));
+                    let sent = if shared.sign_payload {
+                        request.send().await
+                    } else {
+                        request.customize().disable_payload_signing().send().await
+                    };
+                    let out = sent.map_err(|e| s3_error("UploadPart", e))?;
+                    let etag = out.e_tag().unwrap_or_default().to_owned();
+                    tracing::debug!(key, part = number, size, "uploaded part");
+                    Ok(Durable {
+                        end_offset,
+                        parts: vec![PartRecord { number, size, etag }],
+                        store_state,
+                        staged: None,
+                        consumed_staged,
+                    })
+                })
+            }
+        };
+        self.in_flight.push_back(task);
+        let mut durable = Vec::new();
+        while self.in_flight.len() > self.shared.concurrency {
+            durable.extend(self.settle().await?);
+        }
+        Ok(durable)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    async fn settle(&mut self) -> StorageResult<Option<Durable>> {
+        let Some(handle) = self.in_flight.front_mut() else {
+            return Ok(None);
+        };
+        let written = handle.await;
+        self.in_flight.pop_front();
+        written
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
+            .map(Some)
+    }
+
+    async fn complete(&mut self, parts: &[PartRecord], size: u64) -> StorageResult<String> {
+        self.flush().await?;
+        let shared = Arc::clone(&self.shared);
+        let key = if let Some(object) = &self.state.object {
+            object.clone()
+        } else if let Some(multipart) = self.state.multipart.clone().filter(|_| !parts.is_empty()) {
+            let recorded: u64 = parts.iter().map(|p| p.size).sum();
+            let small = parts[..parts.len() - 1]
+                .iter()
+                .find(|p| (p.size as usize) < MIN_PART_SIZE);
+            if recorded != size || small.is_some() {
+                return Err(StorageError::State(format!(
+                    "upload {}: parts hold {recorded} bytes (expected {size}); small non-last part: {small:?}",
+                    self.upload_id
+                )));
+            }
+            let completed = parts
+                .iter()
+                .map(|p| {
+                    CompletedPart::builder()
+                        .part_number(p.number as i32)
+                        .e_tag(&p.etag)
+                        .build()
+                })
+                .collect();
+            let result = shared
+                .client
+                .complete_multipart_upload()
+                .bucket(&shared.bucket)
+                .key(&self.key)
+                .upload_id(&multipart)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(completed))
+                        .build(),
+                )
+                .send()
+                .await;
+            if let Err(e) = result {
+                if error_code(&e) != Some("NoSuchUpload") {
+                    return Err(s3_error("CompleteMultipartUpload", e));
+                }
+                // Completed before, by a process that stopped before publishing the blob.
+                let head = shared
+                    .client
+                    .head_object()
+                    .bucket(&shared.bucket)
+                    .key(&self.key)
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("HeadObject", e))?;
+                if head.content_length() != Some(size as i64) {
+                    return Err(StorageError::UploadLost(format!(
+                        "multipart upload {multipart} is gone and {} holds {:?} bytes, not {size}",
+                        self.key,
+                        head.content_length()
+                    )));
+                }
+            }
+            // Multipart uploads of requests that lost a race on this session.
+            match shared.multiparts_under(&self.key).await {
+                Ok(found) => {
+                    for (k, id) in found.into_iter().filter(|(k, _)| *k == self.key) {
+                        if let Err(e) = shared.abort_multipart(&k, &id).await {
+                            tracing::warn!(upload = %self.upload_id, error = %e, "could not abort a stray multipart upload");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(upload = %self.upload_id, error = %e, "could not list multipart uploads")
+                }
+            }
+            self.key.clone()
+        } else if size == 0 {
+            shared.put_object(&self.key, Bytes::new()).await?;
+            self.key.clone()
+        } else {
+            return Err(StorageError::State(format!(
+                "upload {} holds {size} bytes but no parts or object were recorded",
+                self.upload_id
+            )));
+        };
+        Ok(key)
+    }
+
+    async fn abandon(&mut self) {
+        while !self.in_flight.is_empty() {
+            let _ = self.settle().await;
+        }
+        // A whole object is only ever a request's last write, so the losing checkpoint was the
+        // one that would have recorded it: nobody references it.
+        // Multipart uploads this writer created are aborted when the session ends.
+        for key in std::mem::take(&mut self.written) {
+            if let Err(e) = self.shared.delete_key(&key).await {
+                tracing::warn!(key, error = %e, "could not delete an abandoned object");
+            }
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! Real OCI clients (skopeo, podman) push to and pull from Berth; what comes back is
+//! byte-identical to what went in. The clients must be installed: a missing one fails the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::*;
+
+fn tool(name: &str) -> &str {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is not installed; .ci/run installs it (apt-get install {name})"
+    );
+    name
+}
+
+#[track_caller]
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sha_hex(data: &[u8]) -> String {
+    sha256(data).trim_start_matches("sha256:").to_owned()
+}
+
+/// An OCI image layout built by hand, like a build tool would.
+struct Layout {
+    dir: PathBuf,
+}
+
+struct Built {
+    manifest: String,
+    size: usize,
+}
+
+impl Layout {
+    fn new(root: &Path) -> Layout {
+        let dir = root.join("layout");
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        Layout { dir }
+    }
+
+    fn blob(&self, data: &[u8]) -> String {
+        let hex = sha_hex(data);
+        std::fs::write(self.dir.join("blobs/sha256").join(&hex), data).unwrap();
+        hex
+    }
+
+    /// A single-layer image for `arch`: a gzip tar with one file of random content.
+    fn image(&self, work: &Path, arch: &str, seed: u64) -> Built {
+        let root = work.join(format!("rootfs-{arch}"));
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::write(root.join("data/payload.bin"), random_bytes(200_000, seed)).unwrap();
+        let tar = work.join(format!("layer-{arch}.tar"));
+        run(Command::new("tar")
+            .args([
+                "--sort=name",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "--mtime=@0",
+                "-C",
+            ])
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."));
+        let tar_bytes = std::fs::read(&tar).unwrap();
+        run(Command::new("gzip").args(["-n", "-f"]).arg(&tar));
+        let gz = std::fs::read(work.join(format!("layer-{arch}.tar.gz"))).unwrap();
+        let layer = self.blob(&gz);
+        let config = format!(
+            r#"{{"architecture":"{arch}","os":"linux","config":{{"Cmd":["/data/payload.bin"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}},"history":[{{"created_by":"berth test {seed}"}}]}}"#,
+            sha_hex(&tar_bytes)
+        );
+        let config_hex = self.blob(config.as_bytes());
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_hex}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{layer}","size":{}}}]}}"#,
+            config.len(),
+            gz.len()
+        );
+        let hex = self.blob(manifest.as_bytes());
+        Built {
+            manifest: hex,
+            size: manifest.len(),
+        }
+    }
+
+    /// Writes `index.json` naming each (media type, digest hex, size) under a tag.
+    fn index(&self, entries: &[(&str, &str, usize, &str)]) {
+        let manifests: Vec<String> = entries
+            .iter()
+            .map(|(media_type, hex, size, tag)| {
+                format!(
+                    r#"{{"mediaType":"{media_type}","digest":"sha256:{hex}","size":{size},"annotations":{{"org.opencontainers.image.ref.name":"{tag}"}}}}"#
+                )
+            })
+            .collect();
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
+            manifests.join(",")
+        );
+        std::fs::write(self.dir.join("index.json"), index).unwrap();
+    }
+
+    fn reference(&self, tag: &str) -> String {
+        format!("oci:{}:{tag}", self.dir.display())
+    }
+}
+
+fn descriptor(media_type: &str, hex: &str, size: usize, platform: Option<&str>) -> String {
+    let platform = platform
+        .map(|p| format!(r#","platform":{p}"#))
+        .unwrap_or_default();
+    format!(r#"{{"mediaType":"{media_type}","digest":"sha256:{hex}","size":{size}{platform}}}"#)
+}
+
+/// Every blob file of a layout directory, by name.
+fn blobs_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    files_under(&dir.join("blobs"))
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn skopeo() -> Command {
+    let mut c = Command::new(tool("skopeo"));
+    c.env("TMPDIR", std::env::temp_dir());
+    c
+}
+
+#[test]
+fn skopeo_copies_an_oci_image_and_pulls_it_back_byte_identical() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = Layout::new(work.path());
+    let image = layout.image(work.path(), "amd64", unique_seed());
+    layout.index(&[(OCI_MANIFEST, &image.manifest, image.size, "v1")]);
+    let dest = format!("docker://{}/skopeo/oci:v1", server.addr);
+    run(skopeo()
+        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .arg(layout.reference("v1"))
+        .arg(&dest));
+    let raw = run(skopeo()
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(&dest));
+    assert_eq!(
+        sha_hex(raw.as_bytes()),
+        image.manifest,
+        "the manifest is served as pushed"
+    );
+    let tags = run(skopeo()
+        .args(["list-tags", "--tls-verify=false"])
+        .arg(format!("docker://{}/skopeo/oci", server.addr)));
+    assert!(tags.contains("\"v1\""), "{tags}");
+
+    let out = work.path().join("pulled");
+    run(skopeo()
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(&dest)
+        .arg(format!("oci:{}:v1", out.display())));
+    let pulled = blobs_of(&out);
+    let pushed = blobs_of(&layout.dir);
+    for (name, bytes) in &pulled {
+        assert_eq!(pushed.get(name), Some(bytes), "blob {name} differs");
+        assert_eq!(&sha_hex(bytes), name);
+    }
+    assert_eq!(pulled.len(), 3, "manifest, config and layer");
+}
+
+#[test]
+fn skopeo_copies_a_docker_v2s2_image() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = Layout::new(work.path());
+    let image = layout.image(work.path(), "amd64", unique_seed());
+    layout.index(&[(OCI_MANIFEST, &image.manifest, image.size, "v1")]);
+    let dest = format!("docker://{}/skopeo/docker:v2s2", server.addr);
+    run(skopeo()
+        .args(["copy", "-q", "--format", "v2s2", "--dest-tls-verify=false"])
+        .arg(layout.reference("v1"))
+        .arg(&dest));
+    let raw = run(skopeo()
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(&dest));
+    assert!(raw.contains(DOCKER_MANIFEST), "{raw}");
+    let out = work.path().join("dir");
+    run(skopeo()
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(&dest)
+        .arg(format!("dir:{}", out.display())));
+    assert_eq!(
+        std::fs::read_to_string(out.join("manifest.json")).unwrap(),
+        raw,
+        "manifest bytes match"
+    );
+    let pushed = blobs_of(&layout.dir);
+    for entry in std::fs::read_dir(&out).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.len() == 64 {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            assert_eq!(sha_hex(&bytes), name);
+            if !bytes.starts_with(b"{") {
+                assert_eq!(pushed.get(&name), Some(&bytes), "layer bytes match");
+            }
+        }
+    }
+}
+
+#[test]
+fn skopeo_copy_all_of_a_multi_arch_index_is_byte_identical() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = Layout::new(work.path());
+    let seed = unique_seed();
+    let amd = layout.image(work.path(), "amd64", seed);
+    let arm = layout.image(work.path(), "arm64", seed + 1);
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{},{}]}}"#,
+        descriptor(
+            OCI_MANIFEST,
+            &amd.manifest,
+            amd.size,
+            Some(r#"{"architecture":"amd64","os":"linux"}"#)
+        ),
+        descriptor(
+            OCI_MANIFEST,
+            &arm.manifest,
+            arm.size,
+            Some(r#"{"architecture":"arm64","os":"linux","variant":"v8"}"#)
+        ),
+    );
+    let index_hex = layout.blob(index.as_bytes());
+    layout.index(&[(OCI_INDEX, &index_hex, index.len(), "multi")]);
+
+    let dest = format!("docker://{}/skopeo/multi:latest", server.addr);
+    run(skopeo()
+        .args(["copy", "-q", "--all", "--dest-tls-verify=false"])
+        .arg(layout.reference("multi"))
+        .arg(&dest));
+    let raw = run(skopeo()
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(&dest));
+    assert_eq!(raw, index, "the index is served byte-identical");
+
+    let out = work.path().join("pulled");
+    run(skopeo()
+        .args(["copy", "-q", "--all", "--src-tls-verify=false"])
+        .arg(&dest)
+        .arg(format!("oci:{}:multi", out.display())));
+    let pushed = blobs_of(&layout.dir);
+    let pulled = blobs_of(&out);
+    assert_eq!(
+        pulled, pushed,
+        "every blob and manifest comes back byte-identical"
+    );
+}
+
+#[test]
+fn podman_pushes_and_pulls_single_and_multi_arch_images() {
+    let server = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = Layout::new(work.path());
+    let image = layout.image(work.path(), "amd64", unique_seed());
+    let arm = layout.image(work.path(), "arm64", unique_seed() + 1);
+    layout.index(&[
+        (OCI_MANIFEST, &image.manifest, image.size, "v1"),
+        (OCI_MANIFEST, &arm.manifest, arm.size, "arm"),
+    ]);
+    let reg = server.addr.to_string();
+    run(skopeo()
+        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .arg(layout.reference("v1"))
+        .arg(format!("docker://{reg}/podman/base:v1")));
+    run(skopeo()
+        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .arg(layout.reference("arm"))
+        .arg(format!("docker://{reg}/podman/base:arm")));
+
+    let store = work.path().join("store");
+    let podman = || {
+        let mut c = Command::new(tool("podman"));
+        c.arg("--root").arg(store.join("root"));
+        c.arg("--runroot").arg(store.join("run"));
+        c.args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ]);
+        c.env("TMPDIR", work.path());
+        c
+    };
+    run(podman()
+        .args(["pull", "-q", "--tls-verify=false"])
+        .arg(format!("{reg}/podman/base:v1")));
+    run(podman()
+        .args(["pull", "-q", "--arch", "arm64", "--tls-verify=false"])
+        .arg(format!("{reg}/podman/base:arm")));
+    let digest = run(podman()
+        .args(["image", "inspect", "--format", "{{.Digest}}"])
+        .arg(format!("{reg}/podman/base:v1")));
+    assert_eq!(
+        digest.trim(),
+        format!("sha256:{}", image.manifest),
+        "podman pulled the manifest as pushed"
+    );
+
+    run(podman()
+        .args(["tag"])
+        .arg(format!("{reg}/podman/base:v1"))
+        .arg(format!("{reg}/podman/copy:v1")));
+    run(podman()
+        .args(["push", "-q", "--tls-verify=false"])
+        .arg(format!("{reg}/podman/copy:v1")));
+    let raw = run(skopeo()
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reg}/podman/copy:v1")));
+    let pushed = blobs_of(&layout.dir);
+    let amd64: serde_json::Value = serde_json::from_slice(&pushed[&image.manifest]).unwrap();
+    let hex = |v: &serde_json::Value| v.as_str().unwrap().trim_start_matches("sha256:").to_owned();
+    let config = hex(&amd64["config"]["digest"]);
+    let layer = hex(&amd64["layers"][0]["digest"]);
+    assert!(
+        raw.contains(&config),
+        "podman pushed the same config: {raw}"
+    );
+
+    run(podman().args(["manifest", "create", "localhost/multi:v1"]));
+    run(podman()
+        .args(["manifest", "add", "localhost/multi:v1"])
+        .arg(format!("containers-storage:{reg}/podman/base:v1")));
+    run(podman()
+        .args(["manifest", "add", "--variant", "v8", "localhost/multi:v1"])
+        .arg(format!("containers-storage:{reg}/podman/base:arm")));
+    run(podman()
+        .args([
+            "manifest",
+            "push",
+            "-q",
+            "--all",
+            "--tls-verify=false",
+            "localhost/multi:v1",
+        ])
+        .arg(format!("docker://{reg}/podman/multi:v1")));
+    let index = run(skopeo()
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reg}/podman/multi:v1")));
+    let parsed: serde_json::Value = serde_json::from_str(&index).unwrap();
+    assert_eq!(parsed["manifests"].as_array().unwrap().len(), 2, "{index}");
+
+    // Pulling the multi-arch image back gives the blobs pushed.
+    let out = work.path().join("pulled");
+    run(skopeo()
+        .args(["copy", "-q", "--all", "--src-tls-verify=false"])
+        .arg(format!("docker://{reg}/podman/multi:v1"))
+        .arg(format!("oci:{}:multi", out.display())));
+    let pulled = blobs_of(&out);
+    assert_eq!(pulled.get(&config), pushed.get(&config));
+    for (name, bytes) in &pulled {
+        assert_eq!(
+            &sha_hex(bytes),
+            name,
+            "every pulled blob matches its digest"
+        );
+    }
+    let pulled_layers = pulled
+        .values()
+        .filter(|b| b.starts_with(&[0x1f, 0x8b]))
+        .count();
+    assert_eq!(pulled_layers, 2, "one layer per architecture");
+    assert!(
+        pulled.contains_key(&layer),
+        "the amd64 layer comes back as pushed"
+    );
+}

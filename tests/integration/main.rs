@@ -1,0 +1,13 @@
+//! Integration tests: the real `berth` binary over HTTP, on the backend `BERTH_TEST_BACKEND`
+//! names (see `util.rs`).
+
+mod api;
+mod clients;
+mod errors;
+mod library;
+mod options;
+mod production;
+mod resilience;
+#[cfg(feature = "otel")]
+mod telemetry;
+mod util;

@@ -1,0 +1,732 @@
+//! Test harness: the real `berth` binary on port 0 against a real backend, and a small client.
+//!
+//! The backend comes from `BERTH_TEST_BACKEND`: `sqlite` (default; SQLite and a local
+//! directory), `postgres` (Postgres and a local directory), `postgres-s3` (Postgres and S3) or
+//! `memory`. Postgres is reached at `BERTH_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each test gets its own database. S3 comes
+//! from the standard `AWS_*` variables and `S3_BUCKET`; each test gets its own key prefix.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use sha2::{Digest as _, Sha256};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    PostgresS3,
+    Memory,
+}
+
+impl Backend {
+    pub fn current() -> Backend {
+        match std::env::var("BERTH_TEST_BACKEND").as_deref() {
+            Ok("sqlite") | Err(_) => Backend::Sqlite,
+            Ok("postgres") => Backend::Postgres,
+            Ok("postgres-s3") => Backend::PostgresS3,
+            Ok("memory") => Backend::Memory,
+            Ok(other) => panic!(
+                "unknown BERTH_TEST_BACKEND {other:?}: use sqlite, postgres, postgres-s3 or memory"
+            ),
+        }
+    }
+
+    /// Whether data survives a restart of the process.
+    pub fn persistent(self) -> bool {
+        self != Backend::Memory
+    }
+
+    /// Whether two processes can share the registry's state.
+    pub fn shareable(self) -> bool {
+        self != Backend::Memory
+    }
+
+    pub fn uses_s3(self) -> bool {
+        self == Backend::PostgresS3
+    }
+}
+
+/// Where one test's registry keeps its state; shared by every process started on it.
+pub struct Deployment {
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    database: Option<String>,
+    pub s3_prefix: Option<String>,
+    extra: Vec<(String, String)>,
+    counter: std::sync::atomic::AtomicUsize,
+}
+
+fn admin_postgres_url() -> String {
+    std::env::var("BERTH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn database_url(name: &str) -> String {
+    let admin = admin_postgres_url();
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    format!("{base}/{name}")
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .arg(admin_postgres_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .expect("psql must be installed for the Postgres backends");
+    assert!(
+        out.status.success(),
+        "psql {sql:?} failed (is Postgres running at {}?): {}",
+        admin_postgres_url(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Deployment {
+    pub fn new(extra: &[(&str, &str)]) -> Arc<Deployment> {
+        let backend = Backend::current();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-test-")
+            .tempdir()
+            .unwrap();
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let database = match backend {
+            Backend::Postgres | Backend::PostgresS3 => {
+                let name = format!("berth_test_{}", &unique[..16]);
+                psql(&format!("CREATE DATABASE {name}"));
+                Some(name)
+            }
+            _ => None,
+        };
+        let s3_prefix = backend
+            .uses_s3()
+            .then(|| format!("test-{}/", &unique[..16]));
+        Arc::new(Deployment {
+            backend,
+            dir,
+            database,
+            s3_prefix,
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            counter: Default::default(),
+        })
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "BERTH_DATA_DIR".to_owned(),
+                self.data_dir().display().to_string(),
+            ),
+            ("BERTH_LOG".to_owned(), "info,berth=debug".to_owned()),
+            ("BERTH_SHUTDOWN_TIMEOUT".to_owned(), "10s".to_owned()),
+        ];
+        if let Some(db) = &self.database {
+            env.push(("BERTH_DATABASE_URL".to_owned(), database_url(db)));
+        }
+        match self.backend {
+            Backend::PostgresS3 => {
+                let need = |k: &str| {
+                    std::env::var(k).unwrap_or_else(|_| {
+                        panic!("{k} is not set: the postgres-s3 backend needs an S3 server (source .ci/garage.sh start)")
+                    })
+                };
+                env.push(("BERTH_STORAGE".to_owned(), "s3".to_owned()));
+                env.push(("BERTH_S3_BUCKET".to_owned(), need("S3_BUCKET")));
+                env.push(("BERTH_S3_ENDPOINT".to_owned(), need("AWS_ENDPOINT_URL")));
+                env.push(("BERTH_S3_REGION".to_owned(), need("AWS_REGION")));
+                env.push(("BERTH_S3_FORCE_PATH_STYLE".to_owned(), "true".to_owned()));
+                env.push((
+                    "BERTH_S3_PREFIX".to_owned(),
+                    self.s3_prefix.clone().unwrap_or_default(),
+                ));
+                need("AWS_ACCESS_KEY_ID");
+                need("AWS_SECRET_ACCESS_KEY");
+            }
+            Backend::Memory => env.push(("BERTH_STORAGE".to_owned(), "memory".to_owned())),
+            _ => {}
+        }
+        env.extend(self.extra.iter().cloned());
+        env
+    }
+
+    /// Starts a `berth serve` process on this deployment.
+    pub fn start(self: &Arc<Self>) -> Server {
+        Server::spawn(Arc::clone(self))
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if let Some(db) = &self.database {
+            let _ = Command::new("psql")
+                .arg(admin_postgres_url())
+                .args([
+                    "-q",
+                    "-c",
+                    &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+                ])
+                .output();
+        }
+    }
+}
+
+/// A running `berth` process.
+pub struct Server {
+    pub deployment: Arc<Deployment>,
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+impl Server {
+    /// A fresh deployment with one process.
+    pub fn start() -> Server {
+        Deployment::new(&[]).start()
+    }
+
+    /// A fresh deployment with extra environment settings.
+    pub fn start_with(extra: &[(&str, &str)]) -> Server {
+        Deployment::new(extra).start()
+    }
+
+    fn spawn(deployment: Arc<Deployment>) -> Server {
+        let n = deployment
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = deployment.dir.path().join(format!("server-{n}.log"));
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(deployment.env())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the berth binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "berth did not report its address; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Server {
+            deployment,
+            child: Some(child),
+            addr,
+            log,
+        }
+    }
+
+    /// Another process on the same deployment (a second replica).
+    pub fn sibling(&self) -> Server {
+        Server::spawn(Arc::clone(&self.deployment))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&format!("http://{}", self.addr))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit status and how long it took.
+    pub fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().expect("server is running");
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().unwrap();
+        (status, started.elapsed())
+    }
+
+    /// Kills the process and starts a new one on the same deployment.
+    pub fn restart(&mut self) {
+        self.kill();
+        let fresh = Server::spawn(Arc::clone(&self.deployment));
+        self.addr = fresh.addr;
+        self.log = fresh.log.clone();
+        let mut fresh = fresh;
+        self.child = fresh.child.take();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Resident set size now and at its peak, in bytes.
+    pub fn memory(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- berth log ({}) ----", self.log.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+pub fn sha512(data: &[u8]) -> String {
+    format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different for every seed.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn unique_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    nanos ^ (std::process::id() as u64) << 32
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The first error code of an OCI error envelope.
+    pub fn error_code(&self) -> String {
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// Asserts status and, for errors, the OCI code.
+    #[track_caller]
+    pub fn expect(&self, status: u16, code: Option<&str>) -> &Self {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        if let Some(code) = code {
+            assert_eq!(
+                self.error_code(),
+                code,
+                "body: {}",
+                String::from_utf8_lossy(&self.body)
+            );
+            let message = self.json()["errors"][0]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            assert!(!message.is_empty(), "errors carry a message");
+        }
+        self
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// A pushed image: its manifest's bytes and digest, and its blobs.
+pub struct Image {
+    pub manifest: Vec<u8>,
+    pub digest: String,
+    pub config: Vec<u8>,
+    pub layer: Vec<u8>,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        Client {
+            base: base.to_owned(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(300))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        }
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request.send().await.expect("request reaches berth");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path))
+    }
+
+    pub async fn call(&self, method: Method, path: &str) -> Answer {
+        self.send(self.request(method, path)).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path).await
+    }
+
+    /// GET, following a redirect to storage if there is one.
+    pub async fn get_following(&self, path: &str) -> Answer {
+        let first = self.get(path).await;
+        if first.status == StatusCode::TEMPORARY_REDIRECT {
+            let location = first
+                .header("location")
+                .expect("redirects carry a Location")
+                .to_owned();
+            return self.send(self.http.get(self.url(&location))).await;
+        }
+        first
+    }
+
+    pub async fn start_upload(&self, repo: &str) -> String {
+        let a = self
+            .call(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .await;
+        a.expect(202, None);
+        a.header("location").unwrap().to_owned()
+    }
+
+    /// Pushes a blob with POST then PUT; returns its digest.
+    pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha256(data);
+        let location = self.start_upload(repo).await;
+        let a = self
+            .send(
+                self.request(Method::PUT, &location)
+                    .query(&[("digest", &digest)])
+                    .header("content-type", "application/octet-stream")
+                    .body(data.to_vec()),
+            )
+            .await;
+        a.expect(201, None);
+        digest
+    }
+
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Answer {
+        self.send(
+            self.request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+                .header("content-type", media_type)
+                .body(body.to_vec()),
+        )
+        .await
+    }
+
+    /// Pushes a one-layer image and tags it.
+    pub async fn push_image(&self, repo: &str, tag: &str, seed: u64) -> Image {
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"seed":{seed}}}"#
+        )
+        .into_bytes();
+        let layer = random_bytes(1000 + (seed % 1000) as usize, seed);
+        let config_digest = self.push_blob(repo, &config).await;
+        let layer_digest = self.push_blob(repo, &layer).await;
+        let manifest = image_manifest(
+            &config_digest,
+            config.len(),
+            &[(&layer_digest, layer.len())],
+            None,
+        );
+        self.put_manifest(repo, tag, OCI_MANIFEST, &manifest)
+            .await
+            .expect(201, None);
+        Image {
+            digest: sha256(&manifest),
+            manifest,
+            config,
+            layer,
+        }
+    }
+}
+
+pub fn image_manifest(
+    config: &str,
+    config_size: usize,
+    layers: &[(&str, usize)],
+    extra: Option<&str>,
+) -> Vec<u8> {
+    let layers: Vec<String> = layers
+        .iter()
+        .map(|(d, s)| format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{s}}}"#))
+        .collect();
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{config_size}}},"layers":[{}]{}}}"#,
+        layers.join(","),
+        extra.map(|e| format!(",{e}")).unwrap_or_default()
+    )
+    .into_bytes()
+}
+
+/// Waits until `check` holds, polling.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Files under a directory, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+impl Deployment {
+    /// The Postgres URL of this deployment's database, if it has one.
+    pub fn database_url(&self) -> Option<String> {
+        self.database.as_deref().map(database_url)
+    }
+}
+
+/// A TCP forwarder that can cut every connection and refuse new ones, to take a dependency
+/// away from a running process and give it back.
+pub struct TcpProxy {
+    pub port: u16,
+    enabled: Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let enabled = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let on = Arc::clone(&enabled);
+        let cuts = generation.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !on.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy {
+            port,
+            enabled,
+            generation,
+        }
+    }
+
+    /// Cuts open connections and refuses new ones.
+    pub fn disable(&self) {
+        self.enabled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn enable(&self) {
+        self.enabled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An S3 client for the test server, to look behind Berth's back.
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let config = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(true)
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+pub fn s3_bucket() -> String {
+    std::env::var("S3_BUCKET").expect("S3_BUCKET is set for the postgres-s3 backend")
+}
+
+/// Keys and in-progress multipart uploads under a prefix.
+pub async fn s3_listing(prefix: &str) -> (Vec<String>, Vec<String>) {
+    let client = s3_client().await;
+    let objects = client
+        .list_objects_v2()
+        .bucket(s3_bucket())
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect();
+    let uploads = client
+        .list_multipart_uploads()
+        .bucket(s3_bucket())
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap()
+        .uploads()
+        .iter()
+        .filter_map(|u| u.key().map(str::to_owned))
+        .collect();
+    (objects, uploads)
+}
+
+/// A request body of `len` pseudo-random bytes produced on the fly, and its digest.
+pub fn generated_body(len: usize, seed: u64, chunk: usize) -> (reqwest::Body, String) {
+    let mut hasher = Sha256::new();
+    let mut at = 0;
+    let mut n = 0u64;
+    while at < len {
+        let size = chunk.min(len - at);
+        hasher.update(random_bytes(size, seed ^ n));
+        at += size;
+        n += 1;
+    }
+    let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let stream = futures::stream::iter((0..n).map(move |i| {
+        let size = chunk.min(len - i as usize * chunk);
+        Ok::<_, std::io::Error>(random_bytes(size, seed ^ i))
+    }));
+    (reqwest::Body::wrap_stream(stream), digest)
+}
