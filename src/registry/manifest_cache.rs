@@ -5,8 +5,8 @@
 //! committing), and an entry is only served while the counter still has the value it had
 //! before the entry's query ran. Reading the counter is one atomic load, so hot manifests
 //! cost no database round trip, and a write acknowledged by any process is seen by the next
-//! read in every process. Entries also expire after [`MAX_AGE`], which bounds staleness if a
-//! process dies between committing a change and bumping the counter.
+//! read in every process. Entries also expire after `MAX_AGE` (one second), which bounds
+//! staleness if a process dies between committing a change and bumping the counter.
 
 use std::collections::HashMap;
 use std::path::Path;
