@@ -40,7 +40,7 @@ fi
 cargo build --quiet --release --bin berth
 # Built once and run directly, so that nothing recompiles while figures are taken.
 bench_bin=$(cargo bench --no-run --bench berth-bench --message-format=json 2>/dev/null \
-  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+  | grep '"name":"berth-bench"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
 [ -x "$bench_bin" ] || { echo "could not build berth-bench" >&2; exit 1; }
 bench() { "$bench_bin" --json "$results" --size-mib "$SIZE_MIB" \
   --seconds "$SECONDS_PER" --concurrency "$CONNECTIONS" --workers "$WORKERS" "$@"; }

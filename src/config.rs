@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use berth::RegistryOptions;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
@@ -234,17 +235,8 @@ pub struct Config {
     pub fs_part_size: usize,
     pub fs_direct_io: bool,
     pub s3: S3Settings,
-    pub redirect: bool,
-    pub upload_buffers: usize,
-    pub upload_ttl: Duration,
-    pub maintenance_interval: Duration,
-    pub chunk_min_length: u64,
-    pub max_manifest_size: usize,
-    pub referrers_api: bool,
-    pub single_request_uploads: bool,
-    pub max_page_size: Option<u32>,
-    pub tag_digest_header: bool,
-    pub link_headers: bool,
+    /// The registry's behaviour switches; unset settings keep the library's defaults.
+    pub registry: RegistryOptions,
     pub shutdown_timeout: Duration,
     pub log: String,
 }
@@ -306,11 +298,38 @@ impl Settings {
         if !(64 * 1024..=1024 * MIB).contains(&fs_part_size) {
             bail!("fs_part_size must be between 64KiB and 1GiB, got {fs_part_size} bytes");
         }
-        let upload_buffers = self.upload_buffers.unwrap_or(8);
+        let upload_buffers = self
+            .upload_buffers
+            .unwrap_or(RegistryOptions::default().upload_buffers);
         if upload_buffers == 0 {
             bail!("upload_buffers must be at least 1");
         }
-        let max_manifest_size = self.max_manifest_size.map_or(4 * MIB, |b| b.0);
+        let defaults = RegistryOptions::default();
+        let registry = RegistryOptions {
+            upload_ttl: self.upload_ttl.map_or(defaults.upload_ttl, |s| s.0),
+            maintenance_interval: self
+                .maintenance_interval
+                .map_or(defaults.maintenance_interval, |s| s.0)
+                .max(Duration::from_millis(100)),
+            upload_buffers,
+            chunk_min_length: self
+                .chunk_min_length
+                .map_or(defaults.chunk_min_length, |b| b.0),
+            max_manifest_size: self
+                .max_manifest_size
+                .map_or(defaults.max_manifest_size, |b| {
+                    usize::try_from(b.0).unwrap_or(usize::MAX)
+                }),
+            referrers_api: self.referrers_api.unwrap_or(defaults.referrers_api),
+            single_request_uploads: self
+                .single_request_uploads
+                .unwrap_or(defaults.single_request_uploads),
+            max_page_size: self.max_page_size,
+            tag_digest_header: self.tag_digest_header.unwrap_or(defaults.tag_digest_header),
+            link_headers: self.link_headers.unwrap_or(defaults.link_headers),
+            redirect_blobs: self.redirect.unwrap_or(defaults.redirect_blobs),
+            ..defaults
+        };
         Ok(Config {
             listen: self
                 .listen
@@ -339,22 +358,7 @@ impl Settings {
                     .s3_presign_expiry
                     .map_or(Duration::from_secs(1200), |s| s.0),
             },
-            redirect: self.redirect.unwrap_or(true),
-            upload_buffers,
-            upload_ttl: self
-                .upload_ttl
-                .map_or(Duration::from_secs(24 * 3600), |s| s.0),
-            maintenance_interval: self
-                .maintenance_interval
-                .map_or(Duration::from_secs(300), |s| s.0)
-                .max(Duration::from_millis(100)),
-            chunk_min_length: self.chunk_min_length.map_or(5 * MIB, |b| b.0),
-            max_manifest_size: usize::try_from(max_manifest_size).unwrap_or(usize::MAX),
-            referrers_api: self.referrers_api.unwrap_or(true),
-            single_request_uploads: self.single_request_uploads.unwrap_or(true),
-            max_page_size: self.max_page_size,
-            tag_digest_header: self.tag_digest_header.unwrap_or(true),
-            link_headers: self.link_headers.unwrap_or(true),
+            registry,
             shutdown_timeout: self
                 .shutdown_timeout
                 .map_or(Duration::from_secs(30), |s| s.0),
@@ -404,9 +408,9 @@ mod tests {
         };
         let config = cli.or(file).resolve().unwrap();
         assert_eq!(config.listen.port(), 8000);
-        assert_eq!(config.upload_ttl, Duration::from_secs(7200));
+        assert_eq!(config.registry.upload_ttl, Duration::from_secs(7200));
         assert_eq!(config.s3.part_size, 8 << 20);
-        assert!(!config.referrers_api);
+        assert!(!config.registry.referrers_api);
     }
 
     #[test]

@@ -8,12 +8,12 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Context;
+use berth::Registry;
 use berth::metadata::MetadataStore;
 use berth::metadata::memory::MemoryMetadataStore;
 use berth::storage::BlobStore;
 use berth::storage::fs::FsBlobStore;
 use berth::storage::memory::MemoryBlobStore;
-use berth::{Registry, RegistryOptions};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -140,27 +140,10 @@ fn manifest_change_counter(config: &Config) -> Option<std::path::PathBuf> {
         .then(|| std::path::PathBuf::from(format!("{path}.changes")))
 }
 
-fn registry_options(config: &Config) -> RegistryOptions {
-    RegistryOptions {
-        upload_ttl: config.upload_ttl,
-        maintenance_interval: config.maintenance_interval,
-        upload_buffers: config.upload_buffers,
-        chunk_min_length: config.chunk_min_length,
-        max_manifest_size: config.max_manifest_size,
-        referrers_api: config.referrers_api,
-        single_request_uploads: config.single_request_uploads,
-        max_page_size: config.max_page_size,
-        tag_digest_header: config.tag_digest_header,
-        link_headers: config.link_headers,
-        redirect_blobs: config.redirect,
-        ..RegistryOptions::default()
-    }
-}
-
 async fn serve(config: Config) -> anyhow::Result<()> {
     let metadata = metadata_store(&config).await?;
     let blobs = blob_store(&config).await?;
-    let mut builder = Registry::builder(blobs, metadata).options(registry_options(&config));
+    let mut builder = Registry::builder(blobs, metadata).options(config.registry.clone());
     if let Some(counter) = manifest_change_counter(&config) {
         builder = builder.manifest_cache(&counter).with_context(|| {
             format!("mapping the manifest change counter {}", counter.display())

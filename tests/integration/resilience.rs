@@ -39,7 +39,6 @@ async fn chunked_upload_resumes_after_the_server_is_killed_and_restarted() {
     }
     let c = server.client();
     let data = random_bytes(7 * 1024 * 1024 + 4321, unique_seed());
-    let digest = sha256(&data);
     let location = c.start_upload("resume/me").await;
     let first = 3 * 1024 * 1024 + 5;
     let a = c
@@ -53,30 +52,9 @@ async fn chunked_upload_resumes_after_the_server_is_killed_and_restarted() {
 
     server.restart();
     let c = server.client();
-    let status = c.get(&location).await;
-    status.expect(204, None);
-    assert_eq!(
-        status.header("range"),
-        Some(format!("0-{}", first - 1).as_str())
-    );
-    let a = c
-        .send(
-            c.request(Method::PATCH, &location)
-                .header("content-range", format!("{first}-{}", data.len() - 1))
-                .body(data[first..].to_vec()),
-        )
+    assert_eq!(c.upload_offset(&location).await, first);
+    c.complete_upload("resume/me", &location, &data, first)
         .await;
-    a.expect(202, None);
-    c.send(
-        c.request(Method::PUT, &location)
-            .query(&[("digest", &digest)]),
-    )
-    .await
-    .expect(201, None);
-    let got = c
-        .get_following(&format!("/v2/resume/me/blobs/{digest}"))
-        .await;
-    assert!(got.body[..] == data[..], "bytes survive the restart");
 }
 
 #[tokio::test]
@@ -88,7 +66,6 @@ async fn upload_killed_mid_patch_resumes_from_the_reported_range() {
     }
     let c = server.client();
     let data = random_bytes(40 * 1024 * 1024 + 99, unique_seed());
-    let digest = sha256(&data);
     let location = c.start_upload("killed").await;
     // Stream 40 MiB, stalling after 35 MiB: by then at least two 16 MiB parts are durable.
     let request = c.request(Method::PATCH, &location).body(slow_body(
@@ -100,49 +77,19 @@ async fn upload_killed_mid_patch_resumes_from_the_reported_range() {
     let probe = c.clone();
     let loc = location.clone();
     eventually("two parts recorded", Duration::from_secs(60), async || {
-        let s = probe.get(&loc).await;
-        s.header("range")
-            .and_then(|r| r.strip_prefix("0-"))
-            .and_then(|e| e.parse::<u64>().ok())
-            .unwrap_or(0)
-            + 1
-            >= 32 * 1024 * 1024
+        probe.upload_offset(&loc).await >= 32 * 1024 * 1024
     })
     .await;
     server.kill();
     let _ = pending.await;
     server.restart();
     let c = server.client();
-    let status = c.get(&location).await;
-    status.expect(204, None);
-    let held: usize = status
-        .header("range")
-        .unwrap()
-        .strip_prefix("0-")
-        .unwrap()
-        .parse::<usize>()
-        .unwrap()
-        + 1;
+    let held = c.upload_offset(&location).await;
     assert!(
         held >= 32 * 1024 * 1024 && held <= data.len(),
         "held {held}"
     );
-    let a = c
-        .send(
-            c.request(Method::PATCH, &location)
-                .header("content-range", format!("{held}-{}", data.len() - 1))
-                .body(data[held..].to_vec()),
-        )
-        .await;
-    a.expect(202, None);
-    c.send(
-        c.request(Method::PUT, &location)
-            .query(&[("digest", &digest)]),
-    )
-    .await
-    .expect(201, None);
-    let got = c.get_following(&format!("/v2/killed/blobs/{digest}")).await;
-    assert!(got.body[..] == data[..]);
+    c.complete_upload("killed", &location, &data, held).await;
 }
 
 #[tokio::test]
@@ -170,30 +117,9 @@ async fn client_disconnect_keeps_what_arrived() {
         },
     )
     .await;
-    let s = c.get(&location).await;
-    let held: usize = s
-        .header("range")
-        .unwrap()
-        .strip_prefix("0-")
-        .unwrap()
-        .parse::<usize>()
-        .unwrap()
-        + 1;
+    let held = c.upload_offset(&location).await;
     assert!(held <= 2 * 1024 * 1024 + 64 * 1024, "held {held}");
-    let a = c
-        .send(
-            c.request(Method::PATCH, &location)
-                .header("content-range", format!("{held}-{}", data.len() - 1))
-                .body(data[held..].to_vec()),
-        )
-        .await;
-    a.expect(202, None);
-    c.send(
-        c.request(Method::PUT, &location)
-            .query(&[("digest", &sha256(&data))]),
-    )
-    .await
-    .expect(201, None);
+    c.complete_upload("hangup", &location, &data, held).await;
 }
 
 #[tokio::test]

@@ -500,6 +500,47 @@ impl Client {
         a.header("location").unwrap().to_owned()
     }
 
+    /// Bytes an upload session holds, read from its status `Range` (`0-<last>`). An empty
+    /// session also answers `0-0`, so this is for sessions known to hold bytes.
+    pub async fn upload_offset(&self, location: &str) -> usize {
+        let status = self.get(location).await;
+        status.expect(204, None);
+        let range = status
+            .header("range")
+            .expect("an upload status has a Range");
+        let last: usize = range
+            .strip_prefix("0-")
+            .and_then(|end| end.parse().ok())
+            .unwrap_or_else(|| panic!("malformed upload Range {range:?}"));
+        last + 1
+    }
+
+    /// Sends `data[from..]` as the last chunk, commits the upload under the digest of `data`
+    /// and checks that the blob reads back byte-identical.
+    pub async fn complete_upload(&self, repo: &str, location: &str, data: &[u8], from: usize) {
+        let digest = sha256(data);
+        self.send(
+            self.request(Method::PATCH, location)
+                .header("content-range", format!("{from}-{}", data.len() - 1))
+                .body(data[from..].to_vec()),
+        )
+        .await
+        .expect(202, None);
+        self.send(
+            self.request(Method::PUT, location)
+                .query(&[("digest", &digest)]),
+        )
+        .await
+        .expect(201, None);
+        let got = self
+            .get_following(&format!("/v2/{repo}/blobs/{digest}"))
+            .await;
+        assert!(
+            got.body[..] == data[..],
+            "{repo}: the blob reads back as sent"
+        );
+    }
+
     /// Pushes a blob with POST then PUT; returns its digest.
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let digest = sha256(data);
