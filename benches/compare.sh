@@ -32,6 +32,7 @@ results="$work/results.jsonl"
 # ---- what the run needs --------------------------------------------------------------------
 source scripts/services.sh
 if ! command -v docker-registry >/dev/null; then
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-registry >/dev/null
 fi
 if ! command -v ferro-oci-server >/dev/null; then
