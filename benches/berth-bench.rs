@@ -270,14 +270,18 @@ impl Bench {
         Ok(())
     }
 
-    async fn push_stream_once(
+    /// One streaming PATCH without `Content-Length` carrying `body`, then `PUT ?digest=`
+    /// with the digest `digest_of` gives once the body has been sent.
+    async fn push_streamed<S>(
         http: &reqwest::Client,
         base: &str,
         repo: &str,
-        size: usize,
-    ) -> Result<(String, Duration)> {
-        let whole = payload(size, seed());
-        let d = digest(&whole);
+        body: S,
+        digest_of: impl FnOnce() -> Result<String>,
+    ) -> Result<(String, Duration)>
+    where
+        S: futures::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
         let t = Instant::now();
         let r = http
             .post(format!("{base}/v2/{repo}/blobs/uploads/"))
@@ -287,19 +291,15 @@ impl Bench {
             base,
             r.headers().get("location").ok_or("no Location")?.to_str()?,
         );
-        // One streaming PATCH without Content-Length, in 1 MiB chunks.
-        let chunks = size.div_ceil(MIB);
-        let stream = futures::stream::iter((0..chunks).map(move |i| {
-            Ok::<_, std::io::Error>(whole.slice(i * MIB..((i + 1) * MIB).min(size)))
-        }));
         let r = http
             .patch(&location)
-            .body(reqwest::Body::wrap_stream(stream))
+            .body(reqwest::Body::wrap_stream(body))
             .send()
             .await?;
         if r.status() != 202 {
             return Err(format!("streaming PATCH: {}", r.status()).into());
         }
+        let d = digest_of()?;
         let location = absolute(
             base,
             r.headers().get("location").ok_or("no Location")?.to_str()?,
@@ -309,6 +309,52 @@ impl Bench {
             return Err(format!("PUT: {}", r.status()).into());
         }
         Ok((d, t.elapsed()))
+    }
+
+    /// A random blob generated and hashed before the clock starts, sent in 1 MiB chunks.
+    async fn push_stream_once(
+        http: &reqwest::Client,
+        base: &str,
+        repo: &str,
+        size: usize,
+    ) -> Result<(String, Duration)> {
+        let whole = payload(size, seed());
+        let d = digest(&whole);
+        let chunks = size.div_ceil(MIB);
+        let stream = futures::stream::iter((0..chunks).map(move |i| {
+            Ok::<_, std::io::Error>(whole.slice(i * MIB..((i + 1) * MIB).min(size)))
+        }));
+        Self::push_streamed(http, base, repo, stream, || Ok(d)).await
+    }
+
+    /// A blob generated as it is sent (a random 1 MiB block stamped with each chunk's index,
+    /// so no two chunks are equal) and hashed on the way: the client holds 1 MiB per upload
+    /// however large the blob, so 32 concurrent 1 GiB uploads fit in its memory.
+    async fn push_generated_once(
+        http: &reqwest::Client,
+        base: &str,
+        repo: &str,
+        size: usize,
+    ) -> Result<(String, Duration)> {
+        let block = payload(MIB, seed());
+        let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
+        let hashing = hasher.clone();
+        let stream = futures::stream::iter((0..size.div_ceil(MIB)).map(move |i| {
+            let mut chunk = block[..MIB.min(size - i * MIB)].to_vec();
+            let stamp = (i as u64).to_le_bytes();
+            let n = stamp.len().min(chunk.len());
+            chunk[..n].copy_from_slice(&stamp[..n]);
+            hashing
+                .lock()
+                .map_err(|_| std::io::Error::other("hasher poisoned"))?
+                .update(&chunk);
+            Ok::<_, std::io::Error>(Bytes::from(chunk))
+        }));
+        Self::push_streamed(http, base, repo, stream, move || {
+            let hasher = hasher.lock().map_err(|_| "hasher poisoned")?;
+            Ok(format!("sha256:{}", hex::encode(hasher.clone().finalize())))
+        })
+        .await
     }
 
     async fn push_stream(&mut self) -> Result<()> {
@@ -328,7 +374,9 @@ impl Bench {
             .map(|_| {
                 let (http, base, repo) =
                     (self.http.clone(), self.base.clone(), self.opts.repo.clone());
-                tokio::spawn(async move { Self::push_stream_once(&http, &base, &repo, size).await })
+                tokio::spawn(
+                    async move { Self::push_generated_once(&http, &base, &repo, size).await },
+                )
             })
             .collect();
         for task in tasks {
