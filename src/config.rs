@@ -298,13 +298,11 @@ impl Settings {
         if !(64 * 1024..=1024 * MIB).contains(&fs_part_size) {
             bail!("fs_part_size must be between 64KiB and 1GiB, got {fs_part_size} bytes");
         }
-        let upload_buffers = self
-            .upload_buffers
-            .unwrap_or(RegistryOptions::default().upload_buffers);
+        let defaults = RegistryOptions::default();
+        let upload_buffers = self.upload_buffers.unwrap_or(defaults.upload_buffers);
         if upload_buffers == 0 {
             bail!("upload_buffers must be at least 1");
         }
-        let defaults = RegistryOptions::default();
         let registry = RegistryOptions {
             upload_ttl: self.upload_ttl.map_or(defaults.upload_ttl, |s| s.0),
             maintenance_interval: self
