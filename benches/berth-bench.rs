@@ -57,6 +57,15 @@ struct Opts {
     /// Tag counts for tags-list.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
     tag_counts: Vec<usize>,
+    /// Trickling uploads open during push-beside-tricklers.
+    #[arg(long, default_value_t = 50)]
+    tricklers: usize,
+    /// Tags in one repository for listings-scale.
+    #[arg(long, default_value_t = 1_000_000)]
+    scale_tags: usize,
+    /// Repositories for listings-scale.
+    #[arg(long, default_value_t = 100_000)]
+    scale_repos: usize,
     /// Server process id, to report its peak RSS (VmHWM).
     #[arg(long)]
     pid: Option<u32>,
@@ -70,7 +79,8 @@ struct Opts {
     #[arg(long)]
     s3_bucket: Option<String>,
     /// Workloads: push-mono push-chunked push-stream pull manifest-get manifest-head
-    /// small-images tags-list push-concurrent rss s3-put s3-put-parallel s3-get, or `report FILE`.
+    /// small-images tags-list listings-scale push-beside-tricklers push-concurrent rss s3-put
+    /// s3-put-parallel s3-get, or `report FILE`.
     #[arg(required = true)]
     workloads: Vec<String>,
 }
@@ -679,6 +689,337 @@ impl Bench {
         Ok(())
     }
 
+    /// Opens `n` uploads whose clients each send a byte every second on their own connection
+    /// (a raw chunked PATCH), and keeps them trickling until the returned guard is dropped.
+    async fn open_tricklers(&self, n: usize) -> Result<tokio::task::JoinSet<()>> {
+        use tokio::io::AsyncWriteExt;
+        let host = self
+            .base
+            .strip_prefix("http://")
+            .ok_or("tricklers need an http:// URL")?
+            .to_owned();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let location = self.start_upload().await?;
+            let path = location
+                .strip_prefix(&self.base)
+                .unwrap_or(&location)
+                .to_owned();
+            let mut stream = tokio::net::TcpStream::connect(&host).await?;
+            let head = format!(
+                "PATCH {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await?;
+            set.spawn(async move {
+                // Staggered, so the tricklers do not all wake at once.
+                tokio::time::sleep(Duration::from_millis((i * 1000 / n.max(1)) as u64)).await;
+                loop {
+                    if stream.write_all(b"1\r\nx\r\n").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        // Let each send its first byte and take (and give back) a buffer.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Ok(set)
+    }
+
+    /// Monolithic and streaming push throughput, alone and beside `--tricklers` uploads that
+    /// trickle a byte a second each (the server's body rate limit must allow them for the run).
+    async fn push_beside_tricklers(&mut self) -> Result<()> {
+        let size = self.opts.size_mib * MIB;
+        let n = self.opts.tricklers;
+        let mut alone = Vec::new();
+        for _ in 0..2 {
+            let data = payload(size, seed());
+            let d = digest(&data);
+            let t = Instant::now();
+            let location = self.start_upload().await?;
+            self.finish(&location, &d, Some(data)).await?;
+            alone.push(("push-mono", mb_per_s(size, t.elapsed())));
+            let (_, elapsed) =
+                Self::push_stream_once(&self.http, &self.base, &self.opts.repo, size).await?;
+            alone.push(("push-stream", mb_per_s(size, elapsed)));
+        }
+        let tricklers = self.open_tricklers(n).await?;
+        let mut beside = Vec::new();
+        for _ in 0..2 {
+            let data = payload(size, seed());
+            let d = digest(&data);
+            let t = Instant::now();
+            let location = self.start_upload().await?;
+            self.finish(&location, &d, Some(data)).await?;
+            beside.push(("push-mono", mb_per_s(size, t.elapsed())));
+            let (_, elapsed) =
+                Self::push_stream_once(&self.http, &self.base, &self.opts.repo, size).await?;
+            beside.push(("push-stream", mb_per_s(size, elapsed)));
+        }
+        drop(tricklers);
+        for workload in ["push-mono", "push-stream"] {
+            let best = |figures: &[(&str, f64)]| {
+                figures
+                    .iter()
+                    .filter(|(w, _)| *w == workload)
+                    .map(|(_, v)| *v)
+                    .fold(0.0, f64::max)
+            };
+            let (a, b) = (best(&alone), best(&beside));
+            self.record(&format!("{workload}-alone"), a, "MB/s", None);
+            self.record(&format!("{workload}-beside-{n}-tricklers"), b, "MB/s", None);
+            self.record(
+                &format!("{workload}-tricklers-ratio"),
+                if a > 0.0 { b / a } else { 0.0 },
+                "x",
+                None,
+            );
+        }
+        Ok(())
+    }
+
+    /// Walks a listing by its `Link` headers with pages of `n`; checks every page is sorted,
+    /// continues the previous one and holds `n` entries until the last. Returns the entries
+    /// seen and the page latencies.
+    async fn walk_listing(
+        &self,
+        first: String,
+        key: &str,
+        n: usize,
+    ) -> Result<(usize, Vec<Duration>)> {
+        let mut url = first;
+        let mut seen = 0;
+        let mut previous: Option<String> = None;
+        let mut latencies = Vec::new();
+        loop {
+            let t = Instant::now();
+            let r = self.http.get(&url).send().await?;
+            let link = r
+                .headers()
+                .get("link")
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_owned);
+            let body: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
+            latencies.push(t.elapsed());
+            let entries: Vec<String> = body[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for e in &entries {
+                if previous.as_ref().is_some_and(|p| p >= e) {
+                    return Err(format!("{key} out of order: {previous:?} then {e}").into());
+                }
+                previous = Some(e.clone());
+            }
+            seen += entries.len();
+            match link {
+                Some(link) => {
+                    if entries.len() != n {
+                        return Err(format!(
+                            "a page with a next link holds {} entries, not {n}",
+                            entries.len()
+                        )
+                        .into());
+                    }
+                    let target = link
+                        .split(';')
+                        .next()
+                        .map(|s| s.trim().trim_start_matches('<').trim_end_matches('>'))
+                        .ok_or("malformed Link")?;
+                    url = absolute(&self.base, target);
+                }
+                None => return Ok((seen, latencies)),
+            }
+        }
+    }
+
+    /// Tag and catalog pages at Distribution scale: `--scale-tags` tags in one repository and
+    /// `--scale-repos` repositories, seeded through the API (100 tags per manifest push with
+    /// `?tag=`, repositories by cross-repository mounts). Reports p50/p99 of pages of 100 at
+    /// random positions, and walks both listings whole to check `n`, `last` and `Link`.
+    async fn listings_scale(&mut self) -> Result<()> {
+        let tags = self.opts.scale_tags;
+        let repos = self.opts.scale_repos;
+        let repo = format!("{}-scale", self.opts.repo);
+        let manifest =
+            Bytes::from(Self::push_small_image(&self.http, &self.base, &repo, "seed", 11).await?);
+        let manifest_digest = digest(&manifest);
+        let config: serde_json::Value = serde_json::from_slice(&manifest)?;
+        let blob = config["layers"][0]["digest"]
+            .as_str()
+            .ok_or("no layer")?
+            .to_owned();
+        let t = Instant::now();
+        let pushes = tags.div_ceil(100);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (http, base, repo, manifest, manifest_digest, next) = (
+                self.http.clone(),
+                self.base.clone(),
+                repo.clone(),
+                manifest.clone(),
+                manifest_digest.clone(),
+                next.clone(),
+            );
+            tasks.spawn(async move {
+                loop {
+                    let p = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if p >= pushes {
+                        return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(());
+                    }
+                    let query: String = (p * 100..((p + 1) * 100).min(tags))
+                        .map(|i| format!("tag=t{i:07}"))
+                        .collect::<Vec<_>>()
+                        .join("&");
+                    let r = http
+                        .put(format!(
+                            "{base}/v2/{repo}/manifests/{manifest_digest}?{query}"
+                        ))
+                        .header("content-type", OCI_MANIFEST)
+                        .body(manifest.clone())
+                        .send()
+                        .await?;
+                    if r.status() != 201 {
+                        return Err(format!("tagging: {}", r.status()).into());
+                    }
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        eprintln!("seeded {tags} tags in {:.1} s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..16 {
+            let (http, base, repo, blob, next) = (
+                self.http.clone(),
+                self.base.clone(),
+                repo.clone(),
+                blob.clone(),
+                next.clone(),
+            );
+            tasks.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= repos {
+                        return Ok(());
+                    }
+                    let r = http
+                        .post(format!(
+                            "{base}/v2/scale/r{i:06}/blobs/uploads/?mount={blob}&from={repo}"
+                        ))
+                        .send()
+                        .await?;
+                    if r.status() != 201 {
+                        return Err(format!("mount: {}", r.status()).into());
+                    }
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        eprintln!(
+            "seeded {repos} repositories in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+
+        let mut state = seed() | 1;
+        let mut random = move |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as usize % below.max(1)
+        };
+        let mut tag_pages = Vec::new();
+        let mut catalog_pages = Vec::new();
+        for _ in 0..300 {
+            let t = Instant::now();
+            let r = self
+                .http
+                .get(format!(
+                    "{}/v2/{repo}/tags/list?n=100&last=t{:07}",
+                    self.base,
+                    random(tags)
+                ))
+                .send()
+                .await?;
+            r.bytes().await?;
+            tag_pages.push(t.elapsed());
+            let t = Instant::now();
+            let r = self
+                .http
+                .get(format!(
+                    "{}/v2/_catalog?n=100&last=scale/r{:06}",
+                    self.base,
+                    random(repos)
+                ))
+                .send()
+                .await?;
+            r.bytes().await?;
+            catalog_pages.push(t.elapsed());
+        }
+        tag_pages.sort();
+        catalog_pages.sort();
+        self.record(
+            &format!("tags-page-n100-at-{tags}"),
+            percentile(&tag_pages, 0.5),
+            "ms p50",
+            Some(&mut tag_pages),
+        );
+        self.record(
+            &format!("catalog-page-n100-at-{repos}"),
+            percentile(&catalog_pages, 0.5),
+            "ms p50",
+            Some(&mut catalog_pages),
+        );
+
+        let (seen, mut walk) = self
+            .walk_listing(
+                format!("{}/v2/{repo}/tags/list?n=1000", self.base),
+                "tags",
+                1000,
+            )
+            .await?;
+        // "seed" and t0000000..: every tag, once, in order.
+        if seen != tags + 1 {
+            return Err(format!("walking the tags saw {seen}, expected {}", tags + 1).into());
+        }
+        self.record(
+            &format!("tags-walk-n1000-{tags}"),
+            walk.iter().map(Duration::as_secs_f64).sum::<f64>(),
+            "s",
+            Some(&mut walk),
+        );
+        let (seen, mut walk) = self
+            .walk_listing(
+                format!("{}/v2/_catalog?n=1000", self.base),
+                "repositories",
+                1000,
+            )
+            .await?;
+        if seen < repos + 1 {
+            return Err(format!(
+                "walking the catalog saw {seen}, expected at least {}",
+                repos + 1
+            )
+            .into());
+        }
+        self.record(
+            &format!("catalog-walk-n1000-{repos}"),
+            walk.iter().map(Duration::as_secs_f64).sum::<f64>(),
+            "s",
+            Some(&mut walk),
+        );
+        Ok(())
+    }
+
     fn rss(&mut self) -> Result<()> {
         let pid = self.opts.pid.ok_or("rss needs --pid")?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -952,6 +1293,8 @@ async fn main() -> Result<()> {
             "manifest-head" => bench.manifest_load(reqwest::Method::HEAD).await,
             "small-images" => bench.small_images().await,
             "tags-list" => bench.tags_list().await,
+            "listings-scale" => bench.listings_scale().await,
+            "push-beside-tricklers" => bench.push_beside_tricklers().await,
             "rss" => bench.rss(),
             "s3-put" => s3_put(&mut bench, 1).await,
             "s3-put-parallel" => s3_put(&mut bench, 4).await,

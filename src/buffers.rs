@@ -8,6 +8,7 @@
 use std::alloc::{Layout, alloc, dealloc};
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use deadpool::unmanaged::{Object, Pool};
@@ -96,6 +97,24 @@ pub struct BufferPool {
     pool: Pool<AlignedBuf>,
     capacity: usize,
     count: usize,
+    /// Requests waiting for a buffer (the pool itself does not count them).
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts a request as waiting for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicUsize) -> Waiting<'a> {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for BufferPool {
@@ -118,6 +137,7 @@ impl BufferPool {
             pool: Pool::from((0..count).map(|_| AlignedBuf::empty()).collect::<Vec<_>>()),
             capacity,
             count,
+            waiting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -136,24 +156,47 @@ impl BufferPool {
         self.pool.status().available
     }
 
+    /// Requests waiting for a buffer right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Buffers in use right now.
+    pub fn in_use(&self) -> usize {
+        self.count.saturating_sub(self.available())
+    }
+
+    /// Waits at most `wait` for a free buffer; `None` if none came free in time.
+    pub async fn get_within(&self, wait: std::time::Duration) -> Option<PartBuffer> {
+        tokio::time::timeout(wait, self.get()).await.ok()
+    }
+
     /// Waits for a free buffer, emptied, with its full capacity.
     pub async fn get(&self) -> PartBuffer {
-        // The pool is never closed and has no timeout configured, so `get` only returns once a
-        // buffer is free.
-        let mut obj = loop {
-            match self.pool.get().await {
-                Ok(obj) => break obj,
-                Err(e) => {
-                    tracing::error!(error = %e, "part buffer pool refused a request; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
+        let mut obj = match self.pool.try_get() {
+            Ok(obj) => obj,
+            Err(_) => self.wait().await,
         };
         if obj.cap < self.capacity {
             *obj = AlignedBuf::with_capacity(self.capacity);
         }
         obj.len = 0;
         PartBuffer { obj }
+    }
+
+    async fn wait(&self) -> Object<AlignedBuf> {
+        let _waiting = Waiting::new(&self.waiting);
+        // The pool is never closed and has no timeout configured, so `get` only returns once a
+        // buffer is free.
+        loop {
+            match self.pool.get().await {
+                Ok(obj) => return obj,
+                Err(e) => {
+                    tracing::error!(error = %e, "part buffer pool refused a request; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
     }
 }
 
@@ -236,6 +279,20 @@ mod tests {
             waiting.is_err(),
             "second get must wait while the only buffer is out"
         );
+        assert_eq!(
+            pool.waiting(),
+            0,
+            "a waiter that gave up is no longer counted"
+        );
+        let queued = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get().await.len() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(pool.waiting(), 1, "a waiting request is counted");
+        queued.abort();
+        let _ = queued.await;
+        assert_eq!(pool.waiting(), 0);
         let frozen = first.freeze();
         let view = frozen.slice(1..3);
         drop(frozen);

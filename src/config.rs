@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use berth::RegistryOptions;
+use berth::http::ServeOptions;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
@@ -192,6 +193,18 @@ settings! {
     redirect: bool, env = "BERTH_REDIRECT", value_name = "BOOL",
     /// Part buffers shared by all uploads: the upload memory budget [default: 8].
     upload_buffers: usize, env = "BERTH_UPLOAD_BUFFERS", value_name = "N",
+    /// Longest an upload waits for a free part buffer before it is answered 503 [default: 30s].
+    upload_buffer_wait: Span, env = "BERTH_UPLOAD_BUFFER_WAIT", value_name = "DURATION",
+    /// Request bodies slower than this many bytes per second (over body_rate_window) are ended; 0 turns it off [default: 500].
+    body_min_rate: ByteSize, env = "BERTH_BODY_MIN_RATE", value_name = "SIZE",
+    /// Window of waiting for the client over which body_min_rate is measured [default: 20s].
+    body_rate_window: Span, env = "BERTH_BODY_RATE_WINDOW", value_name = "DURATION",
+    /// A request head must arrive complete within this time of a connection's start or first byte [default: 20s].
+    http_header_timeout: Span, env = "BERTH_HTTP_HEADER_TIMEOUT", value_name = "DURATION",
+    /// Keep-alive connections with no request for this long are closed [default: 90s].
+    http_idle_timeout: Span, env = "BERTH_HTTP_IDLE_TIMEOUT", value_name = "DURATION",
+    /// Most client connections open at once; more wait in the listen backlog, 0 for no cap [default: 4096].
+    max_connections: usize, env = "BERTH_MAX_CONNECTIONS", value_name = "N",
     /// Idle upload sessions expire after this long [default: 24h].
     upload_ttl: Span, env = "BERTH_UPLOAD_TTL", value_name = "DURATION",
     /// How often expired uploads and orphaned storage are cleaned up [default: 5m].
@@ -204,6 +217,8 @@ settings! {
     referrers_api: bool, env = "BERTH_REFERRERS_API", value_name = "BOOL",
     /// Accept single-request uploads (POST ?digest=) [default: true].
     single_request_uploads: bool, env = "BERTH_SINGLE_REQUEST_UPLOADS", value_name = "BOOL",
+    /// Accept manifests whose blobs or child manifests are not in the repository, as mirrors of one platform need [default: false].
+    sparse_manifests: bool, env = "BERTH_SPARSE_MANIFESTS", value_name = "BOOL",
     /// Refuse tag and catalog pages with n above this [default: no limit].
     max_page_size: u32, env = "BERTH_MAX_PAGE_SIZE", value_name = "N",
     /// Send Docker-Content-Digest on manifest GETs by tag [default: true].
@@ -238,6 +253,9 @@ pub struct Config {
     /// The registry's behaviour switches; unset settings keep the library's defaults.
     pub registry: RegistryOptions,
     pub shutdown_timeout: Duration,
+    pub http_header_timeout: Duration,
+    pub http_idle_timeout: Duration,
+    pub max_connections: usize,
     pub log: String,
 }
 
@@ -299,6 +317,7 @@ impl Settings {
             bail!("fs_part_size must be between 64KiB and 1GiB, got {fs_part_size} bytes");
         }
         let defaults = RegistryOptions::default();
+        let serve_defaults = ServeOptions::default();
         let upload_buffers = self.upload_buffers.unwrap_or(defaults.upload_buffers);
         if upload_buffers == 0 {
             bail!("upload_buffers must be at least 1");
@@ -310,6 +329,15 @@ impl Settings {
                 .map_or(defaults.maintenance_interval, |s| s.0)
                 .max(Duration::from_millis(100)),
             upload_buffers,
+            upload_buffer_wait: self
+                .upload_buffer_wait
+                .map_or(defaults.upload_buffer_wait, |s| s.0)
+                .max(Duration::from_millis(1)),
+            body_min_rate: self.body_min_rate.map_or(defaults.body_min_rate, |b| b.0),
+            body_rate_window: self
+                .body_rate_window
+                .map_or(defaults.body_rate_window, |s| s.0)
+                .max(Duration::from_millis(100)),
             chunk_min_length: self
                 .chunk_min_length
                 .map_or(defaults.chunk_min_length, |b| b.0),
@@ -322,6 +350,7 @@ impl Settings {
             single_request_uploads: self
                 .single_request_uploads
                 .unwrap_or(defaults.single_request_uploads),
+            sparse_manifests: self.sparse_manifests.unwrap_or(defaults.sparse_manifests),
             max_page_size: self.max_page_size,
             tag_digest_header: self.tag_digest_header.unwrap_or(defaults.tag_digest_header),
             link_headers: self.link_headers.unwrap_or(defaults.link_headers),
@@ -360,6 +389,17 @@ impl Settings {
             shutdown_timeout: self
                 .shutdown_timeout
                 .map_or(Duration::from_secs(30), |s| s.0),
+            http_header_timeout: self
+                .http_header_timeout
+                .map_or(serve_defaults.header_timeout, |s| s.0)
+                .max(Duration::from_millis(100)),
+            http_idle_timeout: self
+                .http_idle_timeout
+                .map_or(serve_defaults.idle_timeout, |s| s.0)
+                .max(Duration::from_millis(100)),
+            max_connections: self
+                .max_connections
+                .unwrap_or(serve_defaults.max_connections),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
         })
     }

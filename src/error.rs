@@ -34,6 +34,9 @@ pub enum ErrorCode {
     NameUnknown,
     /// Provided length did not match content length.
     SizeInvalid,
+    /// A tag a manifest is pushed to is not a valid tag (Distribution's code; not in the OCI
+    /// list, which has no code for it).
+    TagInvalid,
     /// Authentication required.
     Unauthorized,
     /// Requested access to the resource is denied.
@@ -62,6 +65,7 @@ impl ErrorCode {
             ErrorCode::NameInvalid => "NAME_INVALID",
             ErrorCode::NameUnknown => "NAME_UNKNOWN",
             ErrorCode::SizeInvalid => "SIZE_INVALID",
+            ErrorCode::TagInvalid => "TAG_INVALID",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
@@ -83,7 +87,8 @@ impl ErrorCode {
             | ErrorCode::ManifestBlobUnknown
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
-            | ErrorCode::SizeInvalid => StatusCode::BAD_REQUEST,
+            | ErrorCode::SizeInvalid
+            | ErrorCode::TagInvalid => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Denied => StatusCode::FORBIDDEN,
             ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
@@ -277,7 +282,7 @@ impl From<DigestError> for RegistryError {
 
 impl From<TagError> for RegistryError {
     fn from(e: TagError) -> Self {
-        RegistryError::new(ErrorCode::ManifestInvalid, e.to_string())
+        RegistryError::new(ErrorCode::TagInvalid, e.to_string())
     }
 }
 

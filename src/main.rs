@@ -140,7 +140,41 @@ fn manifest_change_counter(config: &Config) -> Option<std::path::PathBuf> {
         .then(|| std::path::PathBuf::from(format!("{path}.changes")))
 }
 
+/// Raises the soft limit on open files to the hard limit, so that the connection cap, not the
+/// default soft limit (often 1024), bounds connections.
+fn raise_open_file_limit(wanted: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    // Connections, plus files, database connections and S3 connections.
+    let needed = wanted as u64 + 256;
+    if wanted > 0 && limit.rlim_cur < needed {
+        tracing::warn!(
+            open_files = limit.rlim_cur,
+            max_connections = wanted,
+            "the open file limit is below max_connections; connections beyond it will wait"
+        );
+    }
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
+    raise_open_file_limit(config.max_connections);
     let metadata = metadata_store(&config).await?;
     let blobs = blob_store(&config).await?;
     let mut builder = Registry::builder(blobs, metadata).options(config.registry.clone());
@@ -194,7 +228,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let app = berth::http::router(registry.clone()).merge(berth::http::health_router(registry));
-    berth::http::serve(listener, app, stopped(), config.shutdown_timeout)
+    let options = berth::http::ServeOptions {
+        grace: config.shutdown_timeout,
+        header_timeout: config.http_header_timeout,
+        idle_timeout: config.http_idle_timeout,
+        max_connections: config.max_connections,
+    };
+    berth::http::serve_with(listener, app, stopped(), options)
         .await
         .context("serving HTTP")?;
     tracing::info!("stopped");

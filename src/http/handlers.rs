@@ -9,12 +9,13 @@ use futures::StreamExt;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
+use super::body_rate::MinRate;
 use super::endpoint::{Operation, Route, RouteError, route};
 use super::headers::{RangeRequest, parse_content_range, parse_range, query_pairs, query_value};
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::metadata::{BlobRecord, Page, UploadSession};
 use crate::oci::{
-    Descriptor, Digest, DigestAlgorithm, ImageIndex, Reference, RepositoryName, media_type,
+    Descriptor, Digest, DigestAlgorithm, ImageIndex, Reference, RepositoryName, Tag, media_type,
 };
 use crate::registry::Registry;
 use crate::registry::uploads::{BodyStream, ChunkSpec, discard_body, upload_range};
@@ -210,10 +211,14 @@ fn chunk_spec(headers: &HeaderMap) -> RegistryResult<ChunkSpec> {
     })
 }
 
-fn body_stream(body: Body) -> BodyStream {
-    body.into_data_stream()
-        .map(|r| r.map_err(std::io::Error::other))
-        .boxed()
+/// A request body as a stream of bytes, ended if the client sends slower than the
+/// registry's minimum body rate.
+fn body_stream(registry: &Registry, body: Body) -> BodyStream {
+    let options = registry.options();
+    let stream = body
+        .into_data_stream()
+        .map(|r| r.map_err(std::io::Error::other));
+    MinRate::new(stream, options.body_min_rate, options.body_rate_window).boxed()
 }
 
 fn blob_location(name: &RepositoryName, digest: &Digest) -> String {
@@ -411,9 +416,25 @@ fn manifest_reference(call: &Call) -> RegistryResult<Reference> {
     Ok(Reference::parse(&call.route.target)?)
 }
 
+/// The reference of a manifest read or delete. One that can be neither a tag nor a digest
+/// cannot name a stored manifest, so it is answered like any other missing one (404), as
+/// clients and the conformance suite expect; only pushes refuse it as invalid.
+async fn existing_manifest_reference(
+    call: &Call,
+    name: &RepositoryName,
+) -> RegistryResult<Reference> {
+    match Reference::parse(&call.route.target) {
+        Ok(reference) => Ok(reference),
+        Err(_) => Err(call
+            .registry
+            .not_found(name, ErrorCode::ManifestUnknown, &call.route.target)
+            .await?),
+    }
+}
+
 async fn get_manifest(call: &Call) -> RegistryResult<Response> {
     let name = repository(call)?;
-    let reference = manifest_reference(call)?;
+    let reference = existing_manifest_reference(call, &name).await?;
     let manifest = call.registry.manifest(&name, &reference).await?;
     let mut headers = vec![
         (header::CONTENT_TYPE, value(&manifest.media_type)?),
@@ -454,15 +475,20 @@ async fn read_manifest_body(call: &Call, body: Body) -> RegistryResult<Bytes> {
     {
         return Err(too_large(length.to_string()));
     }
-    let mut stream = body.into_data_stream();
+    let mut stream = body_stream(&call.registry, body);
     let mut content = bytes::BytesMut::new();
     let mut seen: u64 = 0;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            RegistryError::new(
+            let error = RegistryError::new(
                 ErrorCode::ManifestInvalid,
                 format!("could not read the manifest body: {e}"),
-            )
+            );
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                error.with_status(StatusCode::REQUEST_TIMEOUT)
+            } else {
+                error
+            }
         })?;
         seen += chunk.len() as u64;
         if seen > OVERSIZE_DRAIN_LIMIT {
@@ -481,9 +507,34 @@ async fn read_manifest_body(call: &Call, body: Body) -> RegistryResult<Bytes> {
     Ok(content.freeze())
 }
 
+/// Most `?tag=` parameters one manifest push may carry (the spec asks for at least 10).
+const MAX_TAGS_PER_PUSH: usize = 100;
+
+/// The `?tag=` parameters of a manifest push (end-7b of the next spec release).
+fn pushed_tags(call: &Call) -> RegistryResult<Vec<Tag>> {
+    let tags: Vec<&str> = call
+        .query
+        .iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if tags.len() > MAX_TAGS_PER_PUSH {
+        return Err(RegistryError::new(
+            ErrorCode::Unsupported,
+            format!(
+                "{} tags in one push; at most {MAX_TAGS_PER_PUSH} are accepted per request",
+                tags.len()
+            ),
+        )
+        .with_status(StatusCode::URI_TOO_LONG));
+    }
+    Ok(tags.into_iter().map(Tag::parse).collect::<Result<_, _>>()?)
+}
+
 async fn put_manifest(call: &Call, body: Body) -> RegistryResult<Response> {
     let name = repository(call)?;
     let reference = manifest_reference(call)?;
+    let tags = pushed_tags(call)?;
     let content_type = call
         .parts
         .headers
@@ -492,7 +543,7 @@ async fn put_manifest(call: &Call, body: Body) -> RegistryResult<Response> {
     let bytes = read_manifest_body(call, body).await?;
     let pushed = call
         .registry
-        .put_manifest(&name, &reference, content_type, &bytes)
+        .put_manifest_tagged(&name, &reference, &tags, content_type, &bytes)
         .await?;
     let mut headers = vec![
         (
@@ -509,12 +560,19 @@ async fn put_manifest(call: &Call, body: Body) -> RegistryResult<Response> {
             value(subject.as_str())?,
         ));
     }
-    Ok(empty(StatusCode::CREATED, headers))
+    let mut response = empty(StatusCode::CREATED, headers);
+    // One `OCI-Tag` per tag the push set (the headers map would keep only one of them).
+    for tag in &pushed.tags {
+        response
+            .headers_mut()
+            .append(HeaderName::from_static("oci-tag"), value(tag.as_str())?);
+    }
+    Ok(response)
 }
 
 async fn delete_manifest(call: &Call) -> RegistryResult<Response> {
     let name = repository(call)?;
-    let reference = manifest_reference(call)?;
+    let reference = existing_manifest_reference(call, &name).await?;
     call.registry.delete_manifest(&name, &reference).await?;
     Ok(empty(StatusCode::ACCEPTED, Vec::new()))
 }
@@ -650,11 +708,11 @@ async fn start_upload(call: &Call, body: Body) -> RegistryResult<Response> {
     {
         let digest = match Digest::parse(digest) {
             Ok(d) => d,
-            Err(e) => return Err(discard_body(body_stream(body), e.into()).await),
+            Err(e) => return Err(discard_body(body_stream(&call.registry, body), e.into()).await),
         };
         let spec = chunk_spec(&call.parts.headers)?;
         let (reg, n, d) = (registry.clone(), name.clone(), digest.clone());
-        let stream = body_stream(body);
+        let stream = body_stream(&call.registry, body);
         let blob = detached(async move { reg.upload_blob(&n, &d, spec, stream).await }).await?;
         return blob_created(&name, &blob);
     }
@@ -668,7 +726,11 @@ async fn start_upload(call: &Call, body: Body) -> RegistryResult<Response> {
         None => DigestAlgorithm::Sha256,
     };
     // A body sent with a plain POST (or a refused single-request upload) is not used.
-    let _ = discard_body(body_stream(body), RegistryError::internal("unused")).await;
+    let _ = discard_body(
+        body_stream(&call.registry, body),
+        RegistryError::internal("unused"),
+    )
+    .await;
     let session = registry.start_upload(&name, algorithm).await?;
     let mut headers = upload_headers(registry, &name, &session)?;
     headers.push((
@@ -698,7 +760,7 @@ async fn patch_upload(call: &Call, body: Body) -> RegistryResult<Response> {
         name.clone(),
         call.route.target.clone(),
     );
-    let stream = body_stream(body);
+    let stream = body_stream(&call.registry, body);
     let session = detached(async move { reg.append_upload(&n, &id, spec, stream).await }).await?;
     Ok(empty(
         StatusCode::ACCEPTED,
@@ -722,7 +784,7 @@ async fn finish_upload(call: &Call, body: Body) -> RegistryResult<Response> {
         call.route.target.clone(),
         digest.clone(),
     );
-    let stream = body_stream(body);
+    let stream = body_stream(&call.registry, body);
     let blob = detached(async move { reg.finish_upload(&n, &id, &d, spec, stream).await }).await?;
     blob_created(&name, &blob)
 }

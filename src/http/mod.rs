@@ -3,9 +3,6 @@
 //!
 //! Only this module knows axum and the OCI error envelope's wire form.
 
-use std::future::Future;
-use std::time::Duration;
-
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -18,11 +15,14 @@ use tracing::Level;
 use crate::error::RegistryError;
 use crate::registry::Registry;
 
+mod body_rate;
 pub mod endpoint;
 mod handlers;
 pub mod headers;
+mod server;
 
 pub use endpoint::{Action, Operation, Route, RouteError, route};
+pub use server::{ServeOptions, peer_address, serve, serve_with};
 
 /// `Docker-Distribution-API-Version`, sent on every API response.
 pub const API_VERSION: &str = "registry/2.0";
@@ -102,35 +102,4 @@ async fn dispatch(State(registry): State<Registry>, request: Request) -> Respons
         HeaderValue::from_static(API_VERSION),
     );
     response
-}
-
-/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
-/// for at most `grace` before returning.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> std::io::Result<()> {
-    let triggered = std::sync::Arc::new(tokio::sync::Notify::new());
-    let notify = triggered.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        notify.notify_one();
-    });
-    let deadline = async move {
-        triggered.notified().await;
-        tracing::info!(
-            grace_secs = grace.as_secs_f64(),
-            "shutting down; waiting for in-flight requests"
-        );
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server => result,
-        _ = deadline => {
-            tracing::warn!("grace period over; closing remaining connections");
-            Ok(())
-        }
-    }
 }

@@ -353,7 +353,7 @@ impl MetadataStore for MemoryMetadataStore {
             .filter(|d| !repo.manifests.contains_key(*d))
             .cloned()
             .collect();
-        if !blobs.is_empty() || !manifests.is_empty() {
+        if m.require_references && (!blobs.is_empty() || !manifests.is_empty()) {
             return Ok(PutManifestOutcome::MissingReferences { blobs, manifests });
         }
         repo.manifests
@@ -368,7 +368,7 @@ impl MetadataStore for MemoryMetadataStore {
                 artifact_type: m.parsed.artifact_type.clone(),
                 annotations: m.parsed.annotations.clone(),
             });
-        if let Some(tag) = m.tag {
+        for tag in m.tags {
             repo.tags.insert(tag.as_str().to_owned(), m.digest.clone());
         }
         Ok(PutManifestOutcome::Stored)

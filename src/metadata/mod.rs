@@ -70,8 +70,11 @@ pub struct NewManifest<'a> {
     pub parsed: &'a ParsedManifest,
     /// The exact bytes.
     pub content: &'a [u8],
-    /// Tag to point at it, when pushed by tag.
-    pub tag: Option<&'a Tag>,
+    /// Tags to point at it (the tag it was pushed to, and any `?tag=` of the push).
+    pub tags: &'a [Tag],
+    /// Refuse the manifest when a blob or child manifest it references is not in the
+    /// repository; off for registries that accept sparse manifests (mirrors of one platform).
+    pub require_references: bool,
     /// Unix milliseconds.
     pub now: i64,
 }

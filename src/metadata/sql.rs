@@ -781,17 +781,22 @@ impl MetadataStore for SqlMetadataStore {
 
         let mut tx = self.write_tx().await?;
         let repository_id = Self::ensure_repository(&mut tx, m.repository, m.now).await?;
-        let blobs = self
-            .missing(&mut tx, missing_blobs_sql, repository_id, &m.parsed.blobs)
-            .await?;
-        let manifests = self
-            .missing(
-                &mut tx,
-                missing_children_sql,
-                repository_id,
-                &m.parsed.children,
-            )
-            .await?;
+        let (blobs, manifests) = if m.require_references {
+            let blobs = self
+                .missing(&mut tx, missing_blobs_sql, repository_id, &m.parsed.blobs)
+                .await?;
+            let manifests = self
+                .missing(
+                    &mut tx,
+                    missing_children_sql,
+                    repository_id,
+                    &m.parsed.children,
+                )
+                .await?;
+            (blobs, manifests)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         if !blobs.is_empty() || !manifests.is_empty() {
             tx.rollback().await.map_err(db_err)?;
             return Ok(PutManifestOutcome::MissingReferences { blobs, manifests });
@@ -836,7 +841,7 @@ impl MetadataStore for SqlMetadataStore {
             )
             .await?;
         }
-        if let Some(tag) = m.tag {
+        for tag in m.tags {
             sqlx::query(
                 "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (repository_id, name) DO UPDATE SET \

@@ -11,7 +11,7 @@ use crate::metadata::{
     ManifestRecord, MetadataError, MetadataStore, NewManifest, Page, PutManifestOutcome,
     ReferrerRecord, now_millis,
 };
-use crate::oci::{Digest, DigestAlgorithm, ParsedManifest, Reference, RepositoryName};
+use crate::oci::{Digest, DigestAlgorithm, ParsedManifest, Reference, RepositoryName, Tag};
 
 type ManifestKey = (RepositoryName, Reference);
 type ManifestLookup = Result<Option<ManifestRecord>, MetadataError>;
@@ -32,6 +32,8 @@ pub struct PushedManifest {
     pub digest: Digest,
     /// What validation found in it.
     pub parsed: ParsedManifest,
+    /// Tags now pointing at it.
+    pub tags: Vec<Tag>,
 }
 
 impl Registry {
@@ -40,6 +42,20 @@ impl Registry {
         &self,
         repository: &RepositoryName,
         reference: &Reference,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> RegistryResult<PushedManifest> {
+        self.put_manifest_tagged(repository, reference, &[], content_type, body)
+            .await
+    }
+
+    /// Validates and stores a manifest pushed to `reference`, and points `tags` at it too
+    /// (`PUT …/manifests/<digest>?tag=a&tag=b`), all in one transaction.
+    pub async fn put_manifest_tagged(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        tags: &[Tag],
         content_type: Option<&str>,
         body: &[u8],
     ) -> RegistryResult<PushedManifest> {
@@ -74,10 +90,15 @@ impl Registry {
             }
             Reference::Tag(_) => DigestAlgorithm::Sha256.digest(body),
         };
-        let tag = match reference {
-            Reference::Tag(tag) => Some(tag),
-            Reference::Digest(_) => None,
-        };
+        let mut all_tags: Vec<Tag> = Vec::with_capacity(tags.len() + 1);
+        if let Reference::Tag(tag) = reference {
+            all_tags.push(tag.clone());
+        }
+        for tag in tags {
+            if !all_tags.contains(tag) {
+                all_tags.push(tag.clone());
+            }
+        }
         // The change counter moves before and after the commit: a cached read can be neither
         // older than the commit once it is acknowledged, nor left behind by a crash mid-way
         // for longer than the cache's maximum age.
@@ -90,13 +111,18 @@ impl Registry {
                 digest: &digest,
                 parsed: &parsed,
                 content: body,
-                tag,
+                tags: &all_tags,
+                require_references: !self.inner.options.sparse_manifests,
                 now: now_millis(),
             })
             .await;
         self.manifests_changing();
         match outcome? {
-            PutManifestOutcome::Stored => Ok(PushedManifest { digest, parsed }),
+            PutManifestOutcome::Stored => Ok(PushedManifest {
+                digest,
+                parsed,
+                tags: all_tags,
+            }),
             PutManifestOutcome::MissingReferences { blobs, manifests } => {
                 let missing = blobs
                     .iter()

@@ -39,6 +39,13 @@ pub struct RegistryOptions {
     pub maintenance_interval: Duration,
     /// Number of part buffers shared by all uploads (the upload memory budget).
     pub upload_buffers: usize,
+    /// Longest an upload request waits for a part buffer before it is answered 503.
+    pub upload_buffer_wait: Duration,
+    /// Request bodies arriving slower than this many bytes per second over
+    /// `body_rate_window` (of time spent waiting for the client) are ended; 0 turns it off.
+    pub body_min_rate: u64,
+    /// The window over which `body_min_rate` is measured.
+    pub body_rate_window: Duration,
     /// `OCI-Chunk-Min-Length` advertised to clients.
     pub chunk_min_length: u64,
     /// Largest manifest accepted (bytes); larger ones get 413.
@@ -47,6 +54,9 @@ pub struct RegistryOptions {
     pub referrers_api: bool,
     /// Accept single-request uploads (`POST ?digest=`); when off, such a POST opens a session.
     pub single_request_uploads: bool,
+    /// Accept manifests and indexes whose blobs or child manifests are not in the repository
+    /// (mirrors that copy one platform of a multi-arch index).
+    pub sparse_manifests: bool,
     /// Refuse tag and catalog pages larger than this (`n` above it gets 400).
     pub max_page_size: Option<u32>,
     /// Send `Docker-Content-Digest` when a manifest is fetched by tag.
@@ -67,10 +77,14 @@ impl Default for RegistryOptions {
             upload_ttl: Duration::from_secs(24 * 3600),
             maintenance_interval: Duration::from_secs(300),
             upload_buffers: 8,
+            upload_buffer_wait: Duration::from_secs(30),
+            body_min_rate: 500,
+            body_rate_window: Duration::from_secs(20),
             chunk_min_length: 5 * 1024 * 1024,
             max_manifest_size: DEFAULT_MAX_MANIFEST_SIZE,
             referrers_api: true,
             single_request_uploads: true,
+            sparse_manifests: false,
             max_page_size: None,
             tag_digest_header: true,
             link_headers: true,
@@ -87,10 +101,14 @@ impl std::fmt::Debug for RegistryOptions {
             .field("upload_ttl", &self.upload_ttl)
             .field("maintenance_interval", &self.maintenance_interval)
             .field("upload_buffers", &self.upload_buffers)
+            .field("upload_buffer_wait", &self.upload_buffer_wait)
+            .field("body_min_rate", &self.body_min_rate)
+            .field("body_rate_window", &self.body_rate_window)
             .field("chunk_min_length", &self.chunk_min_length)
             .field("max_manifest_size", &self.max_manifest_size)
             .field("referrers_api", &self.referrers_api)
             .field("single_request_uploads", &self.single_request_uploads)
+            .field("sparse_manifests", &self.sparse_manifests)
             .field("max_page_size", &self.max_page_size)
             .field("tag_digest_header", &self.tag_digest_header)
             .field("link_headers", &self.link_headers)
@@ -196,6 +214,20 @@ impl RegistryBuilder {
         self
     }
 
+    /// Longest an upload waits for a part buffer before it is answered 503 (default 30 s).
+    pub fn upload_buffer_wait(mut self, wait: Duration) -> Self {
+        self.options.upload_buffer_wait = wait;
+        self
+    }
+
+    /// Ends request bodies slower than `bytes_per_second` over `window` of waiting for the
+    /// client (default 500 B/s over 20 s); a rate of 0 turns the check off.
+    pub fn body_min_rate(mut self, bytes_per_second: u64, window: Duration) -> Self {
+        self.options.body_min_rate = bytes_per_second;
+        self.options.body_rate_window = window;
+        self
+    }
+
     /// `OCI-Chunk-Min-Length` advertised to clients.
     pub fn chunk_min_length(mut self, bytes: u64) -> Self {
         self.options.chunk_min_length = bytes;
@@ -217,6 +249,13 @@ impl RegistryBuilder {
     /// Accept `POST ?digest=` single-request uploads (on by default).
     pub fn single_request_uploads(mut self, enabled: bool) -> Self {
         self.options.single_request_uploads = enabled;
+        self
+    }
+
+    /// Accept manifests whose blobs or child manifests are not in the repository (off by
+    /// default; on for mirrors that copy one platform of a multi-arch index).
+    pub fn sparse_manifests(mut self, enabled: bool) -> Self {
+        self.options.sparse_manifests = enabled;
         self
     }
 

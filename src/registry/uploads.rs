@@ -9,6 +9,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,6 +21,7 @@ use http::{HeaderValue, StatusCode};
 
 use super::Registry;
 use super::hashing::{HashPipe, SavedState};
+use crate::buffers::{BufferPool, PartBuffer};
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::metadata::{
     BlobCommit, BlobRecord, MetadataStore, SessionUpdate, UploadCheckpoint, UploadSession,
@@ -25,7 +29,8 @@ use crate::metadata::{
 };
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepositoryName};
 use crate::storage::{
-    Durable, PartNumbers, Piece, PieceKind, Staged, StorageError, StorageResult, UploadWriter,
+    Durable, PartNumbers, Piece, PieceKind, Staged, StagedSource, StorageError, StorageResult,
+    UploadWriter,
 };
 
 /// A request body as the upload engine reads it.
@@ -93,6 +98,26 @@ impl PartNumbers for SessionPartNumbers {
     }
 }
 
+/// The staged bytes of a session, as the metadata store holds them.
+struct SessionStaged {
+    metadata: Arc<dyn MetadataStore>,
+    id: String,
+}
+
+#[async_trait]
+impl StagedSource for SessionStaged {
+    async fn fetch(&self) -> StorageResult<Bytes> {
+        self.metadata
+            .upload_staged(&self.id)
+            .await
+            .map(Bytes::from)
+            .map_err(|e| StorageError::Backend {
+                operation: "read staged bytes",
+                message: e.to_string(),
+            })
+    }
+}
+
 /// One request appending to one session.
 struct Appender {
     registry: Registry,
@@ -105,6 +130,26 @@ struct Appender {
 enum Next {
     Chunk(Option<Result<Bytes, std::io::Error>>),
     Settled(StorageResult<Option<Durable>>),
+    Check,
+}
+
+/// How long a request keeps a partly filled part buffer while no bytes arrive.
+pub const IDLE_HOLD: Duration = Duration::from_secs(1);
+/// How long a request keeps a partly filled part buffer while no bytes arrive and other
+/// requests wait for one.
+pub const CONTENDED_IDLE_HOLD: Duration = Duration::from_millis(20);
+/// How long a request may keep a part buffer that has not filled while others wait for one,
+/// even if bytes keep arriving (slowly).
+pub const CONTENDED_HOLD: Duration = Duration::from_millis(250);
+/// How often a request holding a partly filled buffer checks the limits above.
+const HOLD_CHECK: Duration = Duration::from_millis(10);
+
+/// A part buffer a request is filling.
+struct Held {
+    buffer: PartBuffer,
+    /// Bytes reserved at its head for the writer (see `UploadWriter::carried`).
+    carried: usize,
+    since: Instant,
 }
 
 enum BodyEnd {
@@ -127,25 +172,15 @@ impl Appender {
             metadata: Arc::clone(&registry.inner.metadata),
             id: id.to_owned(),
         });
-        let staged = match session.staged_len {
-            0 => Staged::none(),
-            len => {
-                let (metadata, id) = (Arc::clone(&registry.inner.metadata), id.to_owned());
-                Staged::new(
-                    len as usize,
-                    Box::pin(async move {
-                        metadata
-                            .upload_staged(&id)
-                            .await
-                            .map(Bytes::from)
-                            .map_err(|e| StorageError::Backend {
-                                operation: "read staged bytes",
-                                message: e.to_string(),
-                            })
-                    }),
-                )
-            }
-        };
+        // Even an upload with nothing staged yet gets the source: a slow request may stage
+        // bytes and need them back for its next piece.
+        let staged = Staged::new(
+            session.staged_len as usize,
+            Arc::new(SessionStaged {
+                metadata: Arc::clone(&registry.inner.metadata),
+                id: id.to_owned(),
+            }),
+        );
         let writer = match registry
             .inner
             .blobs
@@ -226,6 +261,12 @@ impl Appender {
 
     /// Streams `body` into the upload. With `finishing`, the last piece is written as the
     /// blob's end when the digest matches, so that completion follows directly.
+    ///
+    /// A buffer that stops filling goes back to the pool: after [`IDLE_HOLD`] without bytes,
+    /// and, while other requests wait for one, after [`CONTENDED_IDLE_HOLD`] without bytes or
+    /// [`CONTENDED_HOLD`] in all, its bytes are written as a partial piece and recorded, the
+    /// way a request's tail is. Waiting for a buffer is bounded by the `upload_buffer_wait`
+    /// option.
     async fn append(
         &mut self,
         mut body: BodyStream,
@@ -233,22 +274,24 @@ impl Appender {
         finishing: Option<&Digest>,
     ) -> RegistryResult<()> {
         let buffers = self.registry.inner.buffers.clone();
+        let buffer_wait = self.registry.inner.options.upload_buffer_wait;
         let mut hasher = HashPipe::new(self.hasher(finishing.and_then(Digest::algorithm))?);
         let start = self.session.offset;
         let mut received = start;
-        let mut carried = self.writer.carried();
-        let mut buffer = None;
+        let mut held: Option<Held> = None;
+        let mut last_bytes = Instant::now();
+        let check = tokio::time::sleep(HOLD_CHECK);
+        tokio::pin!(check);
         let end = loop {
             // Pieces finishing in the background are recorded as soon as they are durable,
             // even while the client is slow to send more.
-            let next = if self.writer.in_flight() > 0 {
-                tokio::select! {
-                    biased;
-                    settled = self.writer.settle() => Next::Settled(settled),
-                    chunk = body.next() => Next::Chunk(chunk),
-                }
-            } else {
-                Next::Chunk(body.next().await)
+            let in_flight = self.writer.in_flight() > 0;
+            let holding = held.is_some();
+            let next = tokio::select! {
+                biased;
+                settled = self.writer.settle(), if in_flight => Next::Settled(settled),
+                chunk = body.next() => Next::Chunk(chunk),
+                () = check.as_mut(), if holding => Next::Check,
             };
             let chunk = match next {
                 Next::Settled(settled) => {
@@ -257,36 +300,49 @@ impl Appender {
                     }
                     continue;
                 }
+                Next::Check => {
+                    check.as_mut().reset(Instant::now() + HOLD_CHECK);
+                    let release = held.as_ref().is_some_and(|h| {
+                        let idle = last_bytes.elapsed();
+                        idle >= IDLE_HOLD
+                            || (buffers.waiting() > 0
+                                && (idle >= CONTENDED_IDLE_HOLD
+                                    || h.since.elapsed() >= CONTENDED_HOLD))
+                    });
+                    if release && let Some(h) = held.take() {
+                        self.release(h, received, &mut hasher).await?;
+                    }
+                    continue;
+                }
                 Next::Chunk(None) => break BodyEnd::Complete,
                 Next::Chunk(Some(Ok(chunk))) => chunk,
                 Next::Chunk(Some(Err(e))) => break BodyEnd::Failed(e),
             };
+            last_bytes = Instant::now();
             let allowed = length.map_or(usize::MAX, |l| (start + l - received) as usize);
             let mut rest = chunk.slice(..chunk.len().min(allowed));
             while !rest.is_empty() {
-                if buffer.is_none() {
-                    let mut fresh = buffers.get().await;
-                    fresh.reserve_head(carried);
-                    buffer = Some(fresh);
-                }
-                let Some(buf) = buffer.as_mut() else {
-                    unreachable!()
+                let h = match held.as_mut() {
+                    Some(h) => h,
+                    None => {
+                        let fresh = self.take_buffer(&buffers, buffer_wait).await?;
+                        check.as_mut().reset(Instant::now() + HOLD_CHECK);
+                        held.insert(fresh)
+                    }
                 };
-                let n = buf.remaining().min(rest.len());
-                buf.extend_from_slice(&rest[..n]);
+                let n = h.buffer.remaining().min(rest.len());
+                h.buffer.extend_from_slice(&rest[..n]);
                 hasher.update(rest.split_to(n)).await?;
                 received += n as u64;
-                if buf.remaining() == 0 {
-                    let Some(full) = buffer.take() else {
-                        unreachable!()
-                    };
+                if h.buffer.remaining() == 0
+                    && let Some(full) = held.take()
+                {
                     let piece = Piece {
-                        buffer: full,
-                        carried,
+                        buffer: full.buffer,
+                        carried: full.carried,
                         end_offset: received,
                         kind: PieceKind::Full,
                     };
-                    carried = 0;
                     let state = hasher.mark().await?;
                     self.write(piece, hasher.algorithm(), state).await?;
                 }
@@ -316,21 +372,20 @@ impl Appender {
         let kind = if ends_blob {
             PieceKind::Final
         } else {
-            PieceKind::RequestEnd
+            PieceKind::Partial
         };
-        let has_new_bytes = buffer.as_ref().is_some_and(|b| b.len() > carried);
-        if has_new_bytes || (kind == PieceKind::Final && carried > 0) {
-            let buf = match buffer.take() {
-                Some(b) => b,
-                None => {
-                    let mut fresh = buffers.get().await;
-                    fresh.reserve_head(carried);
-                    fresh
-                }
-            };
+        let last = match held.take() {
+            Some(h) => Some(h),
+            // The blob's end must still be written when bytes written before are carried.
+            None if kind == PieceKind::Final && self.writer.carried() > 0 => {
+                Some(self.take_buffer(&buffers, buffer_wait).await?)
+            }
+            None => None,
+        };
+        if let Some(last) = last {
             let piece = Piece {
-                buffer: buf,
-                carried,
+                buffer: last.buffer,
+                carried: last.carried,
                 end_offset: received,
                 kind,
             };
@@ -341,6 +396,17 @@ impl Appender {
         self.record(durable).await?;
 
         match end {
+            BodyEnd::Failed(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(RegistryError::new(
+                    ErrorCode::BlobUploadInvalid,
+                    format!(
+                        "{e}; the upload holds {} bytes, resume from there",
+                        self.session.offset
+                    ),
+                )
+                .with_status(StatusCode::REQUEST_TIMEOUT)
+                .with_header(http::header::RANGE, upload_range(self.session.offset)))
+            }
             BodyEnd::Failed(e) => Err(RegistryError::new(
                 ErrorCode::BlobUploadInvalid,
                 format!(
@@ -367,6 +433,53 @@ impl Appender {
                 _ => Ok(()),
             },
         }
+    }
+
+    /// A buffer for the next piece, with room reserved for the bytes the writer carries.
+    /// When none comes free within `wait`, what the request wrote so far is recorded and it
+    /// is refused with 503, resumable from its `Range`.
+    async fn take_buffer(&mut self, buffers: &BufferPool, wait: Duration) -> RegistryResult<Held> {
+        match buffers.get_within(wait).await {
+            Some(mut buffer) => {
+                let carried = self.writer.carried();
+                buffer.reserve_head(carried);
+                Ok(Held {
+                    buffer,
+                    carried,
+                    since: Instant::now(),
+                })
+            }
+            None => {
+                let durable = self.writer.flush().await?;
+                self.record(durable).await?;
+                Err(RegistryError::unavailable(format!(
+                    "every upload buffer of this registry stayed busy for {} s; the upload holds {} bytes, resume from there",
+                    wait.as_secs_f64(),
+                    self.session.offset
+                ))
+                .with_header(http::header::RANGE, upload_range(self.session.offset)))
+            }
+        }
+    }
+
+    /// Writes a buffer that stopped filling as a partial piece, records it, and so gives the
+    /// buffer back to the pool.
+    async fn release(
+        &mut self,
+        held: Held,
+        received: u64,
+        hasher: &mut HashPipe,
+    ) -> RegistryResult<()> {
+        let piece = Piece {
+            buffer: held.buffer,
+            carried: held.carried,
+            end_offset: received,
+            kind: PieceKind::Partial,
+        };
+        let state = hasher.mark().await?;
+        self.write(piece, hasher.algorithm(), state).await?;
+        let durable = self.writer.flush().await?;
+        self.record(durable).await
     }
 
     async fn write(

@@ -299,13 +299,24 @@ impl UploadWriter for FsWriter {
     }
 
     async fn write(&mut self, piece: Piece) -> StorageResult<Vec<Durable>> {
+        let mut durable = Vec::new();
+        if piece.carried > 0 {
+            // The carried head is read back from the file: the piece that wrote it must have
+            // landed first.
+            durable.extend(self.flush().await?);
+        }
         let file = Arc::clone(&self.file);
         let direct = self.direct.clone();
         let carried = piece.carried;
         let at = piece.start_offset() - carried as u64;
         let end = piece.end_offset;
         let mut buffer = piece.buffer;
-        self.carried = 0;
+        // Direct I/O rewrites the block a piece ends in: the next piece starts with its head.
+        self.carried = if direct.is_some() {
+            (end % ALIGNMENT as u64) as usize
+        } else {
+            0
+        };
         self.in_flight
             .push_back(tokio::task::spawn_blocking(move || {
                 if carried > 0 {
@@ -324,7 +335,6 @@ impl UploadWriter for FsWriter {
                 }
                 Ok(end)
             }));
-        let mut durable = Vec::new();
         while self.in_flight.len() > 1 {
             durable.extend(self.settle().await?);
         }

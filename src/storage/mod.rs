@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
@@ -92,13 +91,15 @@ pub struct PartRecord {
     pub etag: String,
 }
 
-/// Where a piece sits in its request.
+/// Where a piece sits in its upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PieceKind {
-    /// A full buffer in the middle of a request.
+    /// A full buffer.
     Full,
-    /// The last bytes of a request that leaves the upload open.
-    RequestEnd,
+    /// Fewer bytes than a full buffer, and the upload goes on: the end of a request, or a
+    /// slow request giving its buffer back while it waits for more bytes. The writer may be
+    /// handed further pieces afterwards; [`UploadWriter::carried`] says what they carry.
+    Partial,
     /// The last bytes of the upload: the blob is completed next.
     Final,
 }
@@ -107,8 +108,8 @@ pub enum PieceKind {
 pub struct Piece {
     /// `carried` bytes reserved at the head for the writer to fill, then new bytes.
     pub buffer: PartBuffer,
-    /// Bytes at the head that the writer fills with content it carried over from earlier
-    /// requests (see [`UploadWriter::carried`]); zero except in a request's first piece.
+    /// Bytes at the head that the writer fills with content it carried over (see
+    /// [`UploadWriter::carried`]).
     pub carried: usize,
     /// Upload offset just after the piece's last byte.
     pub end_offset: u64,
@@ -154,11 +155,18 @@ impl Durable {
     }
 }
 
-/// Bytes earlier writers left staged with the session (see [`Durable::staged`]), fetched only
-/// if a piece needs them: most requests that stage bytes never read the earlier ones back.
+/// Reads back the bytes the registry holds staged for an upload (see [`Durable::staged`]).
+#[async_trait]
+pub trait StagedSource: Send + Sync {
+    /// Every staged byte of the upload, in upload order.
+    async fn fetch(&self) -> StorageResult<Bytes>;
+}
+
+/// Bytes writers left staged with the session (see [`Durable::staged`]), fetched only if a
+/// piece needs them: most requests that stage bytes never read the earlier ones back.
 pub struct Staged {
     len: usize,
-    fetch: Option<BoxFuture<'static, StorageResult<Bytes>>>,
+    source: Option<Arc<dyn StagedSource>>,
 }
 
 impl Staged {
@@ -166,15 +174,15 @@ impl Staged {
     pub fn none() -> Staged {
         Staged {
             len: 0,
-            fetch: None,
+            source: None,
         }
     }
 
-    /// `len` staged bytes that `fetch` reads.
-    pub fn new(len: usize, fetch: BoxFuture<'static, StorageResult<Bytes>>) -> Staged {
+    /// `len` staged bytes that `source` reads.
+    pub fn new(len: usize, source: Arc<dyn StagedSource>) -> Staged {
         Staged {
             len,
-            fetch: Some(fetch),
+            source: Some(source),
         }
     }
 
@@ -188,12 +196,21 @@ impl Staged {
         self.len == 0
     }
 
-    /// Fetches the staged bytes (once; later calls return nothing).
+    /// Counts `n` more bytes staged after the ones counted so far (a writer staged them and
+    /// the registry recorded them before the next piece is written).
+    pub fn grow(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    /// Fetches the staged bytes; afterwards none are counted.
     pub async fn take(&mut self) -> StorageResult<Bytes> {
-        let bytes = match self.fetch.take() {
-            Some(fetch) => fetch.await?,
-            None => Bytes::new(),
-        };
+        if self.len == 0 {
+            return Ok(Bytes::new());
+        }
+        let source = self.source.as_ref().ok_or_else(|| {
+            StorageError::State(format!("{} staged bytes but no source", self.len))
+        })?;
+        let bytes = source.fetch().await?;
         if bytes.len() != self.len {
             return Err(StorageError::State(format!(
                 "{} staged bytes expected, {} found",
@@ -216,7 +233,10 @@ pub trait PartNumbers: Send + Sync {
 /// Appends to one upload for the duration of one request.
 #[async_trait]
 pub trait UploadWriter: Send {
-    /// Bytes from earlier requests that this writer places at the head of the first piece.
+    /// Bytes written before that this writer places at the head of the next piece (staged
+    /// bytes, or the head of a block direct I/O must rewrite whole). The registry reserves
+    /// them at the head of the next buffer; they change only after a [`PieceKind::Partial`]
+    /// piece is durable and recorded.
     fn carried(&self) -> usize;
     /// Writes a piece, possibly in the background; returns what became durable meanwhile,
     /// in upload order.

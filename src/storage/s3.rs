@@ -543,8 +543,8 @@ impl UploadWriter for S3Writer {
         let total = piece.buffer.len();
         let destination = match piece.kind {
             PieceKind::Full => Destination::Part,
-            PieceKind::RequestEnd if total >= MIN_PART_SIZE => Destination::Part,
-            PieceKind::RequestEnd => Destination::Stage,
+            PieceKind::Partial if total >= MIN_PART_SIZE => Destination::Part,
+            PieceKind::Partial => Destination::Stage,
             PieceKind::Final if self.state.multipart.is_none() => Destination::WholeObject,
             PieceKind::Final => Destination::Part,
         };
@@ -552,9 +552,10 @@ impl UploadWriter for S3Writer {
         let task: JoinHandle<StorageResult<Durable>> = match destination {
             Destination::Stage => {
                 // Too few bytes for a part: the registry keeps the new ones with the session;
-                // the staged ones it already has.
+                // the staged ones it already has. The next piece carries them all.
                 let carried = piece.carried;
                 let bytes = piece.buffer.freeze().slice(carried..);
+                self.staged.grow(bytes.len());
                 Self::ready(Durable {
                     end_offset,
                     parts: Vec::new(),

@@ -101,12 +101,23 @@ async fn malformed_requests_get_their_4xx() {
             "DIGEST_INVALID",
         ));
         if d.contains(':') {
-            // Without a colon it is a tag, and a valid one.
+            // Without a colon it is a tag, and a valid one. A reference that cannot name a
+            // manifest names a missing one when read or deleted; a push to it is refused.
+            for method in [Method::GET, Method::DELETE] {
+                cases.push((
+                    method,
+                    format!("/v2/ok/repo/manifests/{d}"),
+                    None,
+                    vec![],
+                    404,
+                    "MANIFEST_UNKNOWN",
+                ));
+            }
             cases.push((
-                Method::GET,
+                Method::PUT,
                 format!("/v2/ok/repo/manifests/{d}"),
-                None,
-                vec![],
+                Some(("content-type", OCI_MANIFEST)),
+                image.manifest.clone(),
                 400,
                 "DIGEST_INVALID",
             ));
@@ -162,21 +173,27 @@ async fn malformed_requests_get_their_4xx() {
         "NAME_INVALID",
     ));
     for tag in [".dot", "-dash", "a:b:c", &"t".repeat(129)] {
+        // Reading a reference that cannot name a manifest finds none; pushing to it is refused.
         cases.push((
             Method::GET,
             format!("/v2/ok/repo/manifests/{tag}"),
             None,
             vec![],
-            400,
-            "",
+            404,
+            "MANIFEST_UNKNOWN",
         ));
+        let code = if tag.contains(':') {
+            "DIGEST_INVALID"
+        } else {
+            "TAG_INVALID"
+        };
         cases.push((
             Method::PUT,
             format!("/v2/ok/repo/manifests/{tag}"),
             Some(("content-type", OCI_MANIFEST)),
             image.manifest.clone(),
             400,
-            "",
+            code,
         ));
     }
     for range in [
@@ -332,4 +349,34 @@ async fn malformed_requests_get_their_4xx() {
         !server.log_text().contains("panicked"),
         "no panic in the log"
     );
+}
+
+/// The distribution-spec conformance suites (v1.1.0, v1.1.1 and the last Ginkgo-based one)
+/// read this exact reference in "HEAD request to nonexistent manifest should return 404" and
+/// "GET nonexistent manifest should return 404".
+#[tokio::test]
+async fn conformance_invalid_manifest_name_reads_as_missing() {
+    let server = Server::start();
+    let c = server.client();
+    c.push_image("conformance/repo", "v1", unique_seed()).await;
+    let path = "/v2/conformance/repo/manifests/.INVALID_MANIFEST_NAME";
+    c.call(Method::HEAD, path).await.expect(404, None);
+    c.get(path).await.expect(404, Some("MANIFEST_UNKNOWN"));
+    c.call(Method::DELETE, path)
+        .await
+        .expect(404, Some("MANIFEST_UNKNOWN"));
+    // In a repository that does not exist, the repository is what is missing.
+    c.get("/v2/conformance/none/manifests/.INVALID_MANIFEST_NAME")
+        .await
+        .expect(404, Some("NAME_UNKNOWN"));
+    // A push to it is still refused: it is not a tag.
+    let image = c.push_image("conformance/repo", "v2", unique_seed()).await;
+    c.put_manifest(
+        "conformance/repo",
+        ".INVALID_MANIFEST_NAME",
+        OCI_MANIFEST,
+        &image.manifest,
+    )
+    .await
+    .expect(400, Some("TAG_INVALID"));
 }

@@ -4,7 +4,9 @@
 mod api;
 mod clients;
 mod errors;
+mod hardening;
 mod library;
+mod next_spec;
 mod options;
 mod production;
 mod resilience;

@@ -771,3 +771,124 @@ pub fn generated_body(len: usize, seed: u64, chunk: usize) -> (reqwest::Body, St
     }));
     (reqwest::Body::wrap_stream(stream), digest)
 }
+
+/// A request written by hand on its own TCP connection, for clients that misbehave: slow,
+/// stalled, or never finishing their headers.
+pub struct RawConnection {
+    pub stream: tokio::net::TcpStream,
+    /// Bytes of a response head read so far.
+    head: Vec<u8>,
+}
+
+/// The status line and headers of a response read from a [`RawConnection`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl RawConnection {
+    pub async fn open(addr: SocketAddr) -> RawConnection {
+        RawConnection {
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            head: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Sends the head of a `method` request to `path` with a chunked body to follow.
+    pub async fn start_chunked(&mut self, method: &str, path: &str) -> std::io::Result<()> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        self.send(head.as_bytes()).await
+    }
+
+    /// Sends one chunk of a chunked body.
+    pub async fn chunk(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
+        framed.extend_from_slice(data);
+        framed.extend_from_slice(b"\r\n");
+        self.send(&framed).await
+    }
+
+    /// Reads a response head, waiting at most `timeout`; `None` if none came in time (what
+    /// arrived of it is kept for the next call).
+    pub async fn response(&mut self, timeout: Duration) -> Option<RawResponse> {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let mut byte = [0u8; 1];
+            while !self.head.ends_with(b"\r\n\r\n") {
+                // Reading a byte is cancel-safe: a timeout loses nothing.
+                match self.stream.read(&mut byte).await {
+                    Ok(1) => self.head.push(byte[0]),
+                    _ => return None,
+                }
+            }
+            let head = std::mem::take(&mut self.head);
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let mut lines = text.split("\r\n");
+            let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+            let headers = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect();
+            Some(RawResponse { status, headers })
+        };
+        tokio::time::timeout(timeout, read).await.ok().flatten()
+    }
+
+    /// Whether the server closed the connection within `timeout` (end of stream or reset).
+    pub async fn closed_within(&mut self, timeout: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut sink = [0u8; 4096];
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.read(&mut sink)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+/// Open file descriptors of a process.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The part size that makes pieces small on this backend (S3 allows no smaller than 5 MiB).
+pub fn small_part_size() -> &'static str {
+    if Backend::current().uses_s3() {
+        "5MiB"
+    } else {
+        "1MiB"
+    }
+}
+
+/// Settings giving uploads `buffers` part buffers of [`small_part_size`] bytes.
+pub fn small_buffers(buffers: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("BERTH_UPLOAD_BUFFERS", buffers),
+        ("BERTH_FS_PART_SIZE", small_part_size()),
+        ("BERTH_S3_PART_SIZE", small_part_size()),
+    ]
+}
