@@ -509,6 +509,8 @@ async fn read_manifest_body(call: &Call, body: Body) -> RegistryResult<Bytes> {
 
 /// Most `?tag=` parameters one manifest push may carry (the spec asks for at least 10).
 const MAX_TAGS_PER_PUSH: usize = 100;
+/// Tags listed on one `OCI-Tag` header line.
+const OCI_TAGS_PER_LINE: usize = 10;
 
 /// The `?tag=` parameters of a manifest push (end-7b of the next spec release).
 fn pushed_tags(call: &Call) -> RegistryResult<Vec<Tag>> {
@@ -561,11 +563,13 @@ async fn put_manifest(call: &Call, body: Body) -> RegistryResult<Response> {
         ));
     }
     let mut response = empty(StatusCode::CREATED, headers);
-    // One `OCI-Tag` per tag the push set (the headers map would keep only one of them).
-    for tag in &pushed.tags {
+    // The tags set, as comma-separated lists (RFC 9110), ten to a header line: a line per tag
+    // would pass the 100-header limit of common HTTP clients.
+    for group in pushed.tags.chunks(OCI_TAGS_PER_LINE) {
+        let line = group.iter().map(Tag::as_str).collect::<Vec<_>>().join(", ");
         response
             .headers_mut()
-            .append(HeaderName::from_static("oci-tag"), value(tag.as_str())?);
+            .append(HeaderName::from_static("oci-tag"), value(&line)?);
     }
     Ok(response)
 }

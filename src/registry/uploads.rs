@@ -516,7 +516,8 @@ impl Appender {
             .flat_map(|d| d.parts.iter().cloned())
             .collect();
         let clear_staged = durable.iter().any(|d| d.consumed_staged);
-        // Only a request's last piece can be staged, so at most one is.
+        // Only a partial piece can be staged, and each is recorded before another piece is
+        // written, so at most one is.
         let staged = durable.iter().find_map(|d| d.staged.clone());
         let checkpoint = UploadCheckpoint {
             offset: last.end_offset,

@@ -71,6 +71,21 @@ async fn push_by_digest_sets_the_tags_of_its_query_end_7b() {
         );
     }
 
+    // The most tags a push may set: an ordinary HTTP client (at most 100 response headers)
+    // reads the answer.
+    let hundred: Vec<(&str, String)> = (0..100).map(|i| ("tag", format!("h{i:03}"))).collect();
+    let pushed = c
+        .send(
+            c.request(Method::PUT, &format!("/v2/tagged/manifests/{}", image.digest))
+                .query(&hundred)
+                .header("content-type", OCI_MANIFEST)
+                .body(image.manifest.clone()),
+        )
+        .await;
+    pushed.expect(201, None);
+    assert_eq!(oci_tags(&pushed).len(), 100);
+    assert!(pushed.headers.get_all("oci-tag").iter().count() <= 10);
+
     // Past the limit: 414, and nothing is tagged.
     let many: Vec<(&str, String)> = (0..101).map(|i| ("tag", format!("many{i}"))).collect();
     c.send(

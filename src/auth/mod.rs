@@ -1,0 +1,129 @@
+//! Access control: who a request comes from, and what it may do.
+//!
+//! Every operation of the API needs an [`Access`] (pull, push or delete on its repository, or
+//! the catalog). An [`Authorizer`] looks at the request's credentials and either lets it
+//! through with a [`Grant`] (what the caller may do, asked again later for the catalog's
+//! repositories and for the source of a cross-repository mount) or refuses it with a
+//! [`Denial`]: `401` with a challenge when credentials are missing or wrong, `403` when valid
+//! credentials do not allow the access.
+//!
+//! Berth's own authorizers (with the `auth` feature): [`basic::BasicAuthorizer`] (an htpasswd
+//! file and an [`acl::Acl`]) and [`bearer::BearerAuthorizer`] (Docker token authentication: JWTs
+//! from Berth's own [`issuer::TokenIssuer`] or an external token service). Embedders can
+//! implement [`Authorizer`] themselves and set it with
+//! [`RegistryBuilder::authorizer`](crate::RegistryBuilder::authorizer).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{HeaderMap, HeaderValue};
+
+use crate::oci::RepositoryName;
+
+pub mod acl;
+#[cfg(feature = "auth")]
+pub mod basic;
+#[cfg(feature = "auth")]
+pub mod bearer;
+#[cfg(feature = "auth")]
+mod cache;
+#[cfg(feature = "auth")]
+pub mod htpasswd;
+#[cfg(feature = "auth")]
+pub mod issuer;
+#[cfg(feature = "auth")]
+pub mod keys;
+#[cfg(feature = "auth")]
+pub mod limiter;
+pub mod scope;
+
+pub use scope::{Access, Action, Resource};
+
+/// What an authorizer sees of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct AccessRequest<'a> {
+    /// The request headers (`Authorization` among them).
+    pub headers: &'a HeaderMap,
+    /// The client's address, for rate limits on failed logins.
+    pub client: Option<IpAddr>,
+    /// What the operation needs; empty for the API version check, which only needs a caller
+    /// the registry accepts.
+    pub needs: &'a [Access],
+}
+
+/// What a caller may do, as the authorizer established it.
+pub trait Grant: Send + Sync + std::fmt::Debug {
+    /// Who the caller is; `None` for an anonymous caller.
+    fn subject(&self) -> Option<&str>;
+    /// Whether the caller may do `access`.
+    fn allows(&self, access: &Access) -> bool;
+    /// Whether the catalog may show `repository` to the caller (it may pull from it).
+    fn may_list(&self, repository: &RepositoryName) -> bool {
+        self.allows(&Access::repository(repository.as_str(), Action::Pull))
+    }
+}
+
+/// Why a request is refused.
+#[derive(Clone, Debug)]
+pub enum Denial {
+    /// No credentials, or credentials that are not valid: `401` with this `WWW-Authenticate`
+    /// challenge.
+    Unauthenticated {
+        /// The `WWW-Authenticate` header value.
+        challenge: HeaderValue,
+        /// What was wrong, for the client.
+        message: String,
+    },
+    /// Valid credentials that do not allow the access: `403 DENIED`, with an optional
+    /// challenge (RFC 6750 `error="insufficient_scope"`).
+    Forbidden {
+        /// The `WWW-Authenticate` header value, if any.
+        challenge: Option<HeaderValue>,
+        /// What was refused, for the client.
+        message: String,
+    },
+    /// Too many failed logins from this client: `429` with `Retry-After`.
+    TooManyAttempts {
+        /// Seconds until the client may try again.
+        retry_after_secs: u64,
+    },
+    /// The authorizer could not decide (a dependency failed): `503`.
+    Unavailable(String),
+}
+
+/// Decides whether requests may go ahead.
+#[async_trait]
+pub trait Authorizer: Send + Sync + 'static {
+    /// Lets the request through with what its caller may do, or refuses it.
+    async fn authorize(&self, request: &AccessRequest<'_>) -> Result<Arc<dyn Grant>, Denial>;
+}
+
+/// The grant of a registry without access control: everything is allowed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Everything;
+
+impl Grant for Everything {
+    fn subject(&self) -> Option<&str> {
+        None
+    }
+
+    fn allows(&self, _access: &Access) -> bool {
+        true
+    }
+}
+
+/// The message of a refusal: what the request needs that the caller does not have.
+pub fn describe_needs(needs: &[Access]) -> String {
+    let wanted: Vec<String> = needs.iter().map(Access::to_string).collect();
+    if wanted.is_empty() {
+        "authentication required".to_owned()
+    } else {
+        format!("access to {} is required", wanted.join(", "))
+    }
+}
+
+/// The client address a request comes from: its peer address.
+pub fn client_address<B>(request: &http::Request<B>) -> Option<IpAddr> {
+    crate::http::peer_address(request).map(|a| a.ip())
+}
