@@ -66,6 +66,14 @@ struct Opts {
     /// Repositories for listings-scale.
     #[arg(long, default_value_t = 100_000)]
     scale_repos: usize,
+    /// Credentials `user:password` for a registry with access control: sent as Basic, or, with
+    /// `--auth-token`, exchanged at the registry's `/token` for a bearer token (pull and push on
+    /// `--repo`), which every request then carries.
+    #[arg(long)]
+    auth: Option<String>,
+    /// Use Docker token authentication with `--auth` (the registry's built-in issuer).
+    #[arg(long)]
+    auth_token: bool,
     /// Server process id, to report its peak RSS (VmHWM).
     #[arg(long)]
     pid: Option<u32>,
@@ -1252,6 +1260,40 @@ fn report(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// The `Authorization` every request carries, from `--auth` (and `--auth-token`).
+async fn authorization(opts: &Opts) -> Result<reqwest::header::HeaderMap> {
+    use base64::Engine as _;
+    let mut headers = reqwest::header::HeaderMap::new();
+    let Some(credentials) = &opts.auth else {
+        return Ok(headers);
+    };
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    );
+    let value = if opts.auth_token {
+        let base = opts.url.as_deref().ok_or("--auth-token needs --url")?;
+        let r = reqwest::Client::new()
+            .get(format!("{}/token", base.trim_end_matches('/')))
+            .query(&[
+                ("service", "berth"),
+                ("scope", &format!("repository:{}:pull,push", opts.repo)),
+            ])
+            .header("authorization", basic)
+            .send()
+            .await?;
+        if r.status() != 200 {
+            return Err(format!("token request: {}", r.status()).into());
+        }
+        let body: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
+        format!("Bearer {}", body["token"].as_str().ok_or("no token")?)
+    } else {
+        basic
+    };
+    headers.insert(reqwest::header::AUTHORIZATION, value.parse()?);
+    Ok(headers)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; it means nothing here.
@@ -1261,9 +1303,11 @@ async fn main() -> Result<()> {
         let path = opts.workloads.get(1).ok_or("report needs a results file")?;
         return report(path);
     }
+    let headers = authorization(&opts).await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency.max(opts.workers) + 8)
         .timeout(Duration::from_secs(3600))
+        .default_headers(headers)
         .build()?;
     let base = opts
         .url

@@ -1,115 +1,112 @@
-//! Berth inside an existing axum application, behind the application's own authentication.
+//! Berth inside an existing axum application, with the application deciding who may do what.
 //!
 //! ```text
 //! cargo run --example embed              # serve on 127.0.0.1:5050 until Ctrl-C
 //! cargo run --example embed -- --demo    # serve on a free port, push and pull a blob, exit
 //! ```
 //!
-//! The application keeps its own routes (`/`), mounts Berth's `/v2` API behind a bearer-token
-//! layer, and exposes Berth's health probes without authentication.
+//! The application keeps its own routes (`/`), mounts Berth's `/v2` API, and plugs its own
+//! access rules into Berth through the `Authorizer` trait: here, API keys sent as bearer tokens,
+//! each allowed to pull and push under one namespace. Berth asks the authorizer before every
+//! operation (with the accesses the operation needs) and answers its refusals with the spec's
+//! 401 and 403; it also asks the caller's `Grant` which repositories the catalog may show and
+//! whether a cross-repository mount's source may be read.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::Router;
-use axum::body::Body;
 use axum::routing::get;
 use berth::Registry;
+use berth::auth::{Access, AccessRequest, Authorizer, Denial, Grant, Resource};
 use berth::metadata::memory::MemoryMetadataStore;
 use berth::storage::memory::MemoryBlobStore;
-use futures::future::BoxFuture;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use tower::{Layer, Service};
+use http::{HeaderValue, header};
 
-/// Lets a request through only with `Authorization: Bearer <token>`; otherwise answers 401 with
-/// the OCI error envelope and a `WWW-Authenticate` challenge, as registries do.
-#[derive(Clone)]
-struct BearerAuthLayer {
-    token: Arc<str>,
+/// What one API key may do: pull and push in the repositories under `namespace/`.
+#[derive(Debug)]
+struct Namespace {
+    owner: String,
+    namespace: String,
 }
 
-impl<S> Layer<S> for BearerAuthLayer {
-    type Service = BearerAuth<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        BearerAuth {
-            inner,
-            token: Arc::clone(&self.token),
+impl Grant for Namespace {
+    fn subject(&self) -> Option<&str> {
+        Some(&self.owner)
+    }
+
+    fn allows(&self, access: &Access) -> bool {
+        match &access.resource {
+            Resource::Repository(name) => name
+                .strip_prefix(&self.namespace)
+                .is_some_and(|rest| rest.starts_with('/')),
+            Resource::Catalog => true,
         }
     }
 }
 
-#[derive(Clone)]
-struct BearerAuth<S> {
-    inner: S,
-    token: Arc<str>,
+/// API keys of the application's users.
+struct ApiKeys {
+    keys: HashMap<String, (String, String)>,
 }
 
-impl<S> Service<Request<Body>> for BearerAuth<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let expected = format!("Bearer {}", self.token);
-        let authorized = request
-            .headers()
+#[async_trait]
+impl Authorizer for ApiKeys {
+    async fn authorize(&self, request: &AccessRequest<'_>) -> Result<Arc<dyn Grant>, Denial> {
+        let key = request
+            .headers
             .get(header::AUTHORIZATION)
-            .is_some_and(|v| v.as_bytes() == expected.as_bytes());
-        if authorized {
-            let future = self.inner.call(request);
-            return Box::pin(future);
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some((owner, namespace)) = key.and_then(|k| self.keys.get(k)) else {
+            return Err(Denial::Unauthenticated {
+                challenge: HeaderValue::from_static("Bearer realm=\"example\""),
+                message: "an API key is required".to_owned(),
+            });
+        };
+        let grant = Namespace {
+            owner: owner.clone(),
+            namespace: namespace.clone(),
+        };
+        match request.needs.iter().find(|a| !grant.allows(a)) {
+            None => Ok(Arc::new(grant)),
+            Some(refused) => Err(Denial::Forbidden {
+                challenge: None,
+                message: format!("{owner} may not have {refused}"),
+            }),
         }
-        Box::pin(async move {
-            let body =
-                r#"{"errors":[{"code":"UNAUTHORIZED","message":"a bearer token is required"}]}"#;
-            let mut response = Response::new(Body::from(body));
-            *response.status_mut() = StatusCode::UNAUTHORIZED;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"example\""),
-            );
-            Ok(response)
-        })
     }
 }
 
-fn app(registry: Registry, token: &str) -> Router {
-    let registry_api = berth::http::router(registry.clone()).layer(BearerAuthLayer {
-        token: token.into(),
-    });
+fn app(registry: Registry) -> Router {
     Router::new()
         .route(
             "/",
             get(|| async { "my service, with a registry under /v2\n" }),
         )
-        .merge(registry_api)
+        .merge(berth::http::router(registry.clone()))
         .merge(berth::http::health_router(registry))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let demo = std::env::args().any(|a| a == "--demo");
+    let keys = ApiKeys {
+        keys: HashMap::from([
+            ("key-of-ana".to_owned(), ("ana".to_owned(), "ana".to_owned())),
+            ("key-of-ben".to_owned(), ("ben".to_owned(), "ben".to_owned())),
+        ]),
+    };
     // A throwaway registry in memory; use the SQL and S3 stores for real data.
     let registry = Registry::builder(
         Arc::new(MemoryBlobStore::new(8 << 20)),
         Arc::new(MemoryMetadataStore::new()),
     )
     .upload_buffers(4)
+    .authorizer(Arc::new(keys))
     .build();
-    let token = "s3cret-token";
     let listener = tokio::net::TcpListener::bind(if demo {
         "127.0.0.1:0"
     } else {
@@ -117,13 +114,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let addr = listener.local_addr()?;
-    println!("serving on http://{addr} (token: {token})");
+    println!("serving on http://{addr} (API keys: key-of-ana, key-of-ben)");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     let server = tokio::spawn(berth::http::serve(
         listener,
-        app(registry, token),
+        app(registry),
         shutdown,
         Duration::from_secs(5),
     ));
@@ -136,30 +133,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base = format!("http://{addr}");
     let refused = client.get(format!("{base}/v2/")).send().await?;
     assert_eq!(refused.status(), 401);
-    println!("GET /v2/ without a token: {}", refused.status());
+    println!("GET /v2/ without a key: {}", refused.status());
 
     let blob = b"hello from an embedded registry";
     let digest = berth::oci::DigestAlgorithm::Sha256.digest(blob);
     let pushed = client
-        .post(format!("{base}/v2/demo/app/blobs/uploads/?digest={digest}"))
-        .bearer_auth(token)
+        .post(format!("{base}/v2/ana/app/blobs/uploads/?digest={digest}"))
+        .bearer_auth("key-of-ana")
         .body(&blob[..])
         .send()
         .await?;
     assert_eq!(pushed.status(), 201);
-    println!("pushed {digest}: {}", pushed.status());
+    println!("ana pushed {digest} to ana/app: {}", pushed.status());
 
     let pulled = client
-        .get(format!("{base}/v2/demo/app/blobs/{digest}"))
-        .bearer_auth(token)
+        .get(format!("{base}/v2/ana/app/blobs/{digest}"))
+        .bearer_auth("key-of-ana")
         .send()
         .await?;
     assert_eq!(pulled.status(), 200);
     assert_eq!(&pulled.bytes().await?[..], blob);
-    println!("pulled it back byte-identical");
+    println!("ana pulled it back byte-identical");
+
+    let denied = client
+        .get(format!("{base}/v2/ana/app/blobs/{digest}"))
+        .bearer_auth("key-of-ben")
+        .send()
+        .await?;
+    assert_eq!(denied.status(), 403);
+    println!("ben may not read ana/app: {}", denied.status());
 
     let health = client.get(format!("{base}/readyz")).send().await?;
     assert_eq!(health.status(), 200);
-    println!("readiness without a token: {}", health.status());
+    println!("readiness without a key: {}", health.status());
     Ok(())
 }

@@ -102,6 +102,18 @@ pub enum StorageKind {
     Memory,
 }
 
+/// How requests are authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No access control: anyone may do anything (the default).
+    None,
+    /// HTTP Basic with an htpasswd file; permissions from the ACL.
+    Basic,
+    /// Docker token authentication (Bearer JWTs).
+    Token,
+}
+
 /// The `berth` command line.
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about = "An OCI container registry", long_about = None)]
@@ -187,7 +199,7 @@ settings! {
     s3_part_size: ByteSize, env = "BERTH_S3_PART_SIZE", value_name = "SIZE",
     /// Parts one upload sends to S3 concurrently [default: 4].
     s3_upload_concurrency: usize, env = "BERTH_S3_UPLOAD_CONCURRENCY", value_name = "N",
-    /// Lifetime of presigned blob URLs [default: 20m].
+    /// Lifetime of presigned blob URLs [default: 5m].
     s3_presign_expiry: Span, env = "BERTH_S3_PRESIGN_EXPIRY", value_name = "DURATION",
     /// Redirect blob downloads to the storage's presigned URLs [default: true].
     redirect: bool, env = "BERTH_REDIRECT", value_name = "BOOL",
@@ -225,6 +237,28 @@ settings! {
     tag_digest_header: bool, env = "BERTH_TAG_DIGEST_HEADER", value_name = "BOOL",
     /// Send Link headers for further pages [default: true].
     link_headers: bool, env = "BERTH_LINK_HEADERS", value_name = "BOOL",
+    /// Access control: none, basic (htpasswd) or token (Docker token auth) [default: none].
+    auth: AuthMode, env = "BERTH_AUTH", value_name = "MODE",
+    /// htpasswd file of users with bcrypt hashes (auth = basic, and the token issuer).
+    auth_htpasswd: PathBuf, env = "BERTH_AUTH_HTPASSWD", value_name = "FILE",
+    /// ACL file ([[rule]] entries); without one, signed-in users may do everything.
+    auth_acl: PathBuf, env = "BERTH_AUTH_ACL", value_name = "FILE",
+    /// Basic realm name, or the token realm URL [default: berth, or <this host>/token with the built-in issuer].
+    auth_realm: String, env = "BERTH_AUTH_REALM", value_name = "REALM",
+    /// Service name tokens are for (the aud claim) [default: berth].
+    auth_service: String, env = "BERTH_AUTH_SERVICE", value_name = "NAME",
+    /// Token issuer name (the iss claim) trusted and used by the built-in issuer [default: berth].
+    auth_token_issuer: String, env = "BERTH_AUTH_TOKEN_ISSUER", value_name = "NAME",
+    /// PEM private key of the built-in token issuer (serves /token); its tokens are trusted.
+    auth_token_key: PathBuf, env = "BERTH_AUTH_TOKEN_KEY", value_name = "FILE",
+    /// PEM public keys or certificates of an external token service to trust.
+    auth_token_public_keys: PathBuf, env = "BERTH_AUTH_TOKEN_PUBLIC_KEYS", value_name = "FILE",
+    /// JWKS file of an external token service to trust.
+    auth_token_jwks: PathBuf, env = "BERTH_AUTH_TOKEN_JWKS", value_name = "FILE",
+    /// Lifetime of tokens the built-in issuer signs, at least 60s [default: 5m].
+    auth_token_lifetime: Span, env = "BERTH_AUTH_TOKEN_LIFETIME", value_name = "DURATION",
+    /// Lifetime of refresh tokens (docker login's identity tokens) [default: 30d].
+    auth_refresh_token_lifetime: Span, env = "BERTH_AUTH_REFRESH_TOKEN_LIFETIME", value_name = "DURATION",
     /// How long in-flight requests may run after SIGTERM/SIGINT [default: 30s].
     shutdown_timeout: Span, env = "BERTH_SHUTDOWN_TIMEOUT", value_name = "DURATION",
     /// Log filter, e.g. info or berth=debug,tower_http=warn [default: info].
@@ -256,7 +290,25 @@ pub struct Config {
     pub http_header_timeout: Duration,
     pub http_idle_timeout: Duration,
     pub max_connections: usize,
+    pub auth: AuthSettings,
     pub log: String,
+}
+
+/// Access control as configured.
+#[cfg_attr(not(feature = "auth"), allow(dead_code))]
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub htpasswd: Option<PathBuf>,
+    pub acl: Option<PathBuf>,
+    pub realm: Option<String>,
+    pub service: String,
+    pub issuer: String,
+    pub token_key: Option<PathBuf>,
+    pub public_keys: Option<PathBuf>,
+    pub jwks: Option<PathBuf>,
+    pub token_lifetime: Duration,
+    pub refresh_token_lifetime: Duration,
 }
 
 /// S3 settings as configured.
@@ -312,6 +364,7 @@ impl Settings {
                 "storage = memory keeps metadata in memory too; unset database_url or choose filesystem or s3 storage"
             );
         }
+        let auth = self.auth_settings()?;
         let fs_part_size = self.fs_part_size.map_or(16 * MIB, |b| b.0);
         if !(64 * 1024..=1024 * MIB).contains(&fs_part_size) {
             bail!("fs_part_size must be between 64KiB and 1GiB, got {fs_part_size} bytes");
@@ -383,7 +436,7 @@ impl Settings {
                 upload_concurrency: self.s3_upload_concurrency.unwrap_or(4).max(1),
                 presign_expiry: self
                     .s3_presign_expiry
-                    .map_or(Duration::from_secs(1200), |s| s.0),
+                    .map_or(Duration::from_secs(300), |s| s.0),
             },
             registry,
             shutdown_timeout: self
@@ -400,7 +453,86 @@ impl Settings {
             max_connections: self
                 .max_connections
                 .unwrap_or(serve_defaults.max_connections),
+            auth,
             log: self.log.unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+}
+
+impl Settings {
+    fn auth_settings(&self) -> anyhow::Result<AuthSettings> {
+        let mode = self.auth.unwrap_or(AuthMode::None);
+        let given = |name: &str, set: bool| set.then(|| name.to_owned());
+        let token_only: Vec<String> = [
+            given("auth_token_key", self.auth_token_key.is_some()),
+            given("auth_token_public_keys", self.auth_token_public_keys.is_some()),
+            given("auth_token_jwks", self.auth_token_jwks.is_some()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match mode {
+            AuthMode::None => {
+                let mut set = token_only.clone();
+                set.extend(given("auth_htpasswd", self.auth_htpasswd.is_some()));
+                set.extend(given("auth_acl", self.auth_acl.is_some()));
+                if !set.is_empty() {
+                    bail!(
+                        "{} {} set but auth = none; set auth = basic or token (BERTH_AUTH) to use {}",
+                        set.join(", "),
+                        if set.len() == 1 { "is" } else { "are" },
+                        if set.len() == 1 { "it" } else { "them" }
+                    );
+                }
+            }
+            AuthMode::Basic => {
+                if self.auth_htpasswd.is_none() {
+                    bail!("auth = basic needs an htpasswd file: set auth_htpasswd (BERTH_AUTH_HTPASSWD)");
+                }
+                if !token_only.is_empty() {
+                    bail!("{} only apply with auth = token", token_only.join(", "));
+                }
+            }
+            AuthMode::Token => {
+                if token_only.is_empty() {
+                    bail!(
+                        "auth = token needs keys to verify tokens: auth_token_key (a private key: Berth issues tokens at /token),                          or auth_token_public_keys / auth_token_jwks (an external token service)"
+                    );
+                }
+                if self.auth_token_key.is_some() && self.auth_htpasswd.is_none() {
+                    bail!("the built-in token issuer (auth_token_key) needs users: set auth_htpasswd (BERTH_AUTH_HTPASSWD)");
+                }
+                if self.auth_token_key.is_none() && self.auth_realm.is_none() {
+                    bail!("with an external token service, set auth_realm (BERTH_AUTH_REALM) to the URL clients get tokens from");
+                }
+            }
+        }
+        let token_lifetime = self
+            .auth_token_lifetime
+            .map_or(Duration::from_secs(300), |s| s.0);
+        if token_lifetime < Duration::from_secs(60) {
+            bail!("auth_token_lifetime must be at least 60s: clients expect tokens to live that long");
+        }
+        Ok(AuthSettings {
+            mode,
+            htpasswd: self.auth_htpasswd.clone(),
+            acl: self.auth_acl.clone(),
+            realm: self.auth_realm.clone().filter(|r| !r.is_empty()),
+            service: self
+                .auth_service
+                .clone()
+                .unwrap_or_else(|| "berth".to_owned()),
+            issuer: self
+                .auth_token_issuer
+                .clone()
+                .unwrap_or_else(|| "berth".to_owned()),
+            token_key: self.auth_token_key.clone(),
+            public_keys: self.auth_token_public_keys.clone(),
+            jwks: self.auth_token_jwks.clone(),
+            token_lifetime,
+            refresh_token_lifetime: self
+                .auth_refresh_token_lifetime
+                .map_or(Duration::from_secs(30 * 86_400), |s| s.0),
         })
     }
 }
@@ -470,6 +602,29 @@ mod tests {
             ..Default::default()
         };
         assert!(tiny_parts.resolve().is_err());
+        let basic_without_users = Settings {
+            auth: Some(AuthMode::Basic),
+            ..Default::default()
+        };
+        assert!(basic_without_users.resolve().is_err());
+        let token_without_keys = Settings {
+            auth: Some(AuthMode::Token),
+            auth_htpasswd: Some("users".into()),
+            ..Default::default()
+        };
+        assert!(token_without_keys.resolve().is_err());
+        let external_without_realm = Settings {
+            auth: Some(AuthMode::Token),
+            auth_token_jwks: Some("keys.json".into()),
+            ..Default::default()
+        };
+        assert!(external_without_realm.resolve().is_err());
+        let users_without_auth = Settings {
+            auth_htpasswd: Some("users".into()),
+            ..Default::default()
+        };
+        let message = users_without_auth.resolve().unwrap_err().to_string();
+        assert!(message.contains("auth = none"), "{message}");
         let memory_with_db = Settings {
             storage: Some(StorageKind::Memory),
             database_url: Some("sqlite:x.db".into()),

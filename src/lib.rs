@@ -63,12 +63,15 @@
 //! - `sqlite`, `postgres`: the SQL metadata store ([`metadata::sql`]) for each database;
 //! - `s3`: the S3 blob store ([`storage::s3`]);
 //! - `cli`: the `berth` binary;
-//! - `otel`: OpenTelemetry trace export from the binary (OTLP/HTTP).
+//! - `otel`: OpenTelemetry trace export from the binary (OTLP/HTTP);
+//! - `auth`: Berth's own authorizers (htpasswd, ACL files, Docker token authentication) and
+//!   token issuer ([`auth`]); the [`auth::Authorizer`] trait is always there.
 //!
 //! All are on by default; `--no-default-features` builds the core library with the filesystem
 //! and in-memory stores.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod buffers;
 pub mod error;
 pub mod http;

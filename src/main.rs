@@ -183,6 +183,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             format!("mapping the manifest change counter {}", counter.display())
         })?;
     }
+    let auth = auth_setup(&config.auth)?;
+    if let Some(authorizer) = &auth.authorizer {
+        builder = builder.authorizer(Arc::clone(authorizer));
+    }
     let registry = builder.build();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -227,7 +231,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let app = berth::http::router(registry.clone()).merge(berth::http::health_router(registry));
+    let mut app =
+        berth::http::router(registry.clone()).merge(berth::http::health_router(registry));
+    if let Some(tokens) = auth.token_router {
+        app = app.merge(tokens);
+    }
     let options = berth::http::ServeOptions {
         grace: config.shutdown_timeout,
         header_timeout: config.http_header_timeout,
@@ -239,6 +247,121 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("serving HTTP")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The authorizer (and token endpoint) access control needs.
+struct AuthSetup {
+    authorizer: Option<Arc<dyn berth::auth::Authorizer>>,
+    token_router: Option<axum::Router>,
+}
+
+#[cfg(feature = "auth")]
+fn auth_setup(settings: &config::AuthSettings) -> anyhow::Result<AuthSetup> {
+    use berth::auth::acl::Acl;
+    use berth::auth::basic::BasicAuthorizer;
+    use berth::auth::bearer::{BearerAuthorizer, Realm, TokenVerifier};
+    use berth::auth::htpasswd::Htpasswd;
+    use berth::auth::issuer::{IssuerSettings, TokenIssuer};
+    use berth::auth::keys::{SigningKey, load_jwks, load_public_keys};
+    use berth::auth::limiter::LoginLimiter;
+    use config::AuthMode;
+
+    if settings.mode == AuthMode::None {
+        return Ok(AuthSetup {
+            authorizer: None,
+            token_router: None,
+        });
+    }
+    let acl = Arc::new(match &settings.acl {
+        Some(path) => Acl::load(path)?,
+        None => Acl::authenticated_users_may_do_everything(),
+    });
+    let htpasswd = settings
+        .htpasswd
+        .as_deref()
+        .map(Htpasswd::load)
+        .transpose()?
+        .map(Arc::new);
+    let limiter = Arc::new(LoginLimiter::default());
+    if settings.mode == AuthMode::Basic {
+        let htpasswd = htpasswd.context("auth = basic needs auth_htpasswd")?;
+        tracing::info!(users = htpasswd.len(), "access control: basic authentication");
+        let realm = settings.realm.clone().unwrap_or_else(|| "berth".to_owned());
+        return Ok(AuthSetup {
+            authorizer: Some(Arc::new(BasicAuthorizer::new(htpasswd, acl, realm, limiter))),
+            token_router: None,
+        });
+    }
+    let signing = settings.token_key.as_deref().map(SigningKey::load).transpose()?;
+    let mut keys = Vec::new();
+    if let Some(key) = &signing {
+        keys.push(key.verifying_key().map_err(anyhow::Error::msg)?);
+    }
+    if let Some(path) = &settings.public_keys {
+        keys.extend(load_public_keys(path)?);
+    }
+    if let Some(path) = &settings.jwks {
+        keys.extend(load_jwks(path)?);
+    }
+    let verifier = Arc::new(TokenVerifier::new(
+        keys,
+        settings.issuer.clone(),
+        settings.service.clone(),
+        Some(Arc::clone(&acl)),
+    ));
+    let realm = match &settings.realm {
+        Some(url) => Realm::Url(url.clone()),
+        None => Realm::SameHost("/token".to_owned()),
+    };
+    let token_router = match (signing, htpasswd) {
+        (Some(key), Some(htpasswd)) => {
+            tracing::info!(
+                users = htpasswd.len(),
+                algorithm = ?key.algorithm(),
+                "access control: token authentication with the built-in issuer at /token"
+            );
+            let issuer = TokenIssuer::new(
+                key,
+                IssuerSettings {
+                    issuer: settings.issuer.clone(),
+                    service: settings.service.clone(),
+                    lifetime: settings.token_lifetime,
+                    refresh_lifetime: settings.refresh_token_lifetime,
+                },
+                htpasswd,
+                acl,
+                limiter,
+                Arc::clone(&verifier),
+            );
+            Some(berth::http::token_router(
+                Arc::new(issuer),
+                settings.service.clone(),
+            ))
+        }
+        _ => {
+            tracing::info!("access control: token authentication with an external token service");
+            None
+        }
+    };
+    Ok(AuthSetup {
+        authorizer: Some(Arc::new(BearerAuthorizer::new(
+            verifier,
+            realm,
+            settings.service.clone(),
+        ))),
+        token_router,
+    })
+}
+
+#[cfg(not(feature = "auth"))]
+fn auth_setup(settings: &config::AuthSettings) -> anyhow::Result<AuthSetup> {
+    if settings.mode != config::AuthMode::None {
+        anyhow::bail!("this berth was built without access control (the auth feature)");
+    }
+    Ok(AuthSetup {
+        authorizer: None,
+        token_router: None,
+    })
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

@@ -260,8 +260,18 @@ impl SigningKey {
     }
 }
 
-/// Reads one DER element (tag, length, content); returns the whole element and the rest.
-fn der_element(input: &[u8]) -> Option<(&[u8], &[u8], u8, &[u8])> {
+/// One DER element read from the front of some input.
+struct Der<'a> {
+    /// The whole element: tag, length and content.
+    element: &'a [u8],
+    content: &'a [u8],
+    tag: u8,
+    /// The input after the element.
+    rest: &'a [u8],
+}
+
+/// Reads one DER element (tag, length, content).
+fn der_element(input: &[u8]) -> Option<Der<'_>> {
     let tag = *input.first()?;
     let first = *input.get(1)?;
     let (len, header) = if first < 0x80 {
@@ -278,25 +288,28 @@ fn der_element(input: &[u8]) -> Option<(&[u8], &[u8], u8, &[u8])> {
         (len, 2 + n)
     };
     let end = header.checked_add(len)?;
-    let element = input.get(..end)?;
-    Some((element, &input[header..end], tag, &input[end..]))
+    Some(Der {
+        element: input.get(..end)?,
+        content: &input[header..end],
+        tag,
+        rest: &input[end..],
+    })
 }
 
 /// The `SubjectPublicKeyInfo` of an X.509 certificate, as DER.
 fn certificate_spki(der: &[u8]) -> Option<Vec<u8>> {
-    let (_, certificate, _, _) = der_element(der)?;
-    let (_, tbs, _, _) = der_element(certificate)?;
-    let mut rest = tbs;
+    let certificate = der_element(der)?.content;
+    let mut rest = der_element(certificate)?.content;
     // [0] version (optional), serial, signature, issuer, validity, subject, then the key.
-    let (_, _, tag, after) = der_element(rest)?;
-    if tag == 0xA0 {
-        rest = after;
+    let first = der_element(rest)?;
+    if first.tag == 0xA0 {
+        rest = first.rest;
     }
     for _ in 0..5 {
-        rest = der_element(rest)?.3;
+        rest = der_element(rest)?.rest;
     }
-    let (spki, _, tag, _) = der_element(rest)?;
-    (tag == 0x30).then(|| spki.to_vec())
+    let spki = der_element(rest)?;
+    (spki.tag == 0x30).then(|| spki.element.to_vec())
 }
 
 /// The algorithm family of a `SubjectPublicKeyInfo`, from its algorithm OID.
@@ -304,13 +317,13 @@ fn spki_family(spki: &[u8]) -> Option<KeyFamily> {
     const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
     const EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
     const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
-    let (_, content, _, _) = der_element(spki)?;
-    let (_, algorithm, _, _) = der_element(content)?;
-    let (_, oid, tag, _) = der_element(algorithm)?;
-    if tag != 0x06 {
+    let content = der_element(spki)?.content;
+    let algorithm = der_element(content)?.content;
+    let oid = der_element(algorithm)?;
+    if oid.tag != 0x06 {
         return None;
     }
-    match oid {
+    match oid.content {
         RSA => Some(KeyFamily::Rsa),
         EC => Some(KeyFamily::Ec),
         ED25519 => Some(KeyFamily::Ed),
@@ -398,4 +411,126 @@ pub fn load_jwks(path: &Path) -> Result<Vec<VerifyingKey>, KeyError> {
 /// Encodes bytes as unpadded base64url (the JWS encoding).
 pub(crate) fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::KeySize;
+    use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+
+    use super::*;
+    use crate::auth::bearer::{Audience, Claims, TokenVerifier};
+
+    fn pem_file(tag: &str, der: &[u8]) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(pem::encode(&pem::Pem::new(tag, der.to_vec())).as_bytes())
+            .unwrap();
+        file
+    }
+
+    fn token(key: &SigningKey, aud: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = Claims {
+            iss: "berth".into(),
+            sub: "u".into(),
+            aud: Audience::One(aud.into()),
+            exp: now + 60,
+            nbf: Some(now),
+            iat: Some(now),
+            jti: None,
+            access: Vec::new(),
+            berth_refresh: None,
+        };
+        let header = serde_json::json!({"alg": format!("{:?}", key.algorithm()), "typ": "JWT", "kid": key.kid()});
+        let input = format!(
+            "{}.{}",
+            b64(&serde_json::to_vec(&header).unwrap()),
+            b64(&serde_json::to_vec(&claims).unwrap())
+        );
+        let signature = key.sign(input.as_bytes()).unwrap();
+        format!("{input}.{}", b64(&signature))
+    }
+
+    #[test]
+    fn every_key_family_signs_tokens_its_public_half_verifies() {
+        let rng = SystemRandom::new();
+        let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let ec384 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
+        let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        let files = [
+            pem_file("PRIVATE KEY", ec.as_ref()),
+            pem_file("PRIVATE KEY", ec384.as_ref()),
+            pem_file("PRIVATE KEY", ed.as_ref()),
+            pem_file("PRIVATE KEY", rsa.as_der().unwrap().as_ref()),
+        ];
+        let expected = [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA, Algorithm::RS256];
+        for (file, alg) in files.iter().zip(expected) {
+            let key = SigningKey::load(file.path()).unwrap();
+            assert_eq!(key.algorithm(), alg);
+            let verifier = TokenVerifier::new(vec![key.verifying_key().unwrap()], "berth", "svc", None);
+            let (claims, own) = verifier.claims(&token(&key, "svc"), false).unwrap();
+            assert!(own);
+            assert_eq!(claims.sub, "u");
+            assert!(verifier.claims(&token(&key, "other"), false).is_err(), "{alg:?}: audience");
+        }
+    }
+
+    #[test]
+    fn public_keys_and_certificates_are_read_from_pem() {
+        let rng = SystemRandom::new();
+        let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ec.as_ref()).unwrap();
+        let spki = pair.public_key().as_der().unwrap();
+        let public = pem_file("PUBLIC KEY", spki.as_ref());
+        let keys = load_public_keys(public.path()).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].family, KeyFamily::Ec);
+        let signing = pem_file("PRIVATE KEY", ec.as_ref());
+        let key = SigningKey::load(signing.path()).unwrap();
+        let verifier = TokenVerifier::new(keys, "berth", "svc", None);
+        let (_, own) = verifier.claims(&token(&key, "svc"), false).unwrap();
+        assert!(!own, "a PEM public key is an external issuer's");
+        // A minimal certificate around the same key: version, serial, algorithm, issuer,
+        // validity, subject, key.
+        let seq = |parts: &[&[u8]]| {
+            let body: Vec<u8> = parts.concat();
+            let mut out = vec![0x30];
+            if body.len() < 128 {
+                out.push(body.len() as u8);
+            } else {
+                out.extend([0x82, (body.len() >> 8) as u8, body.len() as u8]);
+            }
+            out.extend(body);
+            out
+        };
+        let version: &[u8] = &[0xA0, 0x03, 0x02, 0x01, 0x02];
+        let serial: &[u8] = &[0x02, 0x01, 0x01];
+        let empty = seq(&[]);
+        let tbs = seq(&[version, serial, &empty, &empty, &empty, &empty, spki.as_ref()]);
+        let certificate = seq(&[&tbs, &empty, &[0x03, 0x01, 0x00]]);
+        let cert = pem_file("CERTIFICATE", &certificate);
+        let keys = load_public_keys(cert.path()).unwrap();
+        let verifier = TokenVerifier::new(keys, "berth", "svc", None);
+        assert!(verifier.claims(&token(&key, "svc"), false).is_ok());
+    }
+
+    #[test]
+    fn unusable_keys_are_refused_clearly() {
+        let garbage = pem_file("PRIVATE KEY", b"not a key");
+        let message = SigningKey::load(garbage.path()).unwrap_err().to_string();
+        assert!(message.contains("not ECDSA"), "{message}");
+        let wrong = pem_file("CERTIFICATE REQUEST", b"x");
+        assert!(SigningKey::load(wrong.path()).is_err());
+        let mut jwks = tempfile::NamedTempFile::new().unwrap();
+        jwks.write_all(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).unwrap();
+        let message = load_jwks(jwks.path()).unwrap_err().to_string();
+        assert!(message.contains("symmetric"), "{message}");
+    }
 }

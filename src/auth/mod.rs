@@ -21,6 +21,7 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::oci::RepositoryName;
 
+#[cfg(feature = "auth")]
 pub mod acl;
 #[cfg(feature = "auth")]
 pub mod basic;

@@ -9,16 +9,24 @@ use futures::StreamExt;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::body_rate::MinRate;
-use super::endpoint::{Operation, Route, RouteError, route};
+use super::endpoint::{Action as EndpointAction, Operation, Route, RouteError, route};
 use super::headers::{RangeRequest, parse_content_range, parse_range, query_pairs, query_value};
+use crate::auth::{
+    Access, AccessRequest, Action as AuthAction, Denial, Everything, Grant, Resource,
+};
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::metadata::{BlobRecord, Page, UploadSession};
 use crate::oci::{
     Descriptor, Digest, DigestAlgorithm, ImageIndex, Reference, RepositoryName, Tag, media_type,
 };
 use crate::registry::Registry;
-use crate::registry::uploads::{BodyStream, ChunkSpec, discard_body, upload_range};
+use crate::registry::uploads::{
+    BodyStream, ChunkSpec, discard_body, discard_body_within, upload_range,
+};
 
 const REFERRERS_PAGE: u32 = 1000;
 
@@ -27,9 +35,12 @@ struct Call {
     parts: Parts,
     route: Route,
     query: Vec<(String, String)>,
+    /// What the caller may do, as the registry's authorizer decided.
+    grant: Arc<dyn Grant>,
 }
 
 pub(super) async fn handle(registry: Registry, request: Request) -> Response {
+    let client = crate::auth::client_address(&request);
     let (parts, body) = request.into_parts();
     let path = match percent_encoding::percent_decode_str(parts.uri.path()).decode_utf8() {
         Ok(p) => p.into_owned(),
@@ -67,12 +78,21 @@ pub(super) async fn handle(registry: Registry, request: Request) -> Response {
         }
     };
     let operation = route.operation;
+    let grant = match authorize(&registry, &parts, &route, client).await {
+        Ok(grant) => grant,
+        Err(error) => {
+            return discard_body_within(body_stream(&registry, body), error, REFUSED_DRAIN)
+                .await
+                .into_response();
+        }
+    };
     let query = query_pairs(parts.uri.query());
     let call = Call {
         registry,
         parts,
         route,
         query,
+        grant,
     };
     let upload_id = call.route.target.clone();
     let name = call.route.name.clone();
@@ -115,6 +135,84 @@ pub(super) async fn handle(registry: Registry, request: Request) -> Response {
             }
             error.into_response()
         }
+    }
+}
+
+// ---- access control -----------------------------------------------------------------------
+
+/// Bytes of a refused request's body read before answering (so the client reads the answer),
+/// and for how long: a client that has not authenticated gets little.
+const REFUSED_DRAIN: (u64, Duration) = (1024 * 1024, Duration::from_secs(2));
+
+/// What an operation needs of the caller.
+fn needs(route: &Route) -> Result<Vec<Access>, RegistryError> {
+    let action = match route.operation.action() {
+        EndpointAction::None => return Ok(Vec::new()),
+        EndpointAction::Catalog => return Ok(vec![Access::catalog()]),
+        EndpointAction::Pull => AuthAction::Pull,
+        EndpointAction::Push => AuthAction::Push,
+        EndpointAction::Delete => AuthAction::Delete,
+    };
+    // A malformed name is refused before access is decided: it names nothing.
+    let name = RepositoryName::parse(&route.name)?;
+    Ok(vec![Access::repository(name.as_str(), action)])
+}
+
+/// Asks the registry's authorizer about a request; without one, everything is allowed.
+async fn authorize(
+    registry: &Registry,
+    parts: &Parts,
+    route: &Route,
+    client: Option<std::net::IpAddr>,
+) -> Result<Arc<dyn Grant>, RegistryError> {
+    let Some(authorizer) = registry.authorizer() else {
+        return Ok(Arc::new(Everything));
+    };
+    let needs = needs(route)?;
+    let request = AccessRequest {
+        headers: &parts.headers,
+        client,
+        needs: &needs,
+    };
+    authorizer
+        .authorize(&request)
+        .await
+        .map_err(|denial| refusal(denial, &needs))
+}
+
+/// The answer to a refused request.
+fn refusal(denial: Denial, needs: &[Access]) -> RegistryError {
+    // Distribution's detail: the accesses the request needed.
+    let detail = serde_json::Value::Array(
+        needs
+            .iter()
+            .map(|a| match (&a.resource, a.action) {
+                (Resource::Repository(name), Some(action)) => serde_json::json!({
+                    "Type": "repository", "Name": name, "Action": action.as_str()
+                }),
+                _ => serde_json::json!({ "Type": "registry", "Name": "catalog", "Action": "*" }),
+            })
+            .collect(),
+    );
+    match denial {
+        Denial::Unauthenticated { challenge, message } => {
+            RegistryError::new(ErrorCode::Unauthorized, message)
+                .with_detail(detail)
+                .with_header(header::WWW_AUTHENTICATE, challenge)
+        }
+        Denial::Forbidden { challenge, message } => {
+            let error = RegistryError::new(ErrorCode::Denied, message).with_detail(detail);
+            match challenge {
+                Some(c) => error.with_header(header::WWW_AUTHENTICATE, c),
+                None => error,
+            }
+        }
+        Denial::TooManyAttempts { retry_after_secs } => RegistryError::new(
+            ErrorCode::TooManyRequests,
+            format!("too many failed logins from this address; retry in {retry_after_secs} s"),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from(retry_after_secs)),
+        Denial::Unavailable(message) => RegistryError::unavailable(message),
     }
 }
 
@@ -357,11 +455,47 @@ fn api_version() -> Response {
     )
 }
 
+/// Repositories the caller may see, one more than the page asks for (to learn whether a next
+/// page exists). With access control, names the caller may not pull are skipped and more are
+/// read until the page is full.
+async fn visible_repositories(call: &Call, listing: &Listing) -> RegistryResult<Vec<String>> {
+    if call.registry.authorizer().is_none() {
+        return call.registry.repositories(page_plus_one(listing)).await;
+    }
+    let wanted = listing.limit.map(|n| n as usize + 1);
+    let mut visible = Vec::new();
+    let mut after = listing.last.clone();
+    loop {
+        let batch = wanted.map_or(1000, |w| (w - visible.len()).clamp(100, 1000));
+        let page = call
+            .registry
+            .repositories(Page {
+                limit: Some(batch as u32),
+                after: after.as_deref(),
+            })
+            .await?;
+        let exhausted = page.len() < batch;
+        after = page.last().cloned();
+        for name in page {
+            let listed = RepositoryName::parse(&name).is_ok_and(|n| call.grant.may_list(&n));
+            if listed {
+                visible.push(name);
+                if wanted.is_some_and(|w| visible.len() >= w) {
+                    return Ok(visible);
+                }
+            }
+        }
+        if exhausted {
+            return Ok(visible);
+        }
+    }
+}
+
 async fn catalog(call: &Call) -> RegistryResult<Response> {
     let listing = listing(call)?;
     let mut repositories = match listing.limit {
         Some(0) => Vec::new(),
-        _ => call.registry.repositories(page_plus_one(&listing)).await?,
+        _ => visible_repositories(call, &listing).await?,
     };
     let more = truncate_page(&mut repositories, &listing);
     let mut r = json(
@@ -704,7 +838,16 @@ async fn start_upload(call: &Call, body: Body) -> RegistryResult<Response> {
             .filter(|f| !f.is_empty())
             .map(RepositoryName::parse)
             .transpose()?;
-        if let Some(blob) = registry.mount_blob(&name, &digest, from.as_ref()).await? {
+        // Under access control a blob is mounted only from a repository the caller may pull
+        // from, and so only when it names one; otherwise this is a plain upload (202).
+        let allowed = match (&from, registry.authorizer()) {
+            (_, None) => true,
+            (Some(from), Some(_)) => call
+                .grant
+                .allows(&Access::repository(from.as_str(), AuthAction::Pull)),
+            (None, Some(_)) => false,
+        };
+        if allowed && let Some(blob) = registry.mount_blob(&name, &digest, from.as_ref()).await? {
             return blob_created(&name, &blob);
         }
     } else if let Some(digest) = query_value(&call.query, "digest")

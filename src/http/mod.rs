@@ -20,9 +20,13 @@ pub mod endpoint;
 mod handlers;
 pub mod headers;
 mod server;
+#[cfg(feature = "auth")]
+mod token;
 
 pub use endpoint::{Action, Operation, Route, RouteError, route};
 pub use server::{ServeOptions, peer_address, serve, serve_with};
+#[cfg(feature = "auth")]
+pub use token::token_router;
 
 /// `Docker-Distribution-API-Version`, sent on every API response.
 pub const API_VERSION: &str = "registry/2.0";

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::Authorizer;
 use crate::buffers::BufferPool;
 use crate::metadata::MetadataStore;
 use crate::oci::{Descriptor, RepositoryName};
@@ -120,6 +121,7 @@ impl std::fmt::Debug for RegistryOptions {
 }
 
 pub(crate) struct Inner {
+    pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
     pub(crate) blobs: Arc<dyn BlobStore>,
     pub(crate) metadata: Arc<dyn MetadataStore>,
     pub(crate) buffers: BufferPool,
@@ -140,6 +142,7 @@ impl std::fmt::Debug for Registry {
             .field("blobs", &self.inner.blobs.kind())
             .field("buffers", &self.inner.buffers)
             .field("options", &self.inner.options)
+            .field("authorizer", &self.inner.authorizer.is_some())
             .finish()
     }
 }
@@ -153,6 +156,7 @@ impl Registry {
     /// Starts configuring a registry.
     pub fn builder(blobs: Arc<dyn BlobStore>, metadata: Arc<dyn MetadataStore>) -> RegistryBuilder {
         RegistryBuilder {
+            authorizer: None,
             blobs,
             metadata,
             options: RegistryOptions::default(),
@@ -179,10 +183,16 @@ impl Registry {
     pub fn buffers(&self) -> &BufferPool {
         &self.inner.buffers
     }
+
+    /// Who decides access, if anyone: without an authorizer every request is allowed.
+    pub fn authorizer(&self) -> Option<&Arc<dyn Authorizer>> {
+        self.inner.authorizer.as_ref()
+    }
 }
 
 /// Builds a [`Registry`].
 pub struct RegistryBuilder {
+    authorizer: Option<Arc<dyn Authorizer>>,
     blobs: Arc<dyn BlobStore>,
     metadata: Arc<dyn MetadataStore>,
     options: RegistryOptions,
@@ -309,11 +319,21 @@ impl RegistryBuilder {
         Ok(self)
     }
 
+    /// Decides every request's access with `authorizer` (see [`crate::auth`]): the HTTP layer
+    /// asks it before each operation, answers its refusals (401 with a challenge, 403, 429),
+    /// lists in the catalog only repositories the caller may pull, and mounts a blob from
+    /// another repository only if the caller may pull from it.
+    pub fn authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
     /// Builds the registry.
     pub fn build(self) -> Registry {
         let buffers = BufferPool::new(self.options.upload_buffers, self.blobs.part_size());
         Registry {
             inner: Arc::new(Inner {
+                authorizer: self.authorizer,
                 blobs: self.blobs,
                 metadata: self.metadata,
                 buffers,

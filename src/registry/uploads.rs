@@ -881,17 +881,26 @@ const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads (a bounded part of) a body nobody will use before the error is answered: a client
 /// still sending then reads the answer instead of hitting a reset connection.
-pub async fn discard_body(mut body: BodyStream, error: RegistryError) -> RegistryError {
+pub async fn discard_body(body: BodyStream, error: RegistryError) -> RegistryError {
+    discard_body_within(body, error, (DISCARD_LIMIT, DISCARD_TIME)).await
+}
+
+/// [`discard_body`] with its own limit of bytes and time.
+pub async fn discard_body_within(
+    mut body: BodyStream,
+    error: RegistryError,
+    (limit, time): (u64, std::time::Duration),
+) -> RegistryError {
     let drain = async {
         let mut seen = 0u64;
         while let Some(Ok(chunk)) = body.next().await {
             seen += chunk.len() as u64;
-            if seen > DISCARD_LIMIT {
+            if seen > limit {
                 break;
             }
         }
     };
-    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    let _ = tokio::time::timeout(time, drain).await;
     error
 }
 

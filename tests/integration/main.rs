@@ -2,6 +2,8 @@
 //! names (see `util.rs`).
 
 mod api;
+mod auth;
+mod auth_clients;
 mod clients;
 mod errors;
 mod hardening;

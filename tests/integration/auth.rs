@@ -1,0 +1,766 @@
+//! Access control over HTTP: Basic authentication with an htpasswd file and an ACL, Docker
+//! token authentication with the built-in issuer and with an external one, and the negative
+//! matrix (every endpoint without credentials, with too little access, with bad tokens).
+
+use std::time::Duration;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use reqwest::Method;
+
+use crate::util::*;
+
+pub const ACL: &str = r#"
+[[rule]]
+repository = "public/**"
+users = ["anonymous", "*"]
+actions = ["pull"]
+
+[[rule]]
+repository = "${user}/**"
+users = ["*"]
+actions = ["*"]
+
+[[rule]]
+repository = "team/*"
+users = ["alice"]
+actions = ["pull", "push"]
+
+[[rule]]
+repository = "**"
+users = ["admin"]
+actions = ["*"]
+
+[[rule]]
+catalog = true
+users = ["admin", "alice"]
+"#;
+
+pub const USERS: &[(&str, &str)] = &[
+    ("alice", "alice-Secret-1"),
+    ("bob", "bob-Secret-2"),
+    ("admin", "admin-Secret-3"),
+];
+
+/// The files access control reads, in a directory that lives as long as the test.
+pub struct AuthFiles {
+    pub dir: tempfile::TempDir,
+    pub key: EcdsaKeyPair,
+}
+
+impl AuthFiles {
+    pub fn new() -> AuthFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd: String = USERS
+            .iter()
+            .map(|(user, password)| {
+                // `htpasswd -B` writes $2y$; the cost is low to keep tests fast.
+                let hash = bcrypt::hash(password, 5).unwrap().replacen("$2b$", "$2y$", 1);
+                format!("{user}:{hash}\n")
+            })
+            .collect();
+        std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
+        std::fs::write(dir.path().join("acl.toml"), ACL).unwrap();
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        std::fs::write(
+            dir.path().join("token-key.pem"),
+            pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec())),
+        )
+        .unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        AuthFiles { dir, key }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    pub fn basic_settings(&self) -> Vec<(String, String)> {
+        vec![
+            ("BERTH_AUTH".into(), "basic".into()),
+            ("BERTH_AUTH_HTPASSWD".into(), self.path("htpasswd")),
+            ("BERTH_AUTH_ACL".into(), self.path("acl.toml")),
+        ]
+    }
+
+    pub fn token_settings(&self) -> Vec<(String, String)> {
+        vec![
+            ("BERTH_AUTH".into(), "token".into()),
+            ("BERTH_AUTH_HTPASSWD".into(), self.path("htpasswd")),
+            ("BERTH_AUTH_ACL".into(), self.path("acl.toml")),
+            ("BERTH_AUTH_TOKEN_KEY".into(), self.path("token-key.pem")),
+        ]
+    }
+}
+
+pub fn start_with_owned(settings: &[(String, String)]) -> Server {
+    let borrowed: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    Server::start_with(&borrowed)
+}
+
+pub fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+}
+
+fn password_of(user: &str) -> &'static str {
+    USERS.iter().find(|(u, _)| *u == user).unwrap().1
+}
+
+/// A client that sends the same `Authorization` with every request.
+fn authorized(server: &Server, authorization: &str) -> Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(authorization).unwrap(),
+    );
+    Client {
+        base: format!("http://{}", server.addr),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(headers)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    }
+}
+
+/// Every endpoint of the API on repository `repo`: method, path, body.
+fn endpoints(repo: &str, digest: &str, upload: &str) -> Vec<(Method, String, Vec<u8>)> {
+    vec![
+        (Method::GET, format!("/v2/{repo}/tags/list"), vec![]),
+        (Method::GET, format!("/v2/{repo}/manifests/v1"), vec![]),
+        (Method::HEAD, format!("/v2/{repo}/manifests/v1"), vec![]),
+        (Method::PUT, format!("/v2/{repo}/manifests/v1"), b"{}".to_vec()),
+        (Method::DELETE, format!("/v2/{repo}/manifests/v1"), vec![]),
+        (Method::GET, format!("/v2/{repo}/blobs/{digest}"), vec![]),
+        (Method::HEAD, format!("/v2/{repo}/blobs/{digest}"), vec![]),
+        (Method::DELETE, format!("/v2/{repo}/blobs/{digest}"), vec![]),
+        (Method::POST, format!("/v2/{repo}/blobs/uploads/"), vec![]),
+        (Method::GET, format!("/v2/{repo}/blobs/uploads/{upload}"), vec![]),
+        (Method::PATCH, format!("/v2/{repo}/blobs/uploads/{upload}"), b"x".to_vec()),
+        (
+            Method::PUT,
+            format!("/v2/{repo}/blobs/uploads/{upload}?digest={digest}"),
+            vec![],
+        ),
+        (Method::DELETE, format!("/v2/{repo}/blobs/uploads/{upload}"), vec![]),
+        (Method::GET, format!("/v2/{repo}/referrers/{digest}"), vec![]),
+    ]
+}
+
+fn action_of(method: &Method, path: &str) -> &'static str {
+    if path.contains("/blobs/uploads/") || (method == Method::PUT && path.contains("/manifests/")) {
+        "push"
+    } else if method == Method::DELETE {
+        "delete"
+    } else {
+        "pull"
+    }
+}
+
+#[tokio::test]
+async fn basic_auth_challenges_refuses_and_follows_the_acl() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.basic_settings());
+    let anonymous = server.client();
+    let alice = authorized(&server, &basic("alice", password_of("alice")));
+    let bob = authorized(&server, &basic("bob", password_of("bob")));
+    let admin = authorized(&server, &basic("admin", password_of("admin")));
+
+    // The API version check asks for credentials (it is how clients learn to log in).
+    let a = anonymous.get("/v2/").await;
+    a.expect(401, Some("UNAUTHORIZED"));
+    assert_eq!(a.header("www-authenticate"), Some("Basic realm=\"berth\""));
+    alice.get("/v2/").await.expect(200, None);
+    let wrong = authorized(&server, &basic("alice", "not her password"));
+    wrong.get("/v2/").await.expect(401, Some("UNAUTHORIZED"));
+    authorized(&server, "Basic !!!").get("/v2/").await.expect(401, None);
+
+    // Alice pushes to her namespace; the blob is only readable where it is linked.
+    let image = alice.push_image("alice/app", "v1", unique_seed()).await;
+    let layer = sha256(&image.layer);
+    alice
+        .get(&format!("/v2/alice/other/blobs/{layer}"))
+        .await
+        .expect(404, None);
+    let location = alice.start_upload("alice/app").await;
+    let upload = location.rsplit('/').next().unwrap().to_owned();
+
+    // Every endpoint: anonymous gets 401 with the challenge, Bob (valid, no access) 403.
+    for (method, path, body) in endpoints("alice/app", &layer, &upload) {
+        let a = anonymous
+            .send(anonymous.request(method.clone(), &path).body(body.clone()))
+            .await;
+        assert_eq!(a.status.as_u16(), 401, "anonymous {method} {path}");
+        assert_eq!(a.header("www-authenticate"), Some("Basic realm=\"berth\""));
+        if method != Method::HEAD {
+            assert_eq!(a.error_code(), "UNAUTHORIZED");
+            let detail = &a.json()["errors"][0]["detail"][0];
+            assert_eq!(detail["Name"], "alice/app");
+            assert_eq!(detail["Action"], action_of(&method, &path), "{method} {path}");
+        }
+        let b = bob.send(bob.request(method.clone(), &path).body(body)).await;
+        assert_eq!(b.status.as_u16(), 403, "bob {method} {path}");
+        if method != Method::HEAD {
+            assert_eq!(b.error_code(), "DENIED");
+        }
+    }
+    anonymous
+        .get("/v2/_catalog")
+        .await
+        .expect(401, Some("UNAUTHORIZED"));
+    bob.get("/v2/_catalog").await.expect(403, Some("DENIED"));
+
+    // Anonymous callers pull public images but push nothing.
+    admin.push_image("public/base", "latest", unique_seed()).await;
+    anonymous
+        .get("/v2/public/base/manifests/latest")
+        .await
+        .expect(200, None);
+    anonymous
+        .call(Method::POST, "/v2/public/base/blobs/uploads/")
+        .await
+        .expect(401, Some("UNAUTHORIZED"));
+    bob.call(Method::POST, "/v2/public/base/blobs/uploads/")
+        .await
+        .expect(403, Some("DENIED"));
+
+    // Alice may push to team repositories but not delete there.
+    let team = alice.push_image("team/tool", "v1", unique_seed()).await;
+    alice
+        .call(Method::DELETE, &format!("/v2/team/tool/manifests/{}", team.digest))
+        .await
+        .expect(403, Some("DENIED"));
+    alice
+        .call(Method::DELETE, "/v2/alice/app/manifests/v1")
+        .await
+        .expect(202, None);
+
+    // The catalog lists what the caller may pull.
+    bob.push_image("bob/x", "v1", unique_seed()).await;
+    let listed = |a: Answer| -> Vec<String> {
+        a.expect(200, None);
+        a.json()["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let seen = listed(alice.get("/v2/_catalog").await);
+    assert_eq!(seen, vec!["alice/app", "public/base", "team/tool"]);
+    let everything = listed(admin.get("/v2/_catalog").await);
+    assert_eq!(everything, vec!["alice/app", "bob/x", "public/base", "team/tool"]);
+    // Pages stay exact when names are skipped.
+    let page = alice.get("/v2/_catalog?n=1&last=alice/app").await;
+    assert_eq!(listed(page), vec!["public/base"]);
+
+    // Mounting: only from a repository the caller may pull; otherwise a plain upload.
+    let mount = |c: &Client, to: &str, from: Option<&str>| {
+        let path = match from {
+            Some(from) => format!("/v2/{to}/blobs/uploads/?mount={layer}&from={from}"),
+            None => format!("/v2/{to}/blobs/uploads/?mount={layer}"),
+        };
+        let c = c.clone();
+        async move { c.call(Method::POST, &path).await.status.as_u16() }
+    };
+    assert_eq!(mount(&bob, "bob/stolen", Some("alice/app")).await, 202);
+    assert_eq!(mount(&bob, "bob/stolen", None).await, 202);
+    bob.get(&format!("/v2/bob/stolen/blobs/{layer}"))
+        .await
+        .expect(404, None);
+    assert_eq!(mount(&alice, "alice/copy", Some("alice/app")).await, 201);
+    alice
+        .get_following(&format!("/v2/alice/copy/blobs/{layer}"))
+        .await
+        .expect(200, None);
+
+    // Failed logins are limited per client: ten in a row, then 429 with Retry-After.
+    let mut limited = None;
+    for _ in 0..15 {
+        let a = wrong.get("/v2/").await;
+        if a.status.as_u16() == 429 {
+            limited = Some(a);
+            break;
+        }
+        a.expect(401, None);
+    }
+    let limited = limited.expect("failed logins are rate-limited");
+    assert!(limited.header("retry-after").is_some());
+    assert_eq!(limited.error_code(), "TOOMANYREQUESTS");
+
+    // Passwords never reach the log.
+    let log = server.log_text();
+    for (_, password) in USERS {
+        assert!(!log.contains(password), "a password appears in the log");
+    }
+    assert!(log.contains("failed login"), "failed logins are logged (without the password)");
+}
+
+/// A token request to the built-in issuer; returns the JSON answer.
+async fn token(server: &Server, user: Option<&str>, scopes: &[&str]) -> serde_json::Value {
+    let c = server.client();
+    let mut request = c
+        .request(Method::GET, "/token")
+        .query(&[("service", "berth")]);
+    for scope in scopes {
+        request = request.query(&[("scope", scope)]);
+    }
+    if let Some(user) = user {
+        request = request.header("authorization", basic(user, password_of(user)));
+    }
+    let a = c.send(request).await;
+    a.expect(200, None);
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    a.json()
+}
+
+fn bearer(server: &Server, token: &serde_json::Value) -> Client {
+    authorized(
+        server,
+        &format!("Bearer {}", token["token"].as_str().expect("a token")),
+    )
+}
+
+fn claims_of(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// A JWT with these header and claims, signed with `key` (ES256).
+fn signed(key: &EcdsaKeyPair, header: serde_json::Value, claims: serde_json::Value) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(aud: &str, iss: &str, exp: u64, nbf: u64, access: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "iss": iss, "sub": "alice", "aud": aud, "exp": exp, "nbf": nbf, "iat": nbf,
+        "jti": "x", "access": access
+    })
+}
+
+#[tokio::test]
+async fn token_auth_with_the_built_in_issuer() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.token_settings());
+    let anonymous = server.client();
+    let realm = format!("http://{}/token", server.addr);
+
+    let a = anonymous.get("/v2/").await;
+    a.expect(401, Some("UNAUTHORIZED"));
+    assert_eq!(
+        a.header("www-authenticate").unwrap(),
+        format!("Bearer realm=\"{realm}\",service=\"berth\"")
+    );
+    let a = anonymous.get("/v2/alice/app/manifests/v1").await;
+    a.expect(401, Some("UNAUTHORIZED"));
+    assert_eq!(
+        a.header("www-authenticate").unwrap(),
+        format!("Bearer realm=\"{realm}\",service=\"berth\",scope=\"repository:alice/app:pull\"")
+    );
+
+    // Alice gets what she asks for and the ACL allows, and pushes with it.
+    let t = token(&server, Some("alice"), &["repository:alice/app:pull,push,delete"]).await;
+    assert!(t["expires_in"].as_u64().unwrap() >= 60);
+    assert!(t["issued_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(t["token"], t["access_token"]);
+    let access = &claims_of(t["token"].as_str().unwrap())["access"];
+    assert_eq!(
+        access,
+        &serde_json::json!([{"type": "repository", "name": "alice/app", "actions": ["pull", "push", "delete"]}])
+    );
+    let alice = bearer(&server, &t);
+    alice.get("/v2/").await.expect(200, None);
+    let image = alice.push_image("alice/app", "v1", unique_seed()).await;
+    alice
+        .get("/v2/alice/app/manifests/v1")
+        .await
+        .expect(200, None);
+    // The same token does not reach other repositories.
+    let a = alice.get("/v2/team/tool/tags/list").await;
+    a.expect(403, Some("DENIED"));
+    assert!(
+        a.header("www-authenticate")
+            .unwrap()
+            .contains("error=\"insufficient_scope\"")
+    );
+
+    // Bob asks for Alice's repository and gets a token without it: 403.
+    let t = token(&server, Some("bob"), &["repository:alice/app:pull"]).await;
+    assert_eq!(claims_of(t["token"].as_str().unwrap())["access"], serde_json::json!([]));
+    let layer = sha256(&image.layer);
+    let bob = bearer(&server, &t);
+    let location = alice.start_upload("alice/app").await;
+    let upload = location.rsplit('/').next().unwrap().to_owned();
+    for (method, path, body) in endpoints("alice/app", &layer, &upload) {
+        let a = anonymous
+            .send(anonymous.request(method.clone(), &path).body(body.clone()))
+            .await;
+        assert_eq!(a.status.as_u16(), 401, "anonymous {method} {path}");
+        let challenge = a.header("www-authenticate").unwrap().to_owned();
+        assert!(
+            challenge.ends_with(&format!(
+                "scope=\"repository:alice/app:{}\"",
+                action_of(&method, &path)
+            )),
+            "{method} {path}: {challenge}"
+        );
+        let b = bob.send(bob.request(method.clone(), &path).body(body)).await;
+        assert_eq!(b.status.as_u16(), 403, "bob {method} {path}");
+    }
+
+    // Anonymous tokens pull public images, nothing else.
+    let admin = bearer(
+        &server,
+        &token(&server, Some("admin"), &["repository:public/base:push,pull"]).await,
+    );
+    admin.push_image("public/base", "latest", unique_seed()).await;
+    let t = token(&server, None, &["repository:public/base:pull,push"]).await;
+    assert_eq!(
+        claims_of(t["token"].as_str().unwrap())["access"],
+        serde_json::json!([{"type": "repository", "name": "public/base", "actions": ["pull"]}])
+    );
+    let anon = bearer(&server, &t);
+    anon.get("/v2/public/base/manifests/latest")
+        .await
+        .expect(200, None);
+    anon.call(Method::POST, "/v2/public/base/blobs/uploads/")
+        .await
+        .expect(401, Some("UNAUTHORIZED"));
+
+    // The catalog: registry:catalog:* for those the ACL lets list it, showing what they pull.
+    let t = token(&server, Some("alice"), &["registry:catalog:*"]).await;
+    let listing = bearer(&server, &t).get("/v2/_catalog").await;
+    listing.expect(200, None);
+    assert_eq!(
+        listing.json()["repositories"],
+        serde_json::json!(["alice/app", "public/base"])
+    );
+    let t = token(&server, Some("bob"), &["registry:catalog:*"]).await;
+    bearer(&server, &t)
+        .get("/v2/_catalog")
+        .await
+        .expect(403, Some("DENIED"));
+
+    // Wrong credentials, refresh tokens, and the OAuth2 form.
+    let c = server.client();
+    let a = c
+        .send(
+            c.request(Method::GET, "/token")
+                .query(&[("service", "berth")])
+                .header("authorization", basic("alice", "wrong")),
+        )
+        .await;
+    a.expect(401, Some("UNAUTHORIZED"));
+    assert!(a.header("www-authenticate").unwrap().starts_with("Basic"));
+    let a = c
+        .send(
+            c.request(Method::GET, "/token")
+                .query(&[("service", "another-registry")]),
+        )
+        .await;
+    assert_eq!(a.status.as_u16(), 400);
+    let a = c
+        .send(
+            c.request(Method::GET, "/token")
+                .query(&[("service", "berth"), ("offline_token", "true")])
+                .header("authorization", basic("alice", password_of("alice"))),
+        )
+        .await;
+    a.expect(200, None);
+    let refresh = a.json()["refresh_token"].as_str().unwrap().to_owned();
+    // A refresh token is not an access token.
+    authorized(&server, &format!("Bearer {refresh}"))
+        .get("/v2/")
+        .await
+        .expect(401, Some("UNAUTHORIZED"));
+    let form = form_body;
+    let a = c
+        .send(
+            c.request(Method::POST, "/token")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &refresh),
+                    ("service", "berth"),
+                    ("client_id", "test"),
+                    ("scope", "repository:alice/app:pull"),
+                ])),
+        )
+        .await;
+    a.expect(200, None);
+    assert_eq!(a.json()["scope"], "repository:alice/app:pull");
+    let from_refresh = a.json();
+    bearer(&server, &from_refresh)
+        .get("/v2/alice/app/tags/list")
+        .await
+        .expect(200, None);
+    let a = c
+        .send(
+            c.request(Method::POST, "/token")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&[
+                    ("grant_type", "password"),
+                    ("username", "bob"),
+                    ("password", password_of("bob")),
+                    ("service", "berth"),
+                    ("client_id", "test"),
+                    ("access_type", "offline"),
+                    ("scope", "repository:bob/x:pull,push"),
+                ])),
+        )
+        .await;
+    a.expect(200, None);
+    assert!(a.json()["refresh_token"].is_string());
+    assert_eq!(a.json()["scope"], "repository:bob/x:pull,push");
+    let a = c
+        .send(
+            c.request(Method::POST, "/token")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&[
+                    ("grant_type", "password"),
+                    ("username", "bob"),
+                    ("password", "wrong"),
+                    ("service", "berth"),
+                ])),
+        )
+        .await;
+    assert_eq!(a.status.as_u16(), 400);
+    assert_eq!(a.json()["error"], "invalid_grant");
+    let a = c
+        .send(
+            c.request(Method::POST, "/token")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&[("grant_type", "authorization_code")])),
+        )
+        .await;
+    assert_eq!(a.json()["error"], "unsupported_grant_type");
+
+    // Changing the password revokes refresh tokens.
+    let htpasswd = std::fs::read_to_string(files.path("htpasswd")).unwrap();
+    let changed: String = htpasswd
+        .lines()
+        .map(|l| {
+            if l.starts_with("alice:") {
+                format!("alice:{}", bcrypt::hash("new-password", 5).unwrap())
+            } else {
+                l.to_owned()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(files.path("htpasswd"), changed).unwrap();
+    eventually("the htpasswd change is seen", Duration::from_secs(15), async || {
+        let a = c
+            .send(
+                c.request(Method::POST, "/token")
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(form(&[
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", &refresh),
+                        ("service", "berth"),
+                    ])),
+            )
+            .await;
+        a.status.as_u16() == 400
+    })
+    .await;
+
+    // Tokens never reach the log.
+    let log = server.log_text();
+    assert!(!log.contains(&refresh), "a refresh token appears in the log");
+    assert!(
+        !log.contains(from_refresh["token"].as_str().unwrap()),
+        "an access token appears in the log"
+    );
+}
+
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    let mut form = String::new();
+    for (k, v) in pairs {
+        if !form.is_empty() {
+            form.push('&');
+        }
+        form.push_str(k);
+        form.push('=');
+        form.push_str(&percent(v));
+    }
+    form
+}
+
+fn percent(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.token_settings());
+    let access = serde_json::json!([{"type": "repository", "name": "alice/app", "actions": ["pull", "push"]}]);
+    let header = serde_json::json!({"alg": "ES256", "typ": "JWT"});
+    let good = signed(
+        &files.key,
+        header.clone(),
+        claims("berth", "berth", now() + 300, now(), access.clone()),
+    );
+    authorized(&server, &format!("Bearer {good}"))
+        .call(Method::POST, "/v2/alice/app/blobs/uploads/")
+        .await
+        .expect(202, None);
+
+    let rng = SystemRandom::new();
+    let other = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let other = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, other.as_ref()).unwrap();
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "none", "typ": "JWT"}).to_string()),
+        URL_SAFE_NO_PAD.encode(claims("berth", "berth", now() + 300, now(), access.clone()).to_string())
+    );
+    // HS256 keyed with the public key: the classic algorithm confusion.
+    let hs256 = {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "HS256", "typ": "JWT"}).to_string()),
+            URL_SAFE_NO_PAD.encode(claims("berth", "berth", now() + 300, now(), access.clone()).to_string())
+        );
+        let key = aws_lc_rs::hmac::Key::new(
+            aws_lc_rs::hmac::HMAC_SHA256,
+            files.key.public_key().as_der().unwrap().as_ref(),
+        );
+        let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    };
+    let mut tampered = good.clone();
+    tampered.replace_range(tampered.len() - 4.., "AAAA");
+    let cases = [
+        ("expired", signed(&files.key, header.clone(), claims("berth", "berth", now() - 120, now() - 400, access.clone()))),
+        ("not yet valid", signed(&files.key, header.clone(), claims("berth", "berth", now() + 600, now() + 300, access.clone()))),
+        ("wrong audience", signed(&files.key, header.clone(), claims("another-registry", "berth", now() + 300, now(), access.clone()))),
+        ("wrong issuer", signed(&files.key, header.clone(), claims("berth", "somebody", now() + 300, now(), access.clone()))),
+        ("wrong signature", signed(&other, header.clone(), claims("berth", "berth", now() + 300, now(), access.clone()))),
+        ("tampered", tampered),
+        ("alg none", unsigned),
+        ("HS256 with the public key", hs256),
+        ("garbage", "not.a.token".to_owned()),
+    ];
+    for (what, token) in cases {
+        let a = authorized(&server, &format!("Bearer {token}"))
+            .call(Method::POST, "/v2/alice/app/blobs/uploads/")
+            .await;
+        assert_eq!(a.status.as_u16(), 401, "{what}: {}", String::from_utf8_lossy(&a.body));
+        assert_eq!(a.error_code(), "UNAUTHORIZED", "{what}");
+        assert!(
+            a.header("www-authenticate")
+                .unwrap()
+                .contains("error=\"invalid_token\""),
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_of_an_external_issuer_are_verified_with_its_keys() {
+    let files = AuthFiles::new();
+    // The external service's public key, as PEM and as a JWKS with a key id.
+    let spki = files.key.public_key().as_der().unwrap();
+    std::fs::write(
+        files.path("issuer.pem"),
+        pem::encode(&pem::Pem::new("PUBLIC KEY", spki.as_ref().to_vec())),
+    )
+    .unwrap();
+    let point = files.key.public_key().as_ref();
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "external-1", "alg": "ES256", "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+    }]});
+    std::fs::write(files.path("jwks.json"), jwks.to_string()).unwrap();
+    let access = serde_json::json!([{"type": "repository", "name": "ext/*", "actions": ["pull", "push"]}]);
+    for (setting, file) in [
+        ("BERTH_AUTH_TOKEN_PUBLIC_KEYS", "issuer.pem"),
+        ("BERTH_AUTH_TOKEN_JWKS", "jwks.json"),
+    ] {
+        let server = start_with_owned(&[
+            ("BERTH_AUTH".into(), "token".into()),
+            (setting.into(), files.path(file)),
+            ("BERTH_AUTH_REALM".into(), "https://auth.example.com/token".into()),
+            ("BERTH_AUTH_SERVICE".into(), "registry.example.com".into()),
+            ("BERTH_AUTH_TOKEN_ISSUER".into(), "auth.example.com".into()),
+        ]);
+        let a = server.client().get("/v2/ext/app/tags/list").await;
+        a.expect(401, None);
+        assert_eq!(
+            a.header("www-authenticate").unwrap(),
+            "Bearer realm=\"https://auth.example.com/token\",service=\"registry.example.com\",scope=\"repository:ext/app:pull\""
+        );
+        server
+            .client()
+            .get("/token")
+            .await
+            .expect(404, None);
+        let token = signed(
+            &files.key,
+            serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "external-1"}),
+            claims("registry.example.com", "auth.example.com", now() + 300, now(), access.clone()),
+        );
+        let c = authorized(&server, &format!("Bearer {token}"));
+        c.push_image("ext/app", "v1", unique_seed()).await;
+        c.get("/v2/ext/app/manifests/v1").await.expect(200, None);
+        c.get("/v2/other/app/tags/list")
+            .await
+            .expect(403, Some("DENIED"));
+        if setting == "BERTH_AUTH_TOKEN_JWKS" {
+            // A key id the JWKS does not have is not tried.
+            let token = signed(
+                &files.key,
+                serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "unknown"}),
+                claims("registry.example.com", "auth.example.com", now() + 300, now(), access.clone()),
+            );
+            authorized(&server, &format!("Bearer {token}"))
+                .get("/v2/")
+                .await
+                .expect(401, None);
+        }
+    }
+}
+
+#[tokio::test]
+async fn presigned_redirects_need_authorization_first() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.basic_settings());
+    let alice = authorized(&server, &basic("alice", password_of("alice")));
+    let image = alice.push_image("alice/app", "v1", unique_seed()).await;
+    let path = format!("/v2/alice/app/blobs/{}", sha256(&image.layer));
+    let a = server.client().get(&path).await;
+    a.expect(401, None);
+    assert!(a.header("location").is_none(), "no redirect before authorization");
+    let got = alice.get_following(&path).await;
+    got.expect(200, None);
+    assert_eq!(&got.body[..], &image.layer[..]);
+}

@@ -1,0 +1,349 @@
+//! Real clients log in and push and pull with credentials, in both access-control modes:
+//! skopeo (`--creds`), podman (`login`), the Docker engine (`docker login`) and oras-py.
+//! A missing client fails the test; `.ci/run` installs and starts them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::auth::{AuthFiles, USERS, start_with_owned};
+use crate::util::*;
+
+fn password(user: &str) -> &'static str {
+    USERS.iter().find(|(u, _)| *u == user).unwrap().1
+}
+
+fn require(name: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(found, "{name} is not installed; .ci/run installs it");
+}
+
+#[track_caller]
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[track_caller]
+fn fails(cmd: &mut Command) -> String {
+    let out: Output = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(!out.status.success(), "{cmd:?} should fail");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A one-layer OCI layout with random content; returns the layout path.
+fn layout(work: &Path, seed: u64) -> std::path::PathBuf {
+    let dir = work.join("layout");
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let blob = |data: &[u8]| {
+        let hex = sha256(data).trim_start_matches("sha256:").to_owned();
+        std::fs::write(dir.join("blobs/sha256").join(&hex), data).unwrap();
+        hex
+    };
+    // A real gzip tar layer, as clients expect (they would compress a plain tar on push).
+    let root = work.join("rootfs-layout");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("payload"), random_bytes(100_000, seed)).unwrap();
+    let tar = work.join("layer.tar");
+    ok(Command::new("tar")
+        .args(["--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-C"])
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    let diff_id = sha256(&std::fs::read(&tar).unwrap());
+    ok(Command::new("gzip").args(["-n", "-f"]).arg(&tar));
+    let layer = std::fs::read(work.join("layer.tar.gz")).unwrap();
+    let layer_hex = blob(&layer);
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}},"seed":{seed}}}"#
+    );
+    let config_hex = blob(config.as_bytes());
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_hex}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{layer_hex}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    );
+    let manifest_hex = blob(manifest.as_bytes());
+    std::fs::write(
+        dir.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"sha256:{manifest_hex}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"v1"}}}}]}}"#,
+            manifest.len()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn skopeo(work: &Path) -> Command {
+    require("skopeo");
+    let mut c = Command::new("skopeo");
+    c.env("TMPDIR", work);
+    // No credentials from the machine's own auth files.
+    c.env("REGISTRY_AUTH_FILE", work.join("no-auth.json"));
+    c
+}
+
+fn skopeo_round_trip(server: &Server, work: &Path) {
+    let source = layout(work, unique_seed());
+    let reg = server.addr;
+    let dest = format!("docker://{reg}/alice/skopeo:v1");
+    let alice = format!("alice:{}", password("alice"));
+    ok(skopeo(work)
+        .args(["copy", "-q", "--dest-tls-verify=false", "--dest-creds", &alice])
+        .arg(format!("oci:{}:v1", source.display()))
+        .arg(&dest));
+    let out = work.join("pulled");
+    ok(skopeo(work)
+        .args(["copy", "-q", "--src-tls-verify=false", "--src-creds", &alice])
+        .arg(&dest)
+        .arg(format!("oci:{}:v1", out.display())));
+    for entry in std::fs::read_dir(source.join("blobs/sha256")).unwrap().flatten() {
+        let pulled = std::fs::read(out.join("blobs/sha256").join(entry.file_name())).unwrap();
+        assert_eq!(pulled, std::fs::read(entry.path()).unwrap(), "blobs come back as pushed");
+    }
+    // Without credentials, or with someone else's, it is refused.
+    let said = fails(
+        skopeo(work)
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(&dest),
+    );
+    assert!(said.to_lowercase().contains("unauthorized") || said.contains("401"), "{said}");
+    let bob = format!("bob:{}", password("bob"));
+    fails(
+        skopeo(work)
+            .args(["copy", "-q", "--dest-tls-verify=false", "--dest-creds", &bob])
+            .arg(format!("oci:{}:v1", source.display()))
+            .arg(format!("docker://{reg}/alice/stolen:v1")),
+    );
+    let wrong = fails(
+        skopeo(work)
+            .args(["inspect", "--raw", "--tls-verify=false", "--creds", "alice:wrong"])
+            .arg(&dest),
+    );
+    assert!(!wrong.contains(password("alice")));
+}
+
+#[test]
+fn skopeo_with_credentials_in_basic_mode() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.basic_settings());
+    let work = tempfile::tempdir().unwrap();
+    skopeo_round_trip(&server, work.path());
+}
+
+#[test]
+fn skopeo_with_credentials_in_token_mode() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.token_settings());
+    let work = tempfile::tempdir().unwrap();
+    skopeo_round_trip(&server, work.path());
+}
+
+fn podman_round_trip(server: &Server, work: &Path) {
+    require("podman");
+    let source = layout(work, unique_seed());
+    let reg = server.addr.to_string();
+    let store = work.join("store");
+    let auth_file = work.join("auth.json");
+    let podman = || {
+        let mut c = Command::new("podman");
+        c.arg("--root").arg(store.join("root"));
+        c.arg("--runroot").arg(store.join("run"));
+        c.args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+        c.env("TMPDIR", work);
+        c.env("REGISTRY_AUTH_FILE", &auth_file);
+        c
+    };
+    let said = fails(podman().args(["login", "--tls-verify=false", "-u", "alice", "-p", "wrong"]).arg(&reg));
+    assert!(said.contains("invalid username/password"), "{said}");
+    ok(podman()
+        .args(["login", "--tls-verify=false", "-u", "alice", "-p", password("alice")])
+        .arg(&reg));
+    ok(skopeo(work)
+        .args(["copy", "-q", "--dest-tls-verify=false", "--dest-authfile"])
+        .arg(&auth_file)
+        .arg(format!("oci:{}:v1", source.display()))
+        .arg(format!("docker://{reg}/alice/podman:v1")));
+    ok(podman()
+        .args(["pull", "-q", "--tls-verify=false"])
+        .arg(format!("{reg}/alice/podman:v1")));
+    ok(podman()
+        .arg("tag")
+        .arg(format!("{reg}/alice/podman:v1"))
+        .arg(format!("{reg}/alice/podman-copy:v1")));
+    ok(podman()
+        .args(["push", "-q", "--tls-verify=false"])
+        .arg(format!("{reg}/alice/podman-copy:v1")));
+    ok(podman().arg("logout").arg(&reg));
+    fails(podman()
+        .args(["pull", "-q", "--tls-verify=false"])
+        .arg(format!("{reg}/alice/podman-copy:v1")));
+}
+
+#[test]
+fn podman_login_push_and_pull_in_basic_mode() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.basic_settings());
+    let work = tempfile::tempdir().unwrap();
+    podman_round_trip(&server, work.path());
+}
+
+#[test]
+fn podman_login_push_and_pull_in_token_mode() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.token_settings());
+    let work = tempfile::tempdir().unwrap();
+    podman_round_trip(&server, work.path());
+}
+
+/// The Docker engine must be running (`.ci/run` starts `dockerd`).
+fn docker(config: &Path) -> Command {
+    require("docker");
+    let running = Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(running, "the Docker engine is not running; scripts/services.sh starts dockerd");
+    let mut c = Command::new("docker");
+    c.env("DOCKER_CONFIG", config);
+    c
+}
+
+fn docker_round_trip(server: &Server, work: &Path) {
+    let config = work.join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    let reg = server.addr.to_string();
+    // An image made from a tarball: one file of random content.
+    let root = work.join("rootfs");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("payload"), random_bytes(50_000, unique_seed())).unwrap();
+    let tar = work.join("rootfs.tar");
+    ok(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg("."));
+    let name = format!("{reg}/alice/docker:v{}", unique_seed() % 100_000);
+    ok(docker(&config).arg("import").arg(&tar).arg(&name));
+    let said = fails(docker(&config).args(["push", &name]));
+    assert!(
+        ["no basic auth credentials", "denied", "unauthorized", "authentication required"]
+            .iter()
+            .any(|m| said.contains(m)),
+        "{said}"
+    );
+    fails(docker(&config)
+        .args(["login", "-u", "alice", "--password-stdin", &reg])
+        .stdin(std::fs::File::open(write(work, "wrong", "wrong-password\n")).unwrap()));
+    ok(docker(&config)
+        .args(["login", "-u", "alice", "--password-stdin", &reg])
+        .stdin(std::fs::File::open(write(work, "pw", &format!("{}\n", password("alice")))).unwrap()));
+    ok(docker(&config).args(["push", &name]));
+    let id = ok(docker(&config).args(["image", "inspect", "--format", "{{.Id}}", &name]));
+    ok(docker(&config).args(["rmi", &name]));
+    ok(docker(&config).args(["pull", &name]));
+    let pulled = ok(docker(&config).args(["image", "inspect", "--format", "{{.Id}}", &name]));
+    assert_eq!(id, pulled, "the pulled image is the one pushed");
+    ok(docker(&config).args(["rmi", &name]));
+    ok(docker(&config).args(["logout", &reg]));
+    let stored = std::fs::read_to_string(config.join("config.json")).unwrap_or_default();
+    assert!(!stored.contains(password("alice")));
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+#[test]
+fn docker_login_push_and_pull_in_basic_mode() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.basic_settings());
+    let work = tempfile::tempdir().unwrap();
+    docker_round_trip(&server, work.path());
+}
+
+#[test]
+fn docker_login_push_and_pull_in_token_mode() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.token_settings());
+    let work = tempfile::tempdir().unwrap();
+    docker_round_trip(&server, work.path());
+}
+
+const ORAS_SCRIPT: &str = r#"
+import sys, os, hashlib, oras.client
+host, user, password, work, backend = sys.argv[1:6]
+client = oras.client.OrasClient(hostname=host, insecure=True, auth_backend=backend)
+client.login(username=user, password=password, hostname=host, config_path=os.path.join(work, "config.json"))
+artifact = os.path.join(work, "artifact.bin")
+with open(artifact, "wb") as f:
+    f.write(os.urandom(300000))
+os.chdir(work)
+client.push(files=["artifact.bin"], target=f"{host}/alice/oras:v1")
+client.push(files=["artifact.bin"], target=f"{host}/alice/oras:chunked", do_chunked=True, chunk_size=100000)
+out = os.path.join(work, "out")
+for tag in ["v1", "chunked"]:
+    paths = client.pull(target=f"{host}/alice/oras:{tag}", outdir=out)
+    for p in paths:
+        assert open(p, "rb").read() == open(artifact, "rb").read(), "bytes differ"
+print("ok")
+"#;
+
+fn oras_round_trip(server: &Server, work: &Path, backend: &str) {
+    let script = write(work, "oras_test.py", ORAS_SCRIPT);
+    let importable = Command::new("python3")
+        .args(["-c", "import oras.client"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(importable, "oras-py is not installed; .ci/run installs it (pip install oras)");
+    let out = ok(Command::new("python3")
+        .arg(&script)
+        .arg(server.addr.to_string())
+        .arg("alice")
+        .arg(password("alice"))
+        .arg(work)
+        .arg(backend));
+    assert!(out.contains("ok"), "{out}");
+    let denied = Command::new("python3")
+        .arg(&script)
+        .arg(server.addr.to_string())
+        .arg("bob")
+        .arg(password("bob"))
+        .arg(work)
+        .arg(backend)
+        .output()
+        .unwrap();
+    assert!(!denied.status.success(), "bob may not push to alice's repositories");
+}
+
+#[test]
+fn oras_logs_in_pushes_and_pulls_in_basic_mode() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.basic_settings());
+    let work = tempfile::tempdir().unwrap();
+    oras_round_trip(&server, work.path(), "basic");
+}
+
+#[test]
+fn oras_logs_in_pushes_and_pulls_in_token_mode() {
+    let files = AuthFiles::new();
+    let server = start_with_owned(&files.token_settings());
+    let work = tempfile::tempdir().unwrap();
+    oras_round_trip(&server, work.path(), "token");
+}
