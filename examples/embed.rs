@@ -95,8 +95,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let demo = std::env::args().any(|a| a == "--demo");
     let keys = ApiKeys {
         keys: HashMap::from([
-            ("key-of-ana".to_owned(), ("ana".to_owned(), "ana".to_owned())),
-            ("key-of-ben".to_owned(), ("ben".to_owned(), "ben".to_owned())),
+            (
+                "key-of-ana".to_owned(),
+                ("ana".to_owned(), "ana".to_owned()),
+            ),
+            (
+                "key-of-ben".to_owned(),
+                ("ben".to_owned(), "ben".to_owned()),
+            ),
         ]),
     };
     // A throwaway registry in memory; use the SQL and S3 stores for real data.

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs and starts what Berth's tests need, on a fresh Debian machine or this one:
-# OCI clients (skopeo, podman), a running Postgres at 127.0.0.1:5432, and Garage (a real
-# S3-compatible store) on 127.0.0.1:3900. Source it: it exports the S3 settings.
+# OCI clients (skopeo, podman, the Docker engine, oras-py), a running Postgres at
+# 127.0.0.1:5432, and Garage (a real S3-compatible store) on 127.0.0.1:3900. Source it: it
+# exports the S3 settings.
 # Idempotent: whatever is already installed or running is left as is.
 
 berth_services_start() {
   local need=()
-  for tool in skopeo podman curl psql tar gzip; do
+  for tool in skopeo podman curl psql tar gzip dockerd; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
   done
   if [ "${#need[@]}" -gt 0 ]; then
@@ -14,7 +15,23 @@ berth_services_start() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends \
-      skopeo podman uidmap fuse-overlayfs slirp4netns curl postgresql-client tar gzip ca-certificates >/dev/null
+      skopeo podman uidmap fuse-overlayfs slirp4netns curl postgresql-client tar gzip ca-certificates \
+      docker.io >/dev/null
+  fi
+  if ! python3 -c 'import oras.client' >/dev/null 2>&1; then
+    echo "installing oras-py" >&2
+    python3 -m pip install -q oras >/dev/null
+  fi
+
+  # The Docker engine (the docker client tests push and pull through it).
+  if ! docker info >/dev/null 2>&1; then
+    echo "starting dockerd" >&2
+    nohup dockerd > "${TMPDIR:-/tmp}/berth-dockerd.log" 2>&1 < /dev/null &
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+    if ! docker info >/dev/null 2>&1; then
+      echo "dockerd did not start:" >&2; tail -n 20 "${TMPDIR:-/tmp}/berth-dockerd.log" >&2
+      return 1
+    fi
   fi
 
   if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then

@@ -205,6 +205,8 @@ settings! {
     redirect: bool, env = "BERTH_REDIRECT", value_name = "BOOL",
     /// Part buffers shared by all uploads: the upload memory budget [default: 8].
     upload_buffers: usize, env = "BERTH_UPLOAD_BUFFERS", value_name = "N",
+    /// Uploads are refused (507) when they would leave less free on local disk (blob directory, SQLite database); 0 turns it off [default: 512MiB].
+    min_free_space: ByteSize, env = "BERTH_MIN_FREE_SPACE", value_name = "SIZE",
     /// Longest an upload waits for a free part buffer before it is answered 503 [default: 30s].
     upload_buffer_wait: Span, env = "BERTH_UPLOAD_BUFFER_WAIT", value_name = "DURATION",
     /// Request bodies slower than this many bytes per second (over body_rate_window) are ended; 0 turns it off [default: 500].
@@ -382,6 +384,7 @@ impl Settings {
                 .map_or(defaults.maintenance_interval, |s| s.0)
                 .max(Duration::from_millis(100)),
             upload_buffers,
+            min_free_space: self.min_free_space.map_or(defaults.min_free_space, |b| b.0),
             upload_buffer_wait: self
                 .upload_buffer_wait
                 .map_or(defaults.upload_buffer_wait, |s| s.0)
@@ -465,7 +468,10 @@ impl Settings {
         let given = |name: &str, set: bool| set.then(|| name.to_owned());
         let token_only: Vec<String> = [
             given("auth_token_key", self.auth_token_key.is_some()),
-            given("auth_token_public_keys", self.auth_token_public_keys.is_some()),
+            given(
+                "auth_token_public_keys",
+                self.auth_token_public_keys.is_some(),
+            ),
             given("auth_token_jwks", self.auth_token_jwks.is_some()),
         ]
         .into_iter()
@@ -487,7 +493,9 @@ impl Settings {
             }
             AuthMode::Basic => {
                 if self.auth_htpasswd.is_none() {
-                    bail!("auth = basic needs an htpasswd file: set auth_htpasswd (BERTH_AUTH_HTPASSWD)");
+                    bail!(
+                        "auth = basic needs an htpasswd file: set auth_htpasswd (BERTH_AUTH_HTPASSWD)"
+                    );
                 }
                 if !token_only.is_empty() {
                     bail!("{} only apply with auth = token", token_only.join(", "));
@@ -500,10 +508,14 @@ impl Settings {
                     );
                 }
                 if self.auth_token_key.is_some() && self.auth_htpasswd.is_none() {
-                    bail!("the built-in token issuer (auth_token_key) needs users: set auth_htpasswd (BERTH_AUTH_HTPASSWD)");
+                    bail!(
+                        "the built-in token issuer (auth_token_key) needs users: set auth_htpasswd (BERTH_AUTH_HTPASSWD)"
+                    );
                 }
                 if self.auth_token_key.is_none() && self.auth_realm.is_none() {
-                    bail!("with an external token service, set auth_realm (BERTH_AUTH_REALM) to the URL clients get tokens from");
+                    bail!(
+                        "with an external token service, set auth_realm (BERTH_AUTH_REALM) to the URL clients get tokens from"
+                    );
                 }
             }
         }
@@ -511,7 +523,9 @@ impl Settings {
             .auth_token_lifetime
             .map_or(Duration::from_secs(300), |s| s.0);
         if token_lifetime < Duration::from_secs(60) {
-            bail!("auth_token_lifetime must be at least 60s: clients expect tokens to live that long");
+            bail!(
+                "auth_token_lifetime must be at least 60s: clients expect tokens to live that long"
+            );
         }
         Ok(AuthSettings {
             mode,

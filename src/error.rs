@@ -49,6 +49,8 @@ pub enum ErrorCode {
     Unknown,
     /// A dependency of the server is down (HTTP 503).
     Unavailable,
+    /// Storage is full (HTTP 507).
+    InsufficientStorage,
 }
 
 impl ErrorCode {
@@ -72,6 +74,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::Unknown => "UNKNOWN",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::InsufficientStorage => "INSUFFICIENT_STORAGE",
         }
     }
 
@@ -95,6 +98,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 }
@@ -149,6 +153,18 @@ impl RegistryError {
     pub fn unavailable(message: impl Into<String>) -> RegistryError {
         RegistryError::new(ErrorCode::Unavailable, message)
             .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("5"))
+    }
+
+    /// Storage is full: `507` with a message that says what to do.
+    pub fn storage_full(what: &str) -> RegistryError {
+        RegistryError::new(
+            ErrorCode::InsufficientStorage,
+            format!(
+                "{what} is out of space; the registry refuses uploads until space is freed \
+                 (delete unused images and collect garbage, or add capacity), then retry"
+            ),
+        )
+        .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("60"))
     }
 
     /// Replaces the status.
@@ -246,6 +262,11 @@ impl From<MetadataError> for RegistryError {
                 err.cause = Some(e.to_string());
                 err
             }
+            MetadataError::Full(_) => {
+                let mut err = RegistryError::storage_full("the metadata database");
+                err.cause = Some(e.to_string());
+                err
+            }
             other => RegistryError::internal(other),
         }
     }
@@ -262,6 +283,11 @@ impl From<StorageError> for RegistryError {
             }
             StorageError::Limit(message) => {
                 RegistryError::new(ErrorCode::BlobUploadInvalid, message)
+            }
+            StorageError::Full(_) => {
+                let mut err = RegistryError::storage_full("blob storage");
+                err.cause = Some(e.to_string());
+                err
             }
             other => RegistryError::internal(other),
         }

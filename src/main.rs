@@ -15,6 +15,7 @@ use berth::storage::BlobStore;
 use berth::storage::fs::FsBlobStore;
 use berth::storage::memory::MemoryBlobStore;
 use clap::Parser;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -173,8 +174,32 @@ fn raise_open_file_limit(wanted: usize) {
     }
 }
 
+/// `GET /metrics`: the Prometheus exposition of every metric, with gauges that are read on
+/// demand (free space) refreshed first.
+fn metrics_router(registry: Registry, handle: PrometheusHandle) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (registry, handle) = (registry.clone(), handle.clone());
+            async move {
+                let _ = registry.free_space().await;
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    )
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     raise_open_file_limit(config.max_connections);
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
     let metadata = metadata_store(&config).await?;
     let blobs = blob_store(&config).await?;
     let mut builder = Registry::builder(blobs, metadata).options(config.registry.clone());
@@ -216,7 +241,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {admin}"))?;
         tracing::info!(address = %listener.local_addr()?, "health probes listening");
-        let app = berth::http::health_router(registry.clone());
+        let app = berth::http::health_router(registry.clone())
+            .merge(metrics_router(registry.clone(), metrics.clone()));
         let done = stopped();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app)
@@ -231,8 +257,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let mut app =
-        berth::http::router(registry.clone()).merge(berth::http::health_router(registry));
+    let mut app = berth::http::router(registry.clone()).merge(berth::http::health_router(registry));
     if let Some(tokens) = auth.token_router {
         app = app.merge(tokens);
     }
@@ -285,14 +310,23 @@ fn auth_setup(settings: &config::AuthSettings) -> anyhow::Result<AuthSetup> {
     let limiter = Arc::new(LoginLimiter::default());
     if settings.mode == AuthMode::Basic {
         let htpasswd = htpasswd.context("auth = basic needs auth_htpasswd")?;
-        tracing::info!(users = htpasswd.len(), "access control: basic authentication");
+        tracing::info!(
+            users = htpasswd.len(),
+            "access control: basic authentication"
+        );
         let realm = settings.realm.clone().unwrap_or_else(|| "berth".to_owned());
         return Ok(AuthSetup {
-            authorizer: Some(Arc::new(BasicAuthorizer::new(htpasswd, acl, realm, limiter))),
+            authorizer: Some(Arc::new(BasicAuthorizer::new(
+                htpasswd, acl, realm, limiter,
+            ))),
             token_router: None,
         });
     }
-    let signing = settings.token_key.as_deref().map(SigningKey::load).transpose()?;
+    let signing = settings
+        .token_key
+        .as_deref()
+        .map(SigningKey::load)
+        .transpose()?;
     let mut keys = Vec::new();
     if let Some(key) = &signing {
         keys.push(key.verifying_key().map_err(anyhow::Error::msg)?);

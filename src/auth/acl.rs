@@ -183,10 +183,14 @@ impl Acl {
             if let Some(pattern) = &r.repository
                 && (pattern.is_empty() || pattern.contains("//"))
             {
-                return Err(format!("rule {n}: repository pattern {pattern:?} is empty or has an empty segment"));
+                return Err(format!(
+                    "rule {n}: repository pattern {pattern:?} is empty or has an empty segment"
+                ));
             }
             if r.users.is_empty() {
-                return Err(format!("rule {n}: users is empty; list user names, \"*\" (any signed-in user) or \"anonymous\""));
+                return Err(format!(
+                    "rule {n}: users is empty; list user names, \"*\" (any signed-in user) or \"anonymous\""
+                ));
             }
             let users = r
                 .users
@@ -354,7 +358,10 @@ mod tests {
         assert!(!glob_match("exact/name", "exact/names"));
         assert!(glob_match("a*b*c", "axxbyyc"));
         assert!(!glob_match("a*b*c", "axx/byyc"));
-        assert!(glob_match("**/a*", "x/a/b/ab"), "a late single star does not undo **");
+        assert!(
+            glob_match("**/a*", "x/a/b/ab"),
+            "a late single star does not undo **"
+        );
         assert!(!glob_match("**/a*", "x/a/b/b"));
         assert!(glob_match("a/**", "a/"), "** matches nothing too");
         assert!(!glob_match("", "a"));
@@ -385,7 +392,10 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(acl.actions(None, "public/x/y").iter().collect::<Vec<_>>(), vec![Action::Pull]);
+        assert_eq!(
+            acl.actions(None, "public/x/y").iter().collect::<Vec<_>>(),
+            vec![Action::Pull]
+        );
         assert_eq!(acl.actions(None, "alice/app"), Actions::NONE);
         assert_eq!(acl.actions(Some("alice"), "alice/app"), Actions::ALL);
         assert_eq!(acl.actions(Some("bob"), "alice/app"), Actions::NONE);
@@ -401,9 +411,18 @@ mod tests {
     fn malformed_rules_are_refused_with_their_number() {
         for (text, says) in [
             ("[[rule]]\nusers = [\"a\"]\nactions = [\"pull\"]", "rule 1"),
-            ("[[rule]]\nrepository = \"x\"\nusers = []\nactions = [\"pull\"]", "users is empty"),
-            ("[[rule]]\nrepository = \"x\"\nusers = [\"a\"]\nactions = [\"fly\"]", "unknown action"),
-            ("[[rule]]\nrepository = \"x\"\ncatalog = true\nusers = [\"a\"]", "not both"),
+            (
+                "[[rule]]\nrepository = \"x\"\nusers = []\nactions = [\"pull\"]",
+                "users is empty",
+            ),
+            (
+                "[[rule]]\nrepository = \"x\"\nusers = [\"a\"]\nactions = [\"fly\"]",
+                "unknown action",
+            ),
+            (
+                "[[rule]]\nrepository = \"x\"\ncatalog = true\nusers = [\"a\"]",
+                "not both",
+            ),
             ("[[rule]]\nrepo = \"x\"\nusers = [\"a\"]", "unknown field"),
         ] {
             let err = Acl::parse(text).unwrap_err();

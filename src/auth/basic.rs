@@ -163,7 +163,11 @@ impl Authorizer for BasicAuthorizer {
         } else {
             Err(Denial::Forbidden {
                 challenge: None,
-                message: format!("{}; user {:?} does not have it", describe_needs(&missing), grant.user.as_deref().unwrap_or("")),
+                message: format!(
+                    "{}; user {:?} does not have it",
+                    describe_needs(&missing),
+                    grant.user.as_deref().unwrap_or("")
+                ),
             })
         }
     }

@@ -180,10 +180,16 @@ impl TokenVerifier {
             Some(ErrorKind::ExpiredSignature) => "the token has expired".to_owned(),
             Some(ErrorKind::ImmatureSignature) => "the token is not valid yet (nbf)".to_owned(),
             Some(ErrorKind::InvalidAudience) => {
-                format!("the token is not for this registry (aud must be {:?})", self.service)
+                format!(
+                    "the token is not for this registry (aud must be {:?})",
+                    self.service
+                )
             }
             Some(ErrorKind::InvalidIssuer) => {
-                format!("the token is not from a trusted issuer (iss must be {:?})", self.issuer)
+                format!(
+                    "the token is not from a trusted issuer (iss must be {:?})",
+                    self.issuer
+                )
             }
             Some(ErrorKind::InvalidSignature) => "the token's signature is not valid".to_owned(),
             Some(ErrorKind::MissingRequiredClaim(c)) => format!("the token has no {c} claim"),
@@ -359,9 +365,7 @@ impl BearerAuthorizer {
 pub(crate) fn credentials<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (given, rest) = value.split_once(' ')?;
-    given
-        .eq_ignore_ascii_case(scheme)
-        .then(|| rest.trim())
+    given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
 #[async_trait]
@@ -377,7 +381,11 @@ impl Authorizer for BearerAuthorizer {
             Ok(grant) => grant,
             Err(e) => {
                 return Err(Denial::Unauthenticated {
-                    challenge: self.challenge(request.headers, request.needs, Some("invalid_token")),
+                    challenge: self.challenge(
+                        request.headers,
+                        request.needs,
+                        Some("invalid_token"),
+                    ),
                     message: e.0,
                 });
             }

@@ -74,8 +74,16 @@ mod tests {
     #[test]
     fn entries_expire_and_shards_stay_bounded() {
         let cache = TtlCache::new(Duration::from_secs(60), 32);
-        cache.insert([1; 32], Arc::new(1), Instant::now() + Duration::from_secs(60));
-        cache.insert([2; 32], Arc::new(2), Instant::now() - Duration::from_secs(1));
+        cache.insert(
+            [1; 32],
+            Arc::new(1),
+            Instant::now() + Duration::from_secs(60),
+        );
+        cache.insert(
+            [2; 32],
+            Arc::new(2),
+            Instant::now() - Duration::from_secs(1),
+        );
         assert_eq!(cache.get(&[1; 32]).as_deref(), Some(&1));
         assert!(cache.get(&[2; 32]).is_none(), "expired");
         for i in 0..1000u32 {

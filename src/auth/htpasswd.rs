@@ -149,14 +149,18 @@ impl Htpasswd {
         if modified == loaded.modified {
             return;
         }
-        match read(&self.path).and_then(|(text, modified)| Ok((parse(&self.path, &text)?, modified))) {
+        match read(&self.path)
+            .and_then(|(text, modified)| Ok((parse(&self.path, &text)?, modified)))
+        {
             Ok((users, modified)) => {
                 tracing::info!(path = %self.path.display(), users = users.len(), "htpasswd file reloaded");
                 loaded.users = users;
                 loaded.modified = modified;
                 self.remembered.clear();
             }
-            Err(e) => tracing::error!(error = %e, "htpasswd file changed but cannot be used; keeping the users loaded before"),
+            Err(e) => {
+                tracing::error!(error = %e, "htpasswd file changed but cannot be used; keeping the users loaded before")
+            }
         }
     }
 
@@ -190,7 +194,8 @@ impl Htpasswd {
             .and_then(Result::ok)
             .unwrap_or(false);
         if valid {
-            self.remembered.insert(key, Arc::new(()), Instant::now() + REMEMBER);
+            self.remembered
+                .insert(key, Arc::new(()), Instant::now() + REMEMBER);
         }
         valid
     }

@@ -184,7 +184,8 @@ impl TokenIssuer {
             "typ": "JWT",
             "kid": self.key.kid(),
         });
-        let header = serde_json::to_vec(&header).map_err(|e| IssueError::Internal(e.to_string()))?;
+        let header =
+            serde_json::to_vec(&header).map_err(|e| IssueError::Internal(e.to_string()))?;
         let claims = serde_json::to_vec(claims).map_err(|e| IssueError::Internal(e.to_string()))?;
         let input = format!("{}.{}", b64(&header), b64(&claims));
         let signature = self

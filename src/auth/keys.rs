@@ -10,8 +10,8 @@ use std::path::Path;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair,
-    Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
+    ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair,
+    KeyPair, RSA_PKCS1_SHA256, RsaKeyPair,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -176,7 +176,9 @@ impl SigningKey {
             other => {
                 return Err(invalid(
                     path,
-                    format!("expected a PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY block, found {other}"),
+                    format!(
+                        "expected a PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY block, found {other}"
+                    ),
                 ));
             }
         };
@@ -244,7 +246,10 @@ impl SigningKey {
             }
             Pair::Rsa(k) => {
                 // PKCS#1 RSAPublicKey DER.
-                (KeyFamily::Rsa, DecodingKey::from_rsa_der(k.public_key().as_ref()))
+                (
+                    KeyFamily::Rsa,
+                    DecodingKey::from_rsa_der(k.public_key().as_ref()),
+                )
             }
             Pair::Ed(k) => (
                 KeyFamily::Ed,
@@ -470,15 +475,24 @@ mod tests {
             pem_file("PRIVATE KEY", ed.as_ref()),
             pem_file("PRIVATE KEY", rsa.as_der().unwrap().as_ref()),
         ];
-        let expected = [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA, Algorithm::RS256];
+        let expected = [
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+            Algorithm::RS256,
+        ];
         for (file, alg) in files.iter().zip(expected) {
             let key = SigningKey::load(file.path()).unwrap();
             assert_eq!(key.algorithm(), alg);
-            let verifier = TokenVerifier::new(vec![key.verifying_key().unwrap()], "berth", "svc", None);
+            let verifier =
+                TokenVerifier::new(vec![key.verifying_key().unwrap()], "berth", "svc", None);
             let (claims, own) = verifier.claims(&token(&key, "svc"), false).unwrap();
             assert!(own);
             assert_eq!(claims.sub, "u");
-            assert!(verifier.claims(&token(&key, "other"), false).is_err(), "{alg:?}: audience");
+            assert!(
+                verifier.claims(&token(&key, "other"), false).is_err(),
+                "{alg:?}: audience"
+            );
         }
     }
 
@@ -513,7 +527,15 @@ mod tests {
         let version: &[u8] = &[0xA0, 0x03, 0x02, 0x01, 0x02];
         let serial: &[u8] = &[0x02, 0x01, 0x01];
         let empty = seq(&[]);
-        let tbs = seq(&[version, serial, &empty, &empty, &empty, &empty, spki.as_ref()]);
+        let tbs = seq(&[
+            version,
+            serial,
+            &empty,
+            &empty,
+            &empty,
+            &empty,
+            spki.as_ref(),
+        ]);
         let certificate = seq(&[&tbs, &empty, &[0x03, 0x01, 0x00]]);
         let cert = pem_file("CERTIFICATE", &certificate);
         let keys = load_public_keys(cert.path()).unwrap();
@@ -529,7 +551,8 @@ mod tests {
         let wrong = pem_file("CERTIFICATE REQUEST", b"x");
         assert!(SigningKey::load(wrong.path()).is_err());
         let mut jwks = tempfile::NamedTempFile::new().unwrap();
-        jwks.write_all(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).unwrap();
+        jwks.write_all(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#)
+            .unwrap();
         let message = load_jwks(jwks.path()).unwrap_err().to_string();
         assert!(message.contains("symmetric"), "{message}");
     }

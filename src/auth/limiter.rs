@@ -35,7 +35,8 @@ impl LoginLimiter {
     }
 
     fn settled(&self, bucket: Bucket, now: Instant) -> f64 {
-        let recovered = now.duration_since(bucket.updated).as_secs_f64() / self.refill.as_secs_f64();
+        let recovered =
+            now.duration_since(bucket.updated).as_secs_f64() / self.refill.as_secs_f64();
         (bucket.failures - recovered).max(0.0)
     }
 
@@ -66,9 +67,7 @@ impl LoginLimiter {
         if clients.len() >= MAX_CLIENTS {
             clients.retain(|_, b| self.settled(*b, now) > 0.0);
         }
-        let failures = clients
-            .get(&ip)
-            .map_or(0.0, |b| self.settled(*b, now));
+        let failures = clients.get(&ip).map_or(0.0, |b| self.settled(*b, now));
         clients.insert(
             ip,
             Bucket {
@@ -101,7 +100,10 @@ mod tests {
         }
         let wait = limiter.check(Some(a)).unwrap_err();
         assert!(wait >= 1);
-        assert!(limiter.check(Some(b)).is_ok(), "other clients are not affected");
+        assert!(
+            limiter.check(Some(b)).is_ok(),
+            "other clients are not affected"
+        );
         assert!(limiter.check(None).is_ok());
         std::thread::sleep(Duration::from_millis(250));
         assert!(limiter.check(Some(a)).is_ok(), "time lets it try again");

@@ -210,10 +210,19 @@ mod tests {
             vec![Access::catalog()]
         );
         assert_eq!(
-            ScopeEntry::parse("repository:a:*").unwrap().accesses().len(),
+            ScopeEntry::parse("repository:a:*")
+                .unwrap()
+                .accesses()
+                .len(),
             3
         );
-        for bad in ["", "repository", "repository:", "Repo:a:pull", "repository::pull"] {
+        for bad in [
+            "",
+            "repository",
+            "repository:",
+            "Repo:a:pull",
+            "repository::pull",
+        ] {
             assert!(ScopeEntry::parse(bad).is_none(), "{bad:?}");
         }
         assert_eq!(

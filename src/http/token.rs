@@ -225,8 +225,11 @@ async fn post_token(State(state): State<TokenState>, request: Request) -> Respon
             oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &e.to_string())
         }
         Err(e @ IssueError::TooManyAttempts(wait)) => {
-            let mut response =
-                oauth_error(StatusCode::TOO_MANY_REQUESTS, "invalid_request", &e.to_string());
+            let mut response = oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_request",
+                &e.to_string(),
+            );
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(wait));

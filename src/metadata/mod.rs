@@ -24,6 +24,9 @@ pub enum MetadataError {
     /// The database cannot be reached (connection refused, pool timeout).
     #[error("metadata database unavailable: {0}")]
     Unavailable(String),
+    /// The database has no space left (disk or quota full).
+    #[error("metadata database is full: {0}")]
+    Full(String),
     /// A row holds something Berth did not write.
     #[error("metadata row is corrupt: {0}")]
     Corrupt(String),
@@ -212,6 +215,11 @@ pub struct Garbage {
 pub trait MetadataStore: Send + Sync + 'static {
     /// Checks that the database answers.
     async fn ping(&self) -> MetadataResult<()>;
+    /// Free bytes on the filesystem holding the database, for databases in a local file
+    /// (SQLite); `None` otherwise.
+    async fn free_space(&self) -> MetadataResult<Option<u64>> {
+        Ok(None)
+    }
 
     /// Whether the repository exists.
     async fn repository_exists(&self, repository: &RepositoryName) -> MetadataResult<bool>;

@@ -72,6 +72,53 @@ impl Default for SqlOptions {
 pub struct SqlMetadataStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// The database file, for SQLite.
+    file: Option<std::path::PathBuf>,
+}
+
+/// The file of a `sqlite:` URL, unless it is an in-memory database.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let path = path.split('?').next()?;
+    (!path.is_empty() && !path.contains(":memory:")).then(|| std::path::PathBuf::from(path))
+}
+
+/// What a database error code means for Berth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ErrorClass {
+    /// Out of disk space or quota.
+    Full,
+    /// Transient: locked, busy, shutting down, overloaded, or a lost serialization race;
+    /// the same request can succeed if retried.
+    Transient,
+    /// Anything else.
+    Other,
+}
+
+/// Classifies a database error code: SQLite result codes (the primary code is the low
+/// byte) and Postgres SQLSTATEs.
+fn classify(code: &str) -> ErrorClass {
+    if let Ok(sqlite) = code.parse::<u32>() {
+        return match sqlite & 0xff {
+            // SQLITE_FULL.
+            13 => ErrorClass::Full,
+            // SQLITE_BUSY, SQLITE_LOCKED.
+            5 | 6 => ErrorClass::Transient,
+            _ => ErrorClass::Other,
+        };
+    }
+    match code {
+        // disk_full.
+        "53100" => ErrorClass::Full,
+        // out_of_memory, too_many_connections, configuration_limit_exceeded;
+        // admin_shutdown, crash_shutdown, cannot_connect_now;
+        // serialization_failure, deadlock_detected; lock_not_available; query_canceled
+        // (statement or lock timeout); connection failures (class 08).
+        "53200" | "53300" | "53400" | "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55P03"
+        | "57014" => ErrorClass::Transient,
+        c if c.starts_with("08") => ErrorClass::Transient,
+        _ => ErrorClass::Other,
+    }
 }
 
 fn db_err(e: sqlx::Error) -> MetadataError {
@@ -80,6 +127,11 @@ fn db_err(e: sqlx::Error) -> MetadataError {
             MetadataError::Unavailable(e.to_string())
         }
         sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => MetadataError::Unavailable(e.to_string()),
+        sqlx::Error::Database(ref db) => match db.code().as_deref().map(classify) {
+            Some(ErrorClass::Full) => MetadataError::Full(e.to_string()),
+            Some(ErrorClass::Transient) => MetadataError::Unavailable(e.to_string()),
+            _ => MetadataError::Database(e.to_string()),
+        },
         other => MetadataError::Database(other.to_string()),
     }
 }
@@ -169,7 +221,15 @@ impl SqlMetadataStore {
             });
         }
         let pool = pool.connect_lazy(&url).map_err(db_err)?;
-        Ok(SqlMetadataStore { pool, dialect })
+        let file = match dialect {
+            Dialect::Sqlite => sqlite_file(&url),
+            Dialect::Postgres => None,
+        };
+        Ok(SqlMetadataStore {
+            pool,
+            dialect,
+            file,
+        })
     }
 
     /// The database this store talks to.
@@ -302,6 +362,23 @@ impl MetadataStore for SqlMetadataStore {
             .await
             .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn free_space(&self) -> MetadataResult<Option<u64>> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let dir = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| std::path::PathBuf::from("."), |d| d.to_owned());
+        tokio::task::spawn_blocking(move || crate::storage::fs::free_bytes(&dir))
+            .await
+            .map_err(|e| MetadataError::Database(e.to_string()))?
+            .map(Some)
+            .map_err(|e| {
+                MetadataError::Unavailable(format!("free space of {}: {e}", file.display()))
+            })
     }
 
     async fn repository_exists(&self, repository: &RepositoryName) -> MetadataResult<bool> {
@@ -1013,6 +1090,32 @@ impl MetadataStore for SqlMetadataStore {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[test]
+    fn error_codes_are_classified() {
+        use super::{ErrorClass, classify};
+        assert_eq!(classify("13"), ErrorClass::Full);
+        assert_eq!(classify("5"), ErrorClass::Transient);
+        assert_eq!(
+            classify("517"),
+            ErrorClass::Transient,
+            "SQLITE_BUSY_SNAPSHOT"
+        );
+        assert_eq!(
+            classify("262"),
+            ErrorClass::Transient,
+            "SQLITE_LOCKED_SHAREDCACHE"
+        );
+        assert_eq!(
+            classify("2067"),
+            ErrorClass::Other,
+            "SQLITE_CONSTRAINT_UNIQUE"
+        );
+        assert_eq!(classify("53100"), ErrorClass::Full);
+        assert_eq!(classify("57P01"), ErrorClass::Transient);
+        assert_eq!(classify("08006"), ErrorClass::Transient);
+        assert_eq!(classify("23505"), ErrorClass::Other);
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -18,6 +18,7 @@ mod hashing;
 pub mod maintenance;
 pub mod manifest_cache;
 pub mod manifests;
+mod space;
 pub mod uploads;
 
 /// The largest manifest the spec asks registries to accept, and Berth's default limit.
@@ -40,6 +41,10 @@ pub struct RegistryOptions {
     pub maintenance_interval: Duration,
     /// Number of part buffers shared by all uploads (the upload memory budget).
     pub upload_buffers: usize,
+    /// Uploads are refused (507) when they would leave less than this many bytes free where
+    /// the registry keeps data on local disk (the blob directory, the SQLite database), so that
+    /// the database always has room to record deletions, expiries and collection.
+    pub min_free_space: u64,
     /// Longest an upload request waits for a part buffer before it is answered 503.
     pub upload_buffer_wait: Duration,
     /// Request bodies arriving slower than this many bytes per second over
@@ -79,6 +84,7 @@ impl Default for RegistryOptions {
             maintenance_interval: Duration::from_secs(300),
             upload_buffers: 8,
             upload_buffer_wait: Duration::from_secs(30),
+            min_free_space: 512 * 1024 * 1024,
             body_min_rate: 500,
             body_rate_window: Duration::from_secs(20),
             chunk_min_length: 5 * 1024 * 1024,
@@ -103,6 +109,7 @@ impl std::fmt::Debug for RegistryOptions {
             .field("maintenance_interval", &self.maintenance_interval)
             .field("upload_buffers", &self.upload_buffers)
             .field("upload_buffer_wait", &self.upload_buffer_wait)
+            .field("min_free_space", &self.min_free_space)
             .field("body_min_rate", &self.body_min_rate)
             .field("body_rate_window", &self.body_rate_window)
             .field("chunk_min_length", &self.chunk_min_length)
@@ -221,6 +228,12 @@ impl RegistryBuilder {
     /// Number of part buffers shared by all uploads.
     pub fn upload_buffers(mut self, count: usize) -> Self {
         self.options.upload_buffers = count;
+        self
+    }
+
+    /// Free bytes uploads must leave on local disk (default 512 MiB; 0 turns the check off).
+    pub fn min_free_space(mut self, bytes: u64) -> Self {
+        self.options.min_free_space = bytes;
         self
     }
 

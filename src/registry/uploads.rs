@@ -488,6 +488,13 @@ impl Appender {
         algorithm: DigestAlgorithm,
         state: SavedState,
     ) -> RegistryResult<()> {
+        let incoming = (piece.buffer.len() - piece.carried) as u64;
+        if let Err(refused) = self.registry.check_space(incoming).await {
+            // What is durable is recorded first, so that the upload's Range stays truthful.
+            let durable = self.writer.flush().await?;
+            self.record(durable).await?;
+            return Err(refused.with_header(http::header::RANGE, upload_range(self.session.offset)));
+        }
         self.pending.push_back((piece.end_offset, algorithm, state));
         let durable = self.writer.write(piece).await?;
         self.record(durable).await
@@ -573,6 +580,7 @@ impl Registry {
         repository: &RepositoryName,
         algorithm: DigestAlgorithm,
     ) -> RegistryResult<UploadSession> {
+        self.check_space(0).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let store_state = self.inner.blobs.begin_upload(&id).await?;
         let now = now_millis();
@@ -625,6 +633,9 @@ impl Registry {
         chunk: ChunkSpec,
         body: BodyStream,
     ) -> RegistryResult<UploadSession> {
+        if let Err(e) = self.check_space(0).await {
+            return Err(discard_body(body, e).await);
+        }
         let mut appender = match Appender::open(self, repository, id, chunk.start, false).await {
             Ok(a) => a,
             Err(e) => return Err(discard_body(body, e).await),
@@ -645,6 +656,12 @@ impl Registry {
         let Some(algorithm) = digest.algorithm() else {
             return Err(discard_body(body, unsupported_algorithm(digest)).await);
         };
+        // A PUT that only completes an upload needs no space; one with bytes does.
+        if chunk.length.is_some_and(|l| l > 0)
+            && let Err(e) = self.check_space(0).await
+        {
+            return Err(discard_body(body, e).await);
+        }
         let mut appender = match Appender::open(self, repository, id, chunk.start, true).await {
             Ok(a) => a,
             Err(e) => return Err(discard_body(body, e).await),
@@ -741,9 +758,18 @@ impl Registry {
                 body,
             )
             .await;
-        if result.is_err() {
-            // Nobody knows this session's id: it must not linger until it expires.
-            self.discard_session(&session.id).await;
+        if result.is_err() && !self.discard_session(&session.id).await {
+            // Nobody knows this session's id: its bytes must not linger until it expires, even
+            // when the database cannot record its end (a full disk); the row expires later and
+            // finds nothing to remove.
+            if let Err(e) = self
+                .inner
+                .blobs
+                .discard_upload(&session.id, &session.store_state)
+                .await
+            {
+                tracing::warn!(upload = %session.id, error = %e, "could not remove a failed upload's bytes");
+            }
         }
         result
     }
@@ -762,14 +788,19 @@ impl Registry {
     }
 
     /// Ends a session and removes its storage, logging failures (the sweeper retries).
-    pub(crate) async fn discard_session(&self, id: &str) {
+    /// Whether the session's end was recorded.
+    pub(crate) async fn discard_session(&self, id: &str) -> bool {
         match self.inner.metadata.cancel_upload(id, now_millis()).await {
             Ok(Some(garbage)) => {
                 self.collect_garbage_entry(garbage.id, id, &garbage.store_state)
                     .await;
+                true
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(upload = id, error = %e, "could not cancel upload session"),
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(upload = id, error = %e, "could not cancel upload session");
+                false
+            }
         }
     }
 

@@ -87,6 +87,20 @@ fn supports_direct_io(dir: &Path) -> bool {
     result.is_ok()
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
+pub(crate) fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: an all-zero statvfs is a valid value for the call to overwrite.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stats` a valid out pointer.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+}
+
 fn key_for(upload_id: &str) -> String {
     let shard = upload_id.get(..2).unwrap_or("00");
     format!("blobs/{shard}/{upload_id}")
@@ -266,6 +280,11 @@ impl BlobStore for FsBlobStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn free_space(&self) -> StorageResult<Option<u64>> {
+        let root = self.root.clone();
+        blocking(move || free_bytes(&root)).await.map(Some)
     }
 
     async fn check(&self) -> StorageResult<()> {

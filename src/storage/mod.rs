@@ -37,9 +37,12 @@ pub enum StorageError {
     /// The backend cannot be reached.
     #[error("blob storage unavailable: {0}")]
     Unavailable(String),
+    /// No space left: the disk, a quota, or the bucket's backend is full.
+    #[error("blob storage is full: {0}")]
+    Full(String),
     /// Local I/O failed.
     #[error("blob storage I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The backend refused or failed a request.
     #[error("blob storage {operation} failed: {message}")]
     Backend {
@@ -51,6 +54,16 @@ pub enum StorageError {
     /// Saved upload state cannot be read back.
     #[error("upload storage state is invalid: {0}")]
     State(String),
+}
+
+impl From<std::io::Error> for StorageError {
+    /// Out-of-space errors (`ENOSPC`, `EDQUOT`) become [`StorageError::Full`].
+    fn from(e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StorageError::Full(e.to_string()),
+            _ => StorageError::Io(e),
+        }
+    }
 }
 
 /// Result alias for the storage layer.
@@ -299,4 +312,9 @@ pub trait BlobStore: Send + Sync + 'static {
     }
     /// Checks that the store is reachable and writable.
     async fn check(&self) -> StorageResult<()>;
+    /// Free bytes where the store keeps data, for stores on a local filesystem; `None` for
+    /// stores without such a limit (S3, memory).
+    async fn free_space(&self) -> StorageResult<Option<u64>> {
+        Ok(None)
+    }
 }

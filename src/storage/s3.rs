@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -116,10 +117,9 @@ impl UploadState {
     }
 }
 
-fn s3_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> StorageError
+fn s3_error<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> StorageError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match &err {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
@@ -131,6 +131,13 @@ where
         _ => {
             let code = err.code().unwrap_or("unknown");
             let message = err.message().unwrap_or("");
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            if status == Some(507) || STORAGE_FULL_CODES.contains(&code) {
+                return StorageError::Full(format!("S3 {operation}: {code}: {message}"));
+            }
+            if status == Some(503) || TRANSIENT_CODES.contains(&code) {
+                return StorageError::Unavailable(format!("S3 {operation}: {code}: {message}"));
+            }
             StorageError::Backend {
                 operation,
                 message: format!("{code}: {message}"),
@@ -138,6 +145,24 @@ where
         }
     }
 }
+
+/// Error codes S3-compatible stores answer when they are out of space or over a quota.
+const STORAGE_FULL_CODES: &[&str] = &[
+    "XMinioStorageFull",
+    "XMinioAdminBucketQuotaExceeded",
+    "QuotaExceeded",
+    "InsufficientStorage",
+    "StorageFull",
+];
+
+/// Error codes meaning "try again": throttling and temporary unavailability.
+const TRANSIENT_CODES: &[&str] = &[
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "XMinioServerNotInitialized",
+];
 
 fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
     err.code()

@@ -58,7 +58,9 @@ impl AuthFiles {
             .iter()
             .map(|(user, password)| {
                 // `htpasswd -B` writes $2y$; the cost is low to keep tests fast.
-                let hash = bcrypt::hash(password, 5).unwrap().replacen("$2b$", "$2y$", 1);
+                let hash = bcrypt::hash(password, 5)
+                    .unwrap()
+                    .replacen("$2b$", "$2y$", 1);
                 format!("{user}:{hash}\n")
             })
             .collect();
@@ -71,7 +73,8 @@ impl AuthFiles {
             pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec())),
         )
         .unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
         AuthFiles { dir, key }
     }
 
@@ -137,21 +140,41 @@ fn endpoints(repo: &str, digest: &str, upload: &str) -> Vec<(Method, String, Vec
         (Method::GET, format!("/v2/{repo}/tags/list"), vec![]),
         (Method::GET, format!("/v2/{repo}/manifests/v1"), vec![]),
         (Method::HEAD, format!("/v2/{repo}/manifests/v1"), vec![]),
-        (Method::PUT, format!("/v2/{repo}/manifests/v1"), b"{}".to_vec()),
+        (
+            Method::PUT,
+            format!("/v2/{repo}/manifests/v1"),
+            b"{}".to_vec(),
+        ),
         (Method::DELETE, format!("/v2/{repo}/manifests/v1"), vec![]),
         (Method::GET, format!("/v2/{repo}/blobs/{digest}"), vec![]),
         (Method::HEAD, format!("/v2/{repo}/blobs/{digest}"), vec![]),
         (Method::DELETE, format!("/v2/{repo}/blobs/{digest}"), vec![]),
         (Method::POST, format!("/v2/{repo}/blobs/uploads/"), vec![]),
-        (Method::GET, format!("/v2/{repo}/blobs/uploads/{upload}"), vec![]),
-        (Method::PATCH, format!("/v2/{repo}/blobs/uploads/{upload}"), b"x".to_vec()),
+        (
+            Method::GET,
+            format!("/v2/{repo}/blobs/uploads/{upload}"),
+            vec![],
+        ),
+        (
+            Method::PATCH,
+            format!("/v2/{repo}/blobs/uploads/{upload}"),
+            b"x".to_vec(),
+        ),
         (
             Method::PUT,
             format!("/v2/{repo}/blobs/uploads/{upload}?digest={digest}"),
             vec![],
         ),
-        (Method::DELETE, format!("/v2/{repo}/blobs/uploads/{upload}"), vec![]),
-        (Method::GET, format!("/v2/{repo}/referrers/{digest}"), vec![]),
+        (
+            Method::DELETE,
+            format!("/v2/{repo}/blobs/uploads/{upload}"),
+            vec![],
+        ),
+        (
+            Method::GET,
+            format!("/v2/{repo}/referrers/{digest}"),
+            vec![],
+        ),
     ]
 }
 
@@ -181,7 +204,10 @@ async fn basic_auth_challenges_refuses_and_follows_the_acl() {
     alice.get("/v2/").await.expect(200, None);
     let wrong = authorized(&server, &basic("alice", "not her password"));
     wrong.get("/v2/").await.expect(401, Some("UNAUTHORIZED"));
-    authorized(&server, "Basic !!!").get("/v2/").await.expect(401, None);
+    authorized(&server, "Basic !!!")
+        .get("/v2/")
+        .await
+        .expect(401, None);
 
     // Alice pushes to her namespace; the blob is only readable where it is linked.
     let image = alice.push_image("alice/app", "v1", unique_seed()).await;
@@ -204,9 +230,15 @@ async fn basic_auth_challenges_refuses_and_follows_the_acl() {
             assert_eq!(a.error_code(), "UNAUTHORIZED");
             let detail = &a.json()["errors"][0]["detail"][0];
             assert_eq!(detail["Name"], "alice/app");
-            assert_eq!(detail["Action"], action_of(&method, &path), "{method} {path}");
+            assert_eq!(
+                detail["Action"],
+                action_of(&method, &path),
+                "{method} {path}"
+            );
         }
-        let b = bob.send(bob.request(method.clone(), &path).body(body)).await;
+        let b = bob
+            .send(bob.request(method.clone(), &path).body(body))
+            .await;
         assert_eq!(b.status.as_u16(), 403, "bob {method} {path}");
         if method != Method::HEAD {
             assert_eq!(b.error_code(), "DENIED");
@@ -219,7 +251,9 @@ async fn basic_auth_challenges_refuses_and_follows_the_acl() {
     bob.get("/v2/_catalog").await.expect(403, Some("DENIED"));
 
     // Anonymous callers pull public images but push nothing.
-    admin.push_image("public/base", "latest", unique_seed()).await;
+    admin
+        .push_image("public/base", "latest", unique_seed())
+        .await;
     anonymous
         .get("/v2/public/base/manifests/latest")
         .await
@@ -235,7 +269,10 @@ async fn basic_auth_challenges_refuses_and_follows_the_acl() {
     // Alice may push to team repositories but not delete there.
     let team = alice.push_image("team/tool", "v1", unique_seed()).await;
     alice
-        .call(Method::DELETE, &format!("/v2/team/tool/manifests/{}", team.digest))
+        .call(
+            Method::DELETE,
+            &format!("/v2/team/tool/manifests/{}", team.digest),
+        )
         .await
         .expect(403, Some("DENIED"));
     alice
@@ -257,7 +294,10 @@ async fn basic_auth_challenges_refuses_and_follows_the_acl() {
     let seen = listed(alice.get("/v2/_catalog").await);
     assert_eq!(seen, vec!["alice/app", "public/base", "team/tool"]);
     let everything = listed(admin.get("/v2/_catalog").await);
-    assert_eq!(everything, vec!["alice/app", "bob/x", "public/base", "team/tool"]);
+    assert_eq!(
+        everything,
+        vec!["alice/app", "bob/x", "public/base", "team/tool"]
+    );
     // Pages stay exact when names are skipped.
     let page = alice.get("/v2/_catalog?n=1&last=alice/app").await;
     assert_eq!(listed(page), vec!["public/base"]);
@@ -301,7 +341,10 @@ async fn basic_auth_challenges_refuses_and_follows_the_acl() {
     for (_, password) in USERS {
         assert!(!log.contains(password), "a password appears in the log");
     }
-    assert!(log.contains("failed login"), "failed logins are logged (without the password)");
+    assert!(
+        log.contains("failed login"),
+        "failed logins are logged (without the password)"
+    );
 }
 
 /// A token request to the built-in issuer; returns the JSON answer.
@@ -352,7 +395,13 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn claims(aud: &str, iss: &str, exp: u64, nbf: u64, access: serde_json::Value) -> serde_json::Value {
+fn claims(
+    aud: &str,
+    iss: &str,
+    exp: u64,
+    nbf: u64,
+    access: serde_json::Value,
+) -> serde_json::Value {
     serde_json::json!({
         "iss": iss, "sub": "alice", "aud": aud, "exp": exp, "nbf": nbf, "iat": nbf,
         "jti": "x", "access": access
@@ -380,7 +429,12 @@ async fn token_auth_with_the_built_in_issuer() {
     );
 
     // Alice gets what she asks for and the ACL allows, and pushes with it.
-    let t = token(&server, Some("alice"), &["repository:alice/app:pull,push,delete"]).await;
+    let t = token(
+        &server,
+        Some("alice"),
+        &["repository:alice/app:pull,push,delete"],
+    )
+    .await;
     assert!(t["expires_in"].as_u64().unwrap() >= 60);
     assert!(t["issued_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(t["token"], t["access_token"]);
@@ -407,7 +461,10 @@ async fn token_auth_with_the_built_in_issuer() {
 
     // Bob asks for Alice's repository and gets a token without it: 403.
     let t = token(&server, Some("bob"), &["repository:alice/app:pull"]).await;
-    assert_eq!(claims_of(t["token"].as_str().unwrap())["access"], serde_json::json!([]));
+    assert_eq!(
+        claims_of(t["token"].as_str().unwrap())["access"],
+        serde_json::json!([])
+    );
     let layer = sha256(&image.layer);
     let bob = bearer(&server, &t);
     let location = alice.start_upload("alice/app").await;
@@ -425,16 +482,25 @@ async fn token_auth_with_the_built_in_issuer() {
             )),
             "{method} {path}: {challenge}"
         );
-        let b = bob.send(bob.request(method.clone(), &path).body(body)).await;
+        let b = bob
+            .send(bob.request(method.clone(), &path).body(body))
+            .await;
         assert_eq!(b.status.as_u16(), 403, "bob {method} {path}");
     }
 
     // Anonymous tokens pull public images, nothing else.
     let admin = bearer(
         &server,
-        &token(&server, Some("admin"), &["repository:public/base:push,pull"]).await,
+        &token(
+            &server,
+            Some("admin"),
+            &["repository:public/base:push,pull"],
+        )
+        .await,
     );
-    admin.push_image("public/base", "latest", unique_seed()).await;
+    admin
+        .push_image("public/base", "latest", unique_seed())
+        .await;
     let t = token(&server, None, &["repository:public/base:pull,push"]).await;
     assert_eq!(
         claims_of(t["token"].as_str().unwrap())["access"],
@@ -570,25 +636,32 @@ async fn token_auth_with_the_built_in_issuer() {
         .map(|l| l + "\n")
         .collect();
     std::fs::write(files.path("htpasswd"), changed).unwrap();
-    eventually("the htpasswd change is seen", Duration::from_secs(15), async || {
-        let a = c
-            .send(
-                c.request(Method::POST, "/token")
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(form(&[
-                        ("grant_type", "refresh_token"),
-                        ("refresh_token", &refresh),
-                        ("service", "berth"),
-                    ])),
-            )
-            .await;
-        a.status.as_u16() == 400
-    })
+    eventually(
+        "the htpasswd change is seen",
+        Duration::from_secs(15),
+        async || {
+            let a = c
+                .send(
+                    c.request(Method::POST, "/token")
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(form(&[
+                            ("grant_type", "refresh_token"),
+                            ("refresh_token", &refresh),
+                            ("service", "berth"),
+                        ])),
+                )
+                .await;
+            a.status.as_u16() == 400
+        },
+    )
     .await;
 
     // Tokens never reach the log.
     let log = server.log_text();
-    assert!(!log.contains(&refresh), "a refresh token appears in the log");
+    assert!(
+        !log.contains(&refresh),
+        "a refresh token appears in the log"
+    );
     assert!(
         !log.contains(from_refresh["token"].as_str().unwrap()),
         "an access token appears in the log"
@@ -641,14 +714,16 @@ async fn bad_tokens_are_refused() {
     let unsigned = format!(
         "{}.{}.",
         URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "none", "typ": "JWT"}).to_string()),
-        URL_SAFE_NO_PAD.encode(claims("berth", "berth", now() + 300, now(), access.clone()).to_string())
+        URL_SAFE_NO_PAD
+            .encode(claims("berth", "berth", now() + 300, now(), access.clone()).to_string())
     );
     // HS256 keyed with the public key: the classic algorithm confusion.
     let hs256 = {
         let input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "HS256", "typ": "JWT"}).to_string()),
-            URL_SAFE_NO_PAD.encode(claims("berth", "berth", now() + 300, now(), access.clone()).to_string())
+            URL_SAFE_NO_PAD
+                .encode(claims("berth", "berth", now() + 300, now(), access.clone()).to_string())
         );
         let key = aws_lc_rs::hmac::Key::new(
             aws_lc_rs::hmac::HMAC_SHA256,
@@ -660,11 +735,52 @@ async fn bad_tokens_are_refused() {
     let mut tampered = good.clone();
     tampered.replace_range(tampered.len() - 4.., "AAAA");
     let cases = [
-        ("expired", signed(&files.key, header.clone(), claims("berth", "berth", now() - 120, now() - 400, access.clone()))),
-        ("not yet valid", signed(&files.key, header.clone(), claims("berth", "berth", now() + 600, now() + 300, access.clone()))),
-        ("wrong audience", signed(&files.key, header.clone(), claims("another-registry", "berth", now() + 300, now(), access.clone()))),
-        ("wrong issuer", signed(&files.key, header.clone(), claims("berth", "somebody", now() + 300, now(), access.clone()))),
-        ("wrong signature", signed(&other, header.clone(), claims("berth", "berth", now() + 300, now(), access.clone()))),
+        (
+            "expired",
+            signed(
+                &files.key,
+                header.clone(),
+                claims("berth", "berth", now() - 120, now() - 400, access.clone()),
+            ),
+        ),
+        (
+            "not yet valid",
+            signed(
+                &files.key,
+                header.clone(),
+                claims("berth", "berth", now() + 600, now() + 300, access.clone()),
+            ),
+        ),
+        (
+            "wrong audience",
+            signed(
+                &files.key,
+                header.clone(),
+                claims(
+                    "another-registry",
+                    "berth",
+                    now() + 300,
+                    now(),
+                    access.clone(),
+                ),
+            ),
+        ),
+        (
+            "wrong issuer",
+            signed(
+                &files.key,
+                header.clone(),
+                claims("berth", "somebody", now() + 300, now(), access.clone()),
+            ),
+        ),
+        (
+            "wrong signature",
+            signed(
+                &other,
+                header.clone(),
+                claims("berth", "berth", now() + 300, now(), access.clone()),
+            ),
+        ),
         ("tampered", tampered),
         ("alg none", unsigned),
         ("HS256 with the public key", hs256),
@@ -674,7 +790,12 @@ async fn bad_tokens_are_refused() {
         let a = authorized(&server, &format!("Bearer {token}"))
             .call(Method::POST, "/v2/alice/app/blobs/uploads/")
             .await;
-        assert_eq!(a.status.as_u16(), 401, "{what}: {}", String::from_utf8_lossy(&a.body));
+        assert_eq!(
+            a.status.as_u16(),
+            401,
+            "{what}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
         assert_eq!(a.error_code(), "UNAUTHORIZED", "{what}");
         assert!(
             a.header("www-authenticate")
@@ -701,7 +822,8 @@ async fn tokens_of_an_external_issuer_are_verified_with_its_keys() {
         "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..]),
     }]});
     std::fs::write(files.path("jwks.json"), jwks.to_string()).unwrap();
-    let access = serde_json::json!([{"type": "repository", "name": "ext/*", "actions": ["pull", "push"]}]);
+    let access =
+        serde_json::json!([{"type": "repository", "name": "ext/*", "actions": ["pull", "push"]}]);
     for (setting, file) in [
         ("BERTH_AUTH_TOKEN_PUBLIC_KEYS", "issuer.pem"),
         ("BERTH_AUTH_TOKEN_JWKS", "jwks.json"),
@@ -709,7 +831,10 @@ async fn tokens_of_an_external_issuer_are_verified_with_its_keys() {
         let server = start_with_owned(&[
             ("BERTH_AUTH".into(), "token".into()),
             (setting.into(), files.path(file)),
-            ("BERTH_AUTH_REALM".into(), "https://auth.example.com/token".into()),
+            (
+                "BERTH_AUTH_REALM".into(),
+                "https://auth.example.com/token".into(),
+            ),
             ("BERTH_AUTH_SERVICE".into(), "registry.example.com".into()),
             ("BERTH_AUTH_TOKEN_ISSUER".into(), "auth.example.com".into()),
         ]);
@@ -719,15 +844,17 @@ async fn tokens_of_an_external_issuer_are_verified_with_its_keys() {
             a.header("www-authenticate").unwrap(),
             "Bearer realm=\"https://auth.example.com/token\",service=\"registry.example.com\",scope=\"repository:ext/app:pull\""
         );
-        server
-            .client()
-            .get("/token")
-            .await
-            .expect(404, None);
+        server.client().get("/token").await.expect(404, None);
         let token = signed(
             &files.key,
             serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "external-1"}),
-            claims("registry.example.com", "auth.example.com", now() + 300, now(), access.clone()),
+            claims(
+                "registry.example.com",
+                "auth.example.com",
+                now() + 300,
+                now(),
+                access.clone(),
+            ),
         );
         let c = authorized(&server, &format!("Bearer {token}"));
         c.push_image("ext/app", "v1", unique_seed()).await;
@@ -740,7 +867,13 @@ async fn tokens_of_an_external_issuer_are_verified_with_its_keys() {
             let token = signed(
                 &files.key,
                 serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "unknown"}),
-                claims("registry.example.com", "auth.example.com", now() + 300, now(), access.clone()),
+                claims(
+                    "registry.example.com",
+                    "auth.example.com",
+                    now() + 300,
+                    now(),
+                    access.clone(),
+                ),
             );
             authorized(&server, &format!("Bearer {token}"))
                 .get("/v2/")
@@ -759,7 +892,10 @@ async fn presigned_redirects_need_authorization_first() {
     let path = format!("/v2/alice/app/blobs/{}", sha256(&image.layer));
     let a = server.client().get(&path).await;
     a.expect(401, None);
-    assert!(a.header("location").is_none(), "no redirect before authorization");
+    assert!(
+        a.header("location").is_none(),
+        "no redirect before authorization"
+    );
     let got = alice.get_following(&path).await;
     got.expect(200, None);
     assert_eq!(&got.body[..], &image.layer[..]);

@@ -23,7 +23,9 @@ fn require(name: &str) {
 
 #[track_caller]
 fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed:\n{}\n{}",
@@ -35,7 +37,9 @@ fn ok(cmd: &mut Command) -> String {
 
 #[track_caller]
 fn fails(cmd: &mut Command) -> String {
-    let out: Output = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out: Output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(!out.status.success(), "{cmd:?} should fail");
     format!(
         "{}{}",
@@ -60,7 +64,13 @@ fn layout(work: &Path, seed: u64) -> std::path::PathBuf {
     std::fs::write(root.join("payload"), random_bytes(100_000, seed)).unwrap();
     let tar = work.join("layer.tar");
     ok(Command::new("tar")
-        .args(["--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-C"])
+        .args([
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "-C",
+        ])
         .arg(&root)
         .arg("-cf")
         .arg(&tar)
@@ -105,17 +115,36 @@ fn skopeo_round_trip(server: &Server, work: &Path) {
     let dest = format!("docker://{reg}/alice/skopeo:v1");
     let alice = format!("alice:{}", password("alice"));
     ok(skopeo(work)
-        .args(["copy", "-q", "--dest-tls-verify=false", "--dest-creds", &alice])
+        .args([
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &alice,
+        ])
         .arg(format!("oci:{}:v1", source.display()))
         .arg(&dest));
     let out = work.join("pulled");
     ok(skopeo(work)
-        .args(["copy", "-q", "--src-tls-verify=false", "--src-creds", &alice])
+        .args([
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--src-creds",
+            &alice,
+        ])
         .arg(&dest)
         .arg(format!("oci:{}:v1", out.display())));
-    for entry in std::fs::read_dir(source.join("blobs/sha256")).unwrap().flatten() {
+    for entry in std::fs::read_dir(source.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
         let pulled = std::fs::read(out.join("blobs/sha256").join(entry.file_name())).unwrap();
-        assert_eq!(pulled, std::fs::read(entry.path()).unwrap(), "blobs come back as pushed");
+        assert_eq!(
+            pulled,
+            std::fs::read(entry.path()).unwrap(),
+            "blobs come back as pushed"
+        );
     }
     // Without credentials, or with someone else's, it is refused.
     let said = fails(
@@ -123,17 +152,32 @@ fn skopeo_round_trip(server: &Server, work: &Path) {
             .args(["inspect", "--raw", "--tls-verify=false"])
             .arg(&dest),
     );
-    assert!(said.to_lowercase().contains("unauthorized") || said.contains("401"), "{said}");
+    assert!(
+        said.to_lowercase().contains("unauthorized") || said.contains("401"),
+        "{said}"
+    );
     let bob = format!("bob:{}", password("bob"));
     fails(
         skopeo(work)
-            .args(["copy", "-q", "--dest-tls-verify=false", "--dest-creds", &bob])
+            .args([
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                &bob,
+            ])
             .arg(format!("oci:{}:v1", source.display()))
             .arg(format!("docker://{reg}/alice/stolen:v1")),
     );
     let wrong = fails(
         skopeo(work)
-            .args(["inspect", "--raw", "--tls-verify=false", "--creds", "alice:wrong"])
+            .args([
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                "--creds",
+                "alice:wrong",
+            ])
             .arg(&dest),
     );
     assert!(!wrong.contains(password("alice")));
@@ -165,15 +209,33 @@ fn podman_round_trip(server: &Server, work: &Path) {
         let mut c = Command::new("podman");
         c.arg("--root").arg(store.join("root"));
         c.arg("--runroot").arg(store.join("run"));
-        c.args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+        c.args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ]);
         c.env("TMPDIR", work);
         c.env("REGISTRY_AUTH_FILE", &auth_file);
         c
     };
-    let said = fails(podman().args(["login", "--tls-verify=false", "-u", "alice", "-p", "wrong"]).arg(&reg));
+    let said = fails(
+        podman()
+            .args(["login", "--tls-verify=false", "-u", "alice", "-p", "wrong"])
+            .arg(&reg),
+    );
     assert!(said.contains("invalid username/password"), "{said}");
     ok(podman()
-        .args(["login", "--tls-verify=false", "-u", "alice", "-p", password("alice")])
+        .args([
+            "login",
+            "--tls-verify=false",
+            "-u",
+            "alice",
+            "-p",
+            password("alice"),
+        ])
         .arg(&reg));
     ok(skopeo(work)
         .args(["copy", "-q", "--dest-tls-verify=false", "--dest-authfile"])
@@ -191,9 +253,11 @@ fn podman_round_trip(server: &Server, work: &Path) {
         .args(["push", "-q", "--tls-verify=false"])
         .arg(format!("{reg}/alice/podman-copy:v1")));
     ok(podman().arg("logout").arg(&reg));
-    fails(podman()
-        .args(["pull", "-q", "--tls-verify=false"])
-        .arg(format!("{reg}/alice/podman-copy:v1")));
+    fails(
+        podman()
+            .args(["pull", "-q", "--tls-verify=false"])
+            .arg(format!("{reg}/alice/podman-copy:v1")),
+    );
 }
 
 #[test]
@@ -220,7 +284,10 @@ fn docker(config: &Path) -> Command {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(running, "the Docker engine is not running; scripts/services.sh starts dockerd");
+    assert!(
+        running,
+        "the Docker engine is not running; scripts/services.sh starts dockerd"
+    );
     let mut c = Command::new("docker");
     c.env("DOCKER_CONFIG", config);
     c
@@ -235,22 +302,36 @@ fn docker_round_trip(server: &Server, work: &Path) {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("payload"), random_bytes(50_000, unique_seed())).unwrap();
     let tar = work.join("rootfs.tar");
-    ok(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg("."));
+    ok(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
     let name = format!("{reg}/alice/docker:v{}", unique_seed() % 100_000);
     ok(docker(&config).arg("import").arg(&tar).arg(&name));
     let said = fails(docker(&config).args(["push", &name]));
     assert!(
-        ["no basic auth credentials", "denied", "unauthorized", "authentication required"]
-            .iter()
-            .any(|m| said.contains(m)),
+        [
+            "no basic auth credentials",
+            "denied",
+            "unauthorized",
+            "authentication required"
+        ]
+        .iter()
+        .any(|m| said.contains(m)),
         "{said}"
     );
-    fails(docker(&config)
-        .args(["login", "-u", "alice", "--password-stdin", &reg])
-        .stdin(std::fs::File::open(write(work, "wrong", "wrong-password\n")).unwrap()));
+    fails(
+        docker(&config)
+            .args(["login", "-u", "alice", "--password-stdin", &reg])
+            .stdin(std::fs::File::open(write(work, "wrong", "wrong-password\n")).unwrap()),
+    );
     ok(docker(&config)
         .args(["login", "-u", "alice", "--password-stdin", &reg])
-        .stdin(std::fs::File::open(write(work, "pw", &format!("{}\n", password("alice")))).unwrap()));
+        .stdin(
+            std::fs::File::open(write(work, "pw", &format!("{}\n", password("alice")))).unwrap(),
+        ));
     ok(docker(&config).args(["push", &name]));
     let id = ok(docker(&config).args(["image", "inspect", "--format", "{{.Id}}", &name]));
     ok(docker(&config).args(["rmi", &name]));
@@ -311,7 +392,10 @@ fn oras_round_trip(server: &Server, work: &Path, backend: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(importable, "oras-py is not installed; .ci/run installs it (pip install oras)");
+    assert!(
+        importable,
+        "oras-py is not installed; .ci/run installs it (pip install oras)"
+    );
     let out = ok(Command::new("python3")
         .arg(&script)
         .arg(server.addr.to_string())
@@ -329,7 +413,10 @@ fn oras_round_trip(server: &Server, work: &Path, backend: &str) {
         .arg(backend)
         .output()
         .unwrap();
-    assert!(!denied.status.success(), "bob may not push to alice's repositories");
+    assert!(
+        !denied.status.success(),
+        "bob may not push to alice's repositories"
+    );
 }
 
 #[test]

@@ -76,10 +76,13 @@ async fn push_by_digest_sets_the_tags_of_its_query_end_7b() {
     let hundred: Vec<(&str, String)> = (0..100).map(|i| ("tag", format!("h{i:03}"))).collect();
     let pushed = c
         .send(
-            c.request(Method::PUT, &format!("/v2/tagged/manifests/{}", image.digest))
-                .query(&hundred)
-                .header("content-type", OCI_MANIFEST)
-                .body(image.manifest.clone()),
+            c.request(
+                Method::PUT,
+                &format!("/v2/tagged/manifests/{}", image.digest),
+            )
+            .query(&hundred)
+            .header("content-type", OCI_MANIFEST)
+            .body(image.manifest.clone()),
         )
         .await;
     pushed.expect(201, None);
