@@ -177,6 +177,8 @@ settings! {
     db_max_connections: u32, env = "BERTH_DB_MAX_CONNECTIONS", value_name = "N",
     /// How long a request waits for a database connection before answering 503 [default: 5s].
     db_acquire_timeout: Span, env = "BERTH_DB_ACQUIRE_TIMEOUT", value_name = "DURATION",
+    /// How long a database statement waits for a lock held elsewhere before answering 503 [default: 5s].
+    db_lock_timeout: Span, env = "BERTH_DB_LOCK_TIMEOUT", value_name = "DURATION",
     /// Blob storage: filesystem, s3 or memory [default: filesystem].
     storage: StorageKind, env = "BERTH_STORAGE", value_name = "KIND",
     /// Filesystem storage: bytes written between syncs and session checkpoints [default: 16MiB].
@@ -282,6 +284,7 @@ pub struct Config {
     pub migrate_on_start: bool,
     pub db_max_connections: u32,
     pub db_acquire_timeout: Duration,
+    pub db_lock_timeout: Duration,
     pub storage: StorageKind,
     pub fs_part_size: usize,
     pub fs_direct_io: bool,
@@ -425,6 +428,10 @@ impl Settings {
             db_acquire_timeout: self
                 .db_acquire_timeout
                 .map_or(Duration::from_secs(5), |s| s.0),
+            db_lock_timeout: self
+                .db_lock_timeout
+                .map_or(Duration::from_secs(5), |s| s.0)
+                .max(Duration::from_millis(10)),
             storage,
             fs_part_size: fs_part_size as usize,
             fs_direct_io: self.fs_direct_io.unwrap_or(true),

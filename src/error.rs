@@ -202,6 +202,17 @@ impl RegistryError {
         self
     }
 
+    /// Removes a response header.
+    pub fn without_header(mut self, name: &HeaderName) -> RegistryError {
+        self.headers.retain(|(n, _)| n != name);
+        self
+    }
+
+    /// Whether the answer has a header.
+    pub fn has_header(&self, name: &HeaderName) -> bool {
+        self.headers.iter().any(|(n, _)| n == name)
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status

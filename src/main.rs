@@ -66,6 +66,7 @@ async fn sql_store(config: &Config) -> anyhow::Result<berth::metadata::sql::SqlM
     let options = SqlOptions {
         max_connections: config.db_max_connections,
         acquire_timeout: config.db_acquire_timeout,
+        lock_timeout: config.db_lock_timeout,
     };
     SqlMetadataStore::connect(&url, &options)
         .await

@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Row};
 
 use super::{
     BlobCommit, BlobRecord, Garbage, ManifestRecord, MetadataError, MetadataResult, MetadataStore,
@@ -56,6 +57,9 @@ pub struct SqlOptions {
     pub max_connections: u32,
     /// How long a query waits for a connection before the database counts as unavailable.
     pub acquire_timeout: Duration,
+    /// How long a statement waits for a lock another process holds (a backup, a migration,
+    /// an exclusive transaction) before the database counts as unavailable.
+    pub lock_timeout: Duration,
 }
 
 impl Default for SqlOptions {
@@ -63,6 +67,7 @@ impl Default for SqlOptions {
         SqlOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -95,10 +100,12 @@ enum ErrorClass {
     Other,
 }
 
-/// Classifies a database error code: SQLite result codes (the primary code is the low
-/// byte) and Postgres SQLSTATEs.
+/// Classifies a database error code: Postgres SQLSTATEs (always five characters, often all
+/// digits) and SQLite result codes (at most four digits; the primary code is the low byte).
 fn classify(code: &str) -> ErrorClass {
-    if let Ok(sqlite) = code.parse::<u32>() {
+    if code.len() < 5
+        && let Ok(sqlite) = code.parse::<u32>()
+    {
         return match sqlite & 0xff {
             // SQLITE_FULL.
             13 => ErrorClass::Full,
@@ -207,19 +214,23 @@ impl SqlMetadataStore {
         let mut pool = AnyPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout);
-        if dialect == Dialect::Sqlite {
-            pool = pool.after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::raw_sql(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;",
-                    )
+        let lock_ms = options.lock_timeout.as_millis().max(1);
+        let setup = match dialect {
+            Dialect::Sqlite => format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {lock_ms};"
+            ),
+            Dialect::Postgres => format!("SET lock_timeout = {lock_ms}"),
+        };
+        pool = pool.after_connect(move |conn, _| {
+            let setup = setup.clone();
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
                     .execute(conn)
                     .await?;
-                    Ok(())
-                })
-            });
-        }
+                Ok(())
+            })
+        });
         let pool = pool.connect_lazy(&url).map_err(db_err)?;
         let file = match dialect {
             Dialect::Sqlite => sqlite_file(&url),
@@ -254,18 +265,26 @@ impl SqlMetadataStore {
         self.pool.close().await;
     }
 
-    async fn write_tx(&self) -> MetadataResult<Transaction<'static, Any>> {
-        match self.dialect {
+    async fn write_tx(&self) -> MetadataResult<WriteTx> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let begin = match self.dialect {
             // Taking the write lock up front makes concurrent writers queue on the busy
             // timeout instead of failing when a read transaction tries to upgrade.
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.pool.begin().await,
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        };
+        if let Err(e) = sqlx::raw_sql(begin).execute(&mut *conn).await {
+            conn.close_on_drop();
+            return Err(db_err(e));
         }
-        .map_err(db_err)
+        Ok(WriteTx {
+            conn,
+            finished: false,
+        })
     }
 
     async fn ensure_repository(
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut WriteTx,
         repository: &RepositoryName,
         now: i64,
     ) -> MetadataResult<i64> {
@@ -296,7 +315,7 @@ impl SqlMetadataStore {
 
     async fn missing(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut WriteTx,
         sql: &'static str,
         repository_id: i64,
         digests: &[Digest],
@@ -315,7 +334,7 @@ impl SqlMetadataStore {
 
     async fn insert_references(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut WriteTx,
         sql: &'static str,
         repository_id: i64,
         manifest: &Digest,
@@ -332,6 +351,51 @@ impl SqlMetadataStore {
             .await
             .map_err(db_err)?;
         Ok(())
+    }
+}
+
+/// A write transaction on a pooled connection of its own. Whatever does not end in a
+/// successful `COMMIT` or `ROLLBACK` (an error, a dropped request) closes the connection
+/// instead of returning it to the pool: a `COMMIT` that fails (SQLite's "database or disk is
+/// full") can leave a transaction half-open in the connection, and sqlx's own transactions
+/// then hand the connection on in a state every later write fails in.
+pub(crate) struct WriteTx {
+    conn: PoolConnection<Any>,
+    finished: bool,
+}
+
+impl WriteTx {
+    async fn commit(mut self) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await?;
+        self.finished = true;
+        Ok(())
+    }
+
+    async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql("ROLLBACK").execute(&mut *self.conn).await?;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
     }
 }
 
@@ -1115,6 +1179,7 @@ mod tests {
         assert_eq!(classify("57P01"), ErrorClass::Transient);
         assert_eq!(classify("08006"), ErrorClass::Transient);
         assert_eq!(classify("23505"), ErrorClass::Other);
+        assert_eq!(classify("40001"), ErrorClass::Transient);
     }
 
     #[test]

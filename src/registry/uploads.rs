@@ -269,7 +269,7 @@ impl Appender {
     /// option.
     async fn append(
         &mut self,
-        mut body: BodyStream,
+        body: &mut BodyStream,
         length: Option<u64>,
         finishing: Option<&Digest>,
     ) -> RegistryResult<()> {
@@ -631,7 +631,7 @@ impl Registry {
         repository: &RepositoryName,
         id: &str,
         chunk: ChunkSpec,
-        body: BodyStream,
+        mut body: BodyStream,
     ) -> RegistryResult<UploadSession> {
         if let Err(e) = self.check_space(0).await {
             return Err(discard_body(body, e).await);
@@ -640,7 +640,10 @@ impl Registry {
             Ok(a) => a,
             Err(e) => return Err(discard_body(body, e).await),
         };
-        appender.append(body, chunk.length, None).await?;
+        if let Err(e) = appender.append(&mut body, chunk.length, None).await {
+            let e = with_range(e, appender.session.offset);
+            return Err(discard_body(body, e).await);
+        }
         Ok(appender.session)
     }
 
@@ -651,7 +654,7 @@ impl Registry {
         id: &str,
         digest: &Digest,
         chunk: ChunkSpec,
-        body: BodyStream,
+        mut body: BodyStream,
     ) -> RegistryResult<BlobRecord> {
         let Some(algorithm) = digest.algorithm() else {
             return Err(discard_body(body, unsupported_algorithm(digest)).await);
@@ -666,7 +669,10 @@ impl Registry {
             Ok(a) => a,
             Err(e) => return Err(discard_body(body, e).await),
         };
-        appender.append(body, chunk.length, Some(digest)).await?;
+        if let Err(e) = appender.append(&mut body, chunk.length, Some(digest)).await {
+            let e = with_range(e, appender.session.offset);
+            return Err(discard_body(body, e).await);
+        }
         let session = appender.session.clone();
         let size = session.offset;
         let verified_in_stream = session.algorithm == algorithm;
@@ -758,6 +764,8 @@ impl Registry {
                 body,
             )
             .await;
+        // The client never saw this session: where it stood means nothing to it.
+        let result = result.map_err(|e| e.without_header(&http::header::RANGE));
         if result.is_err() && !self.discard_session(&session.id).await {
             // Nobody knows this session's id: its bytes must not linger until it expires, even
             // when the database cannot record its end (a full disk); the row expires later and
@@ -903,6 +911,16 @@ impl Registry {
                 format!("repository {repository} does not exist"),
             ))
         }
+    }
+}
+
+/// Adds the upload's `Range` (what it holds) to an error that has none, so that the client
+/// knows where to resume.
+fn with_range(error: RegistryError, offset: u64) -> RegistryError {
+    if error.has_header(&http::header::RANGE) {
+        error
+    } else {
+        error.with_header(http::header::RANGE, upload_range(offset))
     }
 }
 

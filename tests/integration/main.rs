@@ -6,6 +6,7 @@ mod auth;
 mod auth_clients;
 mod clients;
 mod errors;
+mod faults;
 mod hardening;
 mod library;
 mod next_spec;
