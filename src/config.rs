@@ -131,6 +131,23 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Read every stored blob back and verify its digest, and check that manifests' references
+    /// resolve; exit 1 if anything is wrong. Safe while the registry serves.
+    Scrub(ScrubArgs),
+}
+
+/// Options of `berth scrub`.
+#[derive(Debug, Args)]
+pub struct ScrubArgs {
+    /// Only this repository's blobs and manifests.
+    #[arg(long, value_name = "NAME")]
+    pub repository: Option<String>,
+    /// Read only this percentage of the blobs, picked at random.
+    #[arg(long, value_name = "PERCENT")]
+    pub sample: Option<f64>,
+    /// Forget blobs whose bytes are damaged or missing (they answer 404 until pushed again).
+    #[arg(long)]
+    pub repair: bool,
 }
 
 macro_rules! settings {
@@ -560,6 +577,7 @@ impl Settings {
 
 impl Config {
     /// The metadata database URL in effect.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub fn effective_database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),

@@ -20,7 +20,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use config::{Cli, Command, Config, StorageKind};
+use config::{Cli, Command, Config, ScrubArgs, StorageKind};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(config).await,
+            Command::Scrub(args) => scrub(config, args).await,
         }
     });
     drop(runtime);
@@ -135,11 +136,16 @@ fn manifest_change_counter(config: &Config) -> Option<std::path::PathBuf> {
     if config.storage == StorageKind::Memory {
         return None;
     }
-    let url = config.effective_database_url();
-    let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
-    let path = path.split('?').next()?;
-    (!path.is_empty() && !path.contains(":memory:"))
-        .then(|| std::path::PathBuf::from(format!("{path}.changes")))
+    #[cfg(feature = "sqlite")]
+    {
+        let file = berth::metadata::sql::sqlite_file(&config.effective_database_url())?;
+        Some(std::path::PathBuf::from(format!(
+            "{}.changes",
+            file.display()
+        )))
+    }
+    #[cfg(not(feature = "sqlite"))]
+    None
 }
 
 /// Raises the soft limit on open files to the hard limit, so that the connection cap, not the
@@ -397,6 +403,118 @@ fn auth_setup(settings: &config::AuthSettings) -> anyhow::Result<AuthSetup> {
         authorizer: None,
         token_router: None,
     })
+}
+
+async fn scrub(config: Config, args: ScrubArgs) -> anyhow::Result<()> {
+    use berth::registry::scrub::{BlobProblem, ScrubOptions, ScrubProgress};
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+    if config.storage == StorageKind::Memory {
+        anyhow::bail!(
+            "storage = memory keeps nothing between processes: there is nothing to scrub"
+        );
+    }
+    if let Some(p) = args.sample
+        && !(p > 0.0 && p <= 100.0)
+    {
+        anyhow::bail!("--sample is a percentage above 0 and at most 100, got {p}");
+    }
+    let repository = args
+        .repository
+        .as_deref()
+        .map(berth::oci::RepositoryName::parse)
+        .transpose()?;
+    let metadata = metadata_store(&config).await?;
+    let blobs = blob_store(&config).await?;
+    let registry = Registry::builder(blobs, metadata)
+        .options(config.registry.clone())
+        .build();
+    let options = ScrubOptions {
+        repository,
+        sample_percent: args.sample,
+        repair: args.repair,
+        check_references: !config.registry.sparse_manifests,
+    };
+    let bar = ProgressBar::with_draw_target(
+        None,
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} scrubbing [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let mut on_progress = |event: ScrubProgress| match event {
+        ScrubProgress::Planned { bytes, .. } => bar.set_length(bytes),
+        ScrubProgress::Blob { bytes } => bar.inc(bytes),
+    };
+    let report = registry.scrub(&options, &mut on_progress).await?;
+    bar.finish_and_clear();
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "checked {} blobs ({:.1} MiB) in {:.1} s",
+        report.blobs_checked,
+        report.bytes_checked as f64 / (1 << 20) as f64,
+        started.elapsed().as_secs_f64()
+    )?;
+    for damaged in &report.damaged {
+        let what = match &damaged.problem {
+            BlobProblem::Corrupt { computed } => format!("corrupt: its bytes hash to {computed}"),
+            BlobProblem::WrongSize { stored } => format!(
+                "damaged: {stored} bytes stored, {} recorded",
+                damaged.blob.size
+            ),
+            BlobProblem::Missing => "missing: its bytes are gone".to_owned(),
+            BlobProblem::Unreadable(why) => format!("unreadable: {why}"),
+        };
+        let fate = if damaged.forgotten {
+            "; forgotten: it answers 404 until pushed again"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "blob {} (storage key {}) is {what}{fate}",
+            damaged.blob.digest, damaged.blob.storage_key
+        )?;
+    }
+    for dangling in &report.dangling {
+        use berth::metadata::DanglingKind;
+        let why = match dangling.kind {
+            DanglingKind::MissingBlob => "a blob that is not in the registry",
+            DanglingKind::UnlinkedBlob => "a blob not linked to its repository",
+            DanglingKind::MissingManifest => "a manifest that is not in its repository",
+        };
+        writeln!(
+            out,
+            "manifest {}@{} references {why}: {}",
+            dangling.repository, dangling.manifest, dangling.target
+        )?;
+    }
+    if !report.found_problems() {
+        writeln!(out, "no problems found")?;
+        return Ok(());
+    }
+    let forgotten = report.damaged.iter().filter(|d| d.forgotten).count();
+    anyhow::bail!(
+        "scrub found {} damaged blob(s) ({forgotten} forgotten) and {} dangling reference(s){}",
+        report.damaged.len(),
+        report.dangling.len(),
+        if args.repair || report.damaged.is_empty() {
+            ""
+        } else {
+            "; run with --repair to forget the damaged blobs so that clients push them again"
+        }
+    )
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

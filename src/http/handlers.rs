@@ -806,11 +806,7 @@ async fn get_blob(call: &Call) -> RegistryResult<Response> {
             ));
         }
     };
-    let stream = call
-        .registry
-        .blob_store()
-        .read(&blob.storage_key, range)
-        .await?;
+    let stream = call.registry.read_blob(&blob, range).await?;
     headers.extend([
         (
             header::CONTENT_TYPE,

@@ -6,10 +6,11 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    BlobCommit, BlobRecord, Garbage, ManifestRecord, MetadataResult, MetadataStore, NewManifest,
-    Page, PutManifestOutcome, ReferrerRecord, SessionUpdate, UploadCheckpoint, UploadSession,
+    BlobCommit, BlobRecord, DanglingKind, DanglingReference, Garbage, ManifestRecord,
+    MetadataResult, MetadataStore, NewManifest, Page, PutManifestOutcome, ReferrerRecord,
+    SessionUpdate, UploadCheckpoint, UploadSession,
 };
-use crate::oci::{Digest, Reference, RepositoryName, Tag};
+use crate::oci::{Digest, ParsedManifest, Reference, RepositoryName, Tag};
 use crate::storage::PartRecord;
 
 /// A metadata store in process memory.
@@ -59,6 +60,7 @@ impl State {
                 id,
                 upload_id: upload_id.to_owned(),
                 store_state: store_state.to_owned(),
+                storage_key: None,
             },
         );
         id
@@ -331,6 +333,113 @@ impl MetadataStore for MemoryMetadataStore {
     async fn forget_garbage(&self, id: i64) -> MetadataResult<()> {
         self.state().garbage.remove(&id);
         Ok(())
+    }
+
+    async fn stored_blob(&self, digest: &Digest) -> MetadataResult<Option<BlobRecord>> {
+        Ok(self.state().blobs.get(digest).cloned())
+    }
+
+    async fn list_blobs(
+        &self,
+        repository: Option<&RepositoryName>,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> MetadataResult<Vec<BlobRecord>> {
+        let state = self.state();
+        let mut blobs: Vec<&BlobRecord> = match repository {
+            None => state.blobs.values().collect(),
+            Some(r) => state
+                .repositories
+                .get(r.as_str())
+                .map(|repo| {
+                    repo.blobs
+                        .iter()
+                        .filter_map(|d| state.blobs.get(d))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        blobs.sort_by(|a, b| a.digest.as_str().cmp(b.digest.as_str()));
+        Ok(blobs
+            .into_iter()
+            .filter(|b| after.is_none_or(|a| b.digest.as_str() > a.as_str()))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn blob_totals(&self, repository: Option<&RepositoryName>) -> MetadataResult<(u64, u64)> {
+        let blobs = self.list_blobs(repository, None, u32::MAX).await?;
+        Ok((blobs.len() as u64, blobs.iter().map(|b| b.size).sum()))
+    }
+
+    async fn dangling_references(
+        &self,
+        repository: Option<&RepositoryName>,
+        limit: u32,
+    ) -> MetadataResult<Vec<DanglingReference>> {
+        let state = self.state();
+        let mut found = Vec::new();
+        for (name, repo) in &state.repositories {
+            if repository.is_some_and(|r| r.as_str() != name) {
+                continue;
+            }
+            let Ok(repository) = RepositoryName::parse(name) else {
+                continue;
+            };
+            for (digest, stored) in &repo.manifests {
+                let record = &stored.record;
+                let Ok(parsed) = ParsedManifest::parse(Some(&record.media_type), &record.content)
+                else {
+                    continue;
+                };
+                for blob in &parsed.blobs {
+                    let kind = if !state.blobs.contains_key(blob) {
+                        DanglingKind::MissingBlob
+                    } else if !repo.blobs.contains(blob) {
+                        DanglingKind::UnlinkedBlob
+                    } else {
+                        continue;
+                    };
+                    found.push(DanglingReference {
+                        repository: repository.clone(),
+                        manifest: digest.clone(),
+                        target: blob.clone(),
+                        kind,
+                    });
+                }
+                for child in parsed
+                    .children
+                    .iter()
+                    .filter(|c| !repo.manifests.contains_key(*c))
+                {
+                    found.push(DanglingReference {
+                        repository: repository.clone(),
+                        manifest: digest.clone(),
+                        target: child.clone(),
+                        kind: DanglingKind::MissingManifest,
+                    });
+                }
+            }
+        }
+        found.truncate(limit as usize);
+        Ok(found)
+    }
+
+    async fn forget_blob(&self, digest: &Digest, _now: i64) -> MetadataResult<Option<Garbage>> {
+        let mut state = self.state();
+        for repo in state.repositories.values_mut() {
+            repo.blobs.remove(digest);
+        }
+        let Some(blob) = state.blobs.remove(digest) else {
+            return Ok(None);
+        };
+        let id = state.queue_garbage("", "");
+        let garbage = state.garbage.get_mut(&id).map(|g| {
+            g.storage_key = Some(blob.storage_key.clone());
+            g.clone()
+        });
+        Ok(garbage)
     }
 
     async fn put_manifest(&self, m: NewManifest<'_>) -> MetadataResult<PutManifestOutcome> {

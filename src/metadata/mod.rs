@@ -196,15 +196,42 @@ pub enum BlobCommit {
     SessionGone,
 }
 
-/// Storage an abandoned upload may have written, queued for removal.
+/// Storage no row references any more, queued for removal: what an abandoned upload may have
+/// written, or (with `storage_key`) one finished object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Garbage {
     /// Queue entry id.
     pub id: i64,
-    /// The upload session's id.
+    /// The upload session's id (empty for an object).
     pub upload_id: String,
     /// The blob store's state for that upload.
     pub store_state: String,
+    /// The key of a finished object to delete, instead of an upload's storage.
+    pub storage_key: Option<String>,
+}
+
+/// How a manifest's reference fails to resolve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DanglingKind {
+    /// The referenced blob is not in the registry at all.
+    MissingBlob,
+    /// The blob exists but is not linked to the manifest's repository.
+    UnlinkedBlob,
+    /// The referenced child manifest is not in the repository.
+    MissingManifest,
+}
+
+/// A manifest reference that does not resolve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DanglingReference {
+    /// The manifest's repository.
+    pub repository: RepositoryName,
+    /// The manifest.
+    pub manifest: Digest,
+    /// What it references.
+    pub target: Digest,
+    /// Why that does not resolve.
+    pub kind: DanglingKind,
 }
 
 /// Persistence of everything but blob bytes.
@@ -288,6 +315,29 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn garbage(&self, limit: u32) -> MetadataResult<Vec<Garbage>>;
     /// Forgets a garbage entry once its storage is removed.
     async fn forget_garbage(&self, id: i64) -> MetadataResult<()>;
+
+    /// A blob by digest, whichever repositories it is linked to.
+    async fn stored_blob(&self, digest: &Digest) -> MetadataResult<Option<BlobRecord>>;
+    /// Blobs in digest order after `after`: all of them, or those linked to `repository`.
+    async fn list_blobs(
+        &self,
+        repository: Option<&RepositoryName>,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> MetadataResult<Vec<BlobRecord>>;
+    /// How many blobs [`MetadataStore::list_blobs`] lists, and their total size in bytes.
+    async fn blob_totals(&self, repository: Option<&RepositoryName>) -> MetadataResult<(u64, u64)>;
+    /// Up to `limit` manifest references (in `repository`, or anywhere) that do not resolve.
+    async fn dangling_references(
+        &self,
+        repository: Option<&RepositoryName>,
+        limit: u32,
+    ) -> MetadataResult<Vec<DanglingReference>>;
+    /// Forgets a blob whose stored bytes are damaged or gone: unlinks it from every
+    /// repository and removes its row, queueing its object for removal, in one transaction, so
+    /// that clients push it again instead of pulling bad bytes. The queue entry, if the blob
+    /// was there.
+    async fn forget_blob(&self, digest: &Digest, now: i64) -> MetadataResult<Option<Garbage>>;
 
     /// Stores a manifest with its references, referrer entry and tag, in one transaction.
     async fn put_manifest(&self, manifest: NewManifest<'_>) -> MetadataResult<PutManifestOutcome>;

@@ -14,9 +14,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Row};
 
 use super::{
-    BlobCommit, BlobRecord, Garbage, ManifestRecord, MetadataError, MetadataResult, MetadataStore,
-    NewManifest, Page, PutManifestOutcome, ReferrerRecord, SessionUpdate, UploadCheckpoint,
-    UploadSession,
+    BlobCommit, BlobRecord, DanglingKind, DanglingReference, Garbage, ManifestRecord,
+    MetadataError, MetadataResult, MetadataStore, NewManifest, Page, PutManifestOutcome,
+    ReferrerRecord, SessionUpdate, UploadCheckpoint, UploadSession,
 };
 use crate::oci::{Digest, DigestAlgorithm, Reference, RepositoryName, Tag};
 use crate::storage::PartRecord;
@@ -82,7 +82,7 @@ pub struct SqlMetadataStore {
 }
 
 /// The file of a `sqlite:` URL, unless it is an in-memory database.
-fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
     let path = path.split('?').next()?;
     (!path.is_empty() && !path.contains(":memory:")).then(|| std::path::PathBuf::from(path))
@@ -834,6 +834,7 @@ impl MetadataStore for SqlMetadataStore {
             id: garbage_id,
             upload_id: id.to_owned(),
             store_state,
+            storage_key: None,
         }))
     }
 
@@ -868,7 +869,7 @@ impl MetadataStore for SqlMetadataStore {
 
     async fn garbage(&self, limit: u32) -> MetadataResult<Vec<Garbage>> {
         let rows = sqlx::query(
-            "SELECT id, upload_id, store_state FROM storage_garbage ORDER BY id LIMIT $1",
+            "SELECT id, upload_id, store_state, storage_key FROM storage_garbage ORDER BY id LIMIT $1",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -880,9 +881,172 @@ impl MetadataStore for SqlMetadataStore {
                     id: r.try_get("id").map_err(db_err)?,
                     upload_id: r.try_get("upload_id").map_err(db_err)?,
                     store_state: r.try_get("store_state").map_err(db_err)?,
+                    storage_key: r.try_get("storage_key").map_err(db_err)?,
                 })
             })
             .collect()
+    }
+
+    async fn stored_blob(&self, digest: &Digest) -> MetadataResult<Option<BlobRecord>> {
+        let row = sqlx::query("SELECT size, storage_key FROM blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| {
+            Ok(BlobRecord {
+                digest: digest.clone(),
+                size: u64_of(&r, "size")?,
+                storage_key: r.try_get("storage_key").map_err(db_err)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_blobs(
+        &self,
+        repository: Option<&RepositoryName>,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> MetadataResult<Vec<BlobRecord>> {
+        let after = after.map_or("", Digest::as_str);
+        let rows = match repository {
+            None => sqlx::query(
+                "SELECT digest, size, storage_key FROM blobs WHERE digest > $1 ORDER BY digest LIMIT $2",
+            )
+            .bind(after)
+            .bind(i64::from(limit)),
+            Some(repository) => sqlx::query(
+                "SELECT b.digest, b.size, b.storage_key FROM repository_blobs rb \
+                 JOIN repositories r ON r.id = rb.repository_id \
+                 JOIN blobs b ON b.digest = rb.digest \
+                 WHERE r.name = $3 AND b.digest > $1 ORDER BY b.digest LIMIT $2",
+            )
+            .bind(after)
+            .bind(i64::from(limit))
+            .bind(repository.as_str()),
+        }
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(BlobRecord {
+                    digest: digest_of(r, "digest")?,
+                    size: u64_of(r, "size")?,
+                    storage_key: r.try_get("storage_key").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn blob_totals(&self, repository: Option<&RepositoryName>) -> MetadataResult<(u64, u64)> {
+        let row = match repository {
+            None => sqlx::query(
+                "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes FROM blobs",
+            ),
+            Some(repository) => sqlx::query(
+                "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(b.size), 0) AS BIGINT) AS bytes \
+                 FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id \
+                 JOIN blobs b ON b.digest = rb.digest WHERE r.name = $1",
+            )
+            .bind(repository.as_str()),
+        }
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok((u64_of(&row, "n")?, u64_of(&row, "bytes")?))
+    }
+
+    async fn dangling_references(
+        &self,
+        repository: Option<&RepositoryName>,
+        limit: u32,
+    ) -> MetadataResult<Vec<DanglingReference>> {
+        let name = repository.map_or("", RepositoryName::as_str);
+        let blobs = sqlx::query(
+            "SELECT r.name AS repository, mb.manifest_digest AS manifest, mb.blob_digest AS target, \
+             CASE WHEN b.digest IS NULL THEN 'missing' ELSE 'unlinked' END AS kind \
+             FROM manifest_blobs mb JOIN repositories r ON r.id = mb.repository_id \
+             LEFT JOIN blobs b ON b.digest = mb.blob_digest \
+             WHERE ($1 = '' OR r.name = $1) AND (b.digest IS NULL OR NOT EXISTS \
+             (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = mb.repository_id \
+              AND rb.digest = mb.blob_digest)) \
+             ORDER BY r.name, mb.manifest_digest, mb.blob_digest LIMIT $2",
+        )
+        .bind(name)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let children = sqlx::query(
+            "SELECT r.name AS repository, mc.parent_digest AS manifest, mc.child_digest AS target, \
+             'child' AS kind FROM manifest_children mc JOIN repositories r ON r.id = mc.repository_id \
+             WHERE ($1 = '' OR r.name = $1) AND NOT EXISTS (SELECT 1 FROM manifests m \
+             WHERE m.repository_id = mc.repository_id AND m.digest = mc.child_digest) \
+             ORDER BY r.name, mc.parent_digest, mc.child_digest LIMIT $2",
+        )
+        .bind(name)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        blobs
+            .iter()
+            .chain(children.iter())
+            .take(limit as usize)
+            .map(|r| {
+                let repository: String = r.try_get("repository").map_err(db_err)?;
+                let kind: String = r.try_get("kind").map_err(db_err)?;
+                Ok(DanglingReference {
+                    repository: RepositoryName::parse(&repository)
+                        .map_err(|e| MetadataError::Corrupt(e.to_string()))?,
+                    manifest: digest_of(r, "manifest")?,
+                    target: digest_of(r, "target")?,
+                    kind: match kind.as_str() {
+                        "missing" => DanglingKind::MissingBlob,
+                        "unlinked" => DanglingKind::UnlinkedBlob,
+                        _ => DanglingKind::MissingManifest,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn forget_blob(&self, digest: &Digest, now: i64) -> MetadataResult<Option<Garbage>> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM repository_blobs WHERE digest = $1")
+            .bind(digest.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let Some(row) = sqlx::query("DELETE FROM blobs WHERE digest = $1 RETURNING storage_key")
+            .bind(digest.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?
+        else {
+            tx.rollback().await.map_err(db_err)?;
+            return Ok(None);
+        };
+        let key: String = row.try_get("storage_key").map_err(db_err)?;
+        let garbage = sqlx::query(
+            "INSERT INTO storage_garbage (upload_id, store_state, storage_key, created_at) \
+             VALUES ('', '', $1, $2) RETURNING id",
+        )
+        .bind(key.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let id: i64 = garbage.try_get("id").map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some(Garbage {
+            id,
+            upload_id: String::new(),
+            store_state: String::new(),
+            storage_key: Some(key),
+        }))
     }
 
     async fn forget_garbage(&self, id: i64) -> MetadataResult<()> {

@@ -47,12 +47,16 @@ impl Registry {
                 break;
             }
             for garbage in fresh {
-                match self
-                    .inner
-                    .blobs
-                    .discard_upload(&garbage.upload_id, &garbage.store_state)
-                    .await
-                {
+                let removed = match &garbage.storage_key {
+                    Some(key) => self.inner.blobs.delete(key).await,
+                    None => {
+                        self.inner
+                            .blobs
+                            .discard_upload(&garbage.upload_id, &garbage.store_state)
+                            .await
+                    }
+                };
+                match removed {
                     Ok(()) => {
                         self.inner.metadata.forget_garbage(garbage.id).await?;
                         report.collected += 1;

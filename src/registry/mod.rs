@@ -18,6 +18,7 @@ mod hashing;
 pub mod maintenance;
 pub mod manifest_cache;
 pub mod manifests;
+pub mod scrub;
 mod space;
 pub mod uploads;
 

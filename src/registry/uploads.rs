@@ -29,8 +29,8 @@ use crate::metadata::{
 };
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepositoryName};
 use crate::storage::{
-    Durable, PartNumbers, Piece, PieceKind, Staged, StagedSource, StorageError, StorageResult,
-    UploadWriter,
+    ByteRange, ByteStream, Durable, PartNumbers, Piece, PieceKind, Staged, StagedSource,
+    StorageError, StorageResult, UploadWriter,
 };
 
 /// A request body as the upload engine reads it.
@@ -858,6 +858,46 @@ impl Registry {
         }
     }
 
+    /// Streams a blob's bytes (or a range of them). A blob whose stored object is gone or not
+    /// its recorded size fails here, before any of it is answered; a stream that ends early
+    /// fails instead of ending, so that no client takes a short body for the blob.
+    pub async fn read_blob(
+        &self,
+        blob: &BlobRecord,
+        range: Option<ByteRange>,
+    ) -> RegistryResult<ByteStream> {
+        let damaged = |what: String| {
+            tracing::error!(digest = %blob.digest, key = %blob.storage_key, "{what}");
+            RegistryError::new(
+                ErrorCode::Unknown,
+                format!(
+                    "the stored bytes of blob {} are damaged; the registry's operator can find \
+                     and forget damaged blobs with `berth scrub --repair`, after which it can be \
+                     pushed again",
+                    blob.digest
+                ),
+            )
+            .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+        };
+        match self.inner.blobs.object_size(&blob.storage_key).await {
+            Ok(Some(size)) if size != blob.size => {
+                return Err(damaged(format!(
+                    "blob is damaged: {size} bytes stored, {} recorded",
+                    blob.size
+                )));
+            }
+            Err(StorageError::NotFound(_)) => {
+                return Err(damaged("blob is missing from storage".to_owned()));
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        let expected = range.map_or(blob.size, |r| r.len());
+        let stream = self.inner.blobs.read(&blob.storage_key, range).await?;
+        let digest = blob.digest.clone();
+        Ok(exact_length(stream, expected, digest))
+    }
+
     /// Unlinks a blob from `repository` (`DELETE`); its bytes stay while other links exist.
     pub async fn delete_blob(
         &self,
@@ -912,6 +952,36 @@ impl Registry {
             ))
         }
     }
+}
+
+/// Passes `stream` on, failing it if it ends before (or runs past) `expected` bytes.
+fn exact_length(stream: ByteStream, expected: u64, digest: Digest) -> ByteStream {
+    let mut seen = 0u64;
+    let mut stream = stream;
+    futures::stream::poll_fn(
+        move |cx| match futures::ready!(stream.poll_next_unpin(cx)) {
+            Some(Ok(chunk)) => {
+                seen += chunk.len() as u64;
+                if seen > expected {
+                    return std::task::Poll::Ready(Some(Err(StorageError::State(format!(
+                        "blob {digest} holds more bytes than recorded"
+                    )))));
+                }
+                std::task::Poll::Ready(Some(Ok(chunk)))
+            }
+            Some(Err(e)) => std::task::Poll::Ready(Some(Err(e))),
+            None if seen < expected => {
+                tracing::error!(%digest, seen, expected, "stored blob ended early");
+                let error = StorageError::State(format!(
+                    "blob {digest} ended after {seen} of {expected} bytes"
+                ));
+                seen = expected;
+                std::task::Poll::Ready(Some(Err(error)))
+            }
+            None => std::task::Poll::Ready(None),
+        },
+    )
+    .boxed()
 }
 
 /// Adds the upload's `Range` (what it holds) to an error that has none, so that the client

@@ -273,6 +273,17 @@ impl BlobStore for FsBlobStore {
         Ok(stream.map(|r| r.map_err(StorageError::Io)).boxed())
     }
 
+    async fn object_size(&self, key: &str) -> StorageResult<Option<u64>> {
+        let path = self.path(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StorageError::NotFound(key.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn delete(&self, key: &str) -> StorageResult<()> {
         let path = self.path(key)?;
         match tokio::fs::remove_file(&path).await {

@@ -129,6 +129,13 @@ impl BlobStore for MemoryBlobStore {
         Ok(())
     }
 
+    async fn object_size(&self, key: &str) -> StorageResult<Option<u64>> {
+        match self.objects().get(key) {
+            Some(object) => Ok(Some(object.len() as u64)),
+            None => Err(StorageError::NotFound(key.to_owned())),
+        }
+    }
+
     async fn check(&self) -> StorageResult<()> {
         Ok(())
     }

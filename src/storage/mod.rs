@@ -306,6 +306,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn read(&self, key: &str, range: Option<ByteRange>) -> StorageResult<ByteStream>;
     /// Deletes an object. Idempotent.
     async fn delete(&self, key: &str) -> StorageResult<()>;
+    /// The size of a stored object, where the store can tell it cheaply; `None` otherwise.
+    /// Errors with [`StorageError::NotFound`] when the object is gone.
+    async fn object_size(&self, _key: &str) -> StorageResult<Option<u64>> {
+        Ok(None)
+    }
     /// A URL clients can fetch the object from directly, if the store offers one.
     async fn presigned_url(&self, _key: &str) -> StorageResult<Option<String>> {
         Ok(None)

@@ -458,6 +458,24 @@ impl BlobStore for S3BlobStore {
         self.shared.delete_key(key).await
     }
 
+    async fn object_size(&self, key: &str) -> StorageResult<Option<u64>> {
+        let head = self
+            .shared
+            .client
+            .head_object()
+            .bucket(&self.shared.bucket)
+            .key(key)
+            .send()
+            .await;
+        match head {
+            Ok(out) => Ok(out.content_length().and_then(|l| u64::try_from(l).ok())),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                Err(StorageError::NotFound(key.to_owned()))
+            }
+            Err(e) => Err(s3_error("HeadObject", e)),
+        }
+    }
+
     async fn presigned_url(&self, key: &str) -> StorageResult<Option<String>> {
         let config = PresigningConfig::expires_in(self.shared.presign_expiry)
             .map_err(|e| StorageError::State(format!("presign expiry: {e}")))?;

@@ -13,6 +13,7 @@ mod next_spec;
 mod options;
 mod production;
 mod resilience;
+mod scrub;
 #[cfg(feature = "otel")]
 mod telemetry;
 mod util;

@@ -166,6 +166,13 @@ impl Deployment {
     pub fn start(self: &Arc<Self>) -> Server {
         Server::spawn(Arc::clone(self))
     }
+
+    /// Another `berth` command (`scrub`, `migrate`, …) on this deployment's configuration.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary());
+        command.args(args).envs(self.env());
+        command
+    }
 }
 
 impl Drop for Deployment {
