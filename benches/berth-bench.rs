@@ -734,36 +734,31 @@ impl Bench {
         Ok(set)
     }
 
+    /// Two monolithic and two streaming pushes of `--size-mib`: their throughputs.
+    async fn push_both_ways_twice(&self) -> Result<Vec<(&'static str, f64)>> {
+        let size = self.opts.size_mib * MIB;
+        let mut figures = Vec::new();
+        for _ in 0..2 {
+            let data = payload(size, seed());
+            let d = digest(&data);
+            let t = Instant::now();
+            let location = self.start_upload().await?;
+            self.finish(&location, &d, Some(data)).await?;
+            figures.push(("push-mono", mb_per_s(size, t.elapsed())));
+            let (_, elapsed) =
+                Self::push_stream_once(&self.http, &self.base, &self.opts.repo, size).await?;
+            figures.push(("push-stream", mb_per_s(size, elapsed)));
+        }
+        Ok(figures)
+    }
+
     /// Monolithic and streaming push throughput, alone and beside `--tricklers` uploads that
     /// trickle a byte a second each (the server's body rate limit must allow them for the run).
     async fn push_beside_tricklers(&mut self) -> Result<()> {
-        let size = self.opts.size_mib * MIB;
         let n = self.opts.tricklers;
-        let mut alone = Vec::new();
-        for _ in 0..2 {
-            let data = payload(size, seed());
-            let d = digest(&data);
-            let t = Instant::now();
-            let location = self.start_upload().await?;
-            self.finish(&location, &d, Some(data)).await?;
-            alone.push(("push-mono", mb_per_s(size, t.elapsed())));
-            let (_, elapsed) =
-                Self::push_stream_once(&self.http, &self.base, &self.opts.repo, size).await?;
-            alone.push(("push-stream", mb_per_s(size, elapsed)));
-        }
+        let alone = self.push_both_ways_twice().await?;
         let tricklers = self.open_tricklers(n).await?;
-        let mut beside = Vec::new();
-        for _ in 0..2 {
-            let data = payload(size, seed());
-            let d = digest(&data);
-            let t = Instant::now();
-            let location = self.start_upload().await?;
-            self.finish(&location, &d, Some(data)).await?;
-            beside.push(("push-mono", mb_per_s(size, t.elapsed())));
-            let (_, elapsed) =
-                Self::push_stream_once(&self.http, &self.base, &self.opts.repo, size).await?;
-            beside.push(("push-stream", mb_per_s(size, elapsed)));
-        }
+        let beside = self.push_both_ways_twice().await?;
         drop(tricklers);
         for workload in ["push-mono", "push-stream"] {
             let best = |figures: &[(&str, f64)]| {
@@ -947,31 +942,31 @@ impl Bench {
         };
         let mut tag_pages = Vec::new();
         let mut catalog_pages = Vec::new();
+        let timed = |url: String| {
+            let http = self.http.clone();
+            async move {
+                let t = Instant::now();
+                http.get(url).send().await?.bytes().await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(t.elapsed())
+            }
+        };
         for _ in 0..300 {
-            let t = Instant::now();
-            let r = self
-                .http
-                .get(format!(
-                    "{}/v2/{repo}/tags/list?n=100&last=t{:07}",
-                    self.base,
-                    random(tags)
+            let last = random(tags);
+            tag_pages.push(
+                timed(format!(
+                    "{}/v2/{repo}/tags/list?n=100&last=t{last:07}",
+                    self.base
                 ))
-                .send()
-                .await?;
-            r.bytes().await?;
-            tag_pages.push(t.elapsed());
-            let t = Instant::now();
-            let r = self
-                .http
-                .get(format!(
-                    "{}/v2/_catalog?n=100&last=scale/r{:06}",
-                    self.base,
-                    random(repos)
+                .await?,
+            );
+            let last = random(repos);
+            catalog_pages.push(
+                timed(format!(
+                    "{}/v2/_catalog?n=100&last=scale/r{last:06}",
+                    self.base
                 ))
-                .send()
-                .await?;
-            r.bytes().await?;
-            catalog_pages.push(t.elapsed());
+                .await?,
+            );
         }
         tag_pages.sort();
         catalog_pages.sort();

@@ -147,28 +147,16 @@ impl Authorizer for BasicAuthorizer {
                 message: describe_needs(request.needs),
             });
         }
-        let missing: Vec<Access> = request
-            .needs
-            .iter()
-            .filter(|a| !grant.allows(a))
-            .cloned()
-            .collect();
-        if missing.is_empty() {
-            Ok(Arc::new(grant))
-        } else if grant.user.is_none() {
-            Err(Denial::Unauthenticated {
-                challenge: self.challenge(),
-                message: describe_needs(&missing),
-            })
-        } else {
-            Err(Denial::Forbidden {
-                challenge: None,
-                message: format!(
-                    "{}; user {:?} does not have it",
-                    describe_needs(&missing),
-                    grant.user.as_deref().unwrap_or("")
-                ),
-            })
-        }
+        let lacking = format!(
+            "user {:?} does not have it",
+            grant.user.as_deref().unwrap_or("")
+        );
+        super::decide(
+            Arc::new(grant),
+            request.needs,
+            self.challenge(),
+            false,
+            &lacking,
+        )
     }
 }

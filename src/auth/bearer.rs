@@ -105,13 +105,6 @@ impl std::fmt::Debug for TokenVerifier {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl TokenVerifier {
     /// Trusts tokens signed by `keys`, issued by `issuer` for `service`. `acl` decides which
     /// repositories the catalog shows to callers with tokens of Berth's own issuer (whose
@@ -209,7 +202,7 @@ impl TokenVerifier {
         let remaining = claims
             .exp
             .saturating_add(LEEWAY_SECS)
-            .saturating_sub(now_secs());
+            .saturating_sub(super::unix_now());
         let grant = Arc::new(TokenGrant::new(
             &claims,
             own.then(|| self.acl.clone()).flatten(),
@@ -390,27 +383,13 @@ impl Authorizer for BearerAuthorizer {
                 });
             }
         };
-        let missing: Vec<Access> = request
-            .needs
-            .iter()
-            .filter(|a| !grant.allows(a))
-            .cloned()
-            .collect();
-        if missing.is_empty() {
-            return Ok(grant);
-        }
         let challenge = self.challenge(request.headers, request.needs, Some("insufficient_scope"));
-        if grant.subject.is_none() {
-            // Signing in may help an anonymous caller.
-            Err(Denial::Unauthenticated {
-                challenge,
-                message: describe_needs(&missing),
-            })
-        } else {
-            Err(Denial::Forbidden {
-                challenge: Some(challenge),
-                message: format!("{}; the token does not grant it", describe_needs(&missing)),
-            })
-        }
+        super::decide(
+            grant,
+            request.needs,
+            challenge,
+            true,
+            "the token does not grant it",
+        )
     }
 }

@@ -120,13 +120,6 @@ impl std::fmt::Debug for TokenIssuer {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Unix seconds as RFC 3339 UTC (`2009-11-10T23:00:00Z`).
 pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
@@ -307,7 +300,7 @@ impl TokenIssuer {
             }
         };
         let access = self.grant(user.as_deref(), &request.scopes);
-        let now = now_secs();
+        let now = super::unix_now();
         let lifetime = self.settings.lifetime.as_secs().max(60);
         let claims = Claims {
             iss: self.settings.issuer.clone(),
@@ -340,7 +333,7 @@ impl TokenIssuer {
             .htpasswd
             .hash_of(user)
             .ok_or(IssueError::BadCredentials)?;
-        let now = now_secs();
+        let now = super::unix_now();
         self.sign(&Claims {
             iss: self.settings.issuer.clone(),
             sub: user.to_owned(),

@@ -124,6 +124,41 @@ pub fn describe_needs(needs: &[Access]) -> String {
     }
 }
 
+/// Decides a request whose caller is known: through if `grant` allows all it `needs`;
+/// otherwise a caller who has not signed in is asked to (401 with `challenge`), and one who has
+/// is refused (403, with the challenge too if `challenge_when_forbidden`), `lacking` saying why.
+pub fn decide(
+    grant: Arc<dyn Grant>,
+    needs: &[Access],
+    challenge: HeaderValue,
+    challenge_when_forbidden: bool,
+    lacking: &str,
+) -> Result<Arc<dyn Grant>, Denial> {
+    let missing: Vec<Access> = needs.iter().filter(|a| !grant.allows(a)).cloned().collect();
+    if missing.is_empty() {
+        Ok(grant)
+    } else if grant.subject().is_none() {
+        Err(Denial::Unauthenticated {
+            challenge,
+            message: describe_needs(&missing),
+        })
+    } else {
+        Err(Denial::Forbidden {
+            challenge: challenge_when_forbidden.then_some(challenge),
+            message: format!("{}; {lacking}", describe_needs(&missing)),
+        })
+    }
+}
+
+/// Unix time in seconds (token claims).
+#[cfg(feature = "auth")]
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// The client address a request comes from: its peer address.
 pub fn client_address<B>(request: &http::Request<B>) -> Option<IpAddr> {
     crate::http::peer_address(request).map(|a| a.ip())

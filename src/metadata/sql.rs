@@ -157,6 +157,15 @@ fn digest_of(row: &AnyRow, column: &str) -> MetadataResult<Digest> {
     Digest::parse(&s).map_err(|e| MetadataError::Corrupt(format!("{column}: {e}")))
 }
 
+/// A blob row (`size`, `storage_key`) of `digest`.
+fn blob_record(row: &AnyRow, digest: Digest) -> MetadataResult<BlobRecord> {
+    Ok(BlobRecord {
+        digest,
+        size: u64_of(row, "size")?,
+        storage_key: row.try_get("storage_key").map_err(db_err)?,
+    })
+}
+
 fn limit_of(page: Page<'_>) -> i64 {
     page.limit.map(i64::from).unwrap_or(i64::MAX)
 }
@@ -311,6 +320,29 @@ impl SqlMetadataStore {
             .map_err(db_err)?
             .try_get("id")
             .map_err(db_err)
+    }
+
+    /// Queues storage for removal in `tx`: an upload's (`key` none) or one object's.
+    async fn queue_garbage(
+        tx: &mut WriteTx,
+        upload_id: &str,
+        store_state: &str,
+        key: Option<&str>,
+        now: i64,
+    ) -> MetadataResult<i64> {
+        sqlx::query(
+            "INSERT INTO storage_garbage (upload_id, store_state, storage_key, created_at) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(upload_id)
+        .bind(store_state)
+        .bind(key)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_err)?
+        .try_get("id")
+        .map_err(db_err)
     }
 
     async fn missing(
@@ -483,14 +515,7 @@ impl MetadataStore for SqlMetadataStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        row.map(|r| {
-            Ok(BlobRecord {
-                digest: digest.clone(),
-                size: u64_of(&r, "size")?,
-                storage_key: r.try_get("storage_key").map_err(db_err)?,
-            })
-        })
-        .transpose()
+        row.map(|r| blob_record(&r, digest.clone())).transpose()
     }
 
     async fn mount_blob(
@@ -522,11 +547,7 @@ impl MetadataStore for SqlMetadataStore {
         let Some(source) = source else {
             return Ok(None);
         };
-        let record = BlobRecord {
-            digest: digest.clone(),
-            size: u64_of(&source, "size")?,
-            storage_key: source.try_get("storage_key").map_err(db_err)?,
-        };
+        let record = blob_record(&source, digest.clone())?;
         let repository_id = Self::ensure_repository(&mut tx, repository, now).await?;
         sqlx::query(
             "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
@@ -779,17 +800,8 @@ impl MetadataStore for SqlMetadataStore {
         let outcome = if inserted.rows_affected() > 0 {
             BlobCommit::Created
         } else {
-            let row = sqlx::query(
-                "INSERT INTO storage_garbage (upload_id, store_state, created_at) VALUES ($1, $2, $3) RETURNING id",
-            )
-            .bind(id)
-            .bind(store_state.as_str())
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err)?;
             BlobCommit::Deduplicated {
-                garbage_id: row.try_get("id").map_err(db_err)?,
+                garbage_id: Self::queue_garbage(&mut tx, id, &store_state, None, now).await?,
             }
         };
         let repository_id = Self::ensure_repository(&mut tx, &repository, now).await?;
@@ -819,16 +831,7 @@ impl MetadataStore for SqlMetadataStore {
             return Ok(None);
         };
         let store_state: String = row.try_get("store_state").map_err(db_err)?;
-        let garbage = sqlx::query(
-            "INSERT INTO storage_garbage (upload_id, store_state, created_at) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(id)
-        .bind(store_state.as_str())
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let garbage_id: i64 = garbage.try_get("id").map_err(db_err)?;
+        let garbage_id = Self::queue_garbage(&mut tx, id, &store_state, None, now).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(Some(Garbage {
             id: garbage_id,
@@ -853,15 +856,7 @@ impl MetadataStore for SqlMetadataStore {
         for row in &rows {
             let id: String = row.try_get("id").map_err(db_err)?;
             let store_state: String = row.try_get("store_state").map_err(db_err)?;
-            sqlx::query(
-                "INSERT INTO storage_garbage (upload_id, store_state, created_at) VALUES ($1, $2, $3)",
-            )
-            .bind(id)
-            .bind(store_state)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            Self::queue_garbage(&mut tx, &id, &store_state, None, now).await?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(rows.len() as u64)
@@ -893,14 +888,7 @@ impl MetadataStore for SqlMetadataStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err)?;
-        row.map(|r| {
-            Ok(BlobRecord {
-                digest: digest.clone(),
-                size: u64_of(&r, "size")?,
-                storage_key: r.try_get("storage_key").map_err(db_err)?,
-            })
-        })
-        .transpose()
+        row.map(|r| blob_record(&r, digest.clone())).transpose()
     }
 
     async fn list_blobs(
@@ -930,13 +918,7 @@ impl MetadataStore for SqlMetadataStore {
         .await
         .map_err(db_err)?;
         rows.iter()
-            .map(|r| {
-                Ok(BlobRecord {
-                    digest: digest_of(r, "digest")?,
-                    size: u64_of(r, "size")?,
-                    storage_key: r.try_get("storage_key").map_err(db_err)?,
-                })
-            })
+            .map(|r| blob_record(r, digest_of(r, "digest")?))
             .collect()
     }
 
@@ -1030,16 +1012,7 @@ impl MetadataStore for SqlMetadataStore {
             return Ok(None);
         };
         let key: String = row.try_get("storage_key").map_err(db_err)?;
-        let garbage = sqlx::query(
-            "INSERT INTO storage_garbage (upload_id, store_state, storage_key, created_at) \
-             VALUES ('', '', $1, $2) RETURNING id",
-        )
-        .bind(key.as_str())
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let id: i64 = garbage.try_get("id").map_err(db_err)?;
+        let id = Self::queue_garbage(&mut tx, "", "", Some(&key), now).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(Some(Garbage {
             id,

@@ -3,49 +3,13 @@
 //! A missing client fails the test; `.ci/run` installs and starts them.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use crate::auth::{AuthFiles, USERS, start_with_owned};
 use crate::util::*;
 
 fn password(user: &str) -> &'static str {
     USERS.iter().find(|(u, _)| *u == user).unwrap().1
-}
-
-fn require(name: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(found, "{name} is not installed; .ci/run installs it");
-}
-
-#[track_caller]
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-#[track_caller]
-fn fails(cmd: &mut Command) -> String {
-    let out: Output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(!out.status.success(), "{cmd:?} should fail");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A one-layer OCI layout with random content; returns the layout path.

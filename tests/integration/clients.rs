@@ -7,30 +7,8 @@ use std::process::Command;
 use crate::util::*;
 
 fn tool(name: &str) -> &str {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{name} is not installed; .ci/run installs it (apt-get install {name})"
-    );
+    require(name);
     name
-}
-
-#[track_caller]
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn sha_hex(data: &[u8]) -> String {
@@ -67,7 +45,7 @@ impl Layout {
         std::fs::create_dir_all(root.join("data")).unwrap();
         std::fs::write(root.join("data/payload.bin"), random_bytes(200_000, seed)).unwrap();
         let tar = work.join(format!("layer-{arch}.tar"));
-        run(Command::new("tar")
+        ok(Command::new("tar")
             .args([
                 "--sort=name",
                 "--owner=0",
@@ -81,7 +59,7 @@ impl Layout {
             .arg(&tar)
             .arg("."));
         let tar_bytes = std::fs::read(&tar).unwrap();
-        run(Command::new("gzip").args(["-n", "-f"]).arg(&tar));
+        ok(Command::new("gzip").args(["-n", "-f"]).arg(&tar));
         let gz = std::fs::read(work.join(format!("layer-{arch}.tar.gz"))).unwrap();
         let layer = self.blob(&gz);
         let config = format!(
@@ -157,11 +135,11 @@ fn skopeo_copies_an_oci_image_and_pulls_it_back_byte_identical() {
     let image = layout.image(work.path(), "amd64", unique_seed());
     layout.index(&[(OCI_MANIFEST, &image.manifest, image.size, "v1")]);
     let dest = format!("docker://{}/skopeo/oci:v1", server.addr);
-    run(skopeo()
+    ok(skopeo()
         .args(["copy", "-q", "--dest-tls-verify=false"])
         .arg(layout.reference("v1"))
         .arg(&dest));
-    let raw = run(skopeo()
+    let raw = ok(skopeo()
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(&dest));
     assert_eq!(
@@ -169,13 +147,13 @@ fn skopeo_copies_an_oci_image_and_pulls_it_back_byte_identical() {
         image.manifest,
         "the manifest is served as pushed"
     );
-    let tags = run(skopeo()
+    let tags = ok(skopeo()
         .args(["list-tags", "--tls-verify=false"])
         .arg(format!("docker://{}/skopeo/oci", server.addr)));
     assert!(tags.contains("\"v1\""), "{tags}");
 
     let out = work.path().join("pulled");
-    run(skopeo()
+    ok(skopeo()
         .args(["copy", "-q", "--src-tls-verify=false"])
         .arg(&dest)
         .arg(format!("oci:{}:v1", out.display())));
@@ -196,16 +174,16 @@ fn skopeo_copies_a_docker_v2s2_image() {
     let image = layout.image(work.path(), "amd64", unique_seed());
     layout.index(&[(OCI_MANIFEST, &image.manifest, image.size, "v1")]);
     let dest = format!("docker://{}/skopeo/docker:v2s2", server.addr);
-    run(skopeo()
+    ok(skopeo()
         .args(["copy", "-q", "--format", "v2s2", "--dest-tls-verify=false"])
         .arg(layout.reference("v1"))
         .arg(&dest));
-    let raw = run(skopeo()
+    let raw = ok(skopeo()
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(&dest));
     assert!(raw.contains(DOCKER_MANIFEST), "{raw}");
     let out = work.path().join("dir");
-    run(skopeo()
+    ok(skopeo()
         .args(["copy", "-q", "--src-tls-verify=false"])
         .arg(&dest)
         .arg(format!("dir:{}", out.display())));
@@ -254,17 +232,17 @@ fn skopeo_copy_all_of_a_multi_arch_index_is_byte_identical() {
     layout.index(&[(OCI_INDEX, &index_hex, index.len(), "multi")]);
 
     let dest = format!("docker://{}/skopeo/multi:latest", server.addr);
-    run(skopeo()
+    ok(skopeo()
         .args(["copy", "-q", "--all", "--dest-tls-verify=false"])
         .arg(layout.reference("multi"))
         .arg(&dest));
-    let raw = run(skopeo()
+    let raw = ok(skopeo()
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(&dest));
     assert_eq!(raw, index, "the index is served byte-identical");
 
     let out = work.path().join("pulled");
-    run(skopeo()
+    ok(skopeo()
         .args(["copy", "-q", "--all", "--src-tls-verify=false"])
         .arg(&dest)
         .arg(format!("oci:{}:multi", out.display())));
@@ -288,11 +266,11 @@ fn podman_pushes_and_pulls_single_and_multi_arch_images() {
         (OCI_MANIFEST, &arm.manifest, arm.size, "arm"),
     ]);
     let reg = server.addr.to_string();
-    run(skopeo()
+    ok(skopeo()
         .args(["copy", "-q", "--dest-tls-verify=false"])
         .arg(layout.reference("v1"))
         .arg(format!("docker://{reg}/podman/base:v1")));
-    run(skopeo()
+    ok(skopeo()
         .args(["copy", "-q", "--dest-tls-verify=false"])
         .arg(layout.reference("arm"))
         .arg(format!("docker://{reg}/podman/base:arm")));
@@ -313,13 +291,13 @@ fn podman_pushes_and_pulls_single_and_multi_arch_images() {
         c.env("TMPDIR", work.path());
         c
     };
-    run(podman()
+    ok(podman()
         .args(["pull", "-q", "--tls-verify=false"])
         .arg(format!("{reg}/podman/base:v1")));
-    run(podman()
+    ok(podman()
         .args(["pull", "-q", "--arch", "arm64", "--tls-verify=false"])
         .arg(format!("{reg}/podman/base:arm")));
-    let digest = run(podman()
+    let digest = ok(podman()
         .args(["image", "inspect", "--format", "{{.Digest}}"])
         .arg(format!("{reg}/podman/base:v1")));
     assert_eq!(
@@ -328,14 +306,14 @@ fn podman_pushes_and_pulls_single_and_multi_arch_images() {
         "podman pulled the manifest as pushed"
     );
 
-    run(podman()
+    ok(podman()
         .args(["tag"])
         .arg(format!("{reg}/podman/base:v1"))
         .arg(format!("{reg}/podman/copy:v1")));
-    run(podman()
+    ok(podman()
         .args(["push", "-q", "--tls-verify=false"])
         .arg(format!("{reg}/podman/copy:v1")));
-    let raw = run(skopeo()
+    let raw = ok(skopeo()
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{reg}/podman/copy:v1")));
     let pushed = blobs_of(&layout.dir);
@@ -348,14 +326,14 @@ fn podman_pushes_and_pulls_single_and_multi_arch_images() {
         "podman pushed the same config: {raw}"
     );
 
-    run(podman().args(["manifest", "create", "localhost/multi:v1"]));
-    run(podman()
+    ok(podman().args(["manifest", "create", "localhost/multi:v1"]));
+    ok(podman()
         .args(["manifest", "add", "localhost/multi:v1"])
         .arg(format!("containers-storage:{reg}/podman/base:v1")));
-    run(podman()
+    ok(podman()
         .args(["manifest", "add", "--variant", "v8", "localhost/multi:v1"])
         .arg(format!("containers-storage:{reg}/podman/base:arm")));
-    run(podman()
+    ok(podman()
         .args([
             "manifest",
             "push",
@@ -365,7 +343,7 @@ fn podman_pushes_and_pulls_single_and_multi_arch_images() {
             "localhost/multi:v1",
         ])
         .arg(format!("docker://{reg}/podman/multi:v1")));
-    let index = run(skopeo()
+    let index = ok(skopeo()
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{reg}/podman/multi:v1")));
     let parsed: serde_json::Value = serde_json::from_str(&index).unwrap();
@@ -373,7 +351,7 @@ fn podman_pushes_and_pulls_single_and_multi_arch_images() {
 
     // Pulling the multi-arch image back gives the blobs pushed.
     let out = work.path().join("pulled");
-    run(skopeo()
+    ok(skopeo()
         .args(["copy", "-q", "--all", "--src-tls-verify=false"])
         .arg(format!("docker://{reg}/podman/multi:v1"))
         .arg(format!("oci:{}:multi", out.display())));

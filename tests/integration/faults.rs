@@ -125,13 +125,25 @@ async fn a_full_disk_answers_507_removes_what_cannot_resume_and_recovers() {
         return;
     }
     let fs = SmallFs::mount(64);
-    let server = start(&on(
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut settings = on(
         &fs,
         &[
             ("BERTH_MIN_FREE_SPACE", "8MiB"),
             ("BERTH_FS_PART_SIZE", "1MiB"),
         ],
-    ));
+    );
+    settings.push(("BERTH_ADMIN_LISTEN".into(), admin.clone()));
+    let server = start(&settings);
+    let metrics = Client::new(&format!("http://{admin}"));
+    let storage_low = async || {
+        let exposition = metrics.get("/metrics").await;
+        exposition.expect(200, None);
+        metric(
+            &String::from_utf8_lossy(&exposition.body),
+            "berth_storage_low",
+        )
+    };
     let c = server.client();
     let data_dir = fs.path.join("data");
     let image = c.push_image("disk/app", "v1", unique_seed()).await;
@@ -218,6 +230,11 @@ async fn a_full_disk_answers_507_removes_what_cannot_resume_and_recovers() {
         said.contains("degraded") && said.contains("uploads are refused"),
         "{said}"
     );
+    assert_eq!(
+        storage_low().await,
+        Some(1.0),
+        "the metric reports the pressure"
+    );
 
     // Freeing space is enough: nothing to restart.
     std::fs::remove_file(&filler).unwrap();
@@ -226,6 +243,7 @@ async fn a_full_disk_answers_507_removes_what_cannot_resume_and_recovers() {
         .await;
     let ready = c.get("/readyz").await;
     assert_eq!(String::from_utf8_lossy(&ready.body), "ready\n");
+    assert_eq!(storage_low().await, Some(0.0));
     c.get(&format!("/v2/disk/app/manifests/{}", image.digest))
         .await
         .expect(200, None);
