@@ -120,6 +120,25 @@ impl Deployment {
         })
     }
 
+    /// A deployment whose storage is all in `extra` (whatever the suite's backend), for tests
+    /// that bring their own database and S3 server.
+    pub fn new_with_storage(extra: &[(&str, &str)]) -> Arc<Deployment> {
+        Arc::new(Deployment {
+            backend: Backend::Sqlite,
+            dir: tempfile::Builder::new()
+                .prefix("berth-test-")
+                .tempdir()
+                .unwrap(),
+            database: None,
+            s3_prefix: None,
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            counter: Default::default(),
+        })
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -214,12 +233,17 @@ impl Server {
     }
 
     fn spawn(deployment: Arc<Deployment>) -> Server {
+        Server::spawn_on(deployment, SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// A process on `deployment` listening on `addr`.
+    pub fn spawn_on(deployment: Arc<Deployment>, addr: SocketAddr) -> Server {
         let n = deployment
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = deployment.dir.path().join(format!("server-{n}.log"));
         let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", &addr.to_string()])
             .envs(deployment.env())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
