@@ -11,36 +11,36 @@ fn tool(name: &str) -> &str {
     name
 }
 
-fn sha_hex(data: &[u8]) -> String {
+pub fn sha_hex(data: &[u8]) -> String {
     sha256(data).trim_start_matches("sha256:").to_owned()
 }
 
 /// An OCI image layout built by hand, like a build tool would.
-struct Layout {
-    dir: PathBuf,
+pub struct Layout {
+    pub dir: PathBuf,
 }
 
-struct Built {
-    manifest: String,
-    size: usize,
+pub struct Built {
+    pub manifest: String,
+    pub size: usize,
 }
 
 impl Layout {
-    fn new(root: &Path) -> Layout {
+    pub fn new(root: &Path) -> Layout {
         let dir = root.join("layout");
         std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
         Layout { dir }
     }
 
-    fn blob(&self, data: &[u8]) -> String {
+    pub fn blob(&self, data: &[u8]) -> String {
         let hex = sha_hex(data);
         std::fs::write(self.dir.join("blobs/sha256").join(&hex), data).unwrap();
         hex
     }
 
     /// A single-layer image for `arch`: a gzip tar with one file of random content.
-    fn image(&self, work: &Path, arch: &str, seed: u64) -> Built {
+    pub fn image(&self, work: &Path, arch: &str, seed: u64) -> Built {
         let root = work.join(format!("rootfs-{arch}"));
         std::fs::create_dir_all(root.join("data")).unwrap();
         std::fs::write(root.join("data/payload.bin"), random_bytes(200_000, seed)).unwrap();
@@ -80,7 +80,7 @@ impl Layout {
     }
 
     /// Writes `index.json` naming each (media type, digest hex, size) under a tag.
-    fn index(&self, entries: &[(&str, &str, usize, &str)]) {
+    pub fn index(&self, entries: &[(&str, &str, usize, &str)]) {
         let manifests: Vec<String> = entries
             .iter()
             .map(|(media_type, hex, size, tag)| {
@@ -96,12 +96,12 @@ impl Layout {
         std::fs::write(self.dir.join("index.json"), index).unwrap();
     }
 
-    fn reference(&self, tag: &str) -> String {
+    pub fn reference(&self, tag: &str) -> String {
         format!("oci:{}:{tag}", self.dir.display())
     }
 }
 
-fn descriptor(media_type: &str, hex: &str, size: usize, platform: Option<&str>) -> String {
+pub fn descriptor(media_type: &str, hex: &str, size: usize, platform: Option<&str>) -> String {
     let platform = platform
         .map(|p| format!(r#","platform":{p}"#))
         .unwrap_or_default();
@@ -109,7 +109,7 @@ fn descriptor(media_type: &str, hex: &str, size: usize, platform: Option<&str>) 
 }
 
 /// Every blob file of a layout directory, by name.
-fn blobs_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+pub fn blobs_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     files_under(&dir.join("blobs"))
         .into_iter()
         .map(|p| {
@@ -121,7 +121,7 @@ fn blobs_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn skopeo() -> Command {
+pub fn skopeo() -> Command {
     let mut c = Command::new(tool("skopeo"));
     c.env("TMPDIR", std::env::temp_dir());
     c
