@@ -220,6 +220,14 @@ settings! {
     s3_upload_concurrency: usize, env = "BERTH_S3_UPLOAD_CONCURRENCY", value_name = "N",
     /// Lifetime of presigned blob URLs [default: 5m].
     s3_presign_expiry: Span, env = "BERTH_S3_PRESIGN_EXPIRY", value_name = "DURATION",
+    /// Longest wait to connect to S3 [default: 3s].
+    s3_connect_timeout: Span, env = "BERTH_S3_CONNECT_TIMEOUT", value_name = "DURATION",
+    /// Longest one S3 request may take, body included, before it counts as unavailable [default: 60s].
+    s3_timeout: Span, env = "BERTH_S3_TIMEOUT", value_name = "DURATION",
+    /// Longest a database statement may run before it is cancelled (Postgres) [default: 30s].
+    db_statement_timeout: Span, env = "BERTH_DB_STATEMENT_TIMEOUT", value_name = "DURATION",
+    /// After SIGTERM, how long to keep serving while readiness already fails, so that load balancers stop sending first [default: 0s].
+    shutdown_delay: Span, env = "BERTH_SHUTDOWN_DELAY", value_name = "DURATION",
     /// Redirect blob downloads to the storage's presigned URLs [default: true].
     redirect: bool, env = "BERTH_REDIRECT", value_name = "BOOL",
     /// Part buffers shared by all uploads: the upload memory budget [default: 8].
@@ -302,6 +310,7 @@ pub struct Config {
     pub db_max_connections: u32,
     pub db_acquire_timeout: Duration,
     pub db_lock_timeout: Duration,
+    pub db_statement_timeout: Duration,
     pub storage: StorageKind,
     pub fs_part_size: usize,
     pub fs_direct_io: bool,
@@ -309,6 +318,7 @@ pub struct Config {
     /// The registry's behaviour switches; unset settings keep the library's defaults.
     pub registry: RegistryOptions,
     pub shutdown_timeout: Duration,
+    pub shutdown_delay: Duration,
     pub http_header_timeout: Duration,
     pub http_idle_timeout: Duration,
     pub max_connections: usize,
@@ -346,6 +356,8 @@ pub struct S3Settings {
     pub part_size: u64,
     pub upload_concurrency: usize,
     pub presign_expiry: Duration,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
 }
 
 const MIB: u64 = 1 << 20;
@@ -449,6 +461,10 @@ impl Settings {
                 .db_lock_timeout
                 .map_or(Duration::from_secs(5), |s| s.0)
                 .max(Duration::from_millis(10)),
+            db_statement_timeout: self
+                .db_statement_timeout
+                .map_or(Duration::from_secs(30), |s| s.0)
+                .max(Duration::from_millis(100)),
             storage,
             fs_part_size: fs_part_size as usize,
             fs_direct_io: self.fs_direct_io.unwrap_or(true),
@@ -464,11 +480,20 @@ impl Settings {
                 presign_expiry: self
                     .s3_presign_expiry
                     .map_or(Duration::from_secs(300), |s| s.0),
+                connect_timeout: self
+                    .s3_connect_timeout
+                    .map_or(Duration::from_secs(3), |s| s.0)
+                    .max(Duration::from_millis(10)),
+                timeout: self
+                    .s3_timeout
+                    .map_or(Duration::from_secs(60), |s| s.0)
+                    .max(Duration::from_millis(100)),
             },
             registry,
             shutdown_timeout: self
                 .shutdown_timeout
                 .map_or(Duration::from_secs(30), |s| s.0),
+            shutdown_delay: self.shutdown_delay.map_or(Duration::ZERO, |s| s.0),
             http_header_timeout: self
                 .http_header_timeout
                 .map_or(serve_defaults.header_timeout, |s| s.0)

@@ -266,7 +266,7 @@ impl std::error::Error for RegistryError {}
 impl From<MetadataError> for RegistryError {
     fn from(e: MetadataError) -> Self {
         match e {
-            MetadataError::Unavailable(_) => {
+            MetadataError::Unavailable(_) | MetadataError::Interrupted(_) => {
                 let mut err = RegistryError::unavailable(
                     "the metadata database is unavailable; retry shortly",
                 );

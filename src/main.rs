@@ -68,6 +68,7 @@ async fn sql_store(config: &Config) -> anyhow::Result<berth::metadata::sql::SqlM
         max_connections: config.db_max_connections,
         acquire_timeout: config.db_acquire_timeout,
         lock_timeout: config.db_lock_timeout,
+        statement_timeout: config.db_statement_timeout,
     };
     SqlMetadataStore::connect(&url, &options)
         .await
@@ -119,6 +120,8 @@ async fn s3_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
         part_size: s3.part_size as usize,
         upload_concurrency: s3.upload_concurrency,
         presign_expiry: s3.presign_expiry,
+        connect_timeout: s3.connect_timeout,
+        timeout: s3.timeout,
     })
     .await
     .context("configuring S3 storage")?;
@@ -260,10 +263,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
+    {
+        let registry = registry.clone();
+        let delay = config.shutdown_delay;
+        tokio::spawn(async move {
+            let terminated = shutdown_signal().await;
+            registry.drain();
+            // A load balancer is told first (readiness fails) and given time to stop sending;
+            // Ctrl-C stops at once.
+            if terminated && !delay.is_zero() {
+                tracing::info!(
+                    delay_secs = delay.as_secs_f64(),
+                    "draining: readiness fails while requests are still served"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            let _ = stop_tx.send(true);
+        });
+    }
     let mut app = berth::http::router(registry.clone()).merge(berth::http::health_router(registry));
     if let Some(tokens) = auth.token_router {
         app = app.merge(tokens);
@@ -538,7 +555,8 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     anyhow::bail!("this berth was built without database support")
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGINT or SIGTERM; whether it was SIGTERM.
+async fn shutdown_signal() -> bool {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -554,7 +572,13 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = terminate => tracing::info!("SIGTERM received"),
+        _ = ctrl_c => {
+            tracing::info!("SIGINT received");
+            false
+        }
+        _ = terminate => {
+            tracing::info!("SIGTERM received");
+            true
+        }
     }
 }

@@ -99,6 +99,13 @@ async fn within(
 /// of rotation would not free any space); the answer says so, and the uploads it would refuse
 /// get 507.
 async fn readiness(State(registry): State<Registry>) -> Response {
+    if registry.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n",
+        )
+            .into_response();
+    }
     let metadata = within("the metadata database", async {
         registry
             .metadata_store()

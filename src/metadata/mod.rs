@@ -24,6 +24,11 @@ pub enum MetadataError {
     /// The database cannot be reached (connection refused, pool timeout).
     #[error("metadata database unavailable: {0}")]
     Unavailable(String),
+    /// A statement failed because its connection did (a restart, an administrator's
+    /// shutdown, a network cut) or the database could not serve it just then (locked,
+    /// overloaded, a serialization conflict): the same statement can succeed if repeated.
+    #[error("metadata database interrupted: {0}")]
+    Interrupted(String),
     /// The database has no space left (disk or quota full).
     #[error("metadata database is full: {0}")]
     Full(String),

@@ -60,6 +60,9 @@ pub struct SqlOptions {
     /// How long a statement waits for a lock another process holds (a backup, a migration,
     /// an exclusive transaction) before the database counts as unavailable.
     pub lock_timeout: Duration,
+    /// How long a statement may run before it is cancelled (Postgres; SQLite statements are
+    /// bounded by the lock timeout).
+    pub statement_timeout: Duration,
 }
 
 impl Default for SqlOptions {
@@ -68,6 +71,7 @@ impl Default for SqlOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
             lock_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -130,17 +134,35 @@ fn classify(code: &str) -> ErrorClass {
 
 fn db_err(e: sqlx::Error) -> MetadataError {
     match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
             MetadataError::Unavailable(e.to_string())
         }
-        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => MetadataError::Unavailable(e.to_string()),
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => {
+            MetadataError::Interrupted(e.to_string())
+        }
         sqlx::Error::Database(ref db) => match db.code().as_deref().map(classify) {
             Some(ErrorClass::Full) => MetadataError::Full(e.to_string()),
-            Some(ErrorClass::Transient) => MetadataError::Unavailable(e.to_string()),
+            Some(ErrorClass::Transient) => MetadataError::Interrupted(e.to_string()),
             _ => MetadataError::Database(e.to_string()),
         },
         other => MetadataError::Database(other.to_string()),
     }
+}
+
+/// Runs a read (an expression that awaits it), and once more after a moment if the database
+/// was interrupted (a connection lost to a restart, an administrator's shutdown): reads are safe
+/// to repeat, and the pool hands out a fresh connection.
+macro_rules! retrying {
+    ($read:expr) => {{
+        match $read {
+            Err(MetadataError::Interrupted(first)) => {
+                tracing::debug!(error = %first, "database read interrupted; trying once more");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                $read
+            }
+            other => other,
+        }
+    }};
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -229,7 +251,10 @@ impl SqlMetadataStore {
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                  PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {lock_ms};"
             ),
-            Dialect::Postgres => format!("SET lock_timeout = {lock_ms}"),
+            Dialect::Postgres => format!(
+                "SET lock_timeout = {lock_ms}; SET statement_timeout = {}",
+                options.statement_timeout.as_millis().max(1)
+            ),
         };
         pool = pool.after_connect(move |conn, _| {
             let setup = setup.clone();
@@ -478,25 +503,36 @@ impl MetadataStore for SqlMetadataStore {
     }
 
     async fn repository_exists(&self, repository: &RepositoryName) -> MetadataResult<bool> {
-        Ok(sqlx::query("SELECT 1 FROM repositories WHERE name = $1")
-            .bind(repository.as_str())
-            .fetch_optional(&self.pool)
+        retrying!(
+            async {
+                Ok(sqlx::query("SELECT 1 FROM repositories WHERE name = $1")
+                    .bind(repository.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .is_some())
+            }
             .await
-            .map_err(db_err)?
-            .is_some())
+        )
     }
 
     async fn repositories(&self, page: Page<'_>) -> MetadataResult<Vec<String>> {
-        let rows =
-            sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+        retrying!(
+            async {
+                let rows = sqlx::query(
+                    "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2",
+                )
                 .bind(page.after.unwrap_or(""))
                 .bind(limit_of(page))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
-        rows.iter()
-            .map(|r| r.try_get("name").map_err(db_err))
-            .collect()
+                rows.iter()
+                    .map(|r| r.try_get("name").map_err(db_err))
+                    .collect()
+            }
+            .await
+        )
     }
 
     async fn blob(
@@ -504,18 +540,23 @@ impl MetadataStore for SqlMetadataStore {
         repository: &RepositoryName,
         digest: &Digest,
     ) -> MetadataResult<Option<BlobRecord>> {
-        let row = sqlx::query(
-            "SELECT b.size, b.storage_key FROM repository_blobs rb \
-             JOIN repositories r ON r.id = rb.repository_id \
-             JOIN blobs b ON b.digest = rb.digest \
-             WHERE r.name = $1 AND rb.digest = $2",
+        retrying!(
+            async {
+                let row = sqlx::query(
+                    "SELECT b.size, b.storage_key FROM repository_blobs rb \
+                 JOIN repositories r ON r.id = rb.repository_id \
+                 JOIN blobs b ON b.digest = rb.digest \
+                 WHERE r.name = $1 AND rb.digest = $2",
+                )
+                .bind(repository.as_str())
+                .bind(digest.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                row.map(|r| blob_record(&r, digest.clone())).transpose()
+            }
+            .await
         )
-        .bind(repository.as_str())
-        .bind(digest.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
-        row.map(|r| blob_record(&r, digest.clone())).transpose()
     }
 
     async fn mount_blob(
@@ -601,14 +642,19 @@ impl MetadataStore for SqlMetadataStore {
     }
 
     async fn upload(&self, id: &str) -> MetadataResult<Option<UploadSession>> {
-        sqlx::query(SELECT_SESSION)
-            .bind(id)
-            .fetch_optional(&self.pool)
+        retrying!(
+            async {
+                sqlx::query(SELECT_SESSION)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?
+                    .as_ref()
+                    .map(session_of)
+                    .transpose()
+            }
             .await
-            .map_err(db_err)?
-            .as_ref()
-            .map(session_of)
-            .transpose()
+        )
     }
 
     async fn reserve_part_number(&self, id: &str) -> MetadataResult<u32> {
@@ -694,40 +740,48 @@ impl MetadataStore for SqlMetadataStore {
     }
 
     async fn upload_parts(&self, id: &str) -> MetadataResult<Vec<PartRecord>> {
-        let rows = sqlx::query(
-            "SELECT part_number, size, etag FROM upload_parts WHERE upload_id = $1 ORDER BY part_number",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                let number: i64 = r.try_get("part_number").map_err(db_err)?;
-                Ok(PartRecord {
-                    number: u32::try_from(number)
-                        .map_err(|_| MetadataError::Corrupt(format!("part number {number}")))?,
-                    size: u64_of(r, "size")?,
-                    etag: r.try_get("etag").map_err(db_err)?,
+        retrying!(async {
+            let rows = sqlx::query(
+                "SELECT part_number, size, etag FROM upload_parts WHERE upload_id = $1 ORDER BY part_number",
+            )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter()
+                .map(|r| {
+                    let number: i64 = r.try_get("part_number").map_err(db_err)?;
+                    Ok(PartRecord {
+                        number: u32::try_from(number)
+                            .map_err(|_| MetadataError::Corrupt(format!("part number {number}")))?,
+                        size: u64_of(r, "size")?,
+                        etag: r.try_get("etag").map_err(db_err)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        }
+        .await)
     }
 
     async fn upload_staged(&self, id: &str) -> MetadataResult<Vec<u8>> {
-        let rows = sqlx::query(
-            "SELECT bytes FROM upload_staged WHERE upload_id = $1 ORDER BY start_offset",
+        retrying!(
+            async {
+                let rows = sqlx::query(
+                    "SELECT bytes FROM upload_staged WHERE upload_id = $1 ORDER BY start_offset",
+                )
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                let mut staged = Vec::new();
+                for row in &rows {
+                    let bytes: Vec<u8> = row.try_get("bytes").map_err(db_err)?;
+                    staged.extend_from_slice(&bytes);
+                }
+                Ok(staged)
+            }
+            .await
         )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        let mut staged = Vec::new();
-        for row in &rows {
-            let bytes: Vec<u8> = row.try_get("bytes").map_err(db_err)?;
-            staged.extend_from_slice(&bytes);
-        }
-        Ok(staged)
     }
 
     async fn begin_commit(
@@ -883,12 +937,17 @@ impl MetadataStore for SqlMetadataStore {
     }
 
     async fn stored_blob(&self, digest: &Digest) -> MetadataResult<Option<BlobRecord>> {
-        let row = sqlx::query("SELECT size, storage_key FROM blobs WHERE digest = $1")
-            .bind(digest.as_str())
-            .fetch_optional(&self.pool)
+        retrying!(
+            async {
+                let row = sqlx::query("SELECT size, storage_key FROM blobs WHERE digest = $1")
+                    .bind(digest.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                row.map(|r| blob_record(&r, digest.clone())).transpose()
+            }
             .await
-            .map_err(db_err)?;
-        row.map(|r| blob_record(&r, digest.clone())).transpose()
+        )
     }
 
     async fn list_blobs(
@@ -1142,38 +1201,41 @@ impl MetadataStore for SqlMetadataStore {
         repository: &RepositoryName,
         reference: &Reference,
     ) -> MetadataResult<Option<ManifestRecord>> {
-        let query = match reference {
-            Reference::Tag(tag) => sqlx::query(
-                "SELECT m.digest, m.media_type, m.content, m.subject FROM tags t \
-                 JOIN repositories r ON r.id = t.repository_id \
-                 JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest \
-                 WHERE r.name = $1 AND t.name = $2",
-            )
-            .bind(repository.as_str())
-            .bind(tag.as_str()),
-            Reference::Digest(digest) => sqlx::query(
-                "SELECT m.digest, m.media_type, m.content, m.subject FROM manifests m \
-                 JOIN repositories r ON r.id = m.repository_id \
-                 WHERE r.name = $1 AND m.digest = $2",
-            )
-            .bind(repository.as_str())
-            .bind(digest.as_str()),
-        };
-        let row = query.fetch_optional(&self.pool).await.map_err(db_err)?;
-        row.map(|r| {
-            let content: Vec<u8> = r.try_get("content").map_err(db_err)?;
-            let subject: Option<String> = r.try_get("subject").map_err(db_err)?;
-            Ok(ManifestRecord {
-                digest: digest_of(&r, "digest")?,
-                media_type: r.try_get("media_type").map_err(db_err)?,
-                content: Bytes::from(content),
-                subject: subject
-                    .map(|s| Digest::parse(&s))
-                    .transpose()
-                    .map_err(|e| MetadataError::Corrupt(e.to_string()))?,
+        retrying!(async {
+            let query = match reference {
+                Reference::Tag(tag) => sqlx::query(
+                    "SELECT m.digest, m.media_type, m.content, m.subject FROM tags t \
+                     JOIN repositories r ON r.id = t.repository_id \
+                     JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest \
+                     WHERE r.name = $1 AND t.name = $2",
+                )
+                .bind(repository.as_str())
+                .bind(tag.as_str()),
+                Reference::Digest(digest) => sqlx::query(
+                    "SELECT m.digest, m.media_type, m.content, m.subject FROM manifests m \
+                     JOIN repositories r ON r.id = m.repository_id \
+                     WHERE r.name = $1 AND m.digest = $2",
+                )
+                .bind(repository.as_str())
+                .bind(digest.as_str()),
+            };
+            let row = query.fetch_optional(&self.pool).await.map_err(db_err)?;
+            row.map(|r| {
+                let content: Vec<u8> = r.try_get("content").map_err(db_err)?;
+                let subject: Option<String> = r.try_get("subject").map_err(db_err)?;
+                Ok(ManifestRecord {
+                    digest: digest_of(&r, "digest")?,
+                    media_type: r.try_get("media_type").map_err(db_err)?,
+                    content: Bytes::from(content),
+                    subject: subject
+                        .map(|s| Digest::parse(&s))
+                        .transpose()
+                        .map_err(|e| MetadataError::Corrupt(e.to_string()))?,
+                })
             })
-        })
-        .transpose()
+            .transpose()
+        }
+        .await)
     }
 
     async fn delete_manifest(
@@ -1224,28 +1286,31 @@ impl MetadataStore for SqlMetadataStore {
         repository: &RepositoryName,
         page: Page<'_>,
     ) -> MetadataResult<Option<Vec<String>>> {
-        let Some(repo) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
-            .bind(repository.as_str())
-            .fetch_optional(&self.pool)
+        retrying!(async {
+            let Some(repo) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
+                .bind(repository.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?
+            else {
+                return Ok(None);
+            };
+            let repository_id: i64 = repo.try_get("id").map_err(db_err)?;
+            let rows = sqlx::query(
+                "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3",
+            )
+            .bind(repository_id)
+            .bind(page.after.unwrap_or(""))
+            .bind(limit_of(page))
+            .fetch_all(&self.pool)
             .await
-            .map_err(db_err)?
-        else {
-            return Ok(None);
-        };
-        let repository_id: i64 = repo.try_get("id").map_err(db_err)?;
-        let rows = sqlx::query(
-            "SELECT name FROM tags WHERE repository_id = $1 AND name > $2 ORDER BY name LIMIT $3",
-        )
-        .bind(repository_id)
-        .bind(page.after.unwrap_or(""))
-        .bind(limit_of(page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| r.try_get("name").map_err(db_err))
-            .collect::<MetadataResult<Vec<String>>>()
-            .map(Some)
+            .map_err(db_err)?;
+            rows.iter()
+                .map(|r| r.try_get("name").map_err(db_err))
+                .collect::<MetadataResult<Vec<String>>>()
+                .map(Some)
+        }
+        .await)
     }
 
     async fn referrers(
@@ -1255,36 +1320,39 @@ impl MetadataStore for SqlMetadataStore {
         artifact_type: Option<&str>,
         page: Page<'_>,
     ) -> MetadataResult<Vec<ReferrerRecord>> {
-        let rows = sqlx::query(
-            "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations FROM manifests m \
-             JOIN repositories r ON r.id = m.repository_id \
-             WHERE r.name = $1 AND m.subject = $2 AND ($3 = '' OR m.artifact_type = $3) AND m.digest > $4 \
-             ORDER BY m.digest LIMIT $5",
-        )
-        .bind(repository.as_str())
-        .bind(subject.as_str())
-        .bind(artifact_type.unwrap_or(""))
-        .bind(page.after.unwrap_or(""))
-        .bind(limit_of(page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        rows.iter()
-            .map(|r| {
-                let annotations: Option<String> = r.try_get("annotations").map_err(db_err)?;
-                let annotations = annotations
-                    .map(|a| serde_json::from_str::<BTreeMap<String, String>>(&a))
-                    .transpose()
-                    .map_err(|e| MetadataError::Corrupt(format!("annotations: {e}")))?;
-                Ok(ReferrerRecord {
-                    digest: digest_of(r, "digest")?,
-                    media_type: r.try_get("media_type").map_err(db_err)?,
-                    size: u64_of(r, "size")?,
-                    artifact_type: r.try_get("artifact_type").map_err(db_err)?,
-                    annotations,
+        retrying!(async {
+            let rows = sqlx::query(
+                "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations FROM manifests m \
+                 JOIN repositories r ON r.id = m.repository_id \
+                 WHERE r.name = $1 AND m.subject = $2 AND ($3 = '' OR m.artifact_type = $3) AND m.digest > $4 \
+                 ORDER BY m.digest LIMIT $5",
+            )
+            .bind(repository.as_str())
+            .bind(subject.as_str())
+            .bind(artifact_type.unwrap_or(""))
+            .bind(page.after.unwrap_or(""))
+            .bind(limit_of(page))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            rows.iter()
+                .map(|r| {
+                    let annotations: Option<String> = r.try_get("annotations").map_err(db_err)?;
+                    let annotations = annotations
+                        .map(|a| serde_json::from_str::<BTreeMap<String, String>>(&a))
+                        .transpose()
+                        .map_err(|e| MetadataError::Corrupt(format!("annotations: {e}")))?;
+                    Ok(ReferrerRecord {
+                        digest: digest_of(r, "digest")?,
+                        media_type: r.try_get("media_type").map_err(db_err)?,
+                        size: u64_of(r, "size")?,
+                        artifact_type: r.try_get("artifact_type").map_err(db_err)?,
+                        annotations,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        }
+        .await)
     }
 }
 

@@ -129,6 +129,9 @@ impl std::fmt::Debug for RegistryOptions {
 }
 
 pub(crate) struct Inner {
+    /// Set when the process is shutting down: readiness fails so that load balancers stop
+    /// sending, while requests are still served.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
     pub(crate) blobs: Arc<dyn BlobStore>,
     pub(crate) metadata: Arc<dyn MetadataStore>,
@@ -190,6 +193,20 @@ impl Registry {
     /// The shared pool of upload part buffers.
     pub fn buffers(&self) -> &BufferPool {
         &self.inner.buffers
+    }
+
+    /// Marks the registry as shutting down: readiness fails from now on.
+    pub fn drain(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the registry is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Who decides access, if anyone: without an authorizer every request is allowed.
@@ -347,6 +364,7 @@ impl RegistryBuilder {
         let buffers = BufferPool::new(self.options.upload_buffers, self.blobs.part_size());
         Registry {
             inner: Arc::new(Inner {
+                draining: std::sync::atomic::AtomicBool::new(false),
                 authorizer: self.authorizer,
                 blobs: self.blobs,
                 metadata: self.metadata,

@@ -24,8 +24,8 @@ use super::hashing::{HashPipe, SavedState};
 use crate::buffers::{BufferPool, PartBuffer};
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::metadata::{
-    BlobCommit, BlobRecord, MetadataStore, SessionUpdate, UploadCheckpoint, UploadSession,
-    now_millis,
+    BlobCommit, BlobRecord, MetadataError, MetadataStore, SessionUpdate, UploadCheckpoint,
+    UploadSession, now_millis,
 };
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepositoryName};
 use crate::storage::{
@@ -91,10 +91,22 @@ impl PartNumbers for SessionPartNumbers {
         self.metadata
             .reserve_part_number(&self.id)
             .await
-            .map_err(|e| StorageError::Backend {
-                operation: "reserve part number",
-                message: e.to_string(),
-            })
+            .map_err(|e| storage_error("reserve part number", e))
+    }
+}
+
+/// A metadata failure met by a store while it writes: an unavailable or full database stays
+/// unavailable (503) or full (507) for the client.
+fn storage_error(operation: &'static str, e: MetadataError) -> StorageError {
+    match e {
+        MetadataError::Unavailable(m) | MetadataError::Interrupted(m) => {
+            StorageError::Unavailable(format!("{operation}: {m}"))
+        }
+        MetadataError::Full(m) => StorageError::Full(format!("{operation}: {m}")),
+        other => StorageError::Backend {
+            operation,
+            message: other.to_string(),
+        },
     }
 }
 
@@ -111,10 +123,7 @@ impl StagedSource for SessionStaged {
             .upload_staged(&self.id)
             .await
             .map(Bytes::from)
-            .map_err(|e| StorageError::Backend {
-                operation: "read staged bytes",
-                message: e.to_string(),
-            })
+            .map_err(|e| storage_error("read staged bytes", e))
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -64,6 +65,10 @@ pub struct S3Config {
     pub upload_concurrency: usize,
     /// Lifetime of presigned URLs.
     pub presign_expiry: Duration,
+    /// Longest wait to open a connection to S3.
+    pub connect_timeout: Duration,
+    /// Longest one request to S3 may take, body included (each retry has its own).
+    pub timeout: Duration,
 }
 
 struct Shared {
@@ -183,7 +188,15 @@ async fn build_client(config: &S3Config, endpoint: Option<&str>) -> Client {
         // Berth hashes every byte itself; SDK checksums would hash them again, and their
         // streaming trailers are not understood by every S3-compatible store.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        // An S3 that hangs (frozen, overloaded, partitioned) must not hold requests for ever:
+        // they fail as unavailable (503) and clients retry.
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(config.connect_timeout)
+                .operation_attempt_timeout(config.timeout)
+                .build(),
+        );
     if sdk.region().is_none() {
         builder = builder.region(Region::new("us-east-1"));
     }

@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod auth_clients;
 mod clients;
+mod cluster;
 mod errors;
 mod faults;
 mod hardening;
@@ -13,6 +14,7 @@ mod next_spec;
 mod options;
 mod production;
 mod resilience;
+mod scaleout;
 mod scrub;
 #[cfg(feature = "otel")]
 mod telemetry;

@@ -186,6 +186,24 @@ impl Deployment {
         Server::spawn(Arc::clone(self))
     }
 
+    /// Lines of every process's log on this deployment that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        for path in files_under(self.dir.path()) {
+            let named = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(".log"));
+            if named && let Ok(text) = std::fs::read_to_string(&path) {
+                lines.extend(
+                    text.lines()
+                        .filter(|l| l.contains(needle))
+                        .map(str::to_owned),
+                );
+            }
+        }
+        lines
+    }
+
     /// Another `berth` command (`scrub`, `migrate`, …) on this deployment's configuration.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(binary());
