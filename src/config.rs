@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use berth::RegistryOptions;
-use berth::http::ServeOptions;
+use berth::http::{ServeOptions, TrustedProxies};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
@@ -100,6 +100,16 @@ pub enum StorageKind {
     S3,
     /// Process memory: blobs and metadata vanish on exit (throwaway registries).
     Memory,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// How requests are authenticated.
@@ -292,6 +302,10 @@ settings! {
     shutdown_timeout: Span, env = "BERTH_SHUTDOWN_TIMEOUT", value_name = "DURATION",
     /// Log filter, e.g. info or berth=debug,tower_http=warn [default: info].
     log: String, env = "BERTH_LOG", value_name = "FILTER",
+    /// Log lines as text (for people) or json (one object per line, for collectors) [default: text].
+    log_format: LogFormat, env = "BERTH_LOG_FORMAT", value_name = "FORMAT",
+    /// Comma-separated addresses or networks (CIDR) of load balancers whose X-Forwarded-For and X-Request-Id are believed [default: none].
+    trusted_proxies: String, env = "BERTH_TRUSTED_PROXIES", value_name = "NETWORKS",
 }
 
 /// Resolved settings of a `berth` process.
@@ -324,6 +338,7 @@ pub struct Config {
     pub max_connections: usize,
     pub auth: AuthSettings,
     pub log: String,
+    pub log_format: LogFormat,
 }
 
 /// Access control as configured.
@@ -443,6 +458,8 @@ impl Settings {
             tag_digest_header: self.tag_digest_header.unwrap_or(defaults.tag_digest_header),
             link_headers: self.link_headers.unwrap_or(defaults.link_headers),
             redirect_blobs: self.redirect.unwrap_or(defaults.redirect_blobs),
+            trusted_proxies: TrustedProxies::parse(self.trusted_proxies.as_deref().unwrap_or(""))
+                .context("trusted_proxies")?,
             ..defaults
         };
         Ok(Config {
@@ -507,6 +524,7 @@ impl Settings {
                 .unwrap_or(serve_defaults.max_connections),
             auth,
             log: self.log.unwrap_or_else(|| "info".to_owned()),
+            log_format: self.log_format.unwrap_or(LogFormat::Text),
         })
     }
 }

@@ -75,6 +75,7 @@ pub mod auth;
 pub mod buffers;
 pub mod error;
 pub mod http;
+pub mod instruments;
 pub mod metadata;
 pub mod oci;
 pub mod registry;

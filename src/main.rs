@@ -15,21 +15,34 @@ use berth::storage::BlobStore;
 use berth::storage::fs::FsBlobStore;
 use berth::storage::memory::MemoryBlobStore;
 use clap::Parser;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use config::{Cli, Command, Config, ScrubArgs, StorageKind};
+use config::{Cli, Command, Config, LogFormat, ScrubArgs, StorageKind};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = cli.settings.load()?.resolve()?;
     let filter = EnvFilter::try_new(&config.log)
         .with_context(|| format!("invalid log filter {:?}", config.log))?;
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Boxed so that either format fits the one subscriber type.
+    let fmt: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> = match config.log_format {
+        LogFormat::Text => Box::new(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        ),
+        LogFormat::Json => Box::new(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_writer(std::io::stderr),
+        ),
+    };
     #[cfg(feature = "otel")]
     let (otel, telemetry) = telemetry::layer()?;
     #[cfg(not(feature = "otel"))]
@@ -185,14 +198,14 @@ fn raise_open_file_limit(wanted: usize) {
 }
 
 /// `GET /metrics`: the Prometheus exposition of every metric, with gauges that are read on
-/// demand (free space) refreshed first.
+/// demand (free space, database pool, upload sessions) refreshed first.
 fn metrics_router(registry: Registry, handle: PrometheusHandle) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let (registry, handle) = (registry.clone(), handle.clone());
             async move {
-                let _ = registry.free_space().await;
+                registry.refresh_gauges().await;
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
@@ -208,8 +221,14 @@ fn metrics_router(registry: Registry, handle: PrometheusHandle) -> axum::Router 
 async fn serve(config: Config) -> anyhow::Result<()> {
     raise_open_file_limit(config.max_connections);
     let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_owned()),
+            berth::instruments::DURATION_BUCKETS,
+        )
+        .context("setting histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    berth::instruments::describe();
     let metadata = metadata_store(&config).await?;
     let blobs = blob_store(&config).await?;
     let mut builder = Registry::builder(blobs, metadata).options(config.registry.clone());
@@ -218,7 +237,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             format!("mapping the manifest change counter {}", counter.display())
         })?;
     }
-    let auth = auth_setup(&config.auth)?;
+    let auth = auth_setup(&config.auth, &config.registry.trusted_proxies)?;
     if let Some(authorizer) = &auth.authorizer {
         builder = builder.authorizer(Arc::clone(authorizer));
     }
@@ -234,10 +253,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         part_size = registry.buffers().capacity(),
         "berth listening"
     );
-    // One machine-readable line on stdout, for scripts and tests that start Berth on port 0.
-    println!("listening on {local}");
-    std::io::stdout().flush().ok();
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -263,6 +278,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    // One machine-readable line on stdout, for scripts and tests that start Berth on port 0;
+    // written once every listener is bound, so that it means ready to connect.
+    println!("listening on {local}");
+    std::io::stdout().flush().ok();
+
     {
         let registry = registry.clone();
         let delay = config.shutdown_delay;
@@ -305,7 +325,10 @@ struct AuthSetup {
 }
 
 #[cfg(feature = "auth")]
-fn auth_setup(settings: &config::AuthSettings) -> anyhow::Result<AuthSetup> {
+fn auth_setup(
+    settings: &config::AuthSettings,
+    proxies: &berth::http::TrustedProxies,
+) -> anyhow::Result<AuthSetup> {
     use berth::auth::acl::Acl;
     use berth::auth::basic::BasicAuthorizer;
     use berth::auth::bearer::{BearerAuthorizer, Realm, TokenVerifier};
@@ -394,6 +417,7 @@ fn auth_setup(settings: &config::AuthSettings) -> anyhow::Result<AuthSetup> {
             Some(berth::http::token_router(
                 Arc::new(issuer),
                 settings.service.clone(),
+                proxies.clone(),
             ))
         }
         _ => {
@@ -412,7 +436,10 @@ fn auth_setup(settings: &config::AuthSettings) -> anyhow::Result<AuthSetup> {
 }
 
 #[cfg(not(feature = "auth"))]
-fn auth_setup(settings: &config::AuthSettings) -> anyhow::Result<AuthSetup> {
+fn auth_setup(
+    settings: &config::AuthSettings,
+    _proxies: &berth::http::TrustedProxies,
+) -> anyhow::Result<AuthSetup> {
     if settings.mode != config::AuthMode::None {
         anyhow::bail!("this berth was built without access control (the auth feature)");
     }

@@ -159,7 +159,11 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The client address a request comes from: its peer address.
+/// The client address a request comes from: as [`crate::http::observed`] resolved it (the
+/// client behind trusted proxies), else its peer address.
 pub fn client_address<B>(request: &http::Request<B>) -> Option<IpAddr> {
-    crate::http::peer_address(request).map(|a| a.ip())
+    match request.extensions().get::<crate::http::ClientAddress>() {
+        Some(client) => Some(client.0),
+        None => crate::http::peer_address(request).map(|a| a.ip()),
+    }
 }

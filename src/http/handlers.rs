@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::body_rate::MinRate;
 use super::endpoint::{Action as EndpointAction, Operation, Route, RouteError, route};
 use super::headers::{RangeRequest, parse_content_range, parse_range, query_pairs, query_value};
+use super::observe::Routed;
 use crate::auth::{
     Access, AccessRequest, Action as AuthAction, Denial, Everything, Grant, Resource,
 };
@@ -77,15 +78,34 @@ pub(super) async fn handle(registry: Registry, request: Request) -> Response {
             .into_response();
         }
     };
-    let operation = route.operation;
-    let grant = match authorize(&registry, &parts, &route, client).await {
-        Ok(grant) => grant,
-        Err(error) => {
-            return discard_body_within(body_stream(&registry, body), error, REFUSED_DRAIN)
-                .await
-                .into_response();
-        }
+    let mut routed = Routed {
+        operation: route.operation.name(),
+        repository: route.name.clone(),
+        reference: route.target.clone(),
+        user: None,
     };
+    let mut response = match authorize(&registry, &parts, &route, client).await {
+        Ok(grant) => {
+            routed.user = grant.subject().map(str::to_owned);
+            serve(registry, parts, route, grant, body).await
+        }
+        Err(error) => discard_body_within(body_stream(&registry, body), error, REFUSED_DRAIN)
+            .await
+            .into_response(),
+    };
+    response.extensions_mut().insert(routed);
+    response
+}
+
+/// Serves an authorized request.
+async fn serve(
+    registry: Registry,
+    parts: Parts,
+    route: Route,
+    grant: Arc<dyn Grant>,
+    body: axum::body::Body,
+) -> Response {
+    let operation = route.operation;
     let query = query_pairs(parts.uri.query());
     let call = Call {
         registry,

@@ -9,8 +9,6 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use http::{HeaderValue, StatusCode, header};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
 
 use crate::error::RegistryError;
 use crate::registry::Registry;
@@ -19,11 +17,13 @@ mod body_rate;
 pub mod endpoint;
 mod handlers;
 pub mod headers;
+pub mod observe;
 mod server;
 #[cfg(feature = "auth")]
 mod token;
 
 pub use endpoint::{Action, Operation, Route, RouteError, route};
+pub use observe::{ClientAddress, RequestId, TrustedProxies, observed};
 pub use server::{ServeOptions, peer_address, serve, serve_with};
 #[cfg(feature = "auth")]
 pub use token::token_router;
@@ -51,21 +51,15 @@ impl IntoResponse for RegistryError {
     }
 }
 
-/// The distribution API (`/v2/**`) over `registry`.
+/// The distribution API (`/v2/**`) over `registry`, every request logged and measured
+/// ([`observed`]).
 pub fn router(registry: Registry) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
-        .with_state(registry)
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    tracing::info_span!("request", method = %request.method(), uri = %request.uri())
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
+        .with_state(registry.clone());
+    observed(router, registry.options().trusted_proxies.clone())
 }
 
 /// Liveness (`/healthz`) and readiness (`/readyz`: metadata and blob store reachable).

@@ -27,26 +27,30 @@ struct TokenState {
 }
 
 /// `GET` and `POST /token`, served by `issuer`; failed logins are challenged with a Basic
-/// `realm`.
-pub fn token_router(issuer: Arc<TokenIssuer>, realm: impl Into<String>) -> Router {
-    Router::new()
+/// `realm`. Requests are logged and measured like the API's ([`super::observed`]), with
+/// `proxies` trusted for client addresses.
+pub fn token_router(
+    issuer: Arc<TokenIssuer>,
+    realm: impl Into<String>,
+    proxies: super::TrustedProxies,
+) -> Router {
+    let router = Router::new()
         .route("/token", get(get_token).post(post_token))
         .with_state(TokenState {
             issuer,
             realm: realm.into(),
         })
-        .layer(
-            // The path only: a query may name an account, and nothing of a token request
-            // belongs in logs.
-            tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-                })
-                .on_request(())
-                .on_response(
-                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
-                ),
-        )
+        .layer(axum::middleware::map_response(
+            |mut response: Response| async move {
+                response.extensions_mut().insert(super::observe::Routed {
+                    operation: "token",
+                    ..Default::default()
+                });
+                response
+            },
+        ));
+    // The access log names the path only: a token request's query may name an account.
+    super::observed(router, proxies)
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {

@@ -103,6 +103,10 @@ impl MetadataStore for MemoryMetadataStore {
         Ok(())
     }
 
+    async fn upload_count(&self) -> MetadataResult<u64> {
+        Ok(self.state().uploads.len() as u64)
+    }
+
     async fn repository_exists(&self, repository: &RepositoryName) -> MetadataResult<bool> {
         Ok(self.state().repositories.contains_key(repository.as_str()))
     }

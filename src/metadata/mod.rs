@@ -16,6 +16,7 @@ use crate::storage::PartRecord;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;
 
+pub mod instrumented;
 pub mod memory;
 
 /// Errors of the metadata layer.
@@ -239,6 +240,17 @@ pub struct DanglingReference {
     pub kind: DanglingKind,
 }
 
+/// A connection pool's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Connections open.
+    pub open: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
+}
+
 /// Persistence of everything but blob bytes.
 ///
 /// Every method is one transaction: a manifest with its references, tag and referrer entry
@@ -252,6 +264,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn free_space(&self) -> MetadataResult<Option<u64>> {
         Ok(None)
     }
+
+    /// Connections of the store's pool, for databases that have one.
+    fn pool_usage(&self) -> Option<PoolUsage> {
+        None
+    }
+    /// How many upload sessions are in progress.
+    async fn upload_count(&self) -> MetadataResult<u64>;
 
     /// Whether the repository exists.
     async fn repository_exists(&self, repository: &RepositoryName) -> MetadataResult<bool>;

@@ -15,7 +15,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Row};
 
 use super::{
     BlobCommit, BlobRecord, DanglingKind, DanglingReference, Garbage, ManifestRecord,
-    MetadataError, MetadataResult, MetadataStore, NewManifest, Page, PutManifestOutcome,
+    MetadataError, MetadataResult, MetadataStore, NewManifest, Page, PoolUsage, PutManifestOutcome,
     ReferrerRecord, SessionUpdate, UploadCheckpoint, UploadSession,
 };
 use crate::oci::{Digest, DigestAlgorithm, Reference, RepositoryName, Tag};
@@ -500,6 +500,28 @@ impl MetadataStore for SqlMetadataStore {
             .map_err(|e| {
                 MetadataError::Unavailable(format!("free space of {}: {e}", file.display()))
             })
+    }
+
+    fn pool_usage(&self) -> Option<PoolUsage> {
+        let open = self.pool.size();
+        Some(PoolUsage {
+            open,
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(open),
+            max: self.pool.options().get_max_connections(),
+        })
+    }
+
+    async fn upload_count(&self) -> MetadataResult<u64> {
+        retrying!(
+            async {
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM upload_sessions")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(u64::try_from(count).unwrap_or(0))
+            }
+            .await
+        )
     }
 
     async fn repository_exists(&self, repository: &RepositoryName) -> MetadataResult<bool> {

@@ -6,6 +6,7 @@ use std::future::Future;
 
 use super::Registry;
 use crate::error::RegistryResult;
+use crate::instruments;
 use crate::metadata::now_millis;
 
 const BATCH: u32 = 100;
@@ -68,6 +69,11 @@ impl Registry {
                 }
             }
         }
+        metrics::counter!(instruments::MAINTENANCE_REMOVED, "what" => "expired_uploads")
+            .increment(report.expired_uploads);
+        metrics::counter!(instruments::MAINTENANCE_REMOVED, "what" => "garbage")
+            .increment(report.collected);
+        metrics::counter!(instruments::MAINTENANCE_FAILED).increment(report.failed);
         if report != MaintenanceReport::default() {
             tracing::info!(
                 expired_uploads = report.expired_uploads,
@@ -88,9 +94,14 @@ impl Registry {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = interval.tick() => {
-                    if let Err(e) = self.run_maintenance_once().await {
-                        tracing::warn!(error = %e, "maintenance pass failed");
-                    }
+                    let outcome = match self.run_maintenance_once().await {
+                        Ok(_) => "ok",
+                        Err(e) => {
+                            tracing::warn!(error = %e, "maintenance pass failed");
+                            "error"
+                        }
+                    };
+                    metrics::counter!(instruments::MAINTENANCE_RUNS, "outcome" => outcome).increment(1);
                 }
             }
         }

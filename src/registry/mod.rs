@@ -10,10 +10,12 @@ use std::time::Duration;
 use crate::auth::Authorizer;
 use crate::buffers::BufferPool;
 use crate::metadata::MetadataStore;
+use crate::metadata::instrumented::Instrumented;
 use crate::oci::{Descriptor, RepositoryName};
 use crate::storage::BlobStore;
 
 mod coalesce;
+mod gauges;
 mod hashing;
 pub mod maintenance;
 pub mod manifest_cache;
@@ -76,6 +78,9 @@ pub struct RegistryOptions {
     pub blob_location: Option<BlobLocationHook>,
     /// Custom upload locations.
     pub upload_location: Option<UploadLocationHook>,
+    /// Proxies whose `X-Forwarded-For` names the client (access log, rate limits, ACLs by
+    /// address) and whose `X-Request-Id` is kept.
+    pub trusted_proxies: crate::http::TrustedProxies,
 }
 
 impl Default for RegistryOptions {
@@ -99,6 +104,7 @@ impl Default for RegistryOptions {
             redirect_blobs: true,
             blob_location: None,
             upload_location: None,
+            trusted_proxies: crate::http::TrustedProxies::default(),
         }
     }
 }
@@ -124,6 +130,7 @@ impl std::fmt::Debug for RegistryOptions {
             .field("redirect_blobs", &self.redirect_blobs)
             .field("blob_location", &self.blob_location.is_some())
             .field("upload_location", &self.upload_location.is_some())
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -367,7 +374,7 @@ impl RegistryBuilder {
                 draining: std::sync::atomic::AtomicBool::new(false),
                 authorizer: self.authorizer,
                 blobs: self.blobs,
-                metadata: self.metadata,
+                metadata: Arc::new(Instrumented::new(self.metadata)),
                 buffers,
                 options: self.options,
                 manifest_reads: manifests::ManifestReads::new(),

@@ -4,6 +4,7 @@
 
 use super::Registry;
 use crate::error::{RegistryError, RegistryResult};
+use crate::instruments;
 
 fn mib(bytes: u64) -> u64 {
     bytes / (1024 * 1024)
@@ -32,10 +33,10 @@ impl Registry {
             (a, b) => a.or(b),
         };
         if let Some(free) = free {
-            metrics::gauge!("berth_storage_free_bytes").set(free as f64);
-            metrics::gauge!("berth_storage_reserve_bytes")
+            metrics::gauge!(instruments::STORAGE_FREE).set(free as f64);
+            metrics::gauge!(instruments::STORAGE_RESERVE)
                 .set(self.inner.options.min_free_space as f64);
-            metrics::gauge!("berth_storage_low").set(if self.space_is_low(free) {
+            metrics::gauge!(instruments::STORAGE_LOW).set(if self.space_is_low(free) {
                 1.0
             } else {
                 0.0
@@ -74,7 +75,7 @@ impl Registry {
         if free >= reserve.saturating_add(incoming) {
             return Ok(());
         }
-        metrics::counter!("berth_uploads_refused_for_space_total").increment(1);
+        metrics::counter!(instruments::UPLOADS_REFUSED_FOR_SPACE).increment(1);
         tracing::warn!(
             free,
             reserve,

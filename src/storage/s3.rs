@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::instruments;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
@@ -203,7 +204,102 @@ async fn build_client(config: &S3Config, endpoint: Option<&str>) -> Client {
     if let Some(endpoint) = endpoint {
         builder = builder.endpoint_url(endpoint);
     }
+    builder = builder.interceptor(Measured);
     Client::from_conf(builder.build())
+}
+
+/// Records every S3 call's duration (retries included) and failures
+/// ([`instruments::S3_DURATION`], [`instruments::S3_ERRORS`]).
+#[derive(Debug)]
+struct Measured;
+
+#[derive(Debug, Clone, Copy)]
+struct CallStarted(std::time::Instant);
+
+impl aws_smithy_types::config_bag::Storable for CallStarted {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+impl aws_sdk_s3::config::Intercept for Measured {
+    fn name(&self) -> &'static str {
+        "berth-metrics"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &aws_sdk_s3::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        cfg.interceptor_state()
+            .store_put(CallStarted(std::time::Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &aws_sdk_s3::config::interceptors::FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let operation = cfg
+            .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+            .map(|m| s3_operation_label(m.name()))
+            .unwrap_or("unknown");
+        if let Some(started) = cfg.load::<CallStarted>() {
+            metrics::histogram!(instruments::S3_DURATION, "operation" => operation)
+                .record(started.0.elapsed());
+        }
+        if let Some(Err(error)) = context.output_or_error() {
+            let status = match context.response() {
+                Some(response) => status_label(response.status().as_u16()),
+                None if error.is_timeout_error() => "timeout",
+                None if error.is_connector_error() => "connection",
+                None => "other",
+            };
+            metrics::counter!(instruments::S3_ERRORS, "operation" => operation, "status" => status)
+                .increment(1);
+        }
+        Ok(())
+    }
+}
+
+/// The operations Berth calls, as static labels (anything else is `other`).
+fn s3_operation_label(name: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "PutObject",
+        "GetObject",
+        "HeadObject",
+        "DeleteObject",
+        "DeleteObjects",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+        "ListMultipartUploads",
+        "HeadBucket",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .unwrap_or("other")
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        400 => "400",
+        403 => "403",
+        404 => "404",
+        409 => "409",
+        412 => "412",
+        416 => "416",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        507 => "507",
+        s if s >= 500 => "5xx",
+        _ => "4xx",
+    }
 }
 
 impl S3BlobStore {

@@ -326,9 +326,19 @@ async fn a_locked_database_answers_503_within_the_lock_timeout() {
         eprintln!("skipped: the memory backend has no database to lock");
         return;
     }
-    let server = Server::start_with(&[("BERTH_DB_LOCK_TIMEOUT", "1s")]);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_with(&[
+        ("BERTH_DB_LOCK_TIMEOUT", "1s"),
+        ("BERTH_ADMIN_LISTEN", admin.as_str()),
+    ]);
+    let metrics = Client::new(&format!("http://{admin}"));
     let c = server.client();
     c.push_image("locked/app", "v1", unique_seed()).await;
+    let errors_before = metric_sum(
+        &scrape(&metrics).await,
+        "berth_metadata_operation_errors_total",
+        &[],
+    );
     // Another process takes the database's write lock and holds it.
     let locker = format!("berth-test-locker-{}", unique_seed());
     let mut holder = match backend {
@@ -384,6 +394,15 @@ async fn a_locked_database_answers_503_within_the_lock_timeout() {
     assert!(
         waited < Duration::from_secs(5),
         "the request waited {waited:?}, about the 1 s lock timeout"
+    );
+    let errors = metric_sum(
+        &scrape(&metrics).await,
+        "berth_metadata_operation_errors_total",
+        &[],
+    );
+    assert!(
+        errors > errors_before,
+        "the lock timeout counts as a metadata error ({errors_before} before, {errors} after)"
     );
     let _ = holder.kill();
     let _ = holder.wait();

@@ -11,6 +11,7 @@ mod faults;
 mod hardening;
 mod library;
 mod next_spec;
+mod observability;
 mod options;
 mod production;
 mod resilience;

@@ -1105,3 +1105,31 @@ pub fn fails(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// The sum of the samples of metric `name` whose labels include every pair in `labels`
+/// (0 if there is none).
+pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let matches = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Reads `/metrics` from an admin listener.
+pub async fn scrape(admin: &Client) -> String {
+    let exposition = admin.get("/metrics").await;
+    exposition.expect(200, None);
+    String::from_utf8_lossy(&exposition.body).into_owned()
+}

@@ -1,0 +1,138 @@
+//! Every metric Berth records: its name, labels and help text, in one place.
+//!
+//! Recording goes through the `metrics` facade, so an embedding application picks the
+//! exporter (or none: then recording costs next to nothing). The `berth` binary installs a
+//! Prometheus recorder and serves `/metrics` on the admin listener; gauges that are cheaper to
+//! read than to track (free space, part buffers, database pool, upload sessions) are read
+//! when scraped, by [`crate::registry::Registry::refresh_gauges`].
+
+/// Requests answered, by `operation` and `status`.
+pub const HTTP_REQUESTS: &str = "berth_http_requests_total";
+/// Time from a request's arrival to the last byte of its answer, by `operation`.
+pub const HTTP_REQUEST_DURATION: &str = "berth_http_request_duration_seconds";
+/// Request body bytes received, by `operation`.
+pub const HTTP_RECEIVED_BYTES: &str = "berth_http_received_bytes_total";
+/// Response body bytes sent, by `operation`.
+pub const HTTP_SENT_BYTES: &str = "berth_http_sent_bytes_total";
+/// Requests being served.
+pub const HTTP_IN_FLIGHT: &str = "berth_http_requests_in_flight";
+
+/// Upload sessions started and neither finished, cancelled nor expired (all replicas).
+pub const UPLOAD_SESSIONS: &str = "berth_upload_sessions";
+/// Part buffers in the pool.
+pub const PART_BUFFERS: &str = "berth_part_buffers";
+/// Part buffers held by uploads.
+pub const PART_BUFFERS_IN_USE: &str = "berth_part_buffers_in_use";
+/// Uploads waiting for a part buffer.
+pub const PART_BUFFER_WAITERS: &str = "berth_part_buffer_waiters";
+
+/// Metadata store calls, by `operation` (one call is one transaction).
+pub const METADATA_DURATION: &str = "berth_metadata_operation_duration_seconds";
+/// Failed metadata store calls, by `operation` and `kind`.
+pub const METADATA_ERRORS: &str = "berth_metadata_operation_errors_total";
+/// Database connections, by `state` (`idle`, `in_use`).
+pub const DB_POOL_CONNECTIONS: &str = "berth_db_pool_connections";
+/// The most connections the pool opens.
+pub const DB_POOL_MAX: &str = "berth_db_pool_max_connections";
+
+/// S3 API calls including their retries, by `operation` (`PutObject`, `UploadPart`, …).
+pub const S3_DURATION: &str = "berth_s3_request_duration_seconds";
+/// Failed S3 API calls, by `operation` and `status` (the HTTP status, or `timeout`,
+/// `connection`, `other` when there was no answer).
+pub const S3_ERRORS: &str = "berth_s3_request_errors_total";
+
+/// Maintenance passes, by `outcome` (`ok`, `error`).
+pub const MAINTENANCE_RUNS: &str = "berth_maintenance_runs_total";
+/// What maintenance removed, by `what` (`expired_uploads`, `garbage`).
+pub const MAINTENANCE_REMOVED: &str = "berth_maintenance_removed_total";
+/// Garbage entries maintenance could not remove yet (retried on the next pass).
+pub const MAINTENANCE_FAILED: &str = "berth_maintenance_failures_total";
+
+/// Free bytes where blobs are written (local directory) or the database file lives.
+pub const STORAGE_FREE: &str = "berth_storage_free_bytes";
+/// The free space uploads leave untouched (`min_free_space`).
+pub const STORAGE_RESERVE: &str = "berth_storage_reserve_bytes";
+/// 1 while free space is at or below the reserve.
+pub const STORAGE_LOW: &str = "berth_storage_low";
+/// Uploads refused with 507 for want of space.
+pub const UPLOADS_REFUSED_FOR_SPACE: &str = "berth_uploads_refused_for_space_total";
+
+/// Registers units and help texts with the installed recorder.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(HTTP_REQUESTS, "Requests answered, by operation and status");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from a request's arrival to the last byte of its answer, by operation"
+    );
+    describe_counter!(
+        HTTP_RECEIVED_BYTES,
+        Unit::Bytes,
+        "Request body bytes received, by operation"
+    );
+    describe_counter!(
+        HTTP_SENT_BYTES,
+        Unit::Bytes,
+        "Response body bytes sent, by operation"
+    );
+    describe_gauge!(HTTP_IN_FLIGHT, "Requests being served");
+    describe_gauge!(
+        UPLOAD_SESSIONS,
+        "Upload sessions in progress (all replicas: read from the metadata database)"
+    );
+    describe_gauge!(PART_BUFFERS, "Part buffers in the pool");
+    describe_gauge!(PART_BUFFERS_IN_USE, "Part buffers held by uploads");
+    describe_gauge!(PART_BUFFER_WAITERS, "Uploads waiting for a part buffer");
+    describe_histogram!(
+        METADATA_DURATION,
+        Unit::Seconds,
+        "Metadata store calls (one transaction each), by operation"
+    );
+    describe_counter!(
+        METADATA_ERRORS,
+        "Failed metadata store calls, by operation and kind"
+    );
+    describe_gauge!(DB_POOL_CONNECTIONS, "Database connections, by state");
+    describe_gauge!(DB_POOL_MAX, "The most connections the pool opens");
+    describe_histogram!(
+        S3_DURATION,
+        Unit::Seconds,
+        "S3 API calls including retries, by operation"
+    );
+    describe_counter!(
+        S3_ERRORS,
+        "Failed S3 API calls, by operation and HTTP status (404 on HeadObject is how a missing object is found)"
+    );
+    describe_counter!(MAINTENANCE_RUNS, "Maintenance passes, by outcome");
+    describe_counter!(
+        MAINTENANCE_REMOVED,
+        "Expired upload sessions and removed garbage entries"
+    );
+    describe_counter!(
+        MAINTENANCE_FAILED,
+        "Garbage entries maintenance could not remove yet"
+    );
+    describe_gauge!(
+        STORAGE_FREE,
+        Unit::Bytes,
+        "Free bytes where blobs are written or the database file lives"
+    );
+    describe_gauge!(
+        STORAGE_RESERVE,
+        Unit::Bytes,
+        "Free space that uploads leave untouched"
+    );
+    describe_gauge!(STORAGE_LOW, "1 while free space is at or below the reserve");
+    describe_counter!(
+        UPLOADS_REFUSED_FOR_SPACE,
+        "Uploads refused with 507 for want of space"
+    );
+}
+
+/// Histogram buckets, in seconds, for every `_seconds` metric: from a cached manifest read
+/// (sub-millisecond) to a multi-gigabyte layer (minutes).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];

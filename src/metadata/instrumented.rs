@@ -1,0 +1,108 @@
+//! A metadata store that records how long each call takes and how often it fails
+//! ([`instruments::METADATA_DURATION`], [`instruments::METADATA_ERRORS`]), around any other.
+//! The registry wraps its store in one, so every backend is measured the same way.
+
+use std::future::Future;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{
+    BlobCommit, BlobRecord, DanglingReference, Garbage, ManifestRecord, MetadataError,
+    MetadataResult, MetadataStore, NewManifest, Page, PoolUsage, PutManifestOutcome,
+    ReferrerRecord, SessionUpdate, UploadCheckpoint, UploadSession,
+};
+use crate::instruments;
+use crate::oci::{Digest, Reference, RepositoryName, Tag};
+use crate::storage::PartRecord;
+
+/// `inner`, measured.
+pub struct Instrumented<M: ?Sized> {
+    inner: std::sync::Arc<M>,
+}
+
+impl<M: ?Sized> Instrumented<M> {
+    /// Measures every call to `inner`.
+    pub fn new(inner: std::sync::Arc<M>) -> Self {
+        Instrumented { inner }
+    }
+}
+
+impl MetadataError {
+    /// A low-cardinality name of the error's class, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MetadataError::Unavailable(_) => "unavailable",
+            MetadataError::Interrupted(_) => "interrupted",
+            MetadataError::Full(_) => "full",
+            MetadataError::Corrupt(_) => "corrupt",
+            MetadataError::Database(_) => "database",
+        }
+    }
+}
+
+async fn measured<T>(
+    operation: &'static str,
+    call: impl Future<Output = MetadataResult<T>>,
+) -> MetadataResult<T> {
+    let started = Instant::now();
+    let result = call.await;
+    metrics::histogram!(instruments::METADATA_DURATION, "operation" => operation)
+        .record(started.elapsed());
+    if let Err(e) = &result {
+        metrics::counter!(instruments::METADATA_ERRORS, "operation" => operation, "kind" => e.kind())
+            .increment(1);
+    }
+    result
+}
+
+/// Implements every call of the trait as the same call on `inner`, measured under its name.
+macro_rules! measured_calls {
+    ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $out:ty; )*) => {
+        #[async_trait]
+        impl<M: MetadataStore + ?Sized> MetadataStore for Instrumented<M> {
+            fn pool_usage(&self) -> Option<PoolUsage> {
+                self.inner.pool_usage()
+            }
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> MetadataResult<$out> {
+                    measured(stringify!($name), self.inner.$name($($arg),*)).await
+                }
+            )*
+        }
+    };
+}
+
+measured_calls! {
+    fn ping(&self) -> ();
+    fn free_space(&self) -> Option<u64>;
+    fn upload_count(&self) -> u64;
+    fn repository_exists(&self, repository: &RepositoryName) -> bool;
+    fn repositories(&self, page: Page<'_>) -> Vec<String>;
+    fn blob(&self, repository: &RepositoryName, digest: &Digest) -> Option<BlobRecord>;
+    fn mount_blob(&self, repository: &RepositoryName, digest: &Digest, from: Option<&RepositoryName>, now: i64) -> Option<BlobRecord>;
+    fn unlink_blob(&self, repository: &RepositoryName, digest: &Digest) -> bool;
+    fn create_upload(&self, session: &UploadSession) -> ();
+    fn upload(&self, id: &str) -> Option<UploadSession>;
+    fn reserve_part_number(&self, id: &str) -> u32;
+    fn checkpoint_upload(&self, id: &str, expected_offset: u64, checkpoint: UploadCheckpoint<'_>) -> SessionUpdate;
+    fn upload_parts(&self, id: &str) -> Vec<PartRecord>;
+    fn upload_staged(&self, id: &str) -> Vec<u8>;
+    fn begin_commit(&self, id: &str, expected_offset: u64, now: i64) -> SessionUpdate;
+    fn commit_blob(&self, id: &str, blob: &BlobRecord, now: i64) -> BlobCommit;
+    fn cancel_upload(&self, id: &str, now: i64) -> Option<Garbage>;
+    fn expire_uploads(&self, cutoff: i64, limit: u32, now: i64) -> u64;
+    fn garbage(&self, limit: u32) -> Vec<Garbage>;
+    fn forget_garbage(&self, id: i64) -> ();
+    fn stored_blob(&self, digest: &Digest) -> Option<BlobRecord>;
+    fn list_blobs(&self, repository: Option<&RepositoryName>, after: Option<&Digest>, limit: u32) -> Vec<BlobRecord>;
+    fn blob_totals(&self, repository: Option<&RepositoryName>) -> (u64, u64);
+    fn dangling_references(&self, repository: Option<&RepositoryName>, limit: u32) -> Vec<DanglingReference>;
+    fn forget_blob(&self, digest: &Digest, now: i64) -> Option<Garbage>;
+    fn put_manifest(&self, manifest: NewManifest<'_>) -> PutManifestOutcome;
+    fn manifest(&self, repository: &RepositoryName, reference: &Reference) -> Option<ManifestRecord>;
+    fn delete_manifest(&self, repository: &RepositoryName, digest: &Digest) -> bool;
+    fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> bool;
+    fn tags(&self, repository: &RepositoryName, page: Page<'_>) -> Option<Vec<String>>;
+    fn referrers(&self, repository: &RepositoryName, subject: &Digest, artifact_type: Option<&str>, page: Page<'_>) -> Vec<ReferrerRecord>;
+}
