@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Berth's full test suite: lints, unit tests, the build without default features, docs and
 # examples, and the integration suite against the real binary on every backend
-# (SQLite + directory, Postgres + directory, Postgres + S3, memory). Installs and starts
+# (SQLite + directory, Postgres + directory, Postgres + S3, memory), the deployment artifacts
+# (Helm chart, Terraform module) and the container image. Installs and starts
 # what it needs (see scripts/services.sh); fails, never skips, when a service is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,11 @@ for backend in ${BERTH_TEST_BACKENDS:-sqlite postgres postgres-s3 memory}; do
   step "integration suite on $backend"
   BERTH_TEST_BACKEND="$backend" cargo test --test integration
 done
+step "deployment artifacts: Helm chart and Terraform module"
+scripts/check-deploy.sh
+
+step "container image: built, run read-only and non-root, pushed to and pulled from"
+scripts/check-image.sh
+
 echo
 echo "all tests passed"

@@ -1,0 +1,113 @@
+{{/* Names. */}}
+{{- define "berth.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "berth.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "berth.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "berth.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "berth.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "berth.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "berth.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "berth.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "berth.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* The pod's grace period: above the shutdown delay and timeout together. */}}
+{{- define "berth.terminationGracePeriod" -}}
+{{ add .Values.shutdownDelaySeconds .Values.shutdownTimeoutSeconds 15 }}
+{{- end }}
+
+{{/* Refuses values that cannot work, with a message saying what to change. */}}
+{{- define "berth.validate" -}}
+{{- $c := .Values.config }}
+{{- if not (has $c.storage (list "s3" "filesystem")) }}
+{{- fail (printf "config.storage must be s3 or filesystem, not %q" $c.storage) }}
+{{- end }}
+{{- if and (eq $c.storage "s3") (not $c.s3.bucket) }}
+{{- fail "config.storage is s3 but config.s3.bucket is empty: set the bucket (the Terraform module's bucket output)" }}
+{{- end }}
+{{- if eq $c.storage "filesystem" }}
+{{- if or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled }}
+{{- fail "config.storage filesystem keeps blobs on one pod's volume: use replicaCount 1 without autoscaling, or storage s3" }}
+{{- end }}
+{{- if not .Values.persistence.enabled }}
+{{- fail "config.storage filesystem needs persistence.enabled, or every blob is lost with the pod" }}
+{{- end }}
+{{- end }}
+{{- if and (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) (not (or $c.database.url $c.database.existingSecret.name)) }}
+{{- fail "more than one replica needs a shared Postgres: set config.database.url or config.database.existingSecret.name" }}
+{{- end }}
+{{- if and $c.s3Credentials.accessKeyId $c.s3Credentials.existingSecret.name }}
+{{- fail "give S3 keys either inline (config.s3Credentials.accessKeyId) or from config.s3Credentials.existingSecret, not both" }}
+{{- end }}
+{{- if not (has $c.auth.mode (list "none" "basic" "token")) }}
+{{- fail (printf "config.auth.mode must be none, basic or token, not %q" $c.auth.mode) }}
+{{- end }}
+{{- if and (ne $c.auth.mode "none") (not $c.auth.existingSecret) }}
+{{- fail "config.auth.mode needs config.auth.existingSecret: a Secret with htpasswd (and acl.toml, token-key.pem)" }}
+{{- end }}
+{{- if and .Values.migrations.enabled (not (or $c.database.url $c.database.existingSecret.name)) }}
+{{- fail "migrations.enabled runs against Postgres: set config.database, or disable migrations (SQLite migrates on start)" }}
+{{- end }}
+{{- end }}
+
+{{/* The environment every Berth container gets (the migrations Job too). */}}
+{{- define "berth.env" -}}
+- name: BERTH_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      {{- if .Values.config.database.existingSecret.name }}
+      name: {{ .Values.config.database.existingSecret.name }}
+      key: {{ .Values.config.database.existingSecret.key }}
+      {{- else }}
+      name: {{ include "berth.fullname" . }}
+      key: database-url
+      {{- end }}
+      optional: true
+{{- with .Values.config.s3Credentials }}
+{{- if or .accessKeyId .existingSecret.name }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret.name | default (include "berth.fullname" $) }}
+      key: {{ ternary .existingSecret.accessKeyIdKey "aws-access-key-id" (not (empty .existingSecret.name)) }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret.name | default (include "berth.fullname" $) }}
+      key: {{ ternary .existingSecret.secretAccessKeyKey "aws-secret-access-key" (not (empty .existingSecret.name)) }}
+{{- end }}
+{{- end }}
+{{- range $name, $value := .Values.extraEnv }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}

