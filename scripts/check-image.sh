@@ -29,12 +29,7 @@ trap cleanup EXIT
 
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   [ "$BASE" = local/bookworm:base ] || { echo "base image $BASE is missing" >&2; exit 1; }
-  command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
-  echo "making $BASE with debootstrap" >&2
-  debootstrap --variant=minbase bookworm "$WORK/rootfs" http://deb.debian.org/debian >/dev/null
-  rm -rf "$WORK"/rootfs/var/cache/apt/archives/*.deb
-  tar -C "$WORK/rootfs" -c . | docker import - "$BASE" >/dev/null
-  rm -rf "$WORK/rootfs"
+  scripts/local-images.sh
 fi
 
 echo "image: building from $BINARY on $BASE"

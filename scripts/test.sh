@@ -11,6 +11,9 @@ source scripts/services.sh
 trap '[ "$BERTH_STARTED_GARAGE" = 1 ] && scripts/garage.sh stop >/dev/null 2>&1; true' EXIT
 
 step() { printf '\n==> %s\n' "$*"; }
+# The services scripts/services.sh started; a test that needs one it cannot find fails.
+export BERTH_TEST_DATABASE_URL="${BERTH_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export BERTH_TEST_REQUIRE_SERVICES=1
 
 step "format and lints"
 cargo fmt --all -- --check
@@ -37,6 +40,18 @@ scripts/check-deploy.sh
 
 step "container image: built, run read-only and non-root, pushed to and pulled from"
 scripts/check-image.sh
+
+step "containers: Postgres and S3 from testcontainers (local images), and the image among them"
+scripts/local-images.sh
+# The same fixtures a laptop with only Docker uses, with images built here; the client matrix
+# and the scale-out cluster bring their own processes and already ran above.
+env -u BERTH_TEST_DATABASE_URL -u AWS_ENDPOINT_URL -u S3_BUCKET \
+  BERTH_TEST_BACKEND=postgres-s3 BERTH_TEST_IMAGE=berth:check \
+  BERTH_TEST_POSTGRES_IMAGE=local/postgres:15 BERTH_TEST_S3_IMAGE=local/garage:2 \
+  cargo test --test integration -- --skip clients:: --skip auth_clients:: --skip scaleout:: --skip cluster::
+
+step "the development compose stack, with local images"
+scripts/check-compose.sh
 
 echo
 echo "all tests passed"

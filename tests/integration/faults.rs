@@ -485,7 +485,7 @@ async fn s3_out_of_space_answers_507_and_keeps_resumable_uploads() {
         eprintln!("skipped: injects S3 errors");
         return;
     }
-    let s3 = FullS3::start(std::env::var("AWS_ENDPOINT_URL").unwrap()).await;
+    let s3 = FullS3::start(s3_server().endpoint).await;
     let server = Server::start_with(&[
         ("BERTH_S3_ENDPOINT", s3.endpoint.as_str()),
         ("BERTH_S3_PART_SIZE", "5MiB"),

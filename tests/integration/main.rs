@@ -9,6 +9,7 @@ mod cluster;
 mod errors;
 mod faults;
 mod hardening;
+mod image;
 mod library;
 mod next_spec;
 mod observability;
@@ -17,6 +18,7 @@ mod production;
 mod resilience;
 mod scaleout;
 mod scrub;
+mod services;
 #[cfg(feature = "otel")]
 mod telemetry;
 mod util;

@@ -178,7 +178,7 @@ async fn s3_errors_are_counted() {
         eprintln!("skipped: needs S3 storage");
         return;
     }
-    let s3 = FullS3::start(std::env::var("AWS_ENDPOINT_URL").unwrap()).await;
+    let s3 = FullS3::start(s3_server().endpoint).await;
     let (server, admin) = observed_server(&[("BERTH_S3_ENDPOINT", s3.endpoint.as_str())]);
     let c = server.client();
     let before = scrape(&admin).await;

@@ -257,9 +257,13 @@ async fn presigned_redirects_work_with_plain_curl_and_expire() {
         eprintln!("presigned URLs need S3 storage");
         return;
     }
-    let public = std::env::var("AWS_ENDPOINT_URL")
-        .unwrap()
-        .replace("127.0.0.1", "localhost");
+    // The same server under another name, as clients outside would reach it.
+    let endpoint = s3_server().endpoint;
+    let public = if endpoint.contains("127.0.0.1") {
+        endpoint.replace("127.0.0.1", "localhost")
+    } else {
+        endpoint.replace("localhost", "127.0.0.1")
+    };
     let server = Server::start_with(&[
         ("BERTH_S3_PRESIGN_EXPIRY", "2s"),
         ("BERTH_S3_PUBLIC_ENDPOINT", &public),
@@ -407,9 +411,19 @@ async fn database_unreachable_answers_503_then_recovers_without_restart() {
     // Berth reaches Postgres through a proxy the test can cut.
     let database = Deployment::new(&[]);
     let url = database.database_url().unwrap();
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let proxied = url.replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port), 1);
-    assert_ne!(proxied, url, "the test database URL names 127.0.0.1:5432");
+    // postgres://user@host:port/db: the server's address is between '@' and the next '/'.
+    let authority = url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(authority, _)| authority.to_owned())
+        .expect("the database URL names a host and port");
+    let target = tokio::net::lookup_host(&authority)
+        .await
+        .unwrap()
+        .find(|a| a.is_ipv4())
+        .unwrap();
+    let proxy = TcpProxy::start(target).await;
+    let proxied = url.replacen(&authority, &format!("127.0.0.1:{}", proxy.port), 1);
     let server = Server::start_with(&[
         ("BERTH_DATABASE_URL", &proxied),
         ("BERTH_DB_ACQUIRE_TIMEOUT", "1s"),

@@ -2,9 +2,8 @@
 //!
 //! The backend comes from `BERTH_TEST_BACKEND`: `sqlite` (default; SQLite and a local
 //! directory), `postgres` (Postgres and a local directory), `postgres-s3` (Postgres and S3) or
-//! `memory`. Postgres is reached at `BERTH_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`); each test gets its own database. S3 comes
-//! from the standard `AWS_*` variables and `S3_BUCKET`; each test gets its own key prefix.
+//! `memory`. Postgres and S3 come from `services.rs` (the environment, or containers); each
+//! test gets its own database and key prefix.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -63,29 +62,46 @@ pub struct Deployment {
     counter: std::sync::atomic::AtomicUsize,
 }
 
-fn admin_postgres_url() -> String {
-    std::env::var("BERTH_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+/// The Postgres server of the Postgres configurations (see `services.rs`).
+fn postgres_server() -> crate::services::Postgres {
+    crate::services::for_configuration(
+        crate::services::postgres(),
+        &format!("{:?}", Backend::current()),
+    )
+}
+
+/// The S3 server of the Postgres + S3 configuration (see `services.rs`).
+pub fn s3_server() -> crate::services::S3 {
+    crate::services::for_configuration(crate::services::s3(), "PostgresS3")
 }
 
 fn database_url(name: &str) -> String {
-    let admin = admin_postgres_url();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-    format!("{base}/{name}")
+    postgres_server().database_url(name)
 }
 
-fn psql(sql: &str) {
-    let out = Command::new("psql")
-        .arg(admin_postgres_url())
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
-        .output()
-        .expect("psql must be installed for the Postgres backends");
-    assert!(
-        out.status.success(),
-        "psql {sql:?} failed (is Postgres running at {}?): {}",
-        admin_postgres_url(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs a statement as the Postgres administrator (on a thread of its own, so that tests can
+/// call it from inside their runtime).
+fn postgres_admin(sql: &str) {
+    let url = postgres_server().admin_url;
+    let sql = sql.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use sqlx::Connection as _;
+            let mut connection = sqlx::postgres::PgConnection::connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("connecting to Postgres at {url}: {e}"));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
+                .execute(&mut connection)
+                .await
+                .unwrap_or_else(|e| panic!("{sql:?} failed: {e}"));
+        })
+    })
+    .join()
+    .expect("the Postgres statement ran");
 }
 
 impl Deployment {
@@ -99,7 +115,7 @@ impl Deployment {
         let database = match backend {
             Backend::Postgres | Backend::PostgresS3 => {
                 let name = format!("berth_test_{}", &unique[..16]);
-                psql(&format!("CREATE DATABASE {name}"));
+                postgres_admin(&format!("CREATE DATABASE {name}"));
                 Some(name)
             }
             _ => None,
@@ -157,22 +173,17 @@ impl Deployment {
         }
         match self.backend {
             Backend::PostgresS3 => {
-                let need = |k: &str| {
-                    std::env::var(k).unwrap_or_else(|_| {
-                        panic!("{k} is not set: the postgres-s3 backend needs an S3 server (source .ci/garage.sh start)")
-                    })
-                };
+                let s3 = s3_server();
                 env.push(("BERTH_STORAGE".to_owned(), "s3".to_owned()));
-                env.push(("BERTH_S3_BUCKET".to_owned(), need("S3_BUCKET")));
-                env.push(("BERTH_S3_ENDPOINT".to_owned(), need("AWS_ENDPOINT_URL")));
-                env.push(("BERTH_S3_REGION".to_owned(), need("AWS_REGION")));
+                env.push(("BERTH_S3_BUCKET".to_owned(), s3.bucket.clone()));
+                env.push(("BERTH_S3_ENDPOINT".to_owned(), s3.endpoint.clone()));
+                env.push(("BERTH_S3_REGION".to_owned(), s3.region.clone()));
                 env.push(("BERTH_S3_FORCE_PATH_STYLE".to_owned(), "true".to_owned()));
                 env.push((
                     "BERTH_S3_PREFIX".to_owned(),
                     self.s3_prefix.clone().unwrap_or_default(),
                 ));
-                need("AWS_ACCESS_KEY_ID");
-                need("AWS_SECRET_ACCESS_KEY");
+                env.extend(s3.credentials_env());
             }
             Backend::Memory => env.push(("BERTH_STORAGE".to_owned(), "memory".to_owned())),
             _ => {}
@@ -215,14 +226,11 @@ impl Deployment {
 impl Drop for Deployment {
     fn drop(&mut self) {
         if let Some(db) = &self.database {
-            let _ = Command::new("psql")
-                .arg(admin_postgres_url())
-                .args([
-                    "-q",
-                    "-c",
-                    &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-                ])
-                .output();
+            let db = db.clone();
+            // A failure here only leaves a database behind in a throwaway server.
+            let _ = std::panic::catch_unwind(|| {
+                postgres_admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            });
         }
     }
 }
@@ -760,18 +768,11 @@ impl TcpProxy {
 
 /// An S3 client for the test server, to look behind Berth's back.
 pub async fn s3_client() -> aws_sdk_s3::Client {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    let config = aws_sdk_s3::config::Builder::from(&sdk)
-        .force_path_style(true)
-        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
+    s3_server().client().await
 }
 
 pub fn s3_bucket() -> String {
-    std::env::var("S3_BUCKET").expect("S3_BUCKET is set for the postgres-s3 backend")
+    s3_server().bucket
 }
 
 /// Keys and in-progress multipart uploads under a prefix.
