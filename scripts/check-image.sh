@@ -3,8 +3,8 @@
 # on a Debian base made with debootstrap (no image registry is needed), then runs it the way
 # the Helm chart does - non-root, read-only root filesystem, no capabilities - and pushes and
 # pulls an image through it with skopeo, across a container restart.
-#   BERTH_IMAGE_BINARY   binary to put in the image [default: the test build, target/debug/berth,
-#                        built here with the default features]
+#   BERTH_IMAGE_BINARY   binary to put in the image [default: the integration suite's build of
+#                        target/debug/berth, default features]
 #   BERTH_RUNTIME_IMAGE  base image [default: local/bookworm:base, made here when missing]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 BASE="${BERTH_RUNTIME_IMAGE:-local/bookworm:base}"
 BINARY="${BERTH_IMAGE_BINARY:-}"
 if [ -z "$BINARY" ]; then
-  cargo build --quiet --bin berth
+  # The binary the integration suite runs: built through `cargo test`, whose dependency
+  # features differ from `cargo build`'s, so this reuses the suite's build instead of another.
+  cargo test --quiet --no-run --test integration 2>/dev/null
   BINARY=target/debug/berth
 fi
 [ -x "$BINARY" ] || { echo "no berth binary at $BINARY: build it first (cargo build --release)" >&2; exit 1; }
