@@ -14,7 +14,7 @@ BINARY="${BERTH_IMAGE_BINARY:-}"
 if [ -z "$BINARY" ]; then
   # The binary the integration suite runs: built through `cargo test`, whose dependency
   # features differ from `cargo build`'s, so this reuses the suite's build instead of another.
-  cargo test --quiet --no-run --test integration 2>/dev/null
+  cargo test --quiet --no-run --test integration
   BINARY=target/debug/berth
 fi
 [ -x "$BINARY" ] || { echo "no berth binary at $BINARY: build it first (cargo build --release)" >&2; exit 1; }
