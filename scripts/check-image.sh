@@ -38,6 +38,9 @@ echo "image: building from $BINARY on $BASE"
 mkdir "$WORK/context"
 # Debug information is for the host's debugger, not for the image.
 objcopy --strip-debug "$BINARY" "$WORK/context/berth"
+# COPY keeps the file's mode, and the image's user is not its owner: whatever umask built it,
+# the binary must be executable by everyone.
+chmod 0755 "$WORK/context/berth"
 docker build -q -f deploy/Dockerfile --target prebuilt \
   --build-arg RUNTIME_IMAGE="$BASE" --build-arg BERTH_BINARY=berth \
   -t berth:check "$WORK/context" >/dev/null

@@ -6,6 +6,9 @@
 # what it needs (see scripts/services.sh); fails, never skips, when a service is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Files this suite makes go into container images, whose non-root users must read and run
+# them: a restrictive umask (077) on the runner would make them root-only.
+umask 022
 
 source scripts/services.sh
 trap '[ "$BERTH_STARTED_GARAGE" = 1 ] && scripts/garage.sh stop >/dev/null 2>&1; true' EXIT
