@@ -60,6 +60,9 @@ struct Opts {
     /// Trickling uploads open during push-beside-tricklers.
     #[arg(long, default_value_t = 50)]
     tricklers: usize,
+    /// Blobs orphans pushes.
+    #[arg(long, default_value_t = 100_000)]
+    orphans: usize,
     /// Tags in one repository for listings-scale.
     #[arg(long, default_value_t = 1_000_000)]
     scale_tags: usize,
@@ -87,7 +90,7 @@ struct Opts {
     #[arg(long)]
     s3_bucket: Option<String>,
     /// Workloads: push-mono push-chunked push-stream pull manifest-get manifest-head
-    /// small-images tags-list listings-scale push-beside-tricklers push-concurrent rss s3-put
+    /// small-images tags-list listings-scale push-beside-tricklers push-concurrent orphans rss s3-put
     /// s3-put-parallel s3-get, or `report FILE`.
     #[arg(required = true)]
     workloads: Vec<String>,
@@ -547,6 +550,54 @@ impl Bench {
             total as f64 / elapsed.as_secs_f64(),
             "images/s",
             Some(&mut latencies),
+        );
+        Ok(())
+    }
+
+    /// Pushes `--orphans` small blobs (1 KiB, single-request `POST ?digest=`) that no
+    /// manifest references, from `--workers` clients: garbage for a collector to find.
+    async fn orphans(&mut self) -> Result<()> {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let total = self.opts.orphans;
+        let base_seed = seed();
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..self.opts.workers)
+            .map(|_| {
+                let (http, base, repo, next) = (
+                    self.http.clone(),
+                    self.base.clone(),
+                    format!("{}-orphans", self.opts.repo),
+                    Arc::clone(&next),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= total {
+                            return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(());
+                        }
+                        let data = payload(1024, base_seed ^ i as u64);
+                        let d = digest(&data);
+                        let r = http
+                            .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
+                            .header("content-type", "application/octet-stream")
+                            .body(data)
+                            .send()
+                            .await?;
+                        if r.status() != 201 {
+                            return Err(format!("POST ?digest=: {}", r.status()).into());
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        self.record(
+            "orphans-push",
+            total as f64 / t.elapsed().as_secs_f64(),
+            "blobs/s",
+            None,
         );
         Ok(())
     }
@@ -1331,6 +1382,7 @@ async fn main() -> Result<()> {
             "manifest-get" => bench.manifest_load(reqwest::Method::GET).await,
             "manifest-head" => bench.manifest_load(reqwest::Method::HEAD).await,
             "small-images" => bench.small_images().await,
+            "orphans" => bench.orphans().await,
             "tags-list" => bench.tags_list().await,
             "listings-scale" => bench.listings_scale().await,
             "push-beside-tricklers" => bench.push_beside_tricklers().await,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use berth::RegistryOptions;
 use berth::http::{ServeOptions, TrustedProxies};
+use berth::registry::gc::ImmutableTags;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
@@ -144,6 +145,18 @@ pub enum Command {
     /// Read every stored blob back and verify its digest, and check that manifests' references
     /// resolve; exit 1 if anything is wrong. Safe while the registry serves.
     Scrub(ScrubArgs),
+    /// Run one garbage collection pass: delete blob links and blobs unreferenced for longer
+    /// than gc_grace_period (and untagged manifests, with gc_untagged_after), expire idle
+    /// uploads, and remove their bytes. Safe while the registry serves.
+    Gc(GcArgs),
+}
+
+/// Options of `berth gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Report what would be deleted and freed, changing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Options of `berth scrub`.
@@ -260,6 +273,14 @@ settings! {
     upload_ttl: Span, env = "BERTH_UPLOAD_TTL", value_name = "DURATION",
     /// How often expired uploads and orphaned storage are cleaned up [default: 5m].
     maintenance_interval: Span, env = "BERTH_MAINTENANCE_INTERVAL", value_name = "DURATION",
+    /// Garbage collection deletes blob links and blobs only after they have been unreferenced this long, so that pushes about to reference them can [default: 24h].
+    gc_grace_period: Span, env = "BERTH_GC_GRACE_PERIOD", value_name = "DURATION",
+    /// How often each process runs a garbage collection pass; 0 turns the background worker off [default: 10m].
+    gc_interval: Span, env = "BERTH_GC_INTERVAL", value_name = "DURATION",
+    /// Garbage collection also deletes manifests this old that no tag, index or subject keeps [default: off].
+    gc_untagged_after: Span, env = "BERTH_GC_UNTAGGED_AFTER", value_name = "DURATION",
+    /// Comma-separated REPOSITORY-GLOB:TAG-GLOB patterns of tags that cannot be moved or deleted once set, e.g. release/**:v* [default: none].
+    immutable_tags: String, env = "BERTH_IMMUTABLE_TAGS", value_name = "PATTERNS",
     /// OCI-Chunk-Min-Length advertised to clients [default: 5MiB].
     chunk_min_length: ByteSize, env = "BERTH_CHUNK_MIN_LENGTH", value_name = "SIZE",
     /// Largest manifest accepted [default: 4MiB].
@@ -430,6 +451,16 @@ impl Settings {
                 .maintenance_interval
                 .map_or(defaults.maintenance_interval, |s| s.0)
                 .max(Duration::from_millis(100)),
+            gc_grace_period: self
+                .gc_grace_period
+                .map_or(defaults.gc_grace_period, |s| s.0),
+            gc_interval: self.gc_interval.map_or(defaults.gc_interval, |s| s.0),
+            gc_untagged_after: self.gc_untagged_after.map(|s| s.0),
+            immutable_tags: ImmutableTags::parse(
+                self.immutable_tags.as_deref().unwrap_or("").split(','),
+            )
+            .map_err(anyhow::Error::msg)
+            .context("immutable_tags")?,
             upload_buffers,
             min_free_space: self.min_free_space.map_or(defaults.min_free_space, |b| b.0),
             upload_buffer_wait: self

@@ -48,6 +48,13 @@ pub const MAINTENANCE_REMOVED: &str = "berth_maintenance_removed_total";
 /// Garbage entries maintenance could not remove yet (retried on the next pass).
 pub const MAINTENANCE_FAILED: &str = "berth_maintenance_failures_total";
 
+/// Garbage collection passes, by `outcome` (`ok`, `error`).
+pub const GC_RUNS: &str = "berth_gc_runs_total";
+/// What garbage collection deleted, by `what` (`manifests`, `links`, `blobs`).
+pub const GC_REMOVED: &str = "berth_gc_removed_total";
+/// Bytes of the blobs garbage collection deleted.
+pub const GC_FREED_BYTES: &str = "berth_gc_freed_bytes_total";
+
 /// Free bytes where blobs are written (local directory) or the database file lives.
 pub const STORAGE_FREE: &str = "berth_storage_free_bytes";
 /// The free space uploads leave untouched (`min_free_space`).
@@ -112,6 +119,16 @@ pub fn describe() {
     describe_counter!(
         MAINTENANCE_FAILED,
         "Garbage entries maintenance could not remove yet"
+    );
+    describe_counter!(GC_RUNS, "Garbage collection passes, by outcome");
+    describe_counter!(
+        GC_REMOVED,
+        "Untagged manifests, blob links and blobs garbage collection deleted"
+    );
+    describe_counter!(
+        GC_FREED_BYTES,
+        Unit::Bytes,
+        "Bytes of the blobs garbage collection deleted"
     );
     describe_gauge!(
         STORAGE_FREE,

@@ -74,6 +74,7 @@
 pub mod auth;
 pub mod buffers;
 pub mod error;
+pub mod glob;
 pub mod http;
 pub mod instruments;
 pub mod metadata;

@@ -20,7 +20,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use config::{Cli, Command, Config, LogFormat, ScrubArgs, StorageKind};
+use config::{Cli, Command, Config, GcArgs, LogFormat, ScrubArgs, StorageKind};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve => serve(config).await,
             Command::Migrate => migrate(config).await,
             Command::Scrub(args) => scrub(config, args).await,
+            Command::Gc(args) => gc(config, args).await,
         }
     });
     drop(runtime);
@@ -261,6 +262,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     tokio::spawn(registry.clone().run_maintenance(stopped()));
+    tokio::spawn(registry.clone().run_gc(stopped()));
     if let Some(admin) = config.admin_listen {
         let listener = tokio::net::TcpListener::bind(admin)
             .await
@@ -447,6 +449,98 @@ fn auth_setup(
         authorizer: None,
         token_router: None,
     })
+}
+
+async fn gc(config: Config, args: GcArgs) -> anyhow::Result<()> {
+    use berth::registry::gc::GcProgress;
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+    if config.storage == StorageKind::Memory {
+        anyhow::bail!(
+            "storage = memory keeps nothing between processes: there is nothing to collect"
+        );
+    }
+    let metadata = metadata_store(&config).await?;
+    let blobs = blob_store(&config).await?;
+    let registry = Registry::builder(blobs, metadata)
+        .options(config.registry.clone())
+        .build();
+    let grace = humantime_secs(config.registry.gc_grace_period);
+    let mut out = std::io::stdout().lock();
+    if args.dry_run {
+        let preview = registry.gc_preview().await?;
+        writeln!(
+            out,
+            "gc --dry-run (grace period {grace}): {} review(s) due; would delete {} blob link(s) \
+             and {} blob(s) ({}), {} untagged manifest(s) and {} expired upload session(s); \
+             nothing was changed",
+            preview.reviewed,
+            preview.links,
+            preview.blobs,
+            mebibytes(preview.bytes),
+            preview.manifests,
+            preview.expired_uploads
+        )?;
+        return Ok(());
+    }
+    let bar = ProgressBar::with_draw_target(
+        None,
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} collecting [{bar:40}] {pos}/{len} reviews ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let mut on_progress = |event: GcProgress| match event {
+        GcProgress::Planned { reviews } => bar.set_length(reviews),
+        GcProgress::Reviewed { reviews } => bar.inc(reviews),
+    };
+    let report = registry.collect_garbage(&mut on_progress).await?;
+    bar.finish_and_clear();
+    writeln!(
+        out,
+        "gc (grace period {grace}): reviewed {} in {:.1} s; deleted {} untagged manifest(s), \
+         {} blob link(s) and {} blob(s), freeing {}; expired {} upload session(s); \
+         removed {} stored object(s)",
+        report.reviewed,
+        started.elapsed().as_secs_f64(),
+        report.manifests,
+        report.links,
+        report.blobs,
+        mebibytes(report.bytes),
+        report.expired_uploads,
+        report.removed_objects
+    )?;
+    if report.failed_objects > 0 {
+        anyhow::bail!(
+            "{} stored object(s) could not be removed yet; they stay queued for the next pass",
+            report.failed_objects
+        );
+    }
+    Ok(())
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn humantime_secs(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 async fn scrub(config: Config, args: ScrubArgs) -> anyhow::Result<()> {

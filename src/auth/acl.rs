@@ -31,6 +31,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::scope::Action;
+use crate::glob::glob_match;
 
 /// Why an ACL file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -270,73 +271,6 @@ impl Acl {
     pub fn allows_anonymous(&self) -> bool {
         self.rules.iter().any(|r| Self::applies(r, None))
     }
-}
-
-/// Matches `name` against a glob: `**` any characters, `*` any but `/`, `?` one but `/`.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    #[derive(Clone, Copy)]
-    enum Token {
-        Byte(u8),
-        One,
-        Segment,
-        Anything,
-    }
-    let mut tokens = Vec::with_capacity(pattern.len());
-    let p = pattern.as_bytes();
-    let mut i = 0;
-    while i < p.len() {
-        match p[i] {
-            b'*' if p.get(i + 1) == Some(&b'*') => {
-                tokens.push(Token::Anything);
-                i += 2;
-            }
-            b'*' => {
-                tokens.push(Token::Segment);
-                i += 1;
-            }
-            b'?' => {
-                tokens.push(Token::One);
-                i += 1;
-            }
-            b => {
-                tokens.push(Token::Byte(b));
-                i += 1;
-            }
-        }
-    }
-    let n = name.as_bytes();
-    // matches[j]: whether the tokens seen so far match n[..j]; one row per token.
-    let mut matches = vec![false; n.len() + 1];
-    matches[0] = true;
-    for token in tokens {
-        let mut next = vec![false; n.len() + 1];
-        match token {
-            Token::Byte(b) => {
-                for j in 0..n.len() {
-                    next[j + 1] = matches[j] && n[j] == b;
-                }
-            }
-            Token::One => {
-                for j in 0..n.len() {
-                    next[j + 1] = matches[j] && n[j] != b'/';
-                }
-            }
-            Token::Segment => {
-                next[0] = matches[0];
-                for j in 0..n.len() {
-                    next[j + 1] = matches[j + 1] || (next[j] && n[j] != b'/');
-                }
-            }
-            Token::Anything => {
-                next[0] = matches[0];
-                for j in 0..n.len() {
-                    next[j + 1] = matches[j + 1] || next[j];
-                }
-            }
-        }
-        matches = next;
-    }
-    matches[n.len()]
 }
 
 #[cfg(test)]

@@ -16,11 +16,12 @@ use jsonwebtoken::{Validation, decode, decode_header};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::acl::{Acl, Actions, glob_match};
+use super::acl::{Acl, Actions};
 use super::cache::TtlCache;
 use super::keys::VerifyingKey;
 use super::scope::challenge_scope;
 use super::{Access, AccessRequest, Action, Authorizer, Denial, Grant, Resource, describe_needs};
+use crate::glob::glob_match;
 use crate::oci::RepositoryName;
 
 /// Clock skew tolerated on `exp` and `nbf`.

@@ -8,9 +8,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    BlobCommit, BlobRecord, DanglingReference, Garbage, ManifestRecord, MetadataError,
-    MetadataResult, MetadataStore, NewManifest, Page, PoolUsage, PutManifestOutcome,
-    ReferrerRecord, SessionUpdate, UploadCheckpoint, UploadSession,
+    BlobCommit, BlobRecord, Collected, DanglingReference, Garbage, ManifestDeletion,
+    ManifestRecord, MetadataError, MetadataResult, MetadataStore, NewManifest, Page, PoolUsage,
+    PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
 };
 use crate::instruments;
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
@@ -81,7 +81,7 @@ measured_calls! {
     fn repositories(&self, page: Page<'_>) -> Vec<String>;
     fn blob(&self, repository: &RepositoryName, digest: &Digest) -> Option<BlobRecord>;
     fn mount_blob(&self, repository: &RepositoryName, digest: &Digest, from: Option<&RepositoryName>, now: i64) -> Option<BlobRecord>;
-    fn unlink_blob(&self, repository: &RepositoryName, digest: &Digest) -> bool;
+    fn unlink_blob(&self, repository: &RepositoryName, digest: &Digest, now: i64) -> bool;
     fn create_upload(&self, session: &UploadSession) -> ();
     fn upload(&self, id: &str) -> Option<UploadSession>;
     fn reserve_part_number(&self, id: &str) -> u32;
@@ -92,6 +92,7 @@ measured_calls! {
     fn commit_blob(&self, id: &str, blob: &BlobRecord, now: i64) -> BlobCommit;
     fn cancel_upload(&self, id: &str, now: i64) -> Option<Garbage>;
     fn expire_uploads(&self, cutoff: i64, limit: u32, now: i64) -> u64;
+    fn expired_upload_count(&self, cutoff: i64) -> u64;
     fn garbage(&self, limit: u32) -> Vec<Garbage>;
     fn forget_garbage(&self, id: i64) -> ();
     fn stored_blob(&self, digest: &Digest) -> Option<BlobRecord>;
@@ -101,8 +102,12 @@ measured_calls! {
     fn forget_blob(&self, digest: &Digest, now: i64) -> Option<Garbage>;
     fn put_manifest(&self, manifest: NewManifest<'_>) -> PutManifestOutcome;
     fn manifest(&self, repository: &RepositoryName, reference: &Reference) -> Option<ManifestRecord>;
-    fn delete_manifest(&self, repository: &RepositoryName, digest: &Digest) -> bool;
+    fn delete_manifest(&self, repository: &RepositoryName, digest: &Digest, immutable: TagGuard<'_>, now: i64) -> ManifestDeletion;
     fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> bool;
     fn tags(&self, repository: &RepositoryName, page: Page<'_>) -> Option<Vec<String>>;
     fn referrers(&self, repository: &RepositoryName, subject: &Digest, artifact_type: Option<&str>, page: Page<'_>) -> Vec<ReferrerRecord>;
+    fn collect_links(&self, cutoff: i64, limit: u32, now: i64) -> Collected;
+    fn collect_blobs(&self, cutoff: i64, limit: u32, now: i64) -> Collected;
+    fn collect_untagged_manifests(&self, cutoff: i64, limit: u32, now: i64) -> Collected;
+    fn collect_preview(&self, cutoff: i64, untagged_cutoff: Option<i64>) -> Collected;
 }

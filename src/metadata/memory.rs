@@ -6,9 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    BlobCommit, BlobRecord, DanglingKind, DanglingReference, Garbage, ManifestRecord,
-    MetadataResult, MetadataStore, NewManifest, Page, PutManifestOutcome, ReferrerRecord,
-    SessionUpdate, UploadCheckpoint, UploadSession,
+    BlobCommit, BlobRecord, Collected, DanglingKind, DanglingReference, Garbage, ManifestDeletion,
+    ManifestRecord, MetadataResult, MetadataStore, NewManifest, Page, PutManifestOutcome,
+    ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
 };
 use crate::oci::{Digest, ParsedManifest, Reference, RepositoryName, Tag};
 use crate::storage::PartRecord;
@@ -26,11 +26,16 @@ struct State {
     uploads: HashMap<String, Upload>,
     garbage: BTreeMap<i64, Garbage>,
     next_garbage_id: i64,
+    /// Links and blobs to review for collection, with the time they were queued (the same
+    /// queues as the SQL stores').
+    link_reviews: HashMap<(String, Digest), i64>,
+    blob_reviews: HashMap<Digest, i64>,
 }
 
 #[derive(Debug, Default)]
 struct Repository {
-    blobs: BTreeSet<Digest>,
+    /// Linked blobs, with the time of their link.
+    blobs: BTreeMap<Digest, i64>,
     manifests: BTreeMap<Digest, StoredManifest>,
     tags: BTreeMap<String, Digest>,
 }
@@ -40,6 +45,9 @@ struct StoredManifest {
     record: ManifestRecord,
     artifact_type: Option<String>,
     annotations: Option<BTreeMap<String, String>>,
+    blobs: Vec<Digest>,
+    children: Vec<Digest>,
+    created_at: i64,
 }
 
 #[derive(Debug)]
@@ -64,6 +72,76 @@ impl State {
             },
         );
         id
+    }
+
+    fn link(&mut self, repository: &str, digest: &Digest, now: i64) {
+        self.repositories
+            .entry(repository.to_owned())
+            .or_default()
+            .blobs
+            .insert(digest.clone(), now);
+        self.link_reviews
+            .insert((repository.to_owned(), digest.clone()), now);
+    }
+
+    /// Whether a manifest of `repository` references the blob (any repository's, for `None`).
+    fn referenced(&self, repository: Option<&str>, digest: &Digest) -> bool {
+        self.repositories
+            .iter()
+            .filter(|(name, _)| repository.is_none_or(|r| r == name.as_str()))
+            .any(|(_, repo)| repo.manifests.values().any(|m| m.blobs.contains(digest)))
+    }
+
+    fn delete_unreferenced_blob(&mut self, digest: &Digest) -> Collected {
+        let linked = self
+            .repositories
+            .values()
+            .any(|r| r.blobs.contains_key(digest));
+        if linked || self.referenced(None, digest) {
+            return Collected::default();
+        }
+        let Some(blob) = self.blobs.remove(digest) else {
+            return Collected::default();
+        };
+        let id = self.queue_garbage("", "");
+        if let Some(g) = self.garbage.get_mut(&id) {
+            g.storage_key = Some(blob.storage_key.clone());
+        }
+        Collected {
+            blobs: 1,
+            bytes: blob.size,
+            ..Collected::default()
+        }
+    }
+
+    fn untagged(&self, repository: &str, digest: &Digest, cutoff: i64) -> bool {
+        let Some(repo) = self.repositories.get(repository) else {
+            return false;
+        };
+        let Some(m) = repo.manifests.get(digest) else {
+            return false;
+        };
+        m.created_at <= cutoff
+            && !repo.tags.values().any(|d| d == digest)
+            && !repo.manifests.values().any(|p| p.children.contains(digest))
+            && m.record
+                .subject
+                .as_ref()
+                .is_none_or(|s| !repo.manifests.contains_key(s))
+    }
+
+    fn forget_manifest(&mut self, repository: &str, digest: &Digest, now: i64) -> bool {
+        let Some(repo) = self.repositories.get_mut(repository) else {
+            return false;
+        };
+        let Some(stored) = repo.manifests.remove(digest) else {
+            return false;
+        };
+        repo.tags.retain(|_, d| d != digest);
+        for blob in stored.blobs {
+            self.link_reviews.insert((repository.to_owned(), blob), now);
+        }
+        true
     }
 
     fn session_update(&self, id: &str) -> SessionUpdate {
@@ -127,7 +205,7 @@ impl MetadataStore for MemoryMetadataStore {
         let linked = state
             .repositories
             .get(repository.as_str())
-            .is_some_and(|r| r.blobs.contains(digest));
+            .is_some_and(|r| r.blobs.contains_key(digest));
         Ok(linked.then(|| state.blobs.get(digest).cloned()).flatten())
     }
 
@@ -136,28 +214,23 @@ impl MetadataStore for MemoryMetadataStore {
         repository: &RepositoryName,
         digest: &Digest,
         from: Option<&RepositoryName>,
-        _now: i64,
+        now: i64,
     ) -> MetadataResult<Option<BlobRecord>> {
         let mut state = self.state();
         let found = match from {
             Some(from) => state
                 .repositories
                 .get(from.as_str())
-                .is_some_and(|r| r.blobs.contains(digest)),
+                .is_some_and(|r| r.blobs.contains_key(digest)),
             None => state
                 .repositories
                 .values()
-                .any(|r| r.blobs.contains(digest)),
+                .any(|r| r.blobs.contains_key(digest)),
         };
         let Some(record) = found.then(|| state.blobs.get(digest).cloned()).flatten() else {
             return Ok(None);
         };
-        state
-            .repositories
-            .entry(repository.as_str().to_owned())
-            .or_default()
-            .blobs
-            .insert(digest.clone());
+        state.link(repository.as_str(), digest, now);
         Ok(Some(record))
     }
 
@@ -165,12 +238,17 @@ impl MetadataStore for MemoryMetadataStore {
         &self,
         repository: &RepositoryName,
         digest: &Digest,
+        now: i64,
     ) -> MetadataResult<bool> {
-        Ok(self
-            .state()
+        let mut state = self.state();
+        let removed = state
             .repositories
             .get_mut(repository.as_str())
-            .is_some_and(|r| r.blobs.remove(digest)))
+            .is_some_and(|r| r.blobs.remove(digest).is_some());
+        if removed {
+            state.blob_reviews.insert(digest.clone(), now);
+        }
+        Ok(removed)
     }
 
     async fn create_upload(&self, session: &UploadSession) -> MetadataResult<()> {
@@ -272,7 +350,7 @@ impl MetadataStore for MemoryMetadataStore {
         &self,
         id: &str,
         blob: &BlobRecord,
-        _now: i64,
+        now: i64,
     ) -> MetadataResult<BlobCommit> {
         let mut state = self.state();
         let Some(upload) = state.uploads.get(id).filter(|u| u.session.committing) else {
@@ -288,12 +366,7 @@ impl MetadataStore for MemoryMetadataStore {
             state.blobs.insert(blob.digest.clone(), blob.clone());
             BlobCommit::Created
         };
-        state
-            .repositories
-            .entry(session.repository.as_str().to_owned())
-            .or_default()
-            .blobs
-            .insert(blob.digest.clone());
+        state.link(session.repository.as_str(), &blob.digest, now);
         Ok(outcome)
     }
 
@@ -322,6 +395,15 @@ impl MetadataStore for MemoryMetadataStore {
             }
         }
         Ok(expired.len() as u64)
+    }
+
+    async fn expired_upload_count(&self, cutoff: i64) -> MetadataResult<u64> {
+        Ok(self
+            .state()
+            .uploads
+            .values()
+            .filter(|u| u.session.updated_at < cutoff)
+            .count() as u64)
     }
 
     async fn garbage(&self, limit: u32) -> MetadataResult<Vec<Garbage>> {
@@ -357,7 +439,7 @@ impl MetadataStore for MemoryMetadataStore {
                 .get(r.as_str())
                 .map(|repo| {
                     repo.blobs
-                        .iter()
+                        .keys()
                         .filter_map(|d| state.blobs.get(d))
                         .collect()
                 })
@@ -400,7 +482,7 @@ impl MetadataStore for MemoryMetadataStore {
                 for blob in &parsed.blobs {
                     let kind = if !state.blobs.contains_key(blob) {
                         DanglingKind::MissingBlob
-                    } else if !repo.blobs.contains(blob) {
+                    } else if !repo.blobs.contains_key(blob) {
                         DanglingKind::UnlinkedBlob
                     } else {
                         continue;
@@ -456,7 +538,7 @@ impl MetadataStore for MemoryMetadataStore {
             .parsed
             .blobs
             .iter()
-            .filter(|d| !repo.blobs.contains(*d))
+            .filter(|d| !repo.blobs.contains_key(*d))
             .cloned()
             .collect();
         let manifests: Vec<Digest> = m
@@ -469,6 +551,16 @@ impl MetadataStore for MemoryMetadataStore {
         if m.require_references && (!blobs.is_empty() || !manifests.is_empty()) {
             return Ok(PutManifestOutcome::MissingReferences { blobs, manifests });
         }
+        for tag in m.immutable {
+            if let Some(current) = repo.tags.get(tag.as_str())
+                && current != m.digest
+            {
+                return Ok(PutManifestOutcome::ImmutableTag {
+                    tag: tag.clone(),
+                    current: current.clone(),
+                });
+            }
+        }
         repo.manifests
             .entry(m.digest.clone())
             .or_insert_with(|| StoredManifest {
@@ -480,6 +572,9 @@ impl MetadataStore for MemoryMetadataStore {
                 },
                 artifact_type: m.parsed.artifact_type.clone(),
                 annotations: m.parsed.annotations.clone(),
+                blobs: m.parsed.blobs.clone(),
+                children: m.parsed.children.clone(),
+                created_at: m.now,
             });
         for tag in m.tags {
             repo.tags.insert(tag.as_str().to_owned(), m.digest.clone());
@@ -509,14 +604,26 @@ impl MetadataStore for MemoryMetadataStore {
         &self,
         repository: &RepositoryName,
         digest: &Digest,
-    ) -> MetadataResult<bool> {
+        immutable: TagGuard<'_>,
+        now: i64,
+    ) -> MetadataResult<ManifestDeletion> {
         let mut state = self.state();
-        let Some(repo) = state.repositories.get_mut(repository.as_str()) else {
-            return Ok(false);
+        let Some(repo) = state.repositories.get(repository.as_str()) else {
+            return Ok(ManifestDeletion::NotFound);
         };
-        let existed = repo.manifests.remove(digest).is_some();
-        repo.tags.retain(|_, d| d != digest);
-        Ok(existed)
+        if !repo.manifests.contains_key(digest) {
+            return Ok(ManifestDeletion::NotFound);
+        }
+        if let Some((name, _)) = repo
+            .tags
+            .iter()
+            .find(|(name, d)| *d == digest && immutable(name))
+        {
+            let tag = Tag::parse(name).map_err(|e| super::MetadataError::Corrupt(e.to_string()))?;
+            return Ok(ManifestDeletion::Protected { tag });
+        }
+        state.forget_manifest(repository.as_str(), digest, now);
+        Ok(ManifestDeletion::Deleted)
     }
 
     async fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> MetadataResult<bool> {
@@ -538,6 +645,136 @@ impl MetadataStore for MemoryMetadataStore {
                 .map(|(k, _)| k.clone())
                 .collect()
         }))
+    }
+
+    async fn collect_links(&self, cutoff: i64, limit: u32, _now: i64) -> MetadataResult<Collected> {
+        let mut state = self.state();
+        let mut due: Vec<((String, Digest), i64)> = state
+            .link_reviews
+            .iter()
+            .filter(|(_, queued)| **queued <= cutoff)
+            .map(|(k, q)| (k.clone(), *q))
+            .collect();
+        due.sort_by_key(|(_, queued)| *queued);
+        due.truncate(limit as usize);
+        let mut collected = Collected::default();
+        for ((repository, digest), _) in due {
+            state
+                .link_reviews
+                .remove(&(repository.clone(), digest.clone()));
+            collected.reviewed += 1;
+            let linked_at = state
+                .repositories
+                .get(&repository)
+                .and_then(|r| r.blobs.get(&digest).copied());
+            if linked_at.is_none_or(|t| t > cutoff) || state.referenced(Some(&repository), &digest)
+            {
+                continue;
+            }
+            if let Some(repo) = state.repositories.get_mut(&repository) {
+                repo.blobs.remove(&digest);
+            }
+            collected.links += 1;
+            collected += state.delete_unreferenced_blob(&digest);
+        }
+        Ok(collected)
+    }
+
+    async fn collect_blobs(&self, cutoff: i64, limit: u32, _now: i64) -> MetadataResult<Collected> {
+        let mut state = self.state();
+        let mut due: Vec<(Digest, i64)> = state
+            .blob_reviews
+            .iter()
+            .filter(|(_, queued)| **queued <= cutoff)
+            .map(|(d, q)| (d.clone(), *q))
+            .collect();
+        due.sort_by_key(|(_, queued)| *queued);
+        due.truncate(limit as usize);
+        let mut collected = Collected::default();
+        for (digest, _) in due {
+            state.blob_reviews.remove(&digest);
+            collected.reviewed += 1;
+            collected += state.delete_unreferenced_blob(&digest);
+        }
+        Ok(collected)
+    }
+
+    async fn collect_untagged_manifests(
+        &self,
+        cutoff: i64,
+        limit: u32,
+        now: i64,
+    ) -> MetadataResult<Collected> {
+        let mut state = self.state();
+        let due: Vec<(String, Digest)> = state
+            .repositories
+            .iter()
+            .flat_map(|(name, repo)| repo.manifests.keys().map(|d| (name.clone(), d.clone())))
+            .filter(|(name, digest)| state.untagged(name, digest, cutoff))
+            .take(limit as usize)
+            .collect();
+        let mut collected = Collected::default();
+        for (name, digest) in due {
+            if state.forget_manifest(&name, &digest, now) {
+                collected.manifests += 1;
+            }
+        }
+        Ok(collected)
+    }
+
+    async fn collect_preview(
+        &self,
+        cutoff: i64,
+        untagged_cutoff: Option<i64>,
+    ) -> MetadataResult<Collected> {
+        let state = self.state();
+        let mut preview = Collected::default();
+        let mut doomed: BTreeSet<(String, Digest)> = BTreeSet::new();
+        let mut candidates: BTreeSet<Digest> = BTreeSet::new();
+        for ((repository, digest), queued) in &state.link_reviews {
+            if *queued > cutoff {
+                continue;
+            }
+            preview.reviewed += 1;
+            let linked_at = state
+                .repositories
+                .get(repository)
+                .and_then(|r| r.blobs.get(digest).copied());
+            if linked_at.is_some_and(|t| t <= cutoff) && !state.referenced(Some(repository), digest)
+            {
+                doomed.insert((repository.clone(), digest.clone()));
+                candidates.insert(digest.clone());
+            }
+        }
+        for (digest, queued) in &state.blob_reviews {
+            if *queued <= cutoff {
+                preview.reviewed += 1;
+                candidates.insert(digest.clone());
+            }
+        }
+        preview.links = doomed.len() as u64;
+        for digest in candidates {
+            let kept = state.repositories.iter().any(|(name, repo)| {
+                repo.blobs.contains_key(&digest)
+                    && !doomed.contains(&(name.clone(), digest.clone()))
+            });
+            if kept || state.referenced(None, &digest) {
+                continue;
+            }
+            if let Some(blob) = state.blobs.get(&digest) {
+                preview.blobs += 1;
+                preview.bytes += blob.size;
+            }
+        }
+        if let Some(untagged_cutoff) = untagged_cutoff {
+            preview.manifests = state
+                .repositories
+                .iter()
+                .flat_map(|(name, repo)| repo.manifests.keys().map(move |d| (name, d)))
+                .filter(|(name, digest)| state.untagged(name, digest, untagged_cutoff))
+                .count() as u64;
+        }
+        Ok(preview)
     }
 
     async fn referrers(

@@ -81,6 +81,9 @@ pub struct NewManifest<'a> {
     pub content: &'a [u8],
     /// Tags to point at it (the tag it was pushed to, and any `?tag=` of the push).
     pub tags: &'a [Tag],
+    /// Those of `tags` that may not be moved once set: each is refused if it already names
+    /// another manifest.
+    pub immutable: &'a [Tag],
     /// Refuse the manifest when a blob or child manifest it references is not in the
     /// repository; off for registries that accept sparse manifests (mirrors of one platform).
     pub require_references: bool,
@@ -100,6 +103,56 @@ pub enum PutManifestOutcome {
         /// Child manifests not in the repository.
         manifests: Vec<Digest>,
     },
+    /// Refused: an immutable tag already names another manifest.
+    ImmutableTag {
+        /// The tag.
+        tag: Tag,
+        /// The manifest it names.
+        current: Digest,
+    },
+}
+
+/// Outcome of deleting a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManifestDeletion {
+    /// Deleted, with its tags and references.
+    Deleted,
+    /// There was no such manifest.
+    NotFound,
+    /// Refused: an immutable tag names it.
+    Protected {
+        /// The tag.
+        tag: Tag,
+    },
+}
+
+/// Which tags may not be moved or deleted once set, asked by the store under the lock that
+/// makes the answer final.
+pub type TagGuard<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
+
+/// What one step of garbage collection removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Reviews taken off the queue (each looked at once).
+    pub reviewed: u64,
+    /// Untagged manifests deleted.
+    pub manifests: u64,
+    /// Blob links deleted from repositories.
+    pub links: u64,
+    /// Blob rows deleted; their objects are queued in the storage garbage.
+    pub blobs: u64,
+    /// Bytes of those blobs.
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for Collected {
+    fn add_assign(&mut self, other: Collected) {
+        self.reviewed += other.reviewed;
+        self.manifests += other.manifests;
+        self.links += other.links;
+        self.blobs += other.blobs;
+        self.bytes += other.bytes;
+    }
 }
 
 /// One entry of a referrers list.
@@ -292,11 +345,13 @@ pub trait MetadataStore: Send + Sync + 'static {
         from: Option<&RepositoryName>,
         now: i64,
     ) -> MetadataResult<Option<BlobRecord>>;
-    /// Removes the blob's link to the repository; `false` if it was not linked.
+    /// Removes the blob's link to the repository, queueing the blob for review by the
+    /// collector; `false` if it was not linked.
     async fn unlink_blob(
         &self,
         repository: &RepositoryName,
         digest: &Digest,
+        now: i64,
     ) -> MetadataResult<bool>;
 
     /// Starts an upload session.
@@ -335,6 +390,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn cancel_upload(&self, id: &str, now: i64) -> MetadataResult<Option<Garbage>>;
     /// Ends sessions idle since before `cutoff`, queueing their storage as garbage.
     async fn expire_uploads(&self, cutoff: i64, limit: u32, now: i64) -> MetadataResult<u64>;
+    /// How many sessions are idle since before `cutoff`.
+    async fn expired_upload_count(&self, cutoff: i64) -> MetadataResult<u64>;
     /// Storage waiting to be removed.
     async fn garbage(&self, limit: u32) -> MetadataResult<Vec<Garbage>>;
     /// Forgets a garbage entry once its storage is removed.
@@ -371,12 +428,15 @@ pub trait MetadataStore: Send + Sync + 'static {
         repository: &RepositoryName,
         reference: &Reference,
     ) -> MetadataResult<Option<ManifestRecord>>;
-    /// Deletes a manifest with its tags and references; `false` if it did not exist.
+    /// Deletes a manifest with its tags and references, queueing the links of its blobs for
+    /// review by the collector; refused if `immutable` holds for one of its tags.
     async fn delete_manifest(
         &self,
         repository: &RepositoryName,
         digest: &Digest,
-    ) -> MetadataResult<bool>;
+        immutable: TagGuard<'_>,
+        now: i64,
+    ) -> MetadataResult<ManifestDeletion>;
     /// Deletes a tag; `false` if it did not exist.
     async fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> MetadataResult<bool>;
     /// Tags in lexical order; `None` if the repository does not exist.
@@ -393,6 +453,34 @@ pub trait MetadataStore: Send + Sync + 'static {
         artifact_type: Option<&str>,
         page: Page<'_>,
     ) -> MetadataResult<Vec<ReferrerRecord>>;
+
+    /// Garbage collection, one batch: takes up to `limit` link reviews queued at or before
+    /// `cutoff` off the queue; deletes each link no manifest of its repository references and
+    /// not made again since `cutoff`, then each of their blobs that no link and no manifest
+    /// references any more, queueing its object in the storage garbage. Reviews another
+    /// process holds are skipped.
+    async fn collect_links(&self, cutoff: i64, limit: u32, now: i64) -> MetadataResult<Collected>;
+    /// Garbage collection, one batch: takes up to `limit` blob reviews queued at or before
+    /// `cutoff` off the queue and deletes each blob that no link and no manifest references,
+    /// queueing its object in the storage garbage.
+    async fn collect_blobs(&self, cutoff: i64, limit: u32, now: i64) -> MetadataResult<Collected>;
+    /// Garbage collection, one batch: deletes up to `limit` manifests created at or before
+    /// `cutoff` that no tag names, no index in their repository lists, and whose `subject`
+    /// (if any) is not in their repository; queues the links of their blobs for review.
+    async fn collect_untagged_manifests(
+        &self,
+        cutoff: i64,
+        limit: u32,
+        now: i64,
+    ) -> MetadataResult<Collected>;
+    /// What collection would remove now, changing nothing: `reviewed` counts the reviews
+    /// due (links and blobs), `manifests` the untagged manifests due (with
+    /// `untagged_cutoff`), `links`, `blobs` and `bytes` what the due reviews would free.
+    async fn collect_preview(
+        &self,
+        cutoff: i64,
+        untagged_cutoff: Option<i64>,
+    ) -> MetadataResult<Collected>;
 }
 
 /// Unix time in milliseconds.

@@ -14,9 +14,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Row};
 
 use super::{
-    BlobCommit, BlobRecord, DanglingKind, DanglingReference, Garbage, ManifestRecord,
-    MetadataError, MetadataResult, MetadataStore, NewManifest, Page, PoolUsage, PutManifestOutcome,
-    ReferrerRecord, SessionUpdate, UploadCheckpoint, UploadSession,
+    BlobCommit, BlobRecord, Collected, DanglingKind, DanglingReference, Garbage, ManifestDeletion,
+    ManifestRecord, MetadataError, MetadataResult, MetadataStore, NewManifest, Page, PoolUsage,
+    PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
 };
 use crate::oci::{Digest, DigestAlgorithm, Reference, RepositoryName, Tag};
 use crate::storage::PartRecord;
@@ -48,7 +48,49 @@ impl Dialect {
             Dialect::Postgres => postgres,
         }
     }
+
+    /// A subquery of the strings of the JSON array bound to `$n`, as column `value`.
+    fn strings(self, n: u8) -> String {
+        match self {
+            Dialect::Sqlite => format!("(SELECT j.value AS value FROM json_each(${n}) AS j)"),
+            Dialect::Postgres => {
+                format!("(SELECT j.value FROM jsonb_array_elements_text(${n}::jsonb) AS j(value))")
+            }
+        }
+    }
+
+    /// A subquery of the (repository id, digest) pairs of [`json_pairs`] bound to `$n`.
+    fn pairs(self, n: u8) -> String {
+        match self {
+            Dialect::Sqlite => format!(
+                "(SELECT json_extract(j.value, '$.r') AS r, json_extract(j.value, '$.d') AS d \
+                 FROM json_each(${n}) AS j)"
+            ),
+            Dialect::Postgres => {
+                format!(
+                    "(SELECT x.r, x.d FROM jsonb_to_recordset(${n}::jsonb) AS x(r BIGINT, d TEXT))"
+                )
+            }
+        }
+    }
+
+    /// Row locks for the rest of the transaction. SQLite needs none: `BEGIN IMMEDIATE` makes
+    /// each write transaction the only one. On Postgres they order a statement after every
+    /// transaction that changed the rows it reads, because each statement of a `READ
+    /// COMMITTED` transaction sees what committed before it started.
+    fn lock(self, clause: &'static str) -> &'static str {
+        self.pick("", clause)
+    }
 }
+
+/// The manifests the collector may delete as untagged (`m`, created at or before `$1`): no
+/// tag names them, no index of their repository lists them, and their subject, if they have
+/// one, is not in their repository.
+const UNTAGGED: &str = "m.created_at <= $1 \
+    AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repository_id = m.repository_id AND t.manifest_digest = m.digest) \
+    AND NOT EXISTS (SELECT 1 FROM manifest_children c WHERE c.repository_id = m.repository_id AND c.child_digest = m.digest) \
+    AND (m.subject IS NULL OR NOT EXISTS \
+         (SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject))";
 
 /// Connection settings.
 #[derive(Clone, Debug)]
@@ -165,6 +207,12 @@ macro_rules! retrying {
     }};
 }
 
+/// A statement assembled from this module's constant fragments ([`Dialect`]'s subqueries and
+/// lock clauses, [`UNTAGGED`]); every value in it is a bound parameter.
+fn built(sql: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(sql)
+}
+
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -190,6 +238,19 @@ fn blob_record(row: &AnyRow, digest: Digest) -> MetadataResult<BlobRecord> {
 
 fn limit_of(page: Page<'_>) -> i64 {
     page.limit.map(i64::from).unwrap_or(i64::MAX)
+}
+
+/// `[{"r": repository id, "d": digest}, …]`, the form [`Dialect::pairs`] reads.
+fn json_pairs(pairs: &[(i64, String)]) -> String {
+    let list: Vec<_> = pairs
+        .iter()
+        .map(|(r, d)| serde_json::json!({ "r": r, "d": d }))
+        .collect();
+    serde_json::Value::Array(list).to_string()
+}
+
+fn json_strings(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
 }
 
 fn json_list(digests: &[Digest]) -> String {
@@ -411,6 +472,151 @@ impl SqlMetadataStore {
     }
 }
 
+impl SqlMetadataStore {
+    /// Asks the collector to look at a link again (`queued_at` = `now`): made by an upload or
+    /// a mount, it may never be referenced. Taken first in every transaction that makes a
+    /// link, as the collector takes its claimed reviews first: both then wait on the same row.
+    async fn review_link(
+        tx: &mut WriteTx,
+        repository_id: i64,
+        digest: &str,
+        now: i64,
+    ) -> MetadataResult<()> {
+        sqlx::query(
+            "INSERT INTO gc_link_reviews (repository_id, digest, queued_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (repository_id, digest) DO UPDATE SET queued_at = excluded.queued_at",
+        )
+        .bind(repository_id)
+        .bind(digest)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Links a blob to a repository, or renews an existing link's time so that a collector
+    /// reviewing it keeps it (and, on Postgres, waits for a collector deleting it, then makes
+    /// it again: `ON CONFLICT DO UPDATE` always inserts or updates).
+    async fn link_blob(
+        tx: &mut WriteTx,
+        repository_id: i64,
+        digest: &str,
+        now: i64,
+    ) -> MetadataResult<()> {
+        sqlx::query(
+            "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = excluded.created_at",
+        )
+        .bind(repository_id)
+        .bind(digest)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Deletes the manifests of the [`json_pairs`] list `pairs` with their tags and references,
+    /// queueing the links of their blobs for review. Returns how many were deleted.
+    async fn forget_manifests(
+        &self,
+        tx: &mut WriteTx,
+        pairs: &str,
+        now: i64,
+    ) -> MetadataResult<u64> {
+        let list = self.dialect.pairs(1);
+        sqlx::query(built(format!(
+            "INSERT INTO gc_link_reviews (repository_id, digest, queued_at) \
+             SELECT DISTINCT mb.repository_id, mb.blob_digest, $2 FROM manifest_blobs mb \
+             WHERE (mb.repository_id, mb.manifest_digest) IN {list} \
+             ON CONFLICT (repository_id, digest) DO UPDATE SET queued_at = excluded.queued_at"
+        )))
+        .bind(pairs)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        // Explicit deletes of the dependent rows keep this independent of cascade settings.
+        for sql in [
+            format!("DELETE FROM tags WHERE (repository_id, manifest_digest) IN {list}"),
+            format!("DELETE FROM manifest_blobs WHERE (repository_id, manifest_digest) IN {list}"),
+            format!("DELETE FROM manifest_children WHERE (repository_id, parent_digest) IN {list}"),
+        ] {
+            sqlx::query(built(sql.clone()))
+                .bind(pairs)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_err)?;
+        }
+        let deleted = sqlx::query(built(format!(
+            "DELETE FROM manifests WHERE (repository_id, digest) IN {list}"
+        )))
+        .bind(pairs)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        Ok(deleted.rows_affected())
+    }
+
+    /// Deletes those of `digests` whose blob no link and no manifest references, queueing
+    /// their objects as storage garbage. The rows are locked first, so that the check sees
+    /// every link made by a transaction that held them (uploads and mounts lock the blob row
+    /// before linking it).
+    async fn delete_unreferenced_blobs(
+        &self,
+        tx: &mut WriteTx,
+        digests: &[String],
+        now: i64,
+    ) -> MetadataResult<Collected> {
+        let mut collected = Collected::default();
+        if digests.is_empty() {
+            return Ok(collected);
+        }
+        let list = json_strings(digests);
+        if self.dialect == Dialect::Postgres {
+            sqlx::query(built(format!(
+                "SELECT 1 FROM blobs WHERE digest IN {} ORDER BY digest FOR UPDATE",
+                self.dialect.strings(1)
+            )))
+            .bind(&list)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        }
+        let rows = sqlx::query(built(format!(
+            "DELETE FROM blobs WHERE digest IN {} \
+             AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = blobs.digest) \
+             AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = blobs.digest) \
+             RETURNING storage_key, size",
+            self.dialect.strings(1)
+        )))
+        .bind(&list)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            keys.push(row.try_get::<String, _>("storage_key").map_err(db_err)?);
+            collected.bytes += u64_of(row, "size")?;
+        }
+        collected.blobs = keys.len() as u64;
+        if !keys.is_empty() {
+            sqlx::query(built(format!(
+                "INSERT INTO storage_garbage (upload_id, store_state, storage_key, created_at) \
+                 SELECT '', '', k.value, $2 FROM {} AS k",
+                self.dialect.strings(1)
+            )))
+            .bind(json_strings(&keys))
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        }
+        Ok(collected)
+    }
+}
+
 /// A write transaction on a pooled connection of its own. Whatever does not end in a
 /// successful `COMMIT` or `ROLLBACK` (an error, a dropped request) closes the connection
 /// instead of returning it to the pool: a `COMMIT` that fails (SQLite's "database or disk is
@@ -589,39 +795,37 @@ impl MetadataStore for SqlMetadataStore {
         now: i64,
     ) -> MetadataResult<Option<BlobRecord>> {
         let mut tx = self.write_tx().await?;
+        let repository_id = Self::ensure_repository(&mut tx, repository, now).await?;
+        Self::review_link(&mut tx, repository_id, digest.as_str(), now).await?;
+        // The blob row is locked so that the collector cannot delete it before the link
+        // commits; a blob it deleted first is not found.
+        let from_sql = format!(
+            "SELECT b.size, b.storage_key FROM repository_blobs rb \
+             JOIN repositories r ON r.id = rb.repository_id \
+             JOIN blobs b ON b.digest = rb.digest \
+             WHERE r.name = $1 AND rb.digest = $2 {}",
+            self.dialect.lock("FOR SHARE OF b")
+        );
+        let any_sql = format!(
+            "SELECT b.size, b.storage_key FROM blobs b WHERE b.digest = $1 \
+             AND EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest) {}",
+            self.dialect.lock("FOR SHARE")
+        );
         let source = match from {
-            Some(from) => sqlx::query(
-                "SELECT b.size, b.storage_key FROM repository_blobs rb \
-                 JOIN repositories r ON r.id = rb.repository_id \
-                 JOIN blobs b ON b.digest = rb.digest \
-                 WHERE r.name = $1 AND rb.digest = $2",
-            )
-            .bind(from.as_str())
-            .bind(digest.as_str()),
-            None => sqlx::query(
-                "SELECT b.size, b.storage_key FROM blobs b WHERE b.digest = $1 \
-                 AND EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
-            )
-            .bind(digest.as_str()),
+            Some(from) => sqlx::query(built(from_sql.clone()))
+                .bind(from.as_str())
+                .bind(digest.as_str()),
+            None => sqlx::query(built(any_sql.clone())).bind(digest.as_str()),
         }
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;
         let Some(source) = source else {
+            tx.rollback().await.map_err(db_err)?;
             return Ok(None);
         };
         let record = blob_record(&source, digest.clone())?;
-        let repository_id = Self::ensure_repository(&mut tx, repository, now).await?;
-        sqlx::query(
-            "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(repository_id)
-        .bind(digest.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        Self::link_blob(&mut tx, repository_id, digest.as_str(), now).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(Some(record))
     }
@@ -630,17 +834,33 @@ impl MetadataStore for SqlMetadataStore {
         &self,
         repository: &RepositoryName,
         digest: &Digest,
+        now: i64,
     ) -> MetadataResult<bool> {
+        let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "DELETE FROM repository_blobs WHERE digest = $2 \
              AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
         )
         .bind(repository.as_str())
         .bind(digest.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            tx.rollback().await.map_err(db_err)?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO gc_blob_reviews (digest, queued_at) VALUES ($1, $2) \
+             ON CONFLICT (digest) DO UPDATE SET queued_at = excluded.queued_at",
+        )
+        .bind(digest.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
     }
 
     async fn create_upload(&self, s: &UploadSession) -> MetadataResult<()> {
@@ -862,6 +1082,17 @@ impl MetadataStore for SqlMetadataStore {
         let repository = RepositoryName::parse(&repository)
             .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
         let store_state: String = session.try_get("store_state").map_err(db_err)?;
+        let repository_id = Self::ensure_repository(&mut tx, &repository, now).await?;
+        Self::review_link(&mut tx, repository_id, blob.digest.as_str(), now).await?;
+        if self.dialect == Dialect::Postgres {
+            // An existing row is kept from the collector until the link commits; one it is
+            // deleting is waited for, and then this upload's bytes become the blob.
+            sqlx::query("SELECT 1 FROM blobs WHERE digest = $1 FOR SHARE")
+                .bind(blob.digest.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         let inserted = sqlx::query(
             "INSERT INTO blobs (digest, size, storage_key, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (digest) DO NOTHING",
@@ -880,17 +1111,7 @@ impl MetadataStore for SqlMetadataStore {
                 garbage_id: Self::queue_garbage(&mut tx, id, &store_state, None, now).await?,
             }
         };
-        let repository_id = Self::ensure_repository(&mut tx, &repository, now).await?;
-        sqlx::query(
-            "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(repository_id)
-        .bind(blob.digest.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        Self::link_blob(&mut tx, repository_id, blob.digest.as_str(), now).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(outcome)
     }
@@ -936,6 +1157,21 @@ impl MetadataStore for SqlMetadataStore {
         }
         tx.commit().await.map_err(db_err)?;
         Ok(rows.len() as u64)
+    }
+
+    async fn expired_upload_count(&self, cutoff: i64) -> MetadataResult<u64> {
+        retrying!(
+            async {
+                let row =
+                    sqlx::query("SELECT COUNT(*) AS n FROM upload_sessions WHERE updated_at < $1")
+                        .bind(cutoff)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                u64_of(&row, "n")
+            }
+            .await
+        )
     }
 
     async fn garbage(&self, limit: u32) -> MetadataResult<Vec<Garbage>> {
@@ -1140,6 +1376,41 @@ impl MetadataStore for SqlMetadataStore {
 
         let mut tx = self.write_tx().await?;
         let repository_id = Self::ensure_repository(&mut tx, m.repository, m.now).await?;
+        if self.dialect == Dialect::Postgres {
+            // What this manifest will reference is kept from the collector until it commits:
+            // the links (or, for sparse manifests, the blobs) and the child manifests, and the
+            // manifest itself if it is already here; whatever the collector deleted first
+            // is missing below.
+            let blobs_lock = if m.require_references {
+                format!(
+                    "SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest IN {} \
+                     ORDER BY digest FOR SHARE",
+                    self.dialect.strings(2)
+                )
+            } else {
+                format!(
+                    "SELECT 1 FROM blobs WHERE digest IN {} AND $1 = $1 ORDER BY digest FOR SHARE",
+                    self.dialect.strings(2)
+                )
+            };
+            let manifests_lock = format!(
+                "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest IN {} \
+                 ORDER BY digest FOR SHARE",
+                self.dialect.strings(2)
+            );
+            let mut itself = m.parsed.children.clone();
+            itself.push(m.digest.clone());
+            for (sql, digests) in [(&blobs_lock, &m.parsed.blobs), (&manifests_lock, &itself)] {
+                if !digests.is_empty() {
+                    sqlx::query(built(sql.clone()))
+                        .bind(repository_id)
+                        .bind(json_list(digests))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+            }
+        }
         let (blobs, manifests) = if m.require_references {
             let blobs = self
                 .missing(&mut tx, missing_blobs_sql, repository_id, &m.parsed.blobs)
@@ -1201,11 +1472,17 @@ impl MetadataStore for SqlMetadataStore {
             .await?;
         }
         for tag in m.tags {
-            sqlx::query(
+            let immutable = m.immutable.contains(tag);
+            sqlx::query(if immutable {
+                // Set once: of two first pushes, the second waits for the first and then
+                // finds the tag taken.
+                "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repository_id, name) DO NOTHING"
+            } else {
                 "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (repository_id, name) DO UPDATE SET \
-                 manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
-            )
+                 manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at"
+            })
             .bind(repository_id)
             .bind(tag.as_str())
             .bind(m.digest.as_str())
@@ -1213,6 +1490,24 @@ impl MetadataStore for SqlMetadataStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+            if immutable {
+                let row = sqlx::query(
+                    "SELECT manifest_digest FROM tags WHERE repository_id = $1 AND name = $2",
+                )
+                .bind(repository_id)
+                .bind(tag.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let current = digest_of(&row, "manifest_digest")?;
+                if current != *m.digest {
+                    tx.rollback().await.map_err(db_err)?;
+                    return Ok(PutManifestOutcome::ImmutableTag {
+                        tag: tag.clone(),
+                        current,
+                    });
+                }
+            }
         }
         tx.commit().await.map_err(db_err)?;
         Ok(PutManifestOutcome::Stored)
@@ -1264,31 +1559,47 @@ impl MetadataStore for SqlMetadataStore {
         &self,
         repository: &RepositoryName,
         digest: &Digest,
-    ) -> MetadataResult<bool> {
+        immutable: TagGuard<'_>,
+        now: i64,
+    ) -> MetadataResult<ManifestDeletion> {
         let mut tx = self.write_tx().await?;
-        // Explicit deletes of the dependent rows keep this independent of cascade settings.
-        for sql in [
-            "DELETE FROM tags WHERE manifest_digest = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
-            "DELETE FROM manifest_blobs WHERE manifest_digest = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
-            "DELETE FROM manifest_children WHERE parent_digest = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
-        ] {
-            sqlx::query(sql)
-                .bind(repository.as_str())
-                .bind(digest.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
-        let deleted = sqlx::query(
-            "DELETE FROM manifests WHERE digest = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
-        )
+        // Locked first: a tag pushed to it meanwhile either committed before (and is seen
+        // below) or waits, and then finds no manifest to name.
+        let found = sqlx::query(built(format!(
+            "SELECT m.repository_id FROM manifests m JOIN repositories r ON r.id = m.repository_id \
+             WHERE r.name = $1 AND m.digest = $2 {}",
+            self.dialect.lock("FOR UPDATE OF m")
+        )))
         .bind(repository.as_str())
         .bind(digest.as_str())
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_err)?;
+        let Some(found) = found else {
+            tx.rollback().await.map_err(db_err)?;
+            return Ok(ManifestDeletion::NotFound);
+        };
+        let repository_id: i64 = found.try_get("repository_id").map_err(db_err)?;
+        let tags = sqlx::query(
+            "SELECT name FROM tags WHERE repository_id = $1 AND manifest_digest = $2 ORDER BY name",
+        )
+        .bind(repository_id)
+        .bind(digest.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        for row in &tags {
+            let name: String = row.try_get("name").map_err(db_err)?;
+            if immutable(&name) {
+                tx.rollback().await.map_err(db_err)?;
+                let tag = Tag::parse(&name).map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+                return Ok(ManifestDeletion::Protected { tag });
+            }
+        }
+        let pair = json_pairs(&[(repository_id, digest.as_str().to_owned())]);
+        self.forget_manifests(&mut tx, &pair, now).await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(deleted.rows_affected() > 0)
+        Ok(ManifestDeletion::Deleted)
     }
 
     async fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> MetadataResult<bool> {
@@ -1333,6 +1644,223 @@ impl MetadataStore for SqlMetadataStore {
                 .map(Some)
         }
         .await)
+    }
+
+    async fn collect_links(&self, cutoff: i64, limit: u32, now: i64) -> MetadataResult<Collected> {
+        let mut tx = self.write_tx().await?;
+        let claimed = sqlx::query(built(format!(
+            "DELETE FROM gc_link_reviews WHERE (repository_id, digest) IN \
+             (SELECT repository_id, digest FROM gc_link_reviews WHERE queued_at <= $1 \
+              ORDER BY queued_at LIMIT $2 {}) \
+             RETURNING repository_id, digest",
+            self.dialect.lock("FOR UPDATE SKIP LOCKED")
+        )))
+        .bind(cutoff)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let mut collected = Collected {
+            reviewed: claimed.len() as u64,
+            ..Collected::default()
+        };
+        if claimed.is_empty() {
+            tx.rollback().await.map_err(db_err)?;
+            return Ok(collected);
+        }
+        let pairs = claimed
+            .iter()
+            .map(|r| Ok((r.try_get("repository_id")?, r.try_get("digest")?)))
+            .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()
+            .map_err(db_err)?;
+        let pairs = json_pairs(&pairs);
+        let list = self.dialect.pairs(1);
+        if self.dialect == Dialect::Postgres {
+            // A manifest referencing one of these links holds it (`FOR SHARE`) until it
+            // commits; the check below starts after that, and a manifest that comes later
+            // finds the link gone and is refused.
+            sqlx::query(built(format!(
+                "SELECT 1 FROM repository_blobs WHERE (repository_id, digest) IN {list} \
+                 ORDER BY repository_id, digest FOR UPDATE"
+            )))
+            .bind(&pairs)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        let unlinked = sqlx::query(built(format!(
+            "DELETE FROM repository_blobs WHERE (repository_id, digest) IN {list} \
+             AND created_at <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb \
+                 WHERE mb.repository_id = repository_blobs.repository_id \
+                 AND mb.blob_digest = repository_blobs.digest) \
+             RETURNING digest"
+        )))
+        .bind(&pairs)
+        .bind(cutoff)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        collected.links = unlinked.len() as u64;
+        let mut digests = unlinked
+            .iter()
+            .map(|r| r.try_get("digest"))
+            .collect::<Result<Vec<String>, sqlx::Error>>()
+            .map_err(db_err)?;
+        digests.sort();
+        digests.dedup();
+        let blobs = self
+            .delete_unreferenced_blobs(&mut tx, &digests, now)
+            .await?;
+        collected.blobs = blobs.blobs;
+        collected.bytes = blobs.bytes;
+        tx.commit().await.map_err(db_err)?;
+        Ok(collected)
+    }
+
+    async fn collect_blobs(&self, cutoff: i64, limit: u32, now: i64) -> MetadataResult<Collected> {
+        let mut tx = self.write_tx().await?;
+        let claimed = sqlx::query(built(format!(
+            "DELETE FROM gc_blob_reviews WHERE digest IN \
+             (SELECT digest FROM gc_blob_reviews WHERE queued_at <= $1 \
+              ORDER BY queued_at LIMIT $2 {}) \
+             RETURNING digest",
+            self.dialect.lock("FOR UPDATE SKIP LOCKED")
+        )))
+        .bind(cutoff)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if claimed.is_empty() {
+            tx.rollback().await.map_err(db_err)?;
+            return Ok(Collected::default());
+        }
+        let mut digests = claimed
+            .iter()
+            .map(|r| r.try_get("digest"))
+            .collect::<Result<Vec<String>, sqlx::Error>>()
+            .map_err(db_err)?;
+        digests.sort();
+        let mut collected = self
+            .delete_unreferenced_blobs(&mut tx, &digests, now)
+            .await?;
+        collected.reviewed = digests.len() as u64;
+        tx.commit().await.map_err(db_err)?;
+        Ok(collected)
+    }
+
+    async fn collect_untagged_manifests(
+        &self,
+        cutoff: i64,
+        limit: u32,
+        now: i64,
+    ) -> MetadataResult<Collected> {
+        let mut tx = self.write_tx().await?;
+        let candidates = sqlx::query(built(format!(
+            "SELECT m.repository_id, m.digest FROM manifests m WHERE {UNTAGGED} \
+             ORDER BY m.created_at LIMIT $2 {}",
+            self.dialect.lock("FOR UPDATE OF m SKIP LOCKED")
+        )))
+        .bind(cutoff)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let mut pairs = candidates
+            .iter()
+            .map(|r| Ok((r.try_get("repository_id")?, r.try_get("digest")?)))
+            .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()
+            .map_err(db_err)?;
+        if self.dialect == Dialect::Postgres && !pairs.is_empty() {
+            // Checked again now that they are locked: a tag or an index that committed while
+            // the candidates were chosen keeps its manifest.
+            let still = sqlx::query(built(format!(
+                "SELECT m.repository_id, m.digest FROM manifests m WHERE {UNTAGGED} \
+                 AND (m.repository_id, m.digest) IN {}",
+                self.dialect.pairs(2)
+            )))
+            .bind(cutoff)
+            .bind(json_pairs(&pairs))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            pairs = still
+                .iter()
+                .map(|r| Ok((r.try_get("repository_id")?, r.try_get("digest")?)))
+                .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()
+                .map_err(db_err)?;
+        }
+        if pairs.is_empty() {
+            tx.rollback().await.map_err(db_err)?;
+            return Ok(Collected::default());
+        }
+        let manifests = self
+            .forget_manifests(&mut tx, &json_pairs(&pairs), now)
+            .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Collected {
+            manifests,
+            ..Collected::default()
+        })
+    }
+
+    async fn collect_preview(
+        &self,
+        cutoff: i64,
+        untagged_cutoff: Option<i64>,
+    ) -> MetadataResult<Collected> {
+        retrying!(
+            async {
+                let row = sqlx::query(
+                    "WITH doomed AS ( \
+                       SELECT rb.repository_id, rb.digest FROM gc_link_reviews r \
+                       JOIN repository_blobs rb \
+                         ON rb.repository_id = r.repository_id AND rb.digest = r.digest \
+                       WHERE r.queued_at <= $1 AND rb.created_at <= $1 \
+                       AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb \
+                           WHERE mb.repository_id = rb.repository_id AND mb.blob_digest = rb.digest)), \
+                     candidates AS ( \
+                       SELECT digest FROM doomed \
+                       UNION SELECT digest FROM gc_blob_reviews WHERE queued_at <= $1), \
+                     freed AS ( \
+                       SELECT b.size FROM blobs b WHERE b.digest IN (SELECT digest FROM candidates) \
+                       AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest \
+                           AND NOT EXISTS (SELECT 1 FROM doomed d \
+                               WHERE d.repository_id = rb.repository_id AND d.digest = rb.digest)) \
+                       AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest)) \
+                     SELECT \
+                       (SELECT COUNT(*) FROM gc_link_reviews WHERE queued_at <= $1) \
+                         + (SELECT COUNT(*) FROM gc_blob_reviews WHERE queued_at <= $1) AS reviewed, \
+                       (SELECT COUNT(*) FROM doomed) AS links, \
+                       (SELECT COUNT(*) FROM freed) AS blobs, \
+                       (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM freed) AS bytes",
+                )
+                .bind(cutoff)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+                let mut preview = Collected {
+                    reviewed: u64_of(&row, "reviewed")?,
+                    links: u64_of(&row, "links")?,
+                    blobs: u64_of(&row, "blobs")?,
+                    bytes: u64_of(&row, "bytes")?,
+                    manifests: 0,
+                };
+                if let Some(untagged_cutoff) = untagged_cutoff {
+                    let row = sqlx::query(built(format!(
+                        "SELECT COUNT(*) AS n FROM manifests m WHERE {UNTAGGED}"
+                    )))
+                    .bind(untagged_cutoff)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                    preview.manifests = u64_of(&row, "n")?;
+                }
+                Ok(preview)
+            }
+            .await
+        )
     }
 
     async fn referrers(

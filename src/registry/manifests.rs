@@ -6,10 +6,11 @@ use http::StatusCode;
 
 use super::Registry;
 use super::coalesce::Coalescer;
+use super::gc::ImmutableTags;
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::metadata::{
-    ManifestRecord, MetadataError, MetadataStore, NewManifest, Page, PutManifestOutcome,
-    ReferrerRecord, now_millis,
+    ManifestDeletion, ManifestRecord, MetadataError, MetadataStore, NewManifest, Page,
+    PutManifestOutcome, ReferrerRecord, now_millis,
 };
 use crate::oci::{Digest, DigestAlgorithm, ParsedManifest, Reference, RepositoryName, Tag};
 
@@ -102,6 +103,16 @@ impl Registry {
         // The change counter moves before and after the commit: a cached read can be neither
         // older than the commit once it is acknowledged, nor left behind by a crash mid-way
         // for longer than the cache's maximum age.
+        let immutable: Vec<Tag> = all_tags
+            .iter()
+            .filter(|t| {
+                self.inner
+                    .options
+                    .immutable_tags
+                    .protects(repository.as_str(), t.as_str())
+            })
+            .cloned()
+            .collect();
         self.manifests_changing();
         let outcome = self
             .inner
@@ -112,6 +123,7 @@ impl Registry {
                 parsed: &parsed,
                 content: body,
                 tags: &all_tags,
+                immutable: &immutable,
                 require_references: !self.inner.options.sparse_manifests,
                 now: now_millis(),
             })
@@ -123,6 +135,13 @@ impl Registry {
                 parsed,
                 tags: all_tags,
             }),
+            PutManifestOutcome::ImmutableTag { tag, current } => Err(ImmutableTags::refusal(
+                &tag,
+                format!(
+                    "tag {tag} of {repository} is immutable and already names {current}: \
+                         it cannot be moved (push under a new tag instead)"
+                ),
+            )),
             PutManifestOutcome::MissingReferences { blobs, manifests } => {
                 let missing = blobs
                     .iter()
@@ -194,24 +213,51 @@ impl Registry {
         repository: &RepositoryName,
         reference: &Reference,
     ) -> RegistryResult<()> {
+        let immutable = &self.inner.options.immutable_tags;
+        if let Reference::Tag(tag) = reference
+            && immutable.protects(repository.as_str(), tag.as_str())
+        {
+            return Err(ImmutableTags::refusal(
+                tag,
+                format!("tag {tag} of {repository} is immutable: it cannot be deleted"),
+            ));
+        }
+        let guard = |tag: &str| immutable.protects(repository.as_str(), tag);
         self.manifests_changing();
         let deleted = match reference {
-            Reference::Tag(tag) => self.inner.metadata.delete_tag(repository, tag).await,
+            Reference::Tag(tag) => {
+                self.inner
+                    .metadata
+                    .delete_tag(repository, tag)
+                    .await
+                    .map(|found| {
+                        if found {
+                            ManifestDeletion::Deleted
+                        } else {
+                            ManifestDeletion::NotFound
+                        }
+                    })
+            }
             Reference::Digest(digest) => {
                 self.inner
                     .metadata
-                    .delete_manifest(repository, digest)
+                    .delete_manifest(repository, digest, &guard, now_millis())
                     .await
             }
         };
         self.manifests_changing();
-        let deleted = deleted?;
-        if deleted {
-            Ok(())
-        } else {
-            Err(self
+        match deleted? {
+            ManifestDeletion::Deleted => Ok(()),
+            ManifestDeletion::Protected { tag } => Err(ImmutableTags::refusal(
+                &tag,
+                format!(
+                    "manifest is named by the immutable tag {tag} of {repository}: \
+                         it cannot be deleted"
+                ),
+            )),
+            ManifestDeletion::NotFound => Err(self
                 .not_found(repository, ErrorCode::ManifestUnknown, reference)
-                .await?)
+                .await?),
         }
     }
 

@@ -16,6 +16,7 @@ use crate::storage::BlobStore;
 
 mod coalesce;
 mod gauges;
+pub mod gc;
 mod hashing;
 pub mod maintenance;
 pub mod manifest_cache;
@@ -42,6 +43,16 @@ pub struct RegistryOptions {
     pub upload_ttl: Duration,
     /// How often expired sessions and garbage are looked for.
     pub maintenance_interval: Duration,
+    /// How long a blob link or blob must have been unreferenced before garbage collection
+    /// deletes it: pushes that are about to reference it have this long to do so.
+    pub gc_grace_period: Duration,
+    /// How often each process runs a garbage collection pass; zero turns the worker off
+    /// (`berth gc` still collects).
+    pub gc_interval: Duration,
+    /// Delete manifests that no tag, index or subject keeps once they are this old.
+    pub gc_untagged_after: Option<Duration>,
+    /// Tags that may not be moved or deleted once set.
+    pub immutable_tags: gc::ImmutableTags,
     /// Number of part buffers shared by all uploads (the upload memory budget).
     pub upload_buffers: usize,
     /// Uploads are refused (507) when they would leave less than this many bytes free where
@@ -88,6 +99,10 @@ impl Default for RegistryOptions {
         RegistryOptions {
             upload_ttl: Duration::from_secs(24 * 3600),
             maintenance_interval: Duration::from_secs(300),
+            gc_grace_period: Duration::from_secs(24 * 3600),
+            gc_interval: Duration::from_secs(600),
+            gc_untagged_after: None,
+            immutable_tags: gc::ImmutableTags::default(),
             upload_buffers: 8,
             upload_buffer_wait: Duration::from_secs(30),
             min_free_space: 512 * 1024 * 1024,
@@ -114,6 +129,10 @@ impl std::fmt::Debug for RegistryOptions {
         f.debug_struct("RegistryOptions")
             .field("upload_ttl", &self.upload_ttl)
             .field("maintenance_interval", &self.maintenance_interval)
+            .field("gc_grace_period", &self.gc_grace_period)
+            .field("gc_interval", &self.gc_interval)
+            .field("gc_untagged_after", &self.gc_untagged_after)
+            .field("immutable_tags", &self.immutable_tags)
             .field("upload_buffers", &self.upload_buffers)
             .field("upload_buffer_wait", &self.upload_buffer_wait)
             .field("min_free_space", &self.min_free_space)

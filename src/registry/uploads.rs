@@ -913,7 +913,12 @@ impl Registry {
         repository: &RepositoryName,
         digest: &Digest,
     ) -> RegistryResult<()> {
-        if self.inner.metadata.unlink_blob(repository, digest).await? {
+        if self
+            .inner
+            .metadata
+            .unlink_blob(repository, digest, now_millis())
+            .await?
+        {
             Ok(())
         } else {
             Err(self

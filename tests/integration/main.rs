@@ -8,6 +8,7 @@ mod clients;
 mod cluster;
 mod errors;
 mod faults;
+mod gc;
 mod hardening;
 mod image;
 mod library;

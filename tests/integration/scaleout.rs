@@ -680,3 +680,73 @@ async fn a_rolling_restart_fails_no_request() {
     assert_eq!(failed + seen.broken, 0, "no request failed: {:?}", seen);
     all_intact(&c, &committed).await;
 }
+
+/// Garbage collection online in the production shape: three replicas behind the load balancer
+/// each run the worker (grace period 0, so every unreferenced link is due at once) and
+/// `berth gc` runs beside them, while clients push, delete and push the same layers again
+/// through the load balancer. Every manifest left pulls whole; nothing unreferenced is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_runs_online_on_every_replica_while_clients_push_and_delete() {
+    use crate::gc::{StressTally, every_manifest_is_whole, gc, stress};
+    if !applies() {
+        return;
+    }
+    let cluster = Cluster::start(
+        3,
+        &[
+            ("BERTH_GC_GRACE_PERIOD", "0s"),
+            ("BERTH_GC_INTERVAL", "100ms"),
+        ],
+    );
+    let deployment = Arc::clone(&cluster.deployment);
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let (deployment, stop) = (Arc::clone(&deployment), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut passes = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let run = gc(&deployment, &[], &[]);
+                assert!(run.ok, "a collection pass failed: {}", run.out);
+                passes += 1;
+            }
+            passes
+        })
+    };
+    let tally = Arc::new(StressTally::default());
+    let clients = (0..8).map(|_| cluster.client()).collect();
+    let iterations = soak_setting("BERTH_GC_STRESS_ITERATIONS", 150);
+    let pushed = stress(clients, iterations, unique_seed(), Arc::clone(&tally)).await;
+    stop.store(true, Ordering::Relaxed);
+    let passes = collector.join().expect("the collector ran");
+    let c = cluster.client();
+    let last = gc(&deployment, &[], &[]);
+    assert!(last.ok, "{}", last.out);
+    let (manifests, referenced) = every_manifest_is_whole(&c, &pushed).await;
+    eprintln!(
+        "gc in the cluster: {} pushes, {} deletes, {} mounts, {} manifests refused and pushed \
+         again, {} answers 503, {passes} `berth gc` passes beside 3 workers; {manifests} \
+         manifests left, all whole, referencing {} blobs",
+        tally.pushes.load(Ordering::Relaxed),
+        tally.deletes.load(Ordering::Relaxed),
+        tally.mounts.load(Ordering::Relaxed),
+        tally.refused_then_repushed.load(Ordering::Relaxed),
+        tally.unavailable.load(Ordering::Relaxed),
+        referenced.len()
+    );
+    let s3 = crate::cluster::s3_client_at(&cluster.garage.endpoint()).await;
+    let listing = s3
+        .list_objects_v2()
+        .bucket(s3_bucket())
+        .prefix("cluster/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listing.contents().len(),
+        referenced.len(),
+        "every stored object is a blob a manifest references"
+    );
+    let scrub = deployment.command(&["scrub"]).output().unwrap();
+    let out = String::from_utf8_lossy(&scrub.stdout);
+    assert!(scrub.status.success(), "{out}");
+}

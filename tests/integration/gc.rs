@@ -1,0 +1,749 @@
+//! Online garbage collection and immutable tags: `berth gc` and the background worker delete
+//! only what nothing references, never a layer a push is about to reference; a stress run of
+//! interleaved pushes, deletes, re-pushes of the same layers and collection passes ends with
+//! every manifest whole and no orphans; `--dry-run` changes nothing; immutable tags hold.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+
+use crate::util::*;
+
+pub struct Outcome {
+    pub ok: bool,
+    pub out: String,
+}
+
+/// Runs `berth gc` on the deployment's configuration, with `env` on top.
+pub fn gc(deployment: &Deployment, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let mut all = vec!["gc"];
+    all.extend_from_slice(args);
+    let output = deployment
+        .command(&all)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    Outcome {
+        ok: output.status.success(),
+        out: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+const NO_GRACE: &[(&str, &str)] = &[("BERTH_GC_GRACE_PERIOD", "0s")];
+
+/// Stored blob objects: files of the blob directory, or objects under the S3 prefix.
+async fn stored_objects(deployment: &Deployment) -> usize {
+    if deployment.backend.uses_s3() {
+        let (objects, uploads) = s3_listing(deployment.s3_prefix.as_deref().unwrap()).await;
+        assert!(uploads.is_empty(), "multipart uploads left: {uploads:?}");
+        objects.len()
+    } else {
+        files_under(&deployment.data_dir().join("blobs")).len()
+    }
+}
+
+async fn status(c: &Client, method: Method, path: &str) -> u16 {
+    c.call(method, path).await.status.as_u16()
+}
+
+#[tokio::test]
+async fn gc_deletes_only_what_nothing_references_after_the_grace_period() {
+    if !Backend::current().persistent() {
+        eprintln!("skipped: `berth gc` needs a registry whose state outlives its process");
+        return;
+    }
+    let server = Server::start_with(&[("BERTH_GC_INTERVAL", "0")]);
+    let c = server.client();
+    let deployment = &server.deployment;
+    let seed = unique_seed();
+    let kept = c.push_image("gc/kept", "v1", seed).await;
+    let doomed = c.push_image("gc/doomed", "v1", seed + 1).await;
+    // Shared with the kept image: deleting the doomed image's copy must not touch it.
+    let shared = c.push_blob("gc/doomed", &kept.layer).await;
+    let orphan = random_bytes(3000, seed + 2);
+    let orphan_digest = c.push_blob("gc/doomed", &orphan).await;
+    c.call(
+        Method::DELETE,
+        &format!("/v2/gc/doomed/manifests/{}", doomed.digest),
+    )
+    .await
+    .expect(202, None);
+    let objects_before = stored_objects(deployment).await;
+    assert!(objects_before >= 5, "{objects_before} objects");
+
+    // Inside the grace period (24 h by default) nothing is due.
+    let early = gc(deployment, &[], &[]);
+    assert!(early.ok, "{}", early.out);
+    assert!(
+        early
+            .out
+            .contains("deleted 0 untagged manifest(s), 0 blob link(s) and 0 blob(s)"),
+        "{}",
+        early.out
+    );
+
+    let preview = gc(deployment, &["--dry-run"], NO_GRACE);
+    assert!(preview.ok, "{}", preview.out);
+    // Links: the doomed image's config and layer, the shared layer's copy, the orphan;
+    // blobs: all but the shared layer, which the kept image references.
+    assert!(
+        preview
+            .out
+            .contains("would delete 4 blob link(s) and 3 blob(s)"),
+        "{}",
+        preview.out
+    );
+    assert!(
+        preview.out.contains("nothing was changed"),
+        "{}",
+        preview.out
+    );
+    for (repo, digest) in [
+        ("gc/doomed", &orphan_digest),
+        ("gc/doomed", &shared),
+        ("gc/doomed", &sha256(&doomed.layer)),
+    ] {
+        assert_eq!(
+            status(&c, Method::HEAD, &format!("/v2/{repo}/blobs/{digest}")).await,
+            200,
+            "a dry run changes nothing"
+        );
+    }
+    assert_eq!(stored_objects(deployment).await, objects_before);
+
+    let run = gc(deployment, &[], NO_GRACE);
+    assert!(run.ok, "{}", run.out);
+    assert!(
+        run.out
+            .contains("deleted 0 untagged manifest(s), 4 blob link(s) and 3 blob(s)"),
+        "{}",
+        run.out
+    );
+    assert_eq!(
+        stored_objects(deployment).await,
+        2,
+        "only the kept image's config and layer are stored"
+    );
+    for digest in [&orphan_digest, &shared, &sha256(&doomed.layer)] {
+        assert_eq!(
+            status(&c, Method::HEAD, &format!("/v2/gc/doomed/blobs/{digest}")).await,
+            404
+        );
+    }
+    // The kept image is whole, the shared layer included.
+    for blob in [&kept.config, &kept.layer] {
+        let got = c
+            .get_following(&format!("/v2/gc/kept/blobs/{}", sha256(blob)))
+            .await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body[..], blob[..]);
+    }
+    c.get("/v2/gc/kept/manifests/v1").await.expect(200, None);
+    // A collected blob can be pushed again.
+    c.push_blob("gc/doomed", &orphan).await;
+    let again = gc(deployment, &["--dry-run"], NO_GRACE);
+    assert!(
+        again
+            .out
+            .contains("would delete 1 blob link(s) and 1 blob(s)"),
+        "{}",
+        again.out
+    );
+}
+
+#[tokio::test]
+async fn untagged_manifests_go_when_configured_and_what_keeps_them_stays() {
+    // The grace period and the age of untagged manifests are long enough for this test's
+    // pushes (blobs, then manifests; children, then their index) to finish.
+    let server = Server::start_with(&[
+        ("BERTH_GC_GRACE_PERIOD", "2s"),
+        ("BERTH_GC_UNTAGGED_AFTER", "3s"),
+        ("BERTH_GC_INTERVAL", "200ms"),
+    ]);
+    let c = server.client();
+    let seed = unique_seed();
+    let repo = "gc/untagged";
+    let tagged = c.push_image(repo, "v1", seed).await;
+    // An image pushed by digest only, and an index (tagged) whose child is pushed by digest.
+    let loose = c.push_image(repo, "tmp", seed + 1).await;
+    c.call(Method::DELETE, &format!("/v2/{repo}/manifests/tmp"))
+        .await
+        .expect(202, None);
+    let child = c.push_image(repo, "child", seed + 2).await;
+    c.call(Method::DELETE, &format!("/v2/{repo}/manifests/child"))
+        .await
+        .expect(202, None);
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}}]}}"#,
+        child.digest,
+        child.manifest.len()
+    );
+    c.put_manifest(repo, "multi", OCI_INDEX, index.as_bytes())
+        .await
+        .expect(201, None);
+    // A signature-like referrer of the tagged image, and one of the loose image.
+    let kept_referrer = push_referrer(&c, repo, &tagged, seed).await;
+    let loose_referrer = push_referrer(&c, repo, &loose, seed + 1).await;
+
+    let manifest = |d: String| format!("/v2/{repo}/manifests/{d}");
+    eventually(
+        "the loose image and its referrer to be collected",
+        Duration::from_secs(60),
+        async || {
+            status(&c, Method::HEAD, &manifest(loose.digest.clone())).await == 404
+                && status(&c, Method::HEAD, &manifest(loose_referrer.clone())).await == 404
+                && status(
+                    &c,
+                    Method::HEAD,
+                    &format!("/v2/{repo}/blobs/{}", sha256(&loose.layer)),
+                )
+                .await
+                    == 404
+        },
+    )
+    .await;
+    for kept in [
+        &tagged.digest,
+        &child.digest,
+        &kept_referrer,
+        &sha256(index.as_bytes()),
+    ] {
+        assert_eq!(
+            status(&c, Method::HEAD, &manifest(kept.clone())).await,
+            200,
+            "{kept} is kept by a tag, an index or its subject"
+        );
+    }
+    for blob in [&tagged.layer, &child.layer] {
+        assert_eq!(
+            status(
+                &c,
+                Method::HEAD,
+                &format!("/v2/{repo}/blobs/{}", sha256(blob))
+            )
+            .await,
+            200
+        );
+    }
+}
+
+/// Pushes an artifact whose subject is `subject`; returns its digest.
+async fn push_referrer(c: &Client, repo: &str, subject: &Image, seed: u64) -> String {
+    let empty = b"{}".to_vec();
+    let empty_digest = c.push_blob(repo, &empty).await;
+    let body = image_manifest(
+        &empty_digest,
+        2,
+        &[],
+        Some(&format!(
+            r#""subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}},"annotations":{{"seed":"{seed}"}}"#,
+            subject.digest,
+            subject.manifest.len()
+        )),
+    );
+    let digest = sha256(&body);
+    c.put_manifest(repo, &digest, OCI_MANIFEST, &body)
+        .await
+        .expect(201, None);
+    digest
+}
+
+#[tokio::test]
+async fn immutable_tags_cannot_be_moved_or_deleted() {
+    let server = Server::start_with(&[("BERTH_IMMUTABLE_TAGS", "release/**:v*, base:stable")]);
+    let c = server.client();
+    let seed = unique_seed();
+    let first = c.push_image("release/app", "v1", seed).await;
+    let second = c.push_image("release/app", "latest", seed + 1).await;
+
+    let moved = c
+        .put_manifest("release/app", "v1", OCI_MANIFEST, &second.manifest)
+        .await;
+    moved.expect(403, Some("DENIED"));
+    let message = moved.json()["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("v1") && message.contains("immutable") && message.contains(&first.digest),
+        "{message}"
+    );
+    // The same manifest again is no move.
+    c.put_manifest("release/app", "v1", OCI_MANIFEST, &first.manifest)
+        .await
+        .expect(201, None);
+    c.call(Method::DELETE, "/v2/release/app/manifests/v1")
+        .await
+        .expect(403, Some("DENIED"));
+    c.call(
+        Method::DELETE,
+        &format!("/v2/release/app/manifests/{}", first.digest),
+    )
+    .await
+    .expect(403, Some("DENIED"));
+    let got = c.get("/v2/release/app/manifests/v1").await;
+    got.expect(200, None);
+    assert_eq!(got.body[..], first.manifest[..]);
+
+    // Tags outside the patterns move and go as always.
+    c.put_manifest("release/app", "latest", OCI_MANIFEST, &first.manifest)
+        .await
+        .expect(201, None);
+    c.call(Method::DELETE, "/v2/release/app/manifests/latest")
+        .await
+        .expect(202, None);
+    c.push_image("dev/app", "v1", seed + 2).await;
+    let other = c.push_image("dev/app", "v2", seed + 3).await;
+    c.put_manifest("dev/app", "v1", OCI_MANIFEST, &other.manifest)
+        .await
+        .expect(201, None);
+    c.call(Method::DELETE, "/v2/dev/app/manifests/v1")
+        .await
+        .expect(202, None);
+
+    // Racing first pushes of one immutable tag: exactly one wins, and the tag names it.
+    let names: Vec<String> = (0..6).map(|i| format!("seed-{i}")).collect();
+    let images: Vec<Image> = futures::future::join_all(
+        names
+            .iter()
+            .zip(0u64..)
+            .map(|(name, i)| c.push_image("base", name, seed + 10 + i)),
+    )
+    .await;
+    let attempts = images.iter().map(|image| {
+        let c = c.clone();
+        let body = image.manifest.clone();
+        async move { c.put_manifest("base", "stable", OCI_MANIFEST, &body).await }
+    });
+    let answers = futures::future::join_all(attempts).await;
+    let winners: Vec<usize> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.status == StatusCode::CREATED)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(winners.len(), 1, "one first push wins: {answers:?}");
+    for (i, a) in answers.iter().enumerate() {
+        if i != winners[0] {
+            a.expect(403, Some("DENIED"));
+        }
+    }
+    let stable = c.get("/v2/base/manifests/stable").await;
+    assert_eq!(stable.body[..], images[winners[0]].manifest[..]);
+}
+
+/// What the stress workload did, for its report and assertions.
+#[derive(Default)]
+pub struct StressTally {
+    pub pushes: AtomicU64,
+    pub deletes: AtomicU64,
+    pub mounts: AtomicU64,
+    /// Manifest pushes refused because collection took a layer between the client's `HEAD`
+    /// and its manifest: the client pushed the layer again, as real clients do.
+    pub refused_then_repushed: AtomicU64,
+    pub unavailable: AtomicU64,
+}
+
+/// Tiny deterministic generator, so that a failing run can be repeated from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+pub const STRESS_REPOS: [&str; 3] = ["stress/a", "stress/b", "stress/c"];
+
+/// Sends a request again while the registry answers 503 (a lost lock race, a restarting
+/// replica); any other 5xx fails the test.
+async fn call_retrying(
+    c: &Client,
+    tally: &StressTally,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> Answer {
+    for _ in 0..50 {
+        let a = c.send(build()).await;
+        if a.status == StatusCode::SERVICE_UNAVAILABLE {
+            tally.unavailable.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        assert!(
+            !a.status.is_server_error(),
+            "{}: {}",
+            a.status,
+            String::from_utf8_lossy(&a.body)
+        );
+        return a;
+    }
+    panic!("the registry stayed unavailable");
+}
+
+/// Pushes a blob unless the repository already has it (as docker and skopeo do), sometimes
+/// by mounting it from another repository.
+async fn ensure_blob(
+    c: &Client,
+    tally: &StressTally,
+    rng: &mut Rng,
+    repo: &str,
+    data: &[u8],
+    trust_head: bool,
+) {
+    let digest = sha256(data);
+    if trust_head {
+        let head = call_retrying(c, tally, || {
+            c.request(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}"))
+        })
+        .await;
+        if head.status == StatusCode::OK {
+            return;
+        }
+    }
+    if rng.below(4) == 0 {
+        let from = STRESS_REPOS[rng.below(3) as usize];
+        let mount = call_retrying(c, tally, || {
+            c.request(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+                .query(&[("mount", digest.as_str()), ("from", from)])
+        })
+        .await;
+        if mount.status == StatusCode::CREATED {
+            tally.mounts.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Not mountable: the answer opened an upload session, which the blob goes into.
+        mount.expect(202, None);
+        let location = mount.header("location").unwrap().to_owned();
+        let put = call_retrying(c, tally, || {
+            c.request(Method::PUT, &location)
+                .query(&[("digest", digest.as_str())])
+                .header("content-type", "application/octet-stream")
+                .body(data.to_vec())
+        })
+        .await;
+        put.expect(201, None);
+        return;
+    }
+    let put = call_retrying(c, tally, || {
+        c.request(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .query(&[("digest", digest.as_str())])
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec())
+    })
+    .await;
+    put.expect(201, None);
+}
+
+/// Interleaved pushes (of a small pool of configs and layers, so that the same layers are
+/// pushed again and again), manifest and tag deletes from `workers` clients, for `iterations`
+/// each. Returns every manifest pushed, by repository.
+pub async fn stress(
+    clients: Vec<Client>,
+    iterations: u64,
+    seed: u64,
+    tally: Arc<StressTally>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let layers: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..12)
+            .map(|i| random_bytes(2000 + i * 1500, seed.wrapping_add(i as u64)))
+            .collect(),
+    );
+    let configs: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..8)
+            .map(|i| {
+                format!(
+                    r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"n":{i},"seed":{seed}}}"#
+                )
+                .into_bytes()
+            })
+            .collect(),
+    );
+    let pushed: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>> = Arc::default();
+    let workers = clients.into_iter().enumerate().map(|(w, c)| {
+        let (layers, configs, pushed, tally) = (
+            Arc::clone(&layers),
+            Arc::clone(&configs),
+            Arc::clone(&pushed),
+            Arc::clone(&tally),
+        );
+        tokio::spawn(async move {
+            let mut rng = Rng(seed.wrapping_mul(31).wrapping_add(w as u64 * 7919) | 1);
+            for _ in 0..iterations {
+                let repo = STRESS_REPOS[rng.below(3) as usize];
+                let tag = format!("t{}", rng.below(4));
+                match rng.below(10) {
+                    0..=5 => {
+                        let config = &configs[rng.below(8) as usize];
+                        let a = &layers[rng.below(12) as usize];
+                        let b = &layers[rng.below(12) as usize];
+                        let manifest = image_manifest(
+                            &sha256(config),
+                            config.len(),
+                            &[(&sha256(a), a.len()), (&sha256(b), b.len())],
+                            None,
+                        );
+                        let mut trust_head = true;
+                        loop {
+                            for blob in [config, a, b] {
+                                ensure_blob(&c, &tally, &mut rng, repo, blob, trust_head).await;
+                            }
+                            let put = call_retrying(&c, &tally, || {
+                                c.request(Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
+                                    .header("content-type", OCI_MANIFEST)
+                                    .body(manifest.clone())
+                            })
+                            .await;
+                            if put.status == StatusCode::CREATED {
+                                break;
+                            }
+                            put.expect(400, Some("MANIFEST_BLOB_UNKNOWN"));
+                            tally.refused_then_repushed.fetch_add(1, Ordering::Relaxed);
+                            trust_head = false;
+                        }
+                        tally.pushes.fetch_add(1, Ordering::Relaxed);
+                        pushed
+                            .lock()
+                            .unwrap()
+                            .entry(repo.to_owned())
+                            .or_default()
+                            .insert(sha256(&manifest));
+                    }
+                    6..=8 => {
+                        let known: Vec<String> = pushed
+                            .lock()
+                            .unwrap()
+                            .get(repo)
+                            .map(|s| s.iter().cloned().collect())
+                            .unwrap_or_default();
+                        if known.is_empty() {
+                            continue;
+                        }
+                        let digest = &known[rng.below(known.len() as u64) as usize];
+                        let a = call_retrying(&c, &tally, || {
+                            c.request(Method::DELETE, &format!("/v2/{repo}/manifests/{digest}"))
+                        })
+                        .await;
+                        assert!(
+                            a.status == StatusCode::ACCEPTED || a.status == StatusCode::NOT_FOUND,
+                            "{a:?}"
+                        );
+                        tally.deletes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        let a = call_retrying(&c, &tally, || {
+                            c.request(Method::DELETE, &format!("/v2/{repo}/manifests/{tag}"))
+                        })
+                        .await;
+                        assert!(
+                            a.status == StatusCode::ACCEPTED || a.status == StatusCode::NOT_FOUND,
+                            "{a:?}"
+                        );
+                        tally.deletes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    });
+    for worker in futures::future::join_all(workers).await {
+        worker.expect("a stress worker panicked");
+    }
+    Arc::try_unwrap(pushed)
+        .map(|m| m.into_inner().unwrap())
+        .unwrap_or_else(|shared| shared.lock().unwrap().clone())
+}
+
+/// Every manifest still in the registry (of those pushed) pulls whole: each blob it
+/// references answers with exactly its bytes. Returns the blobs they reference.
+pub async fn every_manifest_is_whole(
+    c: &Client,
+    pushed: &BTreeMap<String, BTreeSet<String>>,
+) -> (usize, BTreeSet<String>) {
+    let mut manifests = 0;
+    let mut referenced = BTreeSet::new();
+    for (repo, digests) in pushed {
+        for digest in digests {
+            let got = c.get(&format!("/v2/{repo}/manifests/{digest}")).await;
+            if got.status == StatusCode::NOT_FOUND {
+                continue;
+            }
+            assert_eq!(got.status, StatusCode::OK, "{repo}@{digest}");
+            manifests += 1;
+            let json = got.json();
+            let blobs = std::iter::once(&json["config"])
+                .chain(json["layers"].as_array().unwrap().iter())
+                .map(|d| d["digest"].as_str().unwrap().to_owned());
+            for blob in blobs {
+                let pulled = c.get_following(&format!("/v2/{repo}/blobs/{blob}")).await;
+                assert_eq!(
+                    pulled.status,
+                    StatusCode::OK,
+                    "{repo}@{digest} references {blob}, which is gone"
+                );
+                assert_eq!(sha256(&pulled.body), blob, "{repo}: {blob} pulls intact");
+                referenced.insert(blob);
+            }
+        }
+    }
+    (manifests, referenced)
+}
+
+fn iterations() -> u64 {
+    std::env::var("BERTH_GC_STRESS_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stress_pushes_deletes_and_collection_never_lose_a_layer() {
+    let server = Server::start_with(&[
+        ("BERTH_GC_GRACE_PERIOD", "0s"),
+        ("BERTH_GC_INTERVAL", "100ms"),
+        ("BERTH_REDIRECT", "false"),
+    ]);
+    let deployment = Arc::clone(&server.deployment);
+    // Alongside the server's own worker, `berth gc` processes collect the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let passes = Arc::new(AtomicU64::new(0));
+    let collector = deployment.backend.persistent().then(|| {
+        let (deployment, stop, passes) = (
+            Arc::clone(&deployment),
+            Arc::clone(&stop),
+            Arc::clone(&passes),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let run = gc(&deployment, &[], NO_GRACE);
+                assert!(run.ok, "a collection pass failed: {}", run.out);
+                passes.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    });
+    let tally = Arc::new(StressTally::default());
+    let clients = (0..8).map(|_| server.client()).collect();
+    let pushed = stress(clients, iterations(), unique_seed(), Arc::clone(&tally)).await;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(collector) = collector {
+        collector.join().expect("the collector ran");
+    }
+    eprintln!(
+        "stress: {} pushes, {} deletes, {} mounts, {} manifests refused and pushed again, \
+         {} answers 503, {} `berth gc` passes beside the worker",
+        tally.pushes.load(Ordering::Relaxed),
+        tally.deletes.load(Ordering::Relaxed),
+        tally.mounts.load(Ordering::Relaxed),
+        tally.refused_then_repushed.load(Ordering::Relaxed),
+        tally.unavailable.load(Ordering::Relaxed),
+        passes.load(Ordering::Relaxed)
+    );
+    assert!(tally.pushes.load(Ordering::Relaxed) > 0);
+
+    let c = server.client();
+    // One more pass after the last change, then nothing unreferenced may be left.
+    let settle = async || {
+        if deployment.backend.persistent() {
+            let run = gc(&deployment, &[], NO_GRACE);
+            assert!(run.ok, "{}", run.out);
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    settle().await;
+    let (manifests, referenced) = every_manifest_is_whole(&c, &pushed).await;
+    eprintln!(
+        "stress: {manifests} manifests left, all whole, referencing {} blobs",
+        referenced.len()
+    );
+    if deployment.backend.persistent() {
+        let preview = gc(&deployment, &["--dry-run"], NO_GRACE);
+        assert!(
+            preview
+                .out
+                .contains("would delete 0 blob link(s) and 0 blob(s)"),
+            "{}",
+            preview.out
+        );
+        assert_eq!(
+            stored_objects(&deployment).await,
+            referenced.len(),
+            "every stored object is a blob a manifest references"
+        );
+        let scrub = deployment.command(&["scrub"]).output().unwrap();
+        let out = String::from_utf8_lossy(&scrub.stdout);
+        assert!(scrub.status.success(), "{out}");
+        assert!(out.contains("no problems found"), "{out}");
+    }
+}
+
+/// The race the locks exist for, made certain: a manifest push is held inside its
+/// transaction (after it checked and recorded its layers' links, before it commits) while a
+/// collection pass judges those links, unreferenced until then. The pass must wait for the
+/// push and keep the layers; without the locks it deletes them under the manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_committing_while_gc_judges_its_layers_keeps_them() {
+    use sqlx::Connection as _;
+    if !matches!(Backend::current(), Backend::Postgres | Backend::PostgresS3) {
+        eprintln!("skipped: SQLite runs one write transaction at a time; this race needs Postgres");
+        return;
+    }
+    let server = Server::start_with(&[("BERTH_GC_INTERVAL", "0"), ("BERTH_REDIRECT", "false")]);
+    let c = server.client();
+    let deployment = Arc::clone(&server.deployment);
+    let seed = unique_seed();
+    let repo = "gc/race";
+    // The tag the push moves exists, so that the test can hold the push at its tag update.
+    c.push_image(repo, "v1", seed).await;
+    let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
+    let layer = random_bytes(5000, seed + 1);
+    let config_digest = c.push_blob(repo, &config).await;
+    let layer_digest = c.push_blob(repo, &layer).await;
+    let manifest = image_manifest(
+        &config_digest,
+        config.len(),
+        &[(&layer_digest, layer.len())],
+        None,
+    );
+
+    let mut holder = sqlx::postgres::PgConnection::connect(&deployment.database_url().unwrap())
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; SELECT 1 FROM tags WHERE name = 'v1' FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let push = {
+        let (c, manifest) = (c.clone(), manifest.clone());
+        tokio::spawn(async move { c.put_manifest(repo, "v1", OCI_MANIFEST, &manifest).await })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!push.is_finished(), "the push waits at its tag");
+    let pass = {
+        let deployment = Arc::clone(&deployment);
+        std::thread::spawn(move || gc(&deployment, &[], NO_GRACE))
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+    push.await.unwrap().expect(201, None);
+    let pass = pass.join().unwrap();
+    assert!(pass.ok, "{}", pass.out);
+    for (digest, data) in [(&config_digest, &config), (&layer_digest, &layer)] {
+        let got = c.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+        assert_eq!(
+            got.status,
+            StatusCode::OK,
+            "{digest} was collected under the manifest: {}",
+            pass.out
+        );
+        assert_eq!(got.body[..], data[..]);
+    }
+}
