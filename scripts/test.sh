@@ -47,11 +47,13 @@ scripts/check-image.sh
 step "containers: Postgres and S3 from testcontainers (local images), and the image among them"
 scripts/local-images.sh
 # The same fixtures a laptop with only Docker uses, with images built here; the client matrix
-# and the scale-out cluster bring their own processes and already ran above.
+# and the scale-out cluster bring their own processes and already ran above, as did the
+# garbage collection stress run.
 env -u BERTH_TEST_DATABASE_URL -u AWS_ENDPOINT_URL -u S3_BUCKET \
   BERTH_TEST_BACKEND=postgres-s3 BERTH_TEST_IMAGE=berth:check \
   BERTH_TEST_POSTGRES_IMAGE=local/postgres:15 BERTH_TEST_S3_IMAGE=local/garage:2 \
-  cargo test --test integration -- --skip clients:: --skip auth_clients:: --skip scaleout:: --skip cluster::
+  cargo test --test integration -- --skip clients:: --skip auth_clients:: --skip scaleout:: --skip cluster:: \
+    --skip gc::stress
 
 step "the development compose stack, with local images"
 scripts/check-compose.sh

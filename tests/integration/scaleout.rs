@@ -734,18 +734,23 @@ async fn gc_runs_online_on_every_replica_while_clients_push_and_delete() {
         referenced.len()
     );
     let s3 = crate::cluster::s3_client_at(&cluster.garage.endpoint()).await;
-    let listing = s3
-        .list_objects_v2()
-        .bucket(s3_bucket())
-        .prefix("cluster/")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        listing.contents().len(),
-        referenced.len(),
-        "every stored object is a blob a manifest references"
-    );
+    let stored = async || {
+        s3.list_objects_v2()
+            .bucket(s3_bucket())
+            .prefix("cluster/")
+            .send()
+            .await
+            .unwrap()
+            .contents()
+            .len()
+    };
+    // The replicas' workers may still be removing the bytes of rows they deleted last.
+    eventually(
+        "every stored object to be a blob a manifest references",
+        Duration::from_secs(20),
+        async || stored().await == referenced.len(),
+    )
+    .await;
     let scrub = deployment.command(&["scrub"]).output().unwrap();
     let out = String::from_utf8_lossy(&scrub.stdout);
     assert!(scrub.status.success(), "{out}");
