@@ -755,5 +755,35 @@ mod tests {
             config.effective_database_url(),
             "sqlite:berth-data/berth.db"
         );
+        assert_eq!(config.registry.gc_grace_period, Duration::from_secs(86400));
+        assert_eq!(config.registry.gc_untagged_after, None);
+        assert!(config.registry.immutable_tags.is_empty());
+    }
+
+    #[test]
+    fn garbage_collection_and_immutable_tags_are_configured() {
+        let file: Settings = toml::from_str(
+            "gc_grace_period = \"2h\"\ngc_interval = \"0s\"\ngc_untagged_after = \"30d\"\n\
+             immutable_tags = \"release/**:v*, base:stable\"\n",
+        )
+        .unwrap();
+        let config = file.resolve().unwrap();
+        assert_eq!(config.registry.gc_grace_period, Duration::from_secs(7200));
+        assert!(config.registry.gc_interval.is_zero());
+        assert_eq!(
+            config.registry.gc_untagged_after,
+            Some(Duration::from_secs(30 * 86400))
+        );
+        assert!(config.registry.immutable_tags.protects("release/app", "v2"));
+        assert!(config.registry.immutable_tags.protects("base", "stable"));
+        let malformed = Settings {
+            immutable_tags: Some("release/**".into()),
+            ..Settings::default()
+        };
+        let error = format!("{:#}", malformed.resolve().unwrap_err());
+        assert!(
+            error.contains("immutable_tags") && error.contains("release/**"),
+            "{error}"
+        );
     }
 }

@@ -503,7 +503,7 @@ async fn gc(config: Config, args: GcArgs) -> anyhow::Result<()> {
         GcProgress::Planned { reviews } => bar.set_length(reviews),
         GcProgress::Reviewed { reviews } => bar.inc(reviews),
     };
-    let report = registry.collect_garbage(&mut on_progress).await?;
+    let report = registry.collect_garbage(Some(&mut on_progress)).await?;
     bar.finish_and_clear();
     writeln!(
         out,

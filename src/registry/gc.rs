@@ -153,10 +153,11 @@ impl Registry {
 
     /// One garbage collection pass: expires idle uploads, deletes untagged manifests (when
     /// configured), then links and blobs whose reviews are due and that nothing references,
-    /// and removes the bytes of everything deleted.
+    /// and removes the bytes of everything deleted. With `on_progress`, the reviews due are
+    /// counted first (a query as costly as the pass's own), to plan a progress bar.
     pub async fn collect_garbage(
         &self,
-        on_progress: &mut (dyn FnMut(GcProgress) + Send),
+        mut on_progress: Option<&mut (dyn FnMut(GcProgress) + Send)>,
     ) -> RegistryResult<GcReport> {
         let now = now_millis();
         let (cutoff, untagged_cutoff) = self.gc_cutoffs(now);
@@ -173,16 +174,20 @@ impl Registry {
                 }
             }
         }
-        let planned = metadata.collect_preview(cutoff, None).await?;
-        on_progress(GcProgress::Planned {
-            reviews: planned.reviewed,
-        });
+        if let Some(on_progress) = on_progress.as_mut() {
+            let planned = metadata.collect_preview(cutoff, None).await?;
+            on_progress(GcProgress::Planned {
+                reviews: planned.reviewed,
+            });
+        }
         loop {
             let done = metadata.collect_links(cutoff, BATCH, now).await?;
             report.add(done);
-            on_progress(GcProgress::Reviewed {
-                reviews: done.reviewed,
-            });
+            if let Some(on_progress) = on_progress.as_mut() {
+                on_progress(GcProgress::Reviewed {
+                    reviews: done.reviewed,
+                });
+            }
             if done.reviewed < u64::from(BATCH) {
                 break;
             }
@@ -190,9 +195,11 @@ impl Registry {
         loop {
             let done = metadata.collect_blobs(cutoff, BATCH, now).await?;
             report.add(done);
-            on_progress(GcProgress::Reviewed {
-                reviews: done.reviewed,
-            });
+            if let Some(on_progress) = on_progress.as_mut() {
+                on_progress(GcProgress::Reviewed {
+                    reviews: done.reviewed,
+                });
+            }
             if done.reviewed < u64::from(BATCH) {
                 break;
             }
@@ -241,7 +248,7 @@ impl Registry {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = interval.tick() => {
-                    let outcome = match self.collect_garbage(&mut |_| {}).await {
+                    let outcome = match self.collect_garbage(None).await {
                         Ok(_) => "ok",
                         Err(e) => {
                             tracing::warn!(error = %e, "garbage collection pass failed");
