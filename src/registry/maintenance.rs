@@ -9,7 +9,11 @@ use crate::error::RegistryResult;
 use crate::instruments;
 use crate::metadata::now_millis;
 
+use futures::StreamExt;
+
 const BATCH: u32 = 100;
+/// Stored objects removed at once.
+const REMOVALS_IN_FLIGHT: usize = 16;
 
 /// What one maintenance pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,25 +51,38 @@ impl Registry {
             if fresh.is_empty() {
                 break;
             }
-            for garbage in fresh {
-                let removed = match &garbage.storage_key {
-                    Some(key) => self.inner.blobs.delete(key).await,
-                    None => {
-                        self.inner
-                            .blobs
-                            .discard_upload(&garbage.upload_id, &garbage.store_state)
+            // Object stores answer deletes one at a time; several in flight keep a large
+            // collection from taking one round trip per object.
+            let mut removals = futures::stream::iter(fresh)
+                .map(|garbage| async move {
+                    let removed = match &garbage.storage_key {
+                        Some(key) => self.inner.blobs.delete(key).await,
+                        None => {
+                            self.inner
+                                .blobs
+                                .discard_upload(&garbage.upload_id, &garbage.store_state)
+                                .await
+                        }
+                    };
+                    match removed {
+                        Ok(()) => self
+                            .inner
+                            .metadata
+                            .forget_garbage(garbage.id)
                             .await
+                            .map(|()| true),
+                        Err(e) => {
+                            tracing::warn!(upload = %garbage.upload_id, error = %e, "could not remove upload storage");
+                            Ok(false)
+                        }
                     }
-                };
-                match removed {
-                    Ok(()) => {
-                        self.inner.metadata.forget_garbage(garbage.id).await?;
-                        report.collected += 1;
-                    }
-                    Err(e) => {
-                        tracing::warn!(upload = %garbage.upload_id, error = %e, "could not remove upload storage");
-                        report.failed += 1;
-                    }
+                })
+                .buffer_unordered(REMOVALS_IN_FLIGHT);
+            while let Some(removed) = removals.next().await {
+                if removed? {
+                    report.collected += 1;
+                } else {
+                    report.failed += 1;
                 }
             }
         }
