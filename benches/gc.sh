@@ -24,7 +24,7 @@ timed() { # label, command...
   start=$(date +%s.%N)
   "$@" > "$OUT/$label.out" 2>&1 || { cat "$OUT/$label.out" >&2; return 1; }
   end=$(date +%s.%N)
-  printf '%-28s %8.1f s   %s\n' "$label" "$(echo "$end - $start" | bc)" "$(tail -n1 "$OUT/$label.out")"
+  printf "%-28s %8.1f s   %s\n" "$label" "$(awk "BEGIN { print $end - $start }")" "$(tail -n1 "$OUT/$label.out")"
 }
 
 for backend in $BACKENDS; do
