@@ -453,7 +453,6 @@ fn auth_setup(
 
 async fn gc(config: Config, args: GcArgs) -> anyhow::Result<()> {
     use berth::registry::gc::GcProgress;
-    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
     if config.storage == StorageKind::Memory {
         anyhow::bail!(
@@ -483,21 +482,8 @@ async fn gc(config: Config, args: GcArgs) -> anyhow::Result<()> {
         )?;
         return Ok(());
     }
-    let bar = ProgressBar::with_draw_target(
-        None,
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} collecting [{bar:40}] {pos}/{len} reviews ({per_sec}, {eta} left)",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar =
+        progress_bar("{spinner} collecting [{bar:40}] {pos}/{len} reviews ({per_sec}, {eta} left)");
     let started = std::time::Instant::now();
     let mut on_progress = |event: GcProgress| match event {
         GcProgress::Planned { reviews } => bar.set_length(reviews),
@@ -528,6 +514,23 @@ async fn gc(config: Config, args: GcArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A progress bar on stderr when it is a terminal, hidden otherwise.
+fn progress_bar(template: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let target = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(None, target);
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
 fn mebibytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
@@ -545,7 +548,6 @@ fn humantime_secs(d: std::time::Duration) -> String {
 
 async fn scrub(config: Config, args: ScrubArgs) -> anyhow::Result<()> {
     use berth::registry::scrub::{BlobProblem, ScrubOptions, ScrubProgress};
-    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
     if config.storage == StorageKind::Memory {
         anyhow::bail!(
@@ -573,20 +575,8 @@ async fn scrub(config: Config, args: ScrubArgs) -> anyhow::Result<()> {
         repair: args.repair,
         check_references: !config.registry.sparse_manifests,
     };
-    let bar = ProgressBar::with_draw_target(
-        None,
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} scrubbing [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+    let bar = progress_bar(
+        "{spinner} scrubbing [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
     );
     let started = std::time::Instant::now();
     let mut on_progress = |event: ScrubProgress| match event {

@@ -249,6 +249,22 @@ fn json_pairs(pairs: &[(i64, String)]) -> String {
     serde_json::Value::Array(list).to_string()
 }
 
+/// The (`repository_id`, `digest`) of each row.
+fn pairs_of(rows: &[AnyRow]) -> MetadataResult<Vec<(i64, String)>> {
+    rows.iter()
+        .map(|r| Ok((r.try_get("repository_id")?, r.try_get("digest")?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_err)
+}
+
+/// The `digest` of each row.
+fn digests_of(rows: &[AnyRow]) -> MetadataResult<Vec<String>> {
+    rows.iter()
+        .map(|r| r.try_get("digest"))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_err)
+}
+
 fn json_strings(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
 }
@@ -1668,11 +1684,7 @@ impl MetadataStore for SqlMetadataStore {
             tx.rollback().await.map_err(db_err)?;
             return Ok(collected);
         }
-        let pairs = claimed
-            .iter()
-            .map(|r| Ok((r.try_get("repository_id")?, r.try_get("digest")?)))
-            .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()
-            .map_err(db_err)?;
+        let pairs = pairs_of(&claimed)?;
         let pairs = json_pairs(&pairs);
         let list = self.dialect.pairs(1);
         if self.dialect == Dialect::Postgres {
@@ -1702,11 +1714,7 @@ impl MetadataStore for SqlMetadataStore {
         .await
         .map_err(db_err)?;
         collected.links = unlinked.len() as u64;
-        let mut digests = unlinked
-            .iter()
-            .map(|r| r.try_get("digest"))
-            .collect::<Result<Vec<String>, sqlx::Error>>()
-            .map_err(db_err)?;
+        let mut digests = digests_of(&unlinked)?;
         digests.sort();
         digests.dedup();
         let blobs = self
@@ -1736,11 +1744,7 @@ impl MetadataStore for SqlMetadataStore {
             tx.rollback().await.map_err(db_err)?;
             return Ok(Collected::default());
         }
-        let mut digests = claimed
-            .iter()
-            .map(|r| r.try_get("digest"))
-            .collect::<Result<Vec<String>, sqlx::Error>>()
-            .map_err(db_err)?;
+        let mut digests = digests_of(&claimed)?;
         digests.sort();
         let mut collected = self
             .delete_unreferenced_blobs(&mut tx, &digests, now)
@@ -1767,11 +1771,7 @@ impl MetadataStore for SqlMetadataStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
-        let mut pairs = candidates
-            .iter()
-            .map(|r| Ok((r.try_get("repository_id")?, r.try_get("digest")?)))
-            .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()
-            .map_err(db_err)?;
+        let mut pairs = pairs_of(&candidates)?;
         if self.dialect == Dialect::Postgres && !pairs.is_empty() {
             // Checked again now that they are locked: a tag or an index that committed while
             // the candidates were chosen keeps its manifest.
@@ -1785,11 +1785,7 @@ impl MetadataStore for SqlMetadataStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db_err)?;
-            pairs = still
-                .iter()
-                .map(|r| Ok((r.try_get("repository_id")?, r.try_get("digest")?)))
-                .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()
-                .map_err(db_err)?;
+            pairs = pairs_of(&still)?;
         }
         if pairs.is_empty() {
             tx.rollback().await.map_err(db_err)?;

@@ -180,28 +180,21 @@ impl Registry {
                 reviews: planned.reviewed,
             });
         }
-        loop {
-            let done = metadata.collect_links(cutoff, BATCH, now).await?;
-            report.add(done);
-            if let Some(on_progress) = on_progress.as_mut() {
-                on_progress(GcProgress::Reviewed {
-                    reviews: done.reviewed,
-                });
-            }
-            if done.reviewed < u64::from(BATCH) {
-                break;
-            }
-        }
-        loop {
-            let done = metadata.collect_blobs(cutoff, BATCH, now).await?;
-            report.add(done);
-            if let Some(on_progress) = on_progress.as_mut() {
-                on_progress(GcProgress::Reviewed {
-                    reviews: done.reviewed,
-                });
-            }
-            if done.reviewed < u64::from(BATCH) {
-                break;
+        for queue in [ReviewQueue::Links, ReviewQueue::Blobs] {
+            loop {
+                let done = match queue {
+                    ReviewQueue::Links => metadata.collect_links(cutoff, BATCH, now).await?,
+                    ReviewQueue::Blobs => metadata.collect_blobs(cutoff, BATCH, now).await?,
+                };
+                report.add(done);
+                if let Some(on_progress) = on_progress.as_mut() {
+                    on_progress(GcProgress::Reviewed {
+                        reviews: done.reviewed,
+                    });
+                }
+                if done.reviewed < u64::from(BATCH) {
+                    break;
+                }
             }
         }
         let upkeep = self.run_maintenance_once().await?;
@@ -241,25 +234,23 @@ impl Registry {
             .unwrap_or(u64::MAX)
             .max(1);
         let jitter = Duration::from_millis(uuid::Uuid::new_v4().as_u64_pair().0 % spread);
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + jitter, period);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = interval.tick() => {
-                    let outcome = match self.collect_garbage(None).await {
-                        Ok(_) => "ok",
-                        Err(e) => {
-                            tracing::warn!(error = %e, "garbage collection pass failed");
-                            "error"
-                        }
-                    };
-                    metrics::counter!(instruments::GC_RUNS, "outcome" => outcome).increment(1);
-                }
-            }
-        }
+        super::maintenance::every(
+            period,
+            jitter,
+            shutdown,
+            "garbage collection pass",
+            instruments::GC_RUNS,
+            || self.collect_garbage(None),
+        )
+        .await;
     }
+}
+
+/// The two queues a pass empties, links first: deleting a link can free its blob at once.
+#[derive(Clone, Copy)]
+enum ReviewQueue {
+    Links,
+    Blobs,
 }
 
 #[cfg(test)]

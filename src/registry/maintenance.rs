@@ -3,6 +3,7 @@
 //! every session or garbage entry is claimed by one transaction.
 
 use std::future::Future;
+use std::time::Duration;
 
 use super::Registry;
 use crate::error::RegistryResult;
@@ -104,22 +105,43 @@ impl Registry {
 
     /// Runs maintenance every `maintenance_interval` until `shutdown` resolves.
     pub async fn run_maintenance(self, shutdown: impl Future<Output = ()>) {
-        let mut interval = tokio::time::interval(self.inner.options.maintenance_interval);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = interval.tick() => {
-                    let outcome = match self.run_maintenance_once().await {
-                        Ok(_) => "ok",
-                        Err(e) => {
-                            tracing::warn!(error = %e, "maintenance pass failed");
-                            "error"
-                        }
-                    };
-                    metrics::counter!(instruments::MAINTENANCE_RUNS, "outcome" => outcome).increment(1);
-                }
+        every(
+            self.inner.options.maintenance_interval,
+            Duration::ZERO,
+            shutdown,
+            "maintenance pass",
+            instruments::MAINTENANCE_RUNS,
+            || self.run_maintenance_once(),
+        )
+        .await;
+    }
+}
+
+/// Runs `pass` every `period`, the first time after `delay`, until `shutdown` resolves;
+/// counts each outcome (`ok`, `error`) in the counter `runs` and logs failures as `what`.
+pub(super) async fn every<T, F: Future<Output = RegistryResult<T>>>(
+    period: Duration,
+    delay: Duration,
+    shutdown: impl Future<Output = ()>,
+    what: &'static str,
+    runs: &'static str,
+    mut pass: impl FnMut() -> F,
+) {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + delay, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = interval.tick() => {
+                let outcome = match pass().await {
+                    Ok(_) => "ok",
+                    Err(e) => {
+                        tracing::warn!(error = %e, "{what} failed");
+                        "error"
+                    }
+                };
+                metrics::counter!(runs, "outcome" => outcome).increment(1);
             }
         }
     }
