@@ -424,6 +424,37 @@ impl SqlMetadataStore {
             .map_err(db_err)
     }
 
+    /// Inserts a row unless one with its key exists, and then holds the existing row
+    /// (`FOR SHARE` on Postgres) until `tx` ends, so that nobody deletes it under what `tx`
+    /// writes next. A conflicting insert by a concurrent transaction is waited for, and its row
+    /// may be deleted (by the collector, by a client) between the conflict and the hold: the
+    /// row is then inserted again. Whether this insert made the row.
+    async fn insert_or_hold<'q>(
+        tx: &mut WriteTx,
+        insert: impl Fn() -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+        hold: impl Fn() -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> MetadataResult<bool> {
+        // Each retry needs another transaction to delete the row in that instant: a row that
+        // keeps vanishing is contention to report, not to spin on.
+        for _ in 0..4 {
+            let inserted = insert().execute(&mut **tx).await.map_err(db_err)?;
+            if inserted.rows_affected() > 0 {
+                return Ok(true);
+            }
+            if hold()
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db_err)?
+                .is_some()
+            {
+                return Ok(false);
+            }
+        }
+        Err(MetadataError::Interrupted(
+            "a row was deleted each time it was about to be reused; retry".to_owned(),
+        ))
+    }
+
     /// Queues storage for removal in `tx`: an upload's (`key` none) or one object's.
     async fn queue_garbage(
         tx: &mut WriteTx,
@@ -1100,27 +1131,28 @@ impl MetadataStore for SqlMetadataStore {
         let store_state: String = session.try_get("store_state").map_err(db_err)?;
         let repository_id = Self::ensure_repository(&mut tx, &repository, now).await?;
         Self::review_link(&mut tx, repository_id, blob.digest.as_str(), now).await?;
-        if self.dialect == Dialect::Postgres {
-            // An existing row is kept from the collector until the link commits; one it is
-            // deleting is waited for, and then this upload's bytes become the blob.
-            sqlx::query("SELECT 1 FROM blobs WHERE digest = $1 FOR SHARE")
+        // An existing row is kept from the collector until the link commits; one it is
+        // deleting is waited for, and then this upload's bytes become the blob.
+        let hold_sql = format!(
+            "SELECT 1 FROM blobs WHERE digest = $1 {}",
+            self.dialect.lock("FOR SHARE")
+        );
+        let inserted = Self::insert_or_hold(
+            &mut tx,
+            || {
+                sqlx::query(
+                    "INSERT INTO blobs (digest, size, storage_key, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (digest) DO NOTHING",
+                )
                 .bind(blob.digest.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO blobs (digest, size, storage_key, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (digest) DO NOTHING",
+                .bind(i64_of(blob.size))
+                .bind(blob.storage_key.as_str())
+                .bind(now)
+            },
+            || sqlx::query(built(hold_sql.clone())).bind(blob.digest.as_str()),
         )
-        .bind(blob.digest.as_str())
-        .bind(i64_of(blob.size))
-        .bind(blob.storage_key.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let outcome = if inserted.rows_affected() > 0 {
+        .await?;
+        let outcome = if inserted {
             BlobCommit::Created
         } else {
             BlobCommit::Deduplicated {
@@ -1452,24 +1484,38 @@ impl MetadataStore for SqlMetadataStore {
             .annotations
             .as_ref()
             .map(|a| serde_json::to_string(a).unwrap_or_default());
-        let inserted = sqlx::query(
-            "INSERT INTO manifests (repository_id, digest, media_type, size, content, subject, \
-             artifact_type, annotations, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (repository_id, digest) DO NOTHING",
+        // The manifest itself, if another push is inserting it, is held like its references.
+        let hold_sql = format!(
+            "SELECT 1 FROM manifests WHERE repository_id = $1 AND digest = $2 {}",
+            self.dialect.lock("FOR SHARE")
+        );
+        let inserted = Self::insert_or_hold(
+            &mut tx,
+            || {
+                sqlx::query(
+                    "INSERT INTO manifests (repository_id, digest, media_type, size, content, \
+                     subject, artifact_type, annotations, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (repository_id, digest) DO NOTHING",
+                )
+                .bind(repository_id)
+                .bind(m.digest.as_str())
+                .bind(m.parsed.media_type.as_str())
+                .bind(m.content.len() as i64)
+                .bind(m.content)
+                .bind(m.parsed.subject.as_ref().map(Digest::as_str))
+                .bind(m.parsed.artifact_type.as_deref())
+                .bind(annotations.clone())
+                .bind(m.now)
+            },
+            || {
+                sqlx::query(built(hold_sql.clone()))
+                    .bind(repository_id)
+                    .bind(m.digest.as_str())
+            },
         )
-        .bind(repository_id)
-        .bind(m.digest.as_str())
-        .bind(m.parsed.media_type.as_str())
-        .bind(m.content.len() as i64)
-        .bind(m.content)
-        .bind(m.parsed.subject.as_ref().map(Digest::as_str))
-        .bind(m.parsed.artifact_type.as_deref())
-        .bind(annotations)
-        .bind(m.now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        if inserted.rows_affected() > 0 {
+        .await?;
+        if inserted {
             self.insert_references(
                 &mut tx,
                 blob_refs_sql,
@@ -1931,6 +1977,52 @@ mod tests {
         assert_eq!(classify("08006"), ErrorClass::Transient);
         assert_eq!(classify("23505"), ErrorClass::Other);
         assert_eq!(classify("40001"), ErrorClass::Transient);
+    }
+
+    /// An entry is forgotten by id, possibly late (by a process that read it just before
+    /// another removed it): its id must never name a newer entry, whose bytes would then be
+    /// left in storage with no record of them.
+    #[tokio::test]
+    async fn garbage_ids_are_never_reused() {
+        use super::{MetadataStore, SqlMetadataStore, SqlOptions};
+        use crate::metadata::UploadSession;
+        use crate::oci::{DigestAlgorithm, RepositoryName};
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("berth.db").display());
+        let options = SqlOptions {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        };
+        let store = SqlMetadataStore::connect(&url, &options).await.unwrap();
+        store.migrate().await.unwrap();
+        let abandoned = async |id: &str| {
+            let session = UploadSession {
+                id: id.to_owned(),
+                repository: RepositoryName::parse("garbage/ids").unwrap(),
+                offset: 0,
+                algorithm: DigestAlgorithm::Sha256,
+                hash_state: Vec::new(),
+                store_state: String::new(),
+                staged_len: 0,
+                committing: false,
+                created_at: 1,
+                updated_at: 1,
+            };
+            store.create_upload(&session).await.unwrap();
+            store.cancel_upload(id, 2).await.unwrap().unwrap()
+        };
+        let first = abandoned("first").await;
+        store.forget_garbage(first.id).await.unwrap();
+        let second = abandoned("second").await;
+        assert_ne!(second.id, first.id, "the id of a forgotten entry came back");
+        store.forget_garbage(first.id).await.unwrap();
+        let left = store.garbage(10).await.unwrap();
+        assert_eq!(left.len(), 1, "a late forget removed a newer entry");
+        assert_eq!(left[0].upload_id, "second");
     }
 
     #[test]

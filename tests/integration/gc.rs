@@ -706,58 +706,98 @@ async fn stress_pushes_deletes_and_collection_never_lose_a_layer() {
     }
 }
 
+/// The set-up of the races made certain on Postgres: a server without a worker of its own,
+/// `tags` of `repo` set (on another image) so that a test can hold a push at each of them, and
+/// an image manifest whose config and layer are pushed but which is not.
+struct Race {
+    server: Server,
+    c: Client,
+    blobs: Vec<(String, Vec<u8>)>,
+    manifest: Vec<u8>,
+}
+
+impl Race {
+    async fn set_up(repo: &str, tags: &[&str]) -> Option<Race> {
+        if !matches!(Backend::current(), Backend::Postgres | Backend::PostgresS3) {
+            eprintln!(
+                "skipped: SQLite runs one write transaction at a time; this race needs Postgres"
+            );
+            return None;
+        }
+        let server = Server::start_with(&[("BERTH_GC_INTERVAL", "0"), ("BERTH_REDIRECT", "false")]);
+        let c = server.client();
+        let seed = unique_seed();
+        for tag in tags {
+            c.push_image(repo, tag, seed).await;
+        }
+        let config =
+            format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
+        let layer = random_bytes(5000, seed + 1);
+        let config_digest = c.push_blob(repo, &config).await;
+        let layer_digest = c.push_blob(repo, &layer).await;
+        let manifest = image_manifest(
+            &config_digest,
+            config.len(),
+            &[(&layer_digest, layer.len())],
+            None,
+        );
+        Some(Race {
+            server,
+            c,
+            blobs: vec![(config_digest, config), (layer_digest, layer)],
+            manifest,
+        })
+    }
+
+    /// A transaction that holds `tag`'s row until it commits: a push of that tag waits.
+    async fn hold_tag(&self, tag: &str) -> sqlx::postgres::PgConnection {
+        use sqlx::Connection as _;
+        let url = self.server.deployment.database_url().unwrap();
+        let mut holder = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "BEGIN; SELECT 1 FROM tags WHERE name = '{tag}' FOR UPDATE"
+        )))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+        holder
+    }
+
+    fn put(&self, repo: &'static str, tag: &'static str) -> tokio::task::JoinHandle<Answer> {
+        let (c, manifest) = (self.c.clone(), self.manifest.clone());
+        tokio::spawn(async move { c.put_manifest(repo, tag, OCI_MANIFEST, &manifest).await })
+    }
+}
+
+async fn commit(holder: &mut sqlx::postgres::PgConnection) {
+    sqlx::raw_sql("COMMIT").execute(holder).await.unwrap();
+}
+
 /// The race the locks exist for, made certain: a manifest push is held inside its
 /// transaction (after it checked and recorded its layers' links, before it commits) while a
 /// collection pass judges those links, unreferenced until then. The pass must wait for the
 /// push and keep the layers; without the locks it deletes them under the manifest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_committing_while_gc_judges_its_layers_keeps_them() {
-    use sqlx::Connection as _;
-    if !matches!(Backend::current(), Backend::Postgres | Backend::PostgresS3) {
-        eprintln!("skipped: SQLite runs one write transaction at a time; this race needs Postgres");
-        return;
-    }
-    let server = Server::start_with(&[("BERTH_GC_INTERVAL", "0"), ("BERTH_REDIRECT", "false")]);
-    let c = server.client();
-    let deployment = Arc::clone(&server.deployment);
-    let seed = unique_seed();
     let repo = "gc/race";
-    // The tag the push moves exists, so that the test can hold the push at its tag update.
-    c.push_image(repo, "v1", seed).await;
-    let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).into_bytes();
-    let layer = random_bytes(5000, seed + 1);
-    let config_digest = c.push_blob(repo, &config).await;
-    let layer_digest = c.push_blob(repo, &layer).await;
-    let manifest = image_manifest(
-        &config_digest,
-        config.len(),
-        &[(&layer_digest, layer.len())],
-        None,
-    );
-
-    let mut holder = sqlx::postgres::PgConnection::connect(&deployment.database_url().unwrap())
-        .await
-        .unwrap();
-    sqlx::raw_sql("BEGIN; SELECT 1 FROM tags WHERE name = 'v1' FOR UPDATE")
-        .execute(&mut holder)
-        .await
-        .unwrap();
-    let push = {
-        let (c, manifest) = (c.clone(), manifest.clone());
-        tokio::spawn(async move { c.put_manifest(repo, "v1", OCI_MANIFEST, &manifest).await })
+    let Some(race) = Race::set_up(repo, &["v1"]).await else {
+        return;
     };
+    let c = &race.c;
+    let mut holder = race.hold_tag("v1").await;
+    let push = race.put(repo, "v1");
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!push.is_finished(), "the push waits at its tag");
     let pass = {
-        let deployment = Arc::clone(&deployment);
+        let deployment = Arc::clone(&race.server.deployment);
         std::thread::spawn(move || gc(&deployment, &[], NO_GRACE))
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+    commit(&mut holder).await;
     push.await.unwrap().expect(201, None);
     let pass = pass.join().unwrap();
     assert!(pass.ok, "{}", pass.out);
-    for (digest, data) in [(&config_digest, &config), (&layer_digest, &layer)] {
+    for (digest, data) in &race.blobs {
         let got = c.get(&format!("/v2/{repo}/blobs/{digest}")).await;
         assert_eq!(
             got.status,
@@ -766,5 +806,51 @@ async fn a_manifest_committing_while_gc_judges_its_layers_keeps_them() {
             pass.out
         );
         assert_eq!(got.body[..], data[..]);
+    }
+}
+
+/// Two pushes of one manifest: the second waits for the first's row, finds it, and goes on to
+/// its own tag; a client deletes the manifest in that moment. The second push must hold the
+/// row it reuses (the delete waits for it), not answer 500 when its tag finds the manifest
+/// gone. The collector deleting a blob or an untagged manifest races the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_reusing_a_manifest_row_holds_it_against_a_racing_delete() {
+    let repo = "gc/reuse";
+    let Some(race) = Race::set_up(repo, &["first", "second"]).await else {
+        return;
+    };
+    let c = &race.c;
+    let digest = sha256(&race.manifest);
+    let mut first_held = race.hold_tag("first").await;
+    let mut second_held = race.hold_tag("second").await;
+    // The first push inserts the manifest and waits at its tag; the second waits for that
+    // insert.
+    let first = race.put(repo, "first");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = race.put(repo, "second");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!first.is_finished() && !second.is_finished());
+    // The first commits; the second finds its row and waits at its own tag.
+    commit(&mut first_held).await;
+    first.await.unwrap().expect(201, None);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "the second push waits at its tag");
+    let delete = {
+        let c = c.clone();
+        let path = format!("/v2/{repo}/manifests/{digest}");
+        tokio::spawn(async move { c.send(c.request(Method::DELETE, &path)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !delete.is_finished(),
+        "the delete waits for the push that holds the manifest"
+    );
+    commit(&mut second_held).await;
+    second.await.unwrap().expect(201, None);
+    delete.await.unwrap().expect(202, None);
+    // The delete came last: the manifest and both its tags are gone, nothing dangles.
+    for reference in ["first", "second", digest.as_str()] {
+        let got = c.get(&format!("/v2/{repo}/manifests/{reference}")).await;
+        assert_eq!(got.status, StatusCode::NOT_FOUND, "{reference}");
     }
 }

@@ -378,6 +378,18 @@ impl Drop for Server {
         self.kill();
         if std::thread::panicking() {
             let log = self.log_text();
+            // Errors are what explain a failure, and they may lie far before the tail.
+            eprintln!(
+                "---- berth errors and warnings ({}) ----",
+                self.log.display()
+            );
+            for line in log
+                .lines()
+                .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+                .take(40)
+            {
+                eprintln!("{line}");
+            }
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
             eprintln!("---- berth log ({}) ----", self.log.display());
             for line in tail.iter().rev() {
