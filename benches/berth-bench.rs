@@ -86,10 +86,14 @@ struct Opts {
     /// Raw S3 part size, MiB.
     #[arg(long, default_value_t = 16)]
     s3_part_mib: usize,
+    /// For pull-warm: milliseconds between the push and the first pull (a deploy pulling a
+    /// moment after CI pushed).
+    #[arg(long, default_value_t = 0)]
+    pull_after_ms: u64,
     /// Raw S3 bucket (default: $S3_BUCKET).
     #[arg(long)]
     s3_bucket: Option<String>,
-    /// Workloads: push-mono push-chunked push-stream pull manifest-get manifest-head
+    /// Workloads: push-mono push-chunked push-stream pull pull-warm manifest-get manifest-head
     /// small-images tags-list listings-scale push-beside-tricklers push-concurrent orphans rss s3-put
     /// s3-put-parallel s3-get, or `report FILE`.
     #[arg(required = true)]
@@ -413,7 +417,23 @@ impl Bench {
         Ok(())
     }
 
+    /// The first pull of a blob, right after its push in this run (as CI pushes and a deploy
+    /// pulls at once), or of the blob pushed last.
     async fn pull(&mut self) -> Result<()> {
+        self.pull_as("pull").await
+    }
+
+    /// A pull of a blob pulled once already (what a registry serves most: popular layers).
+    async fn pull_warm(&mut self) -> Result<()> {
+        if self.last_blob.is_none() {
+            self.push_mono().await?;
+        }
+        tokio::time::sleep(Duration::from_millis(self.opts.pull_after_ms)).await;
+        self.pull_as("pull-first").await?;
+        self.pull_as("pull-warm").await
+    }
+
+    async fn pull_as(&mut self, figure: &str) -> Result<()> {
         if self.last_blob.is_none() {
             self.push_mono().await?;
         }
@@ -440,7 +460,7 @@ impl Bench {
         if computed != d || got != size {
             return Err(format!("pulled {got} bytes with digest {computed}, expected {d}").into());
         }
-        self.record("pull", mb_per_s(size, elapsed), "MB/s", None);
+        self.record(figure, mb_per_s(size, elapsed), "MB/s", None);
         Ok(())
     }
 
@@ -1289,6 +1309,8 @@ fn report(path: &str) -> Result<()> {
             ("push-stream", raw(s3x4), "s3-put-x4"),
             ("push-chunked-1MiB", raw(s3seq), "s3-put"),
             ("pull", raw(s3get), "s3-get"),
+            ("pull-first", raw(s3get), "s3-get"),
+            ("pull-warm", raw(s3get), "s3-get"),
         ] {
             if let Some(targets) = medians.get(workload) {
                 for (target, (v, _, _)) in targets
@@ -1379,6 +1401,7 @@ async fn main() -> Result<()> {
             "push-stream" => bench.push_stream().await,
             "push-concurrent" => bench.push_concurrent().await,
             "pull" => bench.pull().await,
+            "pull-warm" => bench.pull_warm().await,
             "manifest-get" => bench.manifest_load(reqwest::Method::GET).await,
             "manifest-head" => bench.manifest_load(reqwest::Method::HEAD).await,
             "small-images" => bench.small_images().await,

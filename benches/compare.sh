@@ -135,7 +135,7 @@ for rep in $(seq 1 "$REPS"); do
   echo "=== repetition $rep/$REPS"
   bench --label raw-s3 s3-put || true
   bench --label raw-s3 s3-put-parallel || true
-  for workload in push-mono push-stream pull manifest-get manifest-head small-images; do
+  for workload in push-mono push-stream pull-warm manifest-get manifest-head small-images; do
     for t in $(shuffled "${targets[@]}"); do run_on "$t" "$workload"; done
   done
   for t in $(shuffled "${targets[@]}"); do run_on "$t" push-chunked --size-mib "$CHUNKED_MIB"; done

@@ -727,7 +727,10 @@ impl Registry {
             .commit_blob(id, &blob, now_millis())
             .await?
         {
-            BlobCommit::Created => Ok(blob),
+            BlobCommit::Created => {
+                self.inner.blobs.published(&blob.storage_key, blob.size);
+                Ok(blob)
+            }
             BlobCommit::Deduplicated { garbage_id } => {
                 self.collect_garbage_entry(garbage_id, id, &session.store_state)
                     .await;

@@ -302,6 +302,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes everything an upload may have written, its completed object included.
     /// Idempotent.
     async fn discard_upload(&self, upload_id: &str, store_state: &str) -> StorageResult<()>;
+    /// Tells the store that the completed object `key` of `size` bytes is now a blob that
+    /// clients may pull, after its row committed; a store may prepare for the pulls (the
+    /// directory store reads it into the page cache). Nothing waits for it.
+    fn published(&self, _key: &str, _size: u64) {}
     /// Streams an object, or a range of it.
     async fn read(&self, key: &str, range: Option<ByteRange>) -> StorageResult<ByteStream>;
     /// Deletes an object. Idempotent.

@@ -874,3 +874,45 @@ async fn catalog_pagination() {
     assert_eq!(got, vec!["x/b", "y"]);
     assert!(next.header("link").is_none());
 }
+
+/// Blobs are read in pieces (1 MiB on the directory store, read ahead of the connection):
+/// whole blobs and ranges that start, end or cross inside a piece come back exact, a freshly
+/// pushed blob as well as one pulled before.
+#[tokio::test]
+async fn ranges_across_read_pieces_are_exact() {
+    let server = Server::start_with(&[("BERTH_REDIRECT", "false")]);
+    let c = server.client();
+    let mib = 1024 * 1024;
+    let data = random_bytes(2 * mib + mib / 2 + 123, unique_seed());
+    let digest = c.push_blob("lib/pieces", &data).await;
+    let path = format!("/v2/lib/pieces/blobs/{digest}");
+    for _ in 0..2 {
+        let whole = c.get(&path).await;
+        whole.expect(200, None);
+        assert!(whole.body[..] == data[..], "the whole blob");
+    }
+    let last = data.len() - 1;
+    for (first, end) in [
+        (0, mib - 1),
+        (mib - 1, mib),
+        (mib - 10, 2 * mib + 10),
+        (4097, 2 * mib + 4095),
+        (2 * mib, last),
+        (last, last),
+    ] {
+        let part = c
+            .send(
+                c.request(Method::GET, &path)
+                    .header("range", format!("bytes={first}-{end}")),
+            )
+            .await;
+        part.expect(206, None);
+        let expected = format!("bytes {first}-{end}/{}", data.len());
+        assert_eq!(part.header("content-range"), Some(expected.as_str()));
+        assert!(
+            part.body[..] == data[first..=end],
+            "bytes {first}-{end}: {} bytes came back",
+            part.body.len()
+        );
+    }
+}
