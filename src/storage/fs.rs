@@ -54,28 +54,24 @@ async fn blocking<T: Send + 'static>(
 /// Pieces of a file being read in flight at once, besides the one being sent.
 const READ_AHEAD: usize = 2;
 
-/// Gives the kernel `advice` on how the whole of `file` will be read.
-fn advise(file: &File, advice: libc::c_int) {
+/// Gives the kernel `advice` on how `len` bytes of `file` from `at` (0: to its end) will be
+/// read.
+fn advise(file: &File, at: u64, len: u64, advice: libc::c_int) {
     use std::os::fd::AsRawFd;
+    let (Ok(at), Ok(len)) = (libc::off_t::try_from(at), libc::off_t::try_from(len)) else {
+        return;
+    };
     // SAFETY: a valid descriptor; the advice is a hint whose failure changes nothing.
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, advice) };
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), at, len, advice) };
 }
 
 /// Starts reading the first `size` bytes of `file` into the page cache in the background.
 /// One `WILLNEED` covers one readahead window (8 MiB here), so the file is advised a window
 /// at a time.
 fn warm(file: &File, size: u64) {
-    use std::os::fd::AsRawFd;
     const WINDOW: u64 = 8 << 20;
     for at in (0..size).step_by(WINDOW as usize) {
-        let (Ok(offset), Ok(len)) = (
-            libc::off_t::try_from(at),
-            libc::off_t::try_from(WINDOW.min(size - at)),
-        ) else {
-            return;
-        };
-        // SAFETY: a valid descriptor; the advice is a hint whose failure changes nothing.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+        advise(file, at, WINDOW.min(size - at), libc::POSIX_FADV_WILLNEED);
     }
 }
 
@@ -343,7 +339,7 @@ impl BlobStore for FsBlobStore {
         let (file, len) = blocking(move || {
             let file = File::open(&path)?;
             let len = file.metadata()?.len();
-            advise(&file, libc::POSIX_FADV_SEQUENTIAL);
+            advise(&file, 0, 0, libc::POSIX_FADV_SEQUENTIAL);
             Ok((file, len))
         })
         .await
