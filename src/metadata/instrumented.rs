@@ -87,7 +87,8 @@ measured_calls! {
     fn reserve_part_number(&self, id: &str) -> u32;
     fn checkpoint_upload(&self, id: &str, expected_offset: u64, checkpoint: UploadCheckpoint<'_>) -> SessionUpdate;
     fn upload_parts(&self, id: &str) -> Vec<PartRecord>;
-    fn upload_staged(&self, id: &str) -> Vec<u8>;
+    fn upload_staged(&self, id: &str) -> (u64, Vec<u8>);
+    fn promote_staged(&self, id: &str, from: u64, to: u64, part: &PartRecord) -> bool;
     fn begin_commit(&self, id: &str, expected_offset: u64, now: i64) -> SessionUpdate;
     fn commit_blob(&self, id: &str, blob: &BlobRecord, now: i64) -> BlobCommit;
     fn cancel_upload(&self, id: &str, now: i64) -> Option<Garbage>;

@@ -55,7 +55,14 @@ struct Upload {
     session: UploadSession,
     next_part: u32,
     parts: BTreeMap<u32, PartRecord>,
-    staged: Vec<u8>,
+    /// Staged rows: their start offsets and bytes, in upload order.
+    staged: Vec<(u64, Vec<u8>)>,
+}
+
+impl Upload {
+    fn staged_len(&self) -> u64 {
+        self.staged.iter().map(|(_, b)| b.len() as u64).sum()
+    }
 }
 
 impl State {
@@ -296,6 +303,11 @@ impl MetadataStore for MemoryMetadataStore {
         upload.session.hash_state = cp.hash_state.to_vec();
         upload.session.store_state = cp.store_state.to_owned();
         upload.session.updated_at = cp.now;
+        if let Some(first) = cp.new_parts.iter().filter_map(|p| p.start).min() {
+            upload
+                .parts
+                .retain(|_, p| p.start.is_none_or(|start| start < first));
+        }
         for part in cp.new_parts {
             upload.parts.insert(part.number, part.clone());
         }
@@ -303,10 +315,41 @@ impl MetadataStore for MemoryMetadataStore {
             upload.staged.clear();
         }
         if let Some(bytes) = cp.staged {
-            upload.staged.extend_from_slice(bytes);
+            upload
+                .staged
+                .push((cp.offset - bytes.len() as u64, bytes.to_vec()));
         }
-        upload.session.staged_len = upload.staged.len() as u64;
+        upload.session.staged_len = upload.staged_len();
         Ok(SessionUpdate::Saved)
+    }
+
+    async fn promote_staged(
+        &self,
+        id: &str,
+        from: u64,
+        to: u64,
+        part: &PartRecord,
+    ) -> MetadataResult<bool> {
+        let mut state = self.state();
+        let Some(upload) = state.uploads.get_mut(id).filter(|u| !u.session.committing) else {
+            return Ok(false);
+        };
+        let mut end = from;
+        let mut rows = 0;
+        for (start, bytes) in upload.staged.iter().take_while(|(start, _)| *start < to) {
+            if *start != end {
+                return Ok(false);
+            }
+            end += bytes.len() as u64;
+            rows += 1;
+        }
+        if rows == 0 || end != to {
+            return Ok(false);
+        }
+        upload.staged.drain(..rows);
+        upload.session.staged_len = upload.staged_len();
+        upload.parts.insert(part.number, part.clone());
+        Ok(true)
     }
 
     async fn upload_parts(&self, id: &str) -> MetadataResult<Vec<PartRecord>> {
@@ -318,13 +361,14 @@ impl MetadataStore for MemoryMetadataStore {
             .unwrap_or_default())
     }
 
-    async fn upload_staged(&self, id: &str) -> MetadataResult<Vec<u8>> {
-        Ok(self
-            .state()
-            .uploads
-            .get(id)
-            .map(|u| u.staged.clone())
-            .unwrap_or_default())
+    async fn upload_staged(&self, id: &str) -> MetadataResult<(u64, Vec<u8>)> {
+        let state = self.state();
+        let Some(upload) = state.uploads.get(id) else {
+            return Ok((0, Vec::new()));
+        };
+        let start = upload.staged.first().map_or(0, |(start, _)| *start);
+        let rows: Vec<&[u8]> = upload.staged.iter().map(|(_, b)| b.as_slice()).collect();
+        Ok((start, rows.concat()))
     }
 
     async fn begin_commit(

@@ -216,7 +216,8 @@ pub struct UploadCheckpoint<'a> {
     pub hash_state: &'a [u8],
     /// The blob store's new state.
     pub store_state: &'a str,
-    /// Parts written since the previous checkpoint.
+    /// Parts written since the previous checkpoint. They replace recorded parts that start at
+    /// or after the first of them (a promotion of staged bytes they also hold).
     pub new_parts: &'a [PartRecord],
     /// Drop the staged bytes recorded so far (a part now holds them).
     pub clear_staged: bool,
@@ -369,8 +370,19 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> MetadataResult<SessionUpdate>;
     /// Parts saved by checkpoints, in part-number order.
     async fn upload_parts(&self, id: &str) -> MetadataResult<Vec<PartRecord>>;
-    /// The staged bytes of a session, in upload order (they end at its offset).
-    async fn upload_staged(&self, id: &str) -> MetadataResult<Vec<u8>>;
+    /// The staged bytes of a session, in upload order (they end at its offset), with the
+    /// offset of the first one (0 when none are staged).
+    async fn upload_staged(&self, id: &str) -> MetadataResult<(u64, Vec<u8>)>;
+    /// Records `part`, written from the staged bytes `[from, to)`, and drops those bytes: only
+    /// if they are still exactly the first staged bytes and the session is not committing.
+    /// Whether it did. The session's offset does not change.
+    async fn promote_staged(
+        &self,
+        id: &str,
+        from: u64,
+        to: u64,
+        part: &PartRecord,
+    ) -> MetadataResult<bool>;
     /// Claims the session for completion if it is at `expected_offset`; claiming twice is allowed.
     async fn begin_commit(
         &self,

@@ -394,6 +394,21 @@ impl SqlMetadataStore {
         })
     }
 
+    async fn insert_part(tx: &mut WriteTx, id: &str, part: &PartRecord) -> MetadataResult<()> {
+        sqlx::query(
+            "INSERT INTO upload_parts (upload_id, part_number, size, etag, start_offset) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(i64::from(part.number))
+        .bind(i64_of(part.size))
+        .bind(part.etag.as_str())
+        .bind(part.start.map(i64_of))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn ensure_repository(
         tx: &mut WriteTx,
         repository: &RepositoryName,
@@ -1012,26 +1027,77 @@ impl MetadataStore for SqlMetadataStore {
             .await
             .map_err(db_err)?;
         }
+        if let Some(first) = cp.new_parts.iter().filter_map(|p| p.start).min() {
+            sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1 AND start_offset >= $2")
+                .bind(id)
+                .bind(i64_of(first))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         for part in cp.new_parts {
-            sqlx::query(
-                "INSERT INTO upload_parts (upload_id, part_number, size, etag) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(id)
-            .bind(i64::from(part.number))
-            .bind(i64_of(part.size))
-            .bind(part.etag.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+            Self::insert_part(&mut tx, id, part).await?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(SessionUpdate::Saved)
     }
 
+    async fn promote_staged(
+        &self,
+        id: &str,
+        from: u64,
+        to: u64,
+        part: &PartRecord,
+    ) -> MetadataResult<bool> {
+        let mut tx = self.write_tx().await?;
+        // Taking the session row first orders this against checkpoints of the same session.
+        let lock = self.dialect.pick(
+            "SELECT committing FROM upload_sessions WHERE id = $1",
+            "SELECT committing FROM upload_sessions WHERE id = $1 FOR UPDATE",
+        );
+        let Some(session) = sqlx::query(lock)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(false);
+        };
+        let committing: i64 = session.try_get("committing").map_err(db_err)?;
+        let rows = sqlx::query(
+            "SELECT start_offset, CAST(length(bytes) AS BIGINT) AS len FROM upload_staged \
+             WHERE upload_id = $1 AND start_offset < $2 ORDER BY start_offset",
+        )
+        .bind(id)
+        .bind(i64_of(to))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let mut end = from;
+        for row in &rows {
+            if u64_of(row, "start_offset")? != end {
+                return Ok(false);
+            }
+            end += u64_of(row, "len")?;
+        }
+        if committing != 0 || rows.is_empty() || end != to {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM upload_staged WHERE upload_id = $1 AND start_offset < $2")
+            .bind(id)
+            .bind(i64_of(to))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        Self::insert_part(&mut tx, id, part).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
     async fn upload_parts(&self, id: &str) -> MetadataResult<Vec<PartRecord>> {
         retrying!(async {
             let rows = sqlx::query(
-                "SELECT part_number, size, etag FROM upload_parts WHERE upload_id = $1 ORDER BY part_number",
+                "SELECT part_number, size, etag, start_offset FROM upload_parts WHERE upload_id = $1 ORDER BY part_number",
             )
             .bind(id)
             .fetch_all(&self.pool)
@@ -1045,6 +1111,10 @@ impl MetadataStore for SqlMetadataStore {
                             .map_err(|_| MetadataError::Corrupt(format!("part number {number}")))?,
                         size: u64_of(r, "size")?,
                         etag: r.try_get("etag").map_err(db_err)?,
+                        start: r
+                            .try_get::<Option<i64>, _>("start_offset")
+                            .map_err(db_err)?
+                            .map(|s| s as u64),
                     })
                 })
                 .collect()
@@ -1052,22 +1122,26 @@ impl MetadataStore for SqlMetadataStore {
         .await)
     }
 
-    async fn upload_staged(&self, id: &str) -> MetadataResult<Vec<u8>> {
+    async fn upload_staged(&self, id: &str) -> MetadataResult<(u64, Vec<u8>)> {
         retrying!(
             async {
                 let rows = sqlx::query(
-                    "SELECT bytes FROM upload_staged WHERE upload_id = $1 ORDER BY start_offset",
+                    "SELECT start_offset, bytes FROM upload_staged WHERE upload_id = $1 ORDER BY start_offset",
                 )
                 .bind(id)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_err)?;
+                let start = match rows.first() {
+                    Some(row) => u64_of(row, "start_offset")?,
+                    None => 0,
+                };
                 let mut staged = Vec::new();
                 for row in &rows {
                     let bytes: Vec<u8> = row.try_get("bytes").map_err(db_err)?;
                     staged.extend_from_slice(&bytes);
                 }
-                Ok(staged)
+                Ok((start, staged))
             }
             .await
         )
@@ -1979,14 +2053,9 @@ mod tests {
         assert_eq!(classify("40001"), ErrorClass::Transient);
     }
 
-    /// An entry is forgotten by id, possibly late (by a process that read it just before
-    /// another removed it): its id must never name a newer entry, whose bytes would then be
-    /// left in storage with no record of them.
-    #[tokio::test]
-    async fn garbage_ids_are_never_reused() {
-        use super::{MetadataStore, SqlMetadataStore, SqlOptions};
-        use crate::metadata::UploadSession;
-        use crate::oci::{DigestAlgorithm, RepositoryName};
+    /// A migrated SQLite store in a directory of its own (kept while the directory lives).
+    async fn sqlite_store() -> (tempfile::TempDir, super::SqlMetadataStore) {
+        use super::{SqlMetadataStore, SqlOptions};
         use std::time::Duration;
 
         let dir = tempfile::tempdir().unwrap();
@@ -1999,20 +2068,38 @@ mod tests {
         };
         let store = SqlMetadataStore::connect(&url, &options).await.unwrap();
         store.migrate().await.unwrap();
+        (dir, store)
+    }
+
+    /// A session nothing was written to yet.
+    fn new_session(id: &str, repository: &str) -> crate::metadata::UploadSession {
+        crate::metadata::UploadSession {
+            id: id.to_owned(),
+            repository: crate::oci::RepositoryName::parse(repository).unwrap(),
+            offset: 0,
+            algorithm: crate::oci::DigestAlgorithm::Sha256,
+            hash_state: Vec::new(),
+            store_state: String::new(),
+            staged_len: 0,
+            committing: false,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    /// An entry is forgotten by id, possibly late (by a process that read it just before
+    /// another removed it): its id must never name a newer entry, whose bytes would then be
+    /// left in storage with no record of them.
+    #[tokio::test]
+    async fn garbage_ids_are_never_reused() {
+        use super::MetadataStore;
+
+        let (_dir, store) = sqlite_store().await;
         let abandoned = async |id: &str| {
-            let session = UploadSession {
-                id: id.to_owned(),
-                repository: RepositoryName::parse("garbage/ids").unwrap(),
-                offset: 0,
-                algorithm: DigestAlgorithm::Sha256,
-                hash_state: Vec::new(),
-                store_state: String::new(),
-                staged_len: 0,
-                committing: false,
-                created_at: 1,
-                updated_at: 1,
-            };
-            store.create_upload(&session).await.unwrap();
+            store
+                .create_upload(&new_session(id, "garbage/ids"))
+                .await
+                .unwrap();
             store.cancel_upload(id, 2).await.unwrap().unwrap()
         };
         let first = abandoned("first").await;
@@ -2023,6 +2110,113 @@ mod tests {
         let left = store.garbage(10).await.unwrap();
         assert_eq!(left.len(), 1, "a late forget removed a newer entry");
         assert_eq!(left[0].upload_id, "second");
+    }
+
+    /// Staged bytes become a part only while they are still exactly the first staged bytes,
+    /// and a part written from them by another request replaces the promoted one.
+    async fn staged_bytes_are_promoted_only_while_they_lead(store: &dyn super::MetadataStore) {
+        use crate::metadata::UploadCheckpoint;
+        use crate::oci::DigestAlgorithm;
+        use crate::storage::PartRecord;
+
+        store
+            .create_upload(&new_session("promoted", "staged/promotion"))
+            .await
+            .unwrap();
+        let part = |number: u32, start: u64, size: u64| PartRecord {
+            number,
+            size,
+            etag: format!("etag-{number}"),
+            start: Some(start),
+        };
+        let checkpoint = |offset: u64,
+                          staged: Option<&'static [u8]>,
+                          parts: &'static [PartRecord],
+                          clear: bool| UploadCheckpoint {
+            offset,
+            algorithm: DigestAlgorithm::Sha256,
+            hash_state: b"",
+            store_state: "",
+            new_parts: parts,
+            clear_staged: clear,
+            staged,
+            now: 2,
+        };
+        for (at, bytes) in [(0u64, &b"aaa"[..]), (3, b"bb"), (5, b"c")] {
+            let end = at + bytes.len() as u64;
+            let saved = store
+                .checkpoint_upload("promoted", at, checkpoint(end, Some(bytes), &[], false))
+                .await
+                .unwrap();
+            assert_eq!(saved, super::SessionUpdate::Saved);
+        }
+        assert!(
+            !store
+                .promote_staged("promoted", 3, 5, &part(1, 3, 2))
+                .await
+                .unwrap(),
+            "not the first"
+        );
+        assert!(
+            !store
+                .promote_staged("promoted", 0, 4, &part(1, 0, 4))
+                .await
+                .unwrap(),
+            "splits a row"
+        );
+        assert!(
+            store
+                .promote_staged("promoted", 0, 5, &part(1, 0, 5))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .promote_staged("promoted", 0, 5, &part(2, 0, 5))
+                .await
+                .unwrap(),
+            "twice"
+        );
+        assert_eq!(
+            store.upload_staged("promoted").await.unwrap(),
+            (5, b"c".to_vec())
+        );
+        let session = store.upload("promoted").await.unwrap().unwrap();
+        assert_eq!((session.offset, session.staged_len), (6, 1));
+
+        // A request that read every staged byte before the promotion writes them all into a
+        // part of its own: it replaces the promoted part.
+        static WHOLE: [PartRecord; 1] = [PartRecord {
+            number: 3,
+            size: 7,
+            etag: String::new(),
+            start: Some(0),
+        }];
+        let saved = store
+            .checkpoint_upload("promoted", 6, checkpoint(7, None, &WHOLE, true))
+            .await
+            .unwrap();
+        assert_eq!(saved, super::SessionUpdate::Saved);
+        let parts = store.upload_parts("promoted").await.unwrap();
+        assert_eq!(parts.iter().map(|p| p.number).collect::<Vec<_>>(), [3]);
+        assert_eq!(store.upload_staged("promoted").await.unwrap().1, b"");
+        assert!(
+            !store
+                .promote_staged("promoted", 5, 6, &part(4, 5, 1))
+                .await
+                .unwrap(),
+            "consumed"
+        );
+    }
+
+    #[tokio::test]
+    async fn staged_bytes_are_promoted_only_while_they_lead_in_sqlite_and_memory() {
+        let (_dir, store) = sqlite_store().await;
+        staged_bytes_are_promoted_only_while_they_lead(&store).await;
+        staged_bytes_are_promoted_only_while_they_lead(
+            &crate::metadata::memory::MemoryMetadataStore::new(),
+        )
+        .await;
     }
 
     #[test]

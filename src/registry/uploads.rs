@@ -29,8 +29,8 @@ use crate::metadata::{
 };
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepositoryName};
 use crate::storage::{
-    ByteRange, ByteStream, Durable, PartNumbers, Piece, PieceKind, Staged, StagedSource,
-    StorageError, StorageResult, UploadWriter,
+    ByteRange, ByteStream, Durable, PartNumbers, PartRecord, Piece, PieceKind, Staged,
+    StagedSource, StorageError, StorageResult, UploadWriter,
 };
 
 /// A request body as the upload engine reads it.
@@ -118,12 +118,19 @@ struct SessionStaged {
 
 #[async_trait]
 impl StagedSource for SessionStaged {
-    async fn fetch(&self) -> StorageResult<Bytes> {
+    async fn fetch(&self) -> StorageResult<(u64, Bytes)> {
         self.metadata
             .upload_staged(&self.id)
             .await
-            .map(Bytes::from)
+            .map(|(start, bytes)| (start, Bytes::from(bytes)))
             .map_err(|e| storage_error("read staged bytes", e))
+    }
+
+    async fn promote(&self, from: u64, to: u64, part: &PartRecord) -> StorageResult<bool> {
+        self.metadata
+            .promote_staged(&self.id, from, to, part)
+            .await
+            .map_err(|e| storage_error("record a part of staged bytes", e))
     }
 }
 
@@ -553,6 +560,7 @@ impl Appender {
             .await;
         match outcome {
             Ok(SessionUpdate::Saved) => {
+                self.writer.recorded(last.end_offset);
                 self.session.offset = last.end_offset;
                 self.session.algorithm = hasher_algorithm;
                 self.session.hash_state = state;
@@ -693,6 +701,7 @@ impl Registry {
                 return Err(digest_mismatch(digest, &computed, size));
             }
         }
+        appender.writer.drain().await?;
         let now = now_millis();
         match self.inner.metadata.begin_commit(id, size, now).await? {
             SessionUpdate::Saved => {}

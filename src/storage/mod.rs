@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::buffers::PartBuffer;
 
 pub mod fs;
+#[cfg(feature = "s3")]
+mod local_uploads;
 pub mod memory;
 #[cfg(feature = "s3")]
 pub mod s3;
@@ -102,6 +104,9 @@ pub struct PartRecord {
     pub size: u64,
     /// The backend's tag for the part.
     pub etag: String,
+    /// Upload offset of the part's first byte (`None` for parts recorded without it).
+    #[serde(default)]
+    pub start: Option<u64>,
 }
 
 /// Where a piece sits in its upload.
@@ -168,11 +173,14 @@ impl Durable {
     }
 }
 
-/// Reads back the bytes the registry holds staged for an upload (see [`Durable::staged`]).
+/// The bytes the registry holds staged for an upload (see [`Durable::staged`]).
 #[async_trait]
 pub trait StagedSource: Send + Sync {
-    /// Every staged byte of the upload, in upload order.
-    async fn fetch(&self) -> StorageResult<Bytes>;
+    /// Every staged byte of the upload, in upload order, with the offset of the first one.
+    async fn fetch(&self) -> StorageResult<(u64, Bytes)>;
+    /// Records `part`, written from the staged bytes `[from, to)`, and drops those bytes, if
+    /// they are still exactly the first staged bytes; whether it did.
+    async fn promote(&self, from: u64, to: u64, part: &PartRecord) -> StorageResult<bool>;
 }
 
 /// Bytes writers left staged with the session (see [`Durable::staged`]), fetched only if a
@@ -209,30 +217,9 @@ impl Staged {
         self.len == 0
     }
 
-    /// Counts `n` more bytes staged after the ones counted so far (a writer staged them and
-    /// the registry recorded them before the next piece is written).
-    pub fn grow(&mut self, n: usize) {
-        self.len += n;
-    }
-
-    /// Fetches the staged bytes; afterwards none are counted.
-    pub async fn take(&mut self) -> StorageResult<Bytes> {
-        if self.len == 0 {
-            return Ok(Bytes::new());
-        }
-        let source = self.source.as_ref().ok_or_else(|| {
-            StorageError::State(format!("{} staged bytes but no source", self.len))
-        })?;
-        let bytes = source.fetch().await?;
-        if bytes.len() != self.len {
-            return Err(StorageError::State(format!(
-                "{} staged bytes expected, {} found",
-                self.len,
-                bytes.len()
-            )));
-        }
-        self.len = 0;
-        Ok(bytes)
+    /// Where the staged bytes are read and promoted.
+    pub fn source(&self) -> Option<Arc<dyn StagedSource>> {
+        self.source.clone()
     }
 }
 
@@ -266,6 +253,13 @@ pub trait UploadWriter: Send {
             durable.push(d);
         }
         Ok(durable)
+    }
+    /// Tells the writer that the registry recorded its progress up to `end_offset`.
+    fn recorded(&mut self, _end_offset: u64) {}
+    /// Waits for writes of this upload that go on beyond requests (and that completion needs)
+    /// to land; called before the session is claimed for completion.
+    async fn drain(&mut self) -> StorageResult<()> {
+        Ok(())
     }
     /// Turns the recorded parts into the finished object of `size` bytes; returns its key.
     /// Safe to call again after a crash between completion and publication.

@@ -10,6 +10,15 @@
 //! whose bytes all arrive in one request and fit one buffer is written with one `PutObject`
 //! (to `blobs/<upload-id>.<nonce>`, unique to its writer).
 //!
+//! A small request that brings the staged bytes to a part's worth does not wait for the part:
+//! its new bytes are staged too, the request is answered once they are recorded, and the part
+//! is uploaded meanwhile and recorded afterwards, in one transaction that drops the staged
+//! bytes it holds, if they are still the first staged ones (a *promotion*). Until then the
+//! staged bytes stay the durable copy, so a process killed in between loses nothing. The next
+//! request on the same process carries only the bytes after the promotion, copied from memory
+//! rather than read back; a request elsewhere carries them all, and whichever of the two parts
+//! is recorded last replaces the other (parts record their start offset).
+//!
 //! Berth enforces S3's rules itself (part sizes, part count) rather than trusting the server
 //! to: some S3-compatible stores accept what AWS refuses.
 
@@ -30,12 +39,13 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectI
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::Staged;
+use super::local_uploads::{LocalUploads, Promotion, PromotionOutcome};
 use super::{
-    BlobStore, ByteRange, ByteStream, Durable, PartNumbers, PartRecord, Piece, PieceKind,
-    StorageError, StorageResult, UploadWriter,
+    BlobStore, ByteRange, ByteStream, Durable, PartNumbers, PartRecord, Piece, PieceKind, Staged,
+    StagedSource, StorageError, StorageResult, UploadWriter,
 };
 
 /// S3's smallest part size for every part but the last.
@@ -44,6 +54,9 @@ pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 pub const MAX_PART_SIZE: usize = 5 * 1024 * 1024 * 1024;
 /// S3's highest part number.
 pub const MAX_PARTS: u32 = 10_000;
+/// Copies of staged bytes one process keeps in all, so that an upload's next small request on
+/// the same process does not read them back from the metadata store.
+const HELD_STAGED_BUDGET: usize = 64 * 1024 * 1024;
 
 /// How to reach the bucket.
 #[derive(Clone, Debug)]
@@ -83,6 +96,7 @@ struct Shared {
     /// Sign request payloads (hash every byte once more for SigV4): needed for integrity over
     /// plain HTTP; over HTTPS, TLS protects the bytes and `UNSIGNED-PAYLOAD` saves the work.
     sign_payload: bool,
+    local: LocalUploads,
 }
 
 /// A blob store in an S3 bucket.
@@ -330,6 +344,7 @@ impl S3BlobStore {
                     .endpoint
                     .as_deref()
                     .is_some_and(|e| e.starts_with("http://")),
+                local: LocalUploads::new(HELD_STAGED_BUDGET),
             }),
         })
     }
@@ -356,6 +371,41 @@ impl Shared {
         };
         sent.map_err(|e| s3_error("PutObject", e))?;
         Ok(())
+    }
+
+    /// Uploads part `number` of `multipart`; `start` is the upload offset of its first byte.
+    async fn upload_part(
+        &self,
+        key: &str,
+        multipart: &str,
+        number: u32,
+        bytes: Bytes,
+        start: u64,
+    ) -> StorageResult<PartRecord> {
+        let size = bytes.len() as u64;
+        let request = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(multipart)
+            .part_number(number as i32)
+            .content_length(size as i64)
+            .body(S3Body::from(bytes));
+        let sent = if self.sign_payload {
+            request.send().await
+        } else {
+            request.customize().disable_payload_signing().send().await
+        };
+        let out = sent.map_err(|e| s3_error("UploadPart", e))?;
+        let etag = out.e_tag().unwrap_or_default().to_owned();
+        tracing::debug!(key, part = number, size, start, "uploaded part");
+        Ok(PartRecord {
+            number,
+            size,
+            etag,
+            start: Some(start),
+        })
     }
 
     async fn keys_under(&self, prefix: &str) -> StorageResult<Vec<String>> {
@@ -504,14 +554,28 @@ impl BlobStore for S3BlobStore {
     async fn open_upload(
         &self,
         upload_id: &str,
-        _offset: u64,
+        offset: u64,
         store_state: &str,
         staged: Staged,
         part_numbers: Arc<dyn PartNumbers>,
     ) -> StorageResult<Box<dyn UploadWriter>> {
         let state = UploadState::parse(store_state)?;
-        Ok(Box::new(S3Writer {
-            staged,
+        let staged_len = staged.len() as u64;
+        let base = offset.checked_sub(staged_len).ok_or_else(|| {
+            StorageError::State(format!(
+                "upload {upload_id}: {staged_len} bytes staged but only {offset} received"
+            ))
+        })?;
+        // Staged bytes this process is writing as a part already are not carried again.
+        let after = (staged_len > 0)
+            .then(|| self.shared.local.promotion_from(upload_id, base))
+            .flatten()
+            .filter(|p| p.to <= offset);
+        let carried = after.as_ref().map_or(staged_len, |p| offset - p.to) as usize;
+        let mut writer = S3Writer {
+            staged: staged.source(),
+            carried,
+            after,
             shared: Arc::clone(&self.shared),
             upload_id: upload_id.to_owned(),
             key: self.shared.blob_key(upload_id),
@@ -519,11 +583,22 @@ impl BlobStore for S3BlobStore {
             written: Vec::new(),
             part_numbers,
             in_flight: VecDeque::new(),
-        }))
+            unrecorded: Vec::new(),
+        };
+        if writer.carried >= MIN_PART_SIZE.max(self.shared.part_size / 2)
+            && writer.state.multipart.is_some()
+        {
+            // So many staged bytes that they would crowd out a buffer (promotions failed, or
+            // processes that started them stopped): they become a part before anything else
+            // is written.
+            writer.promote_carried(offset).await?;
+        }
+        Ok(Box::new(writer))
     }
 
     async fn discard_upload(&self, upload_id: &str, _store_state: &str) -> StorageResult<()> {
         let shared = &self.shared;
+        shared.local.forget(upload_id);
         let key = shared.blob_key(upload_id);
         for (k, id) in shared.multiparts_under(&key).await? {
             shared.abort_multipart(&k, &id).await?;
@@ -623,17 +698,35 @@ struct S3Writer {
     key: String,
     /// The state after every piece issued so far.
     state: UploadState,
-    /// Bytes of earlier requests that lead this writer's first piece.
-    staged: Staged,
+    /// Where staged bytes are read back and promotions recorded.
+    staged: Option<Arc<dyn StagedSource>>,
+    /// Staged bytes the next piece starts with: those no promotion in flight holds.
+    carried: usize,
+    /// The promotion in flight that `carried` counts on to land.
+    after: Option<Promotion>,
     /// Whole objects this writer created.
     written: Vec<String>,
     part_numbers: Arc<dyn PartNumbers>,
     in_flight: VecDeque<JoinHandle<StorageResult<Durable>>>,
+    /// Staged bytes and promotions that wait for the checkpoint recording the bytes to end.
+    unrecorded: Vec<Unrecorded>,
+}
+
+/// What a writer does once the registry has recorded staged bytes ending at `end`.
+struct Unrecorded {
+    end: u64,
+    /// Keep a copy of these bytes, starting at this offset.
+    hold: Option<(u64, Bytes)>,
+    /// Let this promotion record its part.
+    promotion: Option<(Promotion, oneshot::Sender<()>)>,
 }
 
 enum Destination {
     Part,
     Stage,
+    /// Stage the new bytes, so that the request is answered once they are recorded, and write
+    /// the staged bytes with them as a part in the background.
+    StageAndPromote,
     WholeObject,
 }
 
@@ -663,67 +756,269 @@ impl S3Writer {
         Ok(id)
     }
 
-    /// Puts the staged bytes at the head of the piece; whether there were any.
-    async fn fill_carried(&mut self, piece: &mut Piece) -> StorageResult<bool> {
-        if piece.carried == 0 {
-            return Ok(false);
+    fn source(&self) -> StorageResult<&Arc<dyn StagedSource>> {
+        self.staged.as_ref().ok_or_else(|| {
+            StorageError::State(format!(
+                "upload {}: staged bytes but no source",
+                self.upload_id
+            ))
+        })
+    }
+
+    /// Waits for the promotion `carried` counts on; fails if it did not land, since the bytes
+    /// it holds are still staged ahead of the carried ones.
+    async fn await_promotion(&mut self) -> StorageResult<()> {
+        let Some(promotion) = self.after.take() else {
+            return Ok(());
+        };
+        if promotion.landed().await {
+            return Ok(());
         }
-        if piece.carried != self.staged.len() {
+        Err(StorageError::Unavailable(format!(
+            "a part of upload {} written in the background did not land; retry the request",
+            self.upload_id
+        )))
+    }
+
+    /// The piece's bytes with the carried ones filled in, and the upload offset they start
+    /// at. Carried bytes come from this process's copy or else the metadata store; if some
+    /// were promoted by another process meanwhile, the piece starts after them.
+    async fn fill_carried(&mut self, piece: Piece) -> StorageResult<(u64, Bytes)> {
+        let carried = piece.carried;
+        let new_start = piece.start_offset();
+        let mut buffer = piece.buffer;
+        // A part must not be recorded past staged bytes that may stay staged.
+        self.await_promotion().await?;
+        if carried == 0 {
+            return Ok((new_start, buffer.freeze()));
+        }
+        if carried != self.carried {
             return Err(StorageError::State(format!(
-                "{} bytes are staged but the piece carries {}",
-                self.staged.len(),
-                piece.carried
+                "{} bytes are carried but the piece reserves {carried}",
+                self.carried
             )));
         }
-        let staged = self.staged.take().await?;
-        piece.buffer.as_mut_slice()[..piece.carried].copy_from_slice(&staged);
-        Ok(true)
+        let want = new_start - carried as u64;
+        if self
+            .shared
+            .local
+            .copy_held(&self.upload_id, want, &mut buffer.as_mut_slice()[..carried])
+        {
+            self.carried = 0;
+            return Ok((want, buffer.freeze()));
+        }
+        let (start, bytes) = self.source()?.fetch().await?;
+        let start = if bytes.is_empty() { new_start } else { start };
+        if start + bytes.len() as u64 != new_start || start < want {
+            return Err(StorageError::Unavailable(format!(
+                "upload {}: staged bytes [{start}, {}) changed under the request; retry it",
+                self.upload_id,
+                start + bytes.len() as u64
+            )));
+        }
+        let skip = (start - want) as usize;
+        buffer.as_mut_slice()[skip..carried].copy_from_slice(&bytes);
+        self.carried = 0;
+        Ok((start, buffer.freeze().slice(skip..)))
+    }
+
+    /// Writes the carried bytes, all staged and at least a part's worth, as a part now.
+    async fn promote_carried(&mut self, offset: u64) -> StorageResult<()> {
+        self.await_promotion().await?;
+        // Another process may promote some of them meanwhile: then the rest is looked at again.
+        for _ in 0..3 {
+            let (start, bytes) = self.source()?.fetch().await?;
+            let end = start + bytes.len() as u64;
+            if bytes.is_empty() || end != offset {
+                return Err(StorageError::Busy);
+            }
+            if bytes.len() < MIN_PART_SIZE {
+                self.carried = bytes.len();
+                return Ok(());
+            }
+            let multipart = self.ensure_multipart().await?;
+            let number = self.next_part_number().await?;
+            let part = self
+                .shared
+                .upload_part(&self.key, &multipart, number, bytes, start)
+                .await?;
+            if self.source()?.promote(start, end, &part).await? {
+                self.carried = 0;
+                return Ok(());
+            }
+        }
+        Err(StorageError::Busy)
+    }
+
+    async fn next_part_number(&self) -> StorageResult<u32> {
+        let number = self.part_numbers.next().await?;
+        if number > MAX_PARTS {
+            return Err(StorageError::Limit(format!(
+                "the upload would need more than {MAX_PARTS} S3 parts; send larger chunks or raise BERTH_S3_PART_SIZE"
+            )));
+        }
+        Ok(number)
     }
 
     fn ready(durable: Durable) -> JoinHandle<StorageResult<Durable>> {
         tokio::spawn(async move { Ok(durable) })
+    }
+
+    /// Stages the piece's new bytes: the registry records them with the session.
+    fn stage(&mut self, piece: Piece) -> JoinHandle<StorageResult<Durable>> {
+        let start = piece.start_offset();
+        let end_offset = piece.end_offset;
+        let bytes = piece.buffer.freeze().slice(piece.carried..);
+        self.carried += bytes.len();
+        self.unrecorded.push(Unrecorded {
+            end: end_offset,
+            hold: Some((start, bytes.clone())),
+            promotion: None,
+        });
+        Self::ready(Durable {
+            end_offset,
+            parts: Vec::new(),
+            store_state: self.state.encode(),
+            staged: Some(bytes),
+            consumed_staged: false,
+        })
+    }
+
+    /// Stages the piece's new bytes and uploads the piece, carried bytes included, as a part
+    /// in the background; the part is recorded, and the staged bytes it holds dropped, only
+    /// after the new bytes are recorded. Until then the staged bytes are the durable copy.
+    async fn stage_and_promote(
+        &mut self,
+        piece: Piece,
+    ) -> StorageResult<JoinHandle<StorageResult<Durable>>> {
+        let multipart = self.ensure_multipart().await?;
+        let new_start = piece.start_offset();
+        let end_offset = piece.end_offset;
+        let (start, bytes) = self.fill_carried(piece).await?;
+        let new = bytes.slice((new_start - start) as usize..);
+        if bytes.len() < MIN_PART_SIZE {
+            // Another process promoted some of the carried bytes meanwhile: too few are left
+            // for a part, so they all stay staged.
+            self.carried = bytes.len();
+            self.unrecorded.push(Unrecorded {
+                end: end_offset,
+                hold: Some((start, bytes)),
+                promotion: None,
+            });
+            return Ok(Self::ready(Durable {
+                end_offset,
+                parts: Vec::new(),
+                store_state: self.state.encode(),
+                staged: Some(new),
+                consumed_staged: false,
+            }));
+        }
+        let number = self.next_part_number().await?;
+        let (promotion, outcome) = Promotion::start(start, end_offset);
+        let (recorded, on_recorded) = oneshot::channel();
+        tokio::spawn(promote(
+            Arc::clone(&self.shared),
+            Arc::clone(self.source()?),
+            self.key.clone(),
+            multipart,
+            number,
+            bytes,
+            start,
+            on_recorded,
+            outcome,
+        ));
+        self.after = Some(promotion.clone());
+        self.unrecorded.push(Unrecorded {
+            end: end_offset,
+            hold: None,
+            promotion: Some((promotion, recorded)),
+        });
+        Ok(Self::ready(Durable {
+            end_offset,
+            parts: Vec::new(),
+            store_state: self.state.encode(),
+            staged: Some(new),
+            consumed_staged: false,
+        }))
+    }
+}
+
+/// Uploads a part of staged bytes `[start, start + bytes.len())`; once the checkpoint that
+/// stages the last of them is recorded, records the part and drops those staged bytes.
+#[allow(clippy::too_many_arguments)]
+async fn promote(
+    shared: Arc<Shared>,
+    source: Arc<dyn StagedSource>,
+    key: String,
+    multipart: String,
+    number: u32,
+    bytes: Bytes,
+    start: u64,
+    on_recorded: oneshot::Receiver<()>,
+    outcome: PromotionOutcome,
+) {
+    let end = start + bytes.len() as u64;
+    let landed = async {
+        let part = shared
+            .upload_part(&key, &multipart, number, bytes, start)
+            .await?;
+        if on_recorded.await.is_err() {
+            // The request lost its checkpoint: the bytes were never staged.
+            return Ok(false);
+        }
+        source.promote(start, end, &part).await
+    }
+    .await;
+    match landed {
+        Ok(landed) => {
+            tracing::debug!(
+                key,
+                part = number,
+                start,
+                end,
+                landed,
+                "promoted staged bytes"
+            );
+            outcome.finish(landed);
+        }
+        Err(e) => {
+            tracing::warn!(key, part = number, start, end, error = %e, "staged bytes stay staged: their part did not land");
+            outcome.finish(false);
+        }
     }
 }
 
 #[async_trait]
 impl UploadWriter for S3Writer {
     fn carried(&self) -> usize {
-        self.staged.len()
+        self.carried
     }
 
-    async fn write(&mut self, mut piece: Piece) -> StorageResult<Vec<Durable>> {
+    async fn write(&mut self, piece: Piece) -> StorageResult<Vec<Durable>> {
         let total = piece.buffer.len();
+        let new = total - piece.carried;
         let destination = match piece.kind {
             PieceKind::Full => Destination::Part,
-            PieceKind::Partial if total >= MIN_PART_SIZE => Destination::Part,
-            PieceKind::Partial => Destination::Stage,
+            PieceKind::Partial if total < MIN_PART_SIZE => Destination::Stage,
+            PieceKind::Partial if new < MIN_PART_SIZE && self.staged.is_some() => {
+                Destination::StageAndPromote
+            }
+            PieceKind::Partial => Destination::Part,
             PieceKind::Final if self.state.multipart.is_none() => Destination::WholeObject,
             PieceKind::Final => Destination::Part,
         };
         let end_offset = piece.end_offset;
         let task: JoinHandle<StorageResult<Durable>> = match destination {
-            Destination::Stage => {
-                // Too few bytes for a part: the registry keeps the new ones with the session;
-                // the staged ones it already has. The next piece carries them all.
-                let carried = piece.carried;
-                let bytes = piece.buffer.freeze().slice(carried..);
-                self.staged.grow(bytes.len());
-                Self::ready(Durable {
-                    end_offset,
-                    parts: Vec::new(),
-                    store_state: self.state.encode(),
-                    staged: Some(bytes),
-                    consumed_staged: false,
-                })
-            }
+            Destination::Stage => self.stage(piece),
+            Destination::StageAndPromote => self.stage_and_promote(piece).await?,
             Destination::WholeObject => {
-                let consumed_staged = self.fill_carried(&mut piece).await?;
+                let consumed_staged = piece.carried > 0;
+                let (_, bytes) = self.fill_carried(piece).await?;
                 let key = format!("{}.{}", self.key, nonce());
                 self.state.object = Some(key.clone());
                 self.written.push(key.clone());
                 let store_state = self.state.encode();
                 let shared = Arc::clone(&self.shared);
-                let bytes = piece.buffer.freeze();
                 tokio::spawn(async move {
                     shared.put_object(&key, bytes).await?;
                     Ok(Durable {
@@ -737,39 +1032,19 @@ impl UploadWriter for S3Writer {
             }
             Destination::Part => {
                 let multipart = self.ensure_multipart().await?;
-                let number = self.part_numbers.next().await?;
-                if number > MAX_PARTS {
-                    return Err(StorageError::Limit(format!(
-                        "the upload would need more than {MAX_PARTS} S3 parts; send larger chunks or raise BERTH_S3_PART_SIZE"
-                    )));
-                }
-                let consumed_staged = self.fill_carried(&mut piece).await?;
+                let consumed_staged = piece.carried > 0;
+                let (start, bytes) = self.fill_carried(piece).await?;
+                let number = self.next_part_number().await?;
                 let store_state = self.state.encode();
                 let shared = Arc::clone(&self.shared);
                 let key = self.key.clone();
-                let bytes = piece.buffer.freeze();
                 tokio::spawn(async move {
-                    let size = bytes.len() as u64;
-                    let request = shared
-                        .client
-                        .upload_part()
-                        .bucket(&shared.bucket)
-                        .key(&key)
-                        .upload_id(&multipart)
-                        .part_number(number as i32)
-                        .content_length(size as i64)
-                        .body(S3Body::from(bytes));
-                    let sent = if shared.sign_payload {
-                        request.send().await
-                    } else {
-                        request.customize().disable_payload_signing().send().await
-                    };
-                    let out = sent.map_err(|e| s3_error("UploadPart", e))?;
-                    let etag = out.e_tag().unwrap_or_default().to_owned();
-                    tracing::debug!(key, part = number, size, "uploaded part");
+                    let part = shared
+                        .upload_part(&key, &multipart, number, bytes, start)
+                        .await?;
                     Ok(Durable {
                         end_offset,
-                        parts: vec![PartRecord { number, size, etag }],
+                        parts: vec![part],
                         store_state,
                         staged: None,
                         consumed_staged,
@@ -800,9 +1075,30 @@ impl UploadWriter for S3Writer {
             .map(Some)
     }
 
+    fn recorded(&mut self, end_offset: u64) {
+        let (done, waiting) = std::mem::take(&mut self.unrecorded)
+            .into_iter()
+            .partition(|u| u.end <= end_offset);
+        self.unrecorded = waiting;
+        for step in done {
+            if let Some((start, bytes)) = step.hold {
+                self.shared.local.hold(&self.upload_id, start, &bytes);
+            }
+            if let Some((promotion, recorded)) = step.promotion {
+                self.shared.local.promoting(&self.upload_id, promotion);
+                let _ = recorded.send(());
+            }
+        }
+    }
+
+    async fn drain(&mut self) -> StorageResult<()> {
+        self.await_promotion().await
+    }
+
     async fn complete(&mut self, parts: &[PartRecord], size: u64) -> StorageResult<String> {
         self.flush().await?;
         let shared = Arc::clone(&self.shared);
+        shared.local.forget(&self.upload_id);
         let key = if let Some(object) = &self.state.object {
             object.clone()
         } else if let Some(multipart) = self.state.multipart.clone().filter(|_| !parts.is_empty()) {
@@ -810,9 +1106,15 @@ impl UploadWriter for S3Writer {
             let small = parts[..parts.len() - 1]
                 .iter()
                 .find(|p| (p.size as usize) < MIN_PART_SIZE);
-            if recorded != size || small.is_some() {
+            let mut at = 0;
+            let misplaced = parts.iter().find(|p| {
+                let wrong = p.start.is_some_and(|start| start != at);
+                at += p.size;
+                wrong
+            });
+            if recorded != size || small.is_some() || misplaced.is_some() {
                 return Err(StorageError::State(format!(
-                    "upload {}: parts hold {recorded} bytes (expected {size}); small non-last part: {small:?}",
+                    "upload {}: parts hold {recorded} bytes (expected {size}); small non-last part: {small:?}; part out of place: {misplaced:?}",
                     self.upload_id
                 )));
             }
@@ -889,6 +1191,8 @@ impl UploadWriter for S3Writer {
         while !self.in_flight.is_empty() {
             let _ = self.settle().await;
         }
+        // Staged bytes that were never recorded are neither copied nor promoted.
+        self.unrecorded.clear();
         // A whole object is only ever a request's last write, so the losing checkpoint was the
         // one that would have recorded it: nobody references it.
         // Multipart uploads this writer created are aborted when the session ends.

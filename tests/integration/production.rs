@@ -553,3 +553,163 @@ async fn a_tag_pushed_on_one_process_is_served_by_every_other_at_once() {
         .await
         .expect(404, Some("MANIFEST_UNKNOWN"));
 }
+
+/// Sends `data[at..at + len]` as the next chunk of an upload.
+async fn send_chunk(c: &Client, location: &str, data: &[u8], at: usize, len: usize) -> Answer {
+    c.send(
+        c.request(Method::PATCH, location)
+            .header("content-range", format!("{at}-{}", at + len - 1))
+            .body(data[at..at + len].to_vec()),
+    )
+    .await
+}
+
+// Multi-threaded: the proxy must keep running while the test thread waits on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_s3_chunks_are_answered_before_their_part_lands_and_survive_a_kill() {
+    if !Backend::current().uses_s3() {
+        eprintln!("needs S3 storage");
+        return;
+    }
+    // Berth reaches S3 through a proxy the test can stall.
+    let s3 = s3_server();
+    let authority = s3
+        .endpoint
+        .split_once("://")
+        .map_or(s3.endpoint.as_str(), |(_, rest)| rest)
+        .trim_end_matches('/')
+        .to_owned();
+    let target = tokio::net::lookup_host(&authority)
+        .await
+        .unwrap()
+        .find(|a| a.is_ipv4())
+        .unwrap();
+    let proxy = TcpProxy::start(target).await;
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let deployment = Deployment::new(&[
+        ("BERTH_S3_ENDPOINT", &endpoint),
+        ("BERTH_S3_TIMEOUT", "120s"),
+    ]);
+    let mut first = deployment.start();
+    let c = first.client();
+    let data = random_bytes(13 * MIB, unique_seed());
+    let location = c.start_upload("promoted").await;
+    // Five 1 MiB chunks make the first part, written in the background; four more stay staged.
+    for i in 0..9 {
+        send_chunk(&c, &location, &data, i * MIB, MIB)
+            .await
+            .expect(202, None);
+    }
+    let prefix = deployment.s3_prefix.clone().unwrap();
+    let s3_client = s3.client().await;
+    eventually(
+        "the first part to land",
+        Duration::from_secs(20),
+        async || {
+            let uploads = s3_client
+                .list_multipart_uploads()
+                .bucket(&s3.bucket)
+                .prefix(&prefix)
+                .send()
+                .await
+                .unwrap();
+            let Some(upload) = uploads.uploads().first() else {
+                return false;
+            };
+            let parts = s3_client
+                .list_parts()
+                .bucket(&s3.bucket)
+                .key(upload.key().unwrap())
+                .upload_id(upload.upload_id().unwrap())
+                .send()
+                .await
+                .unwrap();
+            !parts.parts().is_empty()
+        },
+    )
+    .await;
+    // Time for the part to be recorded after it landed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    proxy.stall();
+    // The tenth chunk makes the next part: the answer comes once its bytes are staged, while
+    // the part cannot reach S3.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        send_chunk(&c, &location, &data, 9 * MIB, MIB),
+    )
+    .await
+    .expect("the chunk is answered while S3 does not answer");
+    answer.expect(202, None);
+    first.kill();
+    proxy.enable();
+
+    let second = deployment.start();
+    let c = second.client();
+    assert_eq!(c.upload_offset(&location).await, 10 * MIB);
+    c.complete_upload("promoted", &location, &data, 10 * MIB)
+        .await;
+}
+
+#[tokio::test]
+async fn small_s3_chunks_alternating_between_processes_make_one_intact_blob() {
+    if !Backend::current().uses_s3() {
+        eprintln!("needs S3 storage");
+        return;
+    }
+    let first = Server::start();
+    let second = first.sibling();
+    let clients = [first.client(), second.client()];
+    // Chunk sizes that bring the staged bytes to a part's worth on either process, sometimes
+    // while the other is still writing the previous part, and a large chunk among them.
+    let sizes = [
+        MIB,
+        MIB,
+        MIB,
+        MIB,
+        MIB,
+        MIB / 2,
+        MIB,
+        MIB,
+        MIB,
+        MIB,
+        MIB / 2,
+        7 * MIB,
+        MIB,
+        MIB,
+        MIB,
+        MIB,
+        MIB,
+        MIB,
+        333,
+    ];
+    let total: usize = sizes.iter().sum();
+    let data = random_bytes(total, unique_seed());
+    let location = clients[0].start_upload("alternating").await;
+    let mut at = 0;
+    for (i, len) in sizes.into_iter().enumerate() {
+        send_chunk(&clients[i % 2], &location, &data, at, len)
+            .await
+            .expect(202, None);
+        at += len;
+    }
+    assert_eq!(clients[1].upload_offset(&location).await, total);
+    // Completed on the process that did not take the last chunk, right after it.
+    clients[sizes.len() % 2]
+        .commit_upload("alternating", &location, &data)
+        .await;
+
+    // The same chunks all on one process, completed on it: bytes staged there are not read
+    // back, and the blob is the same.
+    let location = clients[0].start_upload("one-process").await;
+    let mut at = 0;
+    for len in sizes {
+        send_chunk(&clients[0], &location, &data, at, len)
+            .await
+            .expect(202, None);
+        at += len;
+    }
+    clients[0]
+        .commit_upload("one-process", &location, &data)
+        .await;
+}

@@ -587,7 +587,6 @@ impl Client {
     /// Sends `data[from..]` as the last chunk, commits the upload under the digest of `data`
     /// and checks that the blob reads back byte-identical.
     pub async fn complete_upload(&self, repo: &str, location: &str, data: &[u8], from: usize) {
-        let digest = sha256(data);
         self.send(
             self.request(Method::PATCH, location)
                 .header("content-range", format!("{from}-{}", data.len() - 1))
@@ -595,6 +594,13 @@ impl Client {
         )
         .await
         .expect(202, None);
+        self.commit_upload(repo, location, data).await;
+    }
+
+    /// Commits an upload holding all of `data` under its digest and checks that the blob reads
+    /// back byte-identical.
+    pub async fn commit_upload(&self, repo: &str, location: &str, data: &[u8]) {
+        let digest = sha256(data);
         self.send(
             self.request(Method::PUT, location)
                 .query(&[("digest", &digest)]),
@@ -721,60 +727,81 @@ impl Deployment {
     }
 }
 
-/// A TCP forwarder that can cut every connection and refuse new ones, to take a dependency
-/// away from a running process and give it back.
+/// A TCP forwarder that can cut every connection and refuse new ones, or hold them without
+/// an answer, to take a dependency away from a running process and give it back.
 pub struct TcpProxy {
     pub port: u16,
-    enabled: Arc<std::sync::atomic::AtomicBool>,
+    mode: Arc<std::sync::atomic::AtomicU8>,
     generation: tokio::sync::watch::Sender<u64>,
 }
+
+const FORWARD: u8 = 0;
+const REFUSE: u8 = 1;
+const STALL: u8 = 2;
 
 impl TcpProxy {
     pub async fn start(target: SocketAddr) -> TcpProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let enabled = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(FORWARD));
         let (generation, _) = tokio::sync::watch::channel(0u64);
-        let on = Arc::clone(&enabled);
+        let current = Arc::clone(&mode);
         let cuts = generation.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
-                if !on.load(std::sync::atomic::Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
                 let mut cut = cuts.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
+                match current.load(std::sync::atomic::Ordering::SeqCst) {
+                    REFUSE => drop(inbound),
+                    STALL => {
+                        // Accepted, never answered, until the mode changes.
+                        tokio::spawn(async move {
+                            let _ = cut.changed().await;
+                            drop(inbound);
+                        });
                     }
-                });
+                    _ => {
+                        tokio::spawn(async move {
+                            let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await
+                            else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = cut.changed() => {}
+                            }
+                        });
+                    }
+                }
             }
         });
         TcpProxy {
             port,
-            enabled,
+            mode,
             generation,
         }
     }
 
-    /// Cuts open connections and refuses new ones.
-    pub fn disable(&self) {
-        self.enabled
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+    fn switch(&self, mode: u8) {
+        self.mode.store(mode, std::sync::atomic::Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Cuts open connections and refuses new ones.
+    pub fn disable(&self) {
+        self.switch(REFUSE);
+    }
+
+    /// Cuts open connections and holds new ones without an answer.
+    pub fn stall(&self) {
+        self.switch(STALL);
+    }
+
     pub fn enable(&self) {
-        self.enabled
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.mode
+            .store(FORWARD, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
