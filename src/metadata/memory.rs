@@ -303,6 +303,7 @@ impl MetadataStore for MemoryMetadataStore {
         upload.session.hash_state = cp.hash_state.to_vec();
         upload.session.store_state = cp.store_state.to_owned();
         upload.session.updated_at = cp.now;
+        upload.session.committing = cp.claim;
         if let Some(first) = cp.new_parts.iter().filter_map(|p| p.start).min() {
             upload
                 .parts

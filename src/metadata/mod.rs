@@ -223,6 +223,9 @@ pub struct UploadCheckpoint<'a> {
     pub clear_staged: bool,
     /// Bytes to stage, ending at `offset`: the store could not write them yet.
     pub staged: Option<&'a [u8]>,
+    /// Claim the session for completion as well (as `begin_commit` does): these are the
+    /// blob's last bytes and they match the digest the client named.
+    pub claim: bool,
     /// Unix milliseconds.
     pub now: i64,
 }

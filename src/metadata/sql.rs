@@ -983,7 +983,7 @@ impl MetadataStore for SqlMetadataStore {
         let mut tx = self.write_tx().await?;
         let updated = sqlx::query(
             "UPDATE upload_sessions SET byte_offset = $1, algorithm = $2, hash_state = $3, \
-             store_state = $4, updated_at = $5 \
+             store_state = $4, updated_at = $5, committing = $8 \
              WHERE id = $6 AND byte_offset = $7 AND committing = 0",
         )
         .bind(i64_of(cp.offset))
@@ -993,6 +993,7 @@ impl MetadataStore for SqlMetadataStore {
         .bind(cp.now)
         .bind(id)
         .bind(i64_of(expected_offset))
+        .bind(i64::from(cp.claim))
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -2140,6 +2141,7 @@ mod tests {
             new_parts: parts,
             clear_staged: clear,
             staged,
+            claim: false,
             now: 2,
         };
         for (at, bytes) in [(0u64, &b"aaa"[..]), (3, b"bb"), (5, b"c")] {

@@ -141,6 +141,9 @@ struct Appender {
     writer: Box<dyn UploadWriter>,
     /// Hash states at the end of pieces written but not yet recorded.
     pending: VecDeque<(u64, DigestAlgorithm, SavedState)>,
+    /// The offset of the blob's verified end: the checkpoint that records it also claims the
+    /// session for completion, saving `begin_commit` its own transaction.
+    claim_at: Option<u64>,
 }
 
 enum Next {
@@ -225,6 +228,7 @@ impl Appender {
             session,
             writer,
             pending: VecDeque::new(),
+            claim_at: None,
         };
         // The writer may have waited on another: the session is read again now that this
         // request holds it.
@@ -386,6 +390,7 @@ impl Appender {
                 }
             };
         let kind = if ends_blob {
+            self.claim_at = Some(received);
             PieceKind::Final
         } else {
             PieceKind::Partial
@@ -550,6 +555,7 @@ impl Appender {
             new_parts: &parts,
             clear_staged,
             staged: staged.as_deref(),
+            claim: self.claim_at == Some(last.end_offset),
             now: now_millis(),
         };
         let outcome = self
@@ -561,6 +567,7 @@ impl Appender {
         match outcome {
             Ok(SessionUpdate::Saved) => {
                 self.writer.recorded(last.end_offset);
+                self.session.committing = checkpoint.claim;
                 self.session.offset = last.end_offset;
                 self.session.algorithm = hasher_algorithm;
                 self.session.hash_state = state;
@@ -701,17 +708,24 @@ impl Registry {
                 return Err(digest_mismatch(digest, &computed, size));
             }
         }
-        appender.writer.drain().await?;
-        let now = now_millis();
-        match self.inner.metadata.begin_commit(id, size, now).await? {
-            SessionUpdate::Saved => {}
-            SessionUpdate::Conflict { offset } => {
-                return Err(out_of_order(
-                    offset,
-                    "another request moved the upload first",
-                ));
+        if !session.committing {
+            // No piece claimed it (the blob's bytes all arrived before this request).
+            appender.writer.drain().await?;
+            match self
+                .inner
+                .metadata
+                .begin_commit(id, size, now_millis())
+                .await?
+            {
+                SessionUpdate::Saved => {}
+                SessionUpdate::Conflict { offset } => {
+                    return Err(out_of_order(
+                        offset,
+                        "another request moved the upload first",
+                    ));
+                }
+                SessionUpdate::Gone => return Err(upload_unknown(id)),
             }
-            SessionUpdate::Gone => return Err(upload_unknown(id)),
         }
         let parts = self.inner.metadata.upload_parts(id).await?;
         let storage_key = appender.writer.complete(&parts, size).await?;

@@ -1,11 +1,13 @@
 //! Blobs in a local directory.
 //!
 //! Each upload writes one file in place (`blobs/<xx>/<upload-id>`) and that file becomes the
-//! blob: completing it truncates and syncs, nothing is copied or renamed. One writer at a time
-//! holds an exclusive `flock` on the file, so racing requests, even from two processes sharing
-//! the directory, cannot interleave their bytes; bytes past the recorded offset (a killed
-//! writer's) are overwritten by the next writer and cut off at completion. Every piece is
-//! `fdatasync`ed before it is reported durable.
+//! blob: nothing is copied or renamed. One writer at a time holds an exclusive `flock` on the
+//! file, so racing requests, even from two processes sharing the directory, cannot interleave
+//! their bytes; bytes past the recorded offset (a killed writer's) are overwritten by the next
+//! writer and cut off at completion. Every piece is `fdatasync`ed before it is reported
+//! durable; the first piece of an upload also syncs the directory entry of its file (created
+//! unsynced when the upload starts), and the blob's last piece sets the file's final length
+//! under the same sync, so that completing a small blob costs no sync of its own.
 //!
 //! Where the filesystem supports it, pieces are written with `O_DIRECT` from the aligned part
 //! buffers, skipping the page cache copy. Direct I/O needs block-aligned offsets and lengths:
@@ -15,7 +17,6 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,8 +29,8 @@ use crate::buffers::ALIGNMENT;
 
 use super::Staged;
 use super::{
-    BlobStore, ByteRange, ByteStream, Durable, PartNumbers, PartRecord, Piece, StorageError,
-    StorageResult, UploadWriter,
+    BlobStore, ByteRange, ByteStream, Durable, PartNumbers, PartRecord, Piece, PieceKind,
+    StorageError, StorageResult, UploadWriter,
 };
 
 const READ_CHUNK: usize = 1024 * 1024;
@@ -240,12 +241,11 @@ impl BlobStore for FsBlobStore {
                 std::fs::create_dir_all(dir)?;
                 sync_dir(dir.parent().expect("shard directories have a parent"))?;
             }
-            File::options()
-                .write(true)
-                .create_new(true)
-                .open(&path)?
-                .sync_all()?;
-            sync_dir(dir)
+            // Not synced: an empty file lost in a crash is created again when the upload is
+            // opened at offset 0, and the first writer syncs its directory entry before any
+            // byte is recorded.
+            File::options().write(true).create_new(true).open(&path)?;
+            Ok(())
         })
         .await?;
         Ok(String::new())
@@ -270,7 +270,12 @@ impl BlobStore for FsBlobStore {
         let direct_io = self.direct_io;
         let (file, direct) =
             tokio::task::spawn_blocking(move || -> StorageResult<(File, Option<File>)> {
-                let file = match File::options().read(true).write(true).open(&path) {
+                let file = match File::options()
+                    .read(true)
+                    .write(true)
+                    .create(offset == 0)
+                    .open(&path)
+                {
                     Ok(f) => f,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return Err(StorageError::UploadLost(format!("{shown} does not exist")));
@@ -302,11 +307,19 @@ impl BlobStore for FsBlobStore {
         } else {
             0
         };
+        let dir = self
+            .path(&key)?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| StorageError::State(format!("{key} has no directory")))?;
         Ok(Box::new(FsWriter {
             file: Arc::new(file),
             direct: direct.map(Arc::new),
             carried,
             key,
+            dir,
+            // Bytes were recorded, so a writer before this one synced the entry.
+            entry_synced: offset > 0,
             in_flight: VecDeque::new(),
         }))
     }
@@ -402,6 +415,11 @@ struct FsWriter {
     direct: Option<Arc<File>>,
     carried: usize,
     key: String,
+    /// The directory holding the upload's file.
+    dir: PathBuf,
+    /// Whether the file's directory entry is known to be durable (else the next piece syncs
+    /// the directory after its bytes).
+    entry_synced: bool,
     in_flight: VecDeque<JoinHandle<std::io::Result<u64>>>,
 }
 
@@ -423,6 +441,10 @@ impl UploadWriter for FsWriter {
         let carried = piece.carried;
         let at = piece.start_offset() - carried as u64;
         let end = piece.end_offset;
+        // The blob's last piece also sets its final length, under the same sync.
+        let final_len = (piece.kind == PieceKind::Final).then_some(end);
+        let sync_entry = (!self.entry_synced).then(|| self.dir.clone());
+        self.entry_synced = true;
         let mut buffer = piece.buffer;
         // Direct I/O rewrites the block a piece ends in: the next piece starts with its head.
         self.carried = if direct.is_some() {
@@ -435,16 +457,20 @@ impl UploadWriter for FsWriter {
                 if carried > 0 {
                     file.read_exact_at(&mut buffer.as_mut_slice()[..carried], at)?;
                 }
-                match direct {
+                match &direct {
                     Some(direct) => {
                         let len = buffer.pad_to_alignment();
                         direct.write_all_at(&buffer.as_slice()[..len], at)?;
-                        direct.sync_data()?;
                     }
-                    None => {
-                        file.write_all_at(buffer.as_slice(), at)?;
-                        file.sync_data()?;
-                    }
+                    None => file.write_all_at(buffer.as_slice(), at)?,
+                }
+                if let Some(len) = final_len {
+                    file.set_len(len)?;
+                }
+                // fdatasync covers a changed length too.
+                file.sync_data()?;
+                if let Some(dir) = sync_entry {
+                    sync_dir(&dir)?;
                 }
                 Ok(end)
             }));
@@ -471,11 +497,18 @@ impl UploadWriter for FsWriter {
     async fn complete(&mut self, _parts: &[PartRecord], size: u64) -> StorageResult<String> {
         self.flush().await?;
         let file = Arc::clone(&self.file);
+        let sync_entry = (!self.entry_synced).then(|| self.dir.clone());
+        self.entry_synced = true;
         blocking(move || {
-            file.set_len(size)?;
-            file.sync_all()?;
-            // Leave the cursor-free file handle as is; readers open their own.
-            let _ = (&*file).seek(SeekFrom::Start(0));
+            // Every recorded piece was synced with its length: only a blob whose last piece
+            // left padding (or no piece, an empty blob) needs a sync here.
+            if file.metadata()?.len() != size {
+                file.set_len(size)?;
+                file.sync_data()?;
+            }
+            if let Some(dir) = sync_entry {
+                sync_dir(&dir)?;
+            }
             Ok(())
         })
         .await?;

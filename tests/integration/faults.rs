@@ -531,3 +531,38 @@ async fn s3_out_of_space_answers_507_and_keeps_resumable_uploads() {
         .await;
     c.push_blob("s3full/app", &blob).await;
 }
+
+/// An upload's file is created unsynced when the upload starts (its first bytes sync it): one
+/// lost in a crash before any byte arrived is created again, and one lost after bytes were
+/// recorded is reported, not silently restarted.
+#[tokio::test]
+async fn an_upload_file_lost_before_its_first_bytes_is_created_again() {
+    if Backend::current() != Backend::Sqlite {
+        eprintln!("a filesystem-storage test");
+        return;
+    }
+    let server = Server::start();
+    let c = server.client();
+    let file_of = |location: &str| {
+        let id = location.rsplit('/').next().unwrap().to_owned();
+        server
+            .deployment
+            .data_dir()
+            .join("blobs")
+            .join(&id[..2])
+            .join(&id)
+    };
+    let data = random_bytes(3 * 4096 + 17, unique_seed());
+    let location = c.start_upload("lost-file").await;
+    std::fs::remove_file(file_of(&location)).unwrap();
+    c.complete_upload("lost-file", &location, &data, 0).await;
+
+    let location = c.start_upload("lost-file").await;
+    c.send(c.request(Method::PATCH, &location).body(data[..4096].to_vec()))
+        .await
+        .expect(202, None);
+    std::fs::remove_file(file_of(&location)).unwrap();
+    c.send(c.request(Method::PATCH, &location).body(data[4096..].to_vec()))
+        .await
+        .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
+}
