@@ -558,11 +558,17 @@ async fn an_upload_file_lost_before_its_first_bytes_is_created_again() {
     c.complete_upload("lost-file", &location, &data, 0).await;
 
     let location = c.start_upload("lost-file").await;
-    c.send(c.request(Method::PATCH, &location).body(data[..4096].to_vec()))
-        .await
-        .expect(202, None);
+    c.send(
+        c.request(Method::PATCH, &location)
+            .body(data[..4096].to_vec()),
+    )
+    .await
+    .expect(202, None);
     std::fs::remove_file(file_of(&location)).unwrap();
-    c.send(c.request(Method::PATCH, &location).body(data[4096..].to_vec()))
-        .await
-        .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
+    c.send(
+        c.request(Method::PATCH, &location)
+            .body(data[4096..].to_vec()),
+    )
+    .await
+    .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
 }
