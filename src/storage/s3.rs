@@ -850,6 +850,15 @@ impl S3Writer {
         Err(StorageError::Busy)
     }
 
+    /// Waits for the oldest pieces while more than the allowed number are in flight.
+    async fn drain_to_concurrency(&mut self) -> StorageResult<Vec<Durable>> {
+        let mut durable = Vec::new();
+        while self.in_flight.len() > self.shared.concurrency {
+            durable.extend(self.settle().await?);
+        }
+        Ok(durable)
+    }
+
     async fn next_part_number(&self) -> StorageResult<u32> {
         let number = self.part_numbers.next().await?;
         if number > MAX_PARTS {
@@ -884,6 +893,31 @@ impl S3Writer {
         })
     }
 
+    /// Stages the new bytes of a filled piece whose bytes (from `start`) turned out too few for
+    /// a part that is not the last (another process promoted some carried bytes meanwhile):
+    /// they all stay staged and are carried by the next piece.
+    fn keep_staged(
+        &mut self,
+        start: u64,
+        bytes: Bytes,
+        new: Bytes,
+        end_offset: u64,
+    ) -> JoinHandle<StorageResult<Durable>> {
+        self.carried = bytes.len();
+        self.unrecorded.push(Unrecorded {
+            end: end_offset,
+            hold: Some((start, bytes)),
+            promotion: None,
+        });
+        Self::ready(Durable {
+            end_offset,
+            parts: Vec::new(),
+            store_state: self.state.encode(),
+            staged: Some(new),
+            consumed_staged: false,
+        })
+    }
+
     /// Stages the piece's new bytes and uploads the piece, carried bytes included, as a part
     /// in the background; the part is recorded, and the staged bytes it holds dropped, only
     /// after the new bytes are recorded. Until then the staged bytes are the durable copy.
@@ -897,21 +931,7 @@ impl S3Writer {
         let (start, bytes) = self.fill_carried(piece).await?;
         let new = bytes.slice((new_start - start) as usize..);
         if bytes.len() < MIN_PART_SIZE {
-            // Another process promoted some of the carried bytes meanwhile: too few are left
-            // for a part, so they all stay staged.
-            self.carried = bytes.len();
-            self.unrecorded.push(Unrecorded {
-                end: end_offset,
-                hold: Some((start, bytes)),
-                promotion: None,
-            });
-            return Ok(Self::ready(Durable {
-                end_offset,
-                parts: Vec::new(),
-                store_state: self.state.encode(),
-                staged: Some(new),
-                consumed_staged: false,
-            }));
+            return Ok(self.keep_staged(start, bytes, new, end_offset));
         }
         let number = self.next_part_number().await?;
         let (promotion, outcome) = Promotion::start(start, end_offset);
@@ -1033,7 +1053,16 @@ impl UploadWriter for S3Writer {
             Destination::Part => {
                 let multipart = self.ensure_multipart().await?;
                 let consumed_staged = piece.carried > 0;
+                let last = piece.kind == PieceKind::Final;
+                let new_start = piece.start_offset();
                 let (start, bytes) = self.fill_carried(piece).await?;
+                if !last && bytes.len() < MIN_PART_SIZE {
+                    // S3 refuses a non-last part under 5 MiB at completion: never upload one.
+                    let new = bytes.slice((new_start - start) as usize..);
+                    let staged = self.keep_staged(start, bytes, new, end_offset);
+                    self.in_flight.push_back(staged);
+                    return self.drain_to_concurrency().await;
+                }
                 let number = self.next_part_number().await?;
                 let store_state = self.state.encode();
                 let shared = Arc::clone(&self.shared);
@@ -1053,11 +1082,7 @@ impl UploadWriter for S3Writer {
             }
         };
         self.in_flight.push_back(task);
-        let mut durable = Vec::new();
-        while self.in_flight.len() > self.shared.concurrency {
-            durable.extend(self.settle().await?);
-        }
-        Ok(durable)
+        self.drain_to_concurrency().await
     }
 
     fn in_flight(&self) -> usize {

@@ -417,12 +417,7 @@ async fn database_unreachable_answers_503_then_recovers_without_restart() {
         .and_then(|(_, rest)| rest.split_once('/'))
         .map(|(authority, _)| authority.to_owned())
         .expect("the database URL names a host and port");
-    let target = tokio::net::lookup_host(&authority)
-        .await
-        .unwrap()
-        .find(|a| a.is_ipv4())
-        .unwrap();
-    let proxy = TcpProxy::start(target).await;
+    let proxy = TcpProxy::to_authority(&authority).await;
     let proxied = url.replacen(&authority, &format!("127.0.0.1:{}", proxy.port), 1);
     let server = Server::start_with(&[
         ("BERTH_DATABASE_URL", &proxied),
@@ -579,12 +574,7 @@ async fn small_s3_chunks_are_answered_before_their_part_lands_and_survive_a_kill
         .map_or(s3.endpoint.as_str(), |(_, rest)| rest)
         .trim_end_matches('/')
         .to_owned();
-    let target = tokio::net::lookup_host(&authority)
-        .await
-        .unwrap()
-        .find(|a| a.is_ipv4())
-        .unwrap();
-    let proxy = TcpProxy::start(target).await;
+    let proxy = TcpProxy::to_authority(&authority).await;
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
     let deployment = Deployment::new(&[
         ("BERTH_S3_ENDPOINT", &endpoint),

@@ -784,6 +784,16 @@ impl TcpProxy {
         }
     }
 
+    /// A proxy to `host:port` (its IPv4 address).
+    pub async fn to_authority(authority: &str) -> TcpProxy {
+        let target = tokio::net::lookup_host(authority)
+            .await
+            .unwrap()
+            .find(|a| a.is_ipv4())
+            .unwrap_or_else(|| panic!("{authority} has no IPv4 address"));
+        TcpProxy::start(target).await
+    }
+
     fn switch(&self, mode: u8) {
         self.mode.store(mode, std::sync::atomic::Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
