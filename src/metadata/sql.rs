@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Row};
 
 use super::{
     BlobCommit, BlobRecord, Collected, DanglingKind, DanglingReference, Garbage, ManifestDeletion,
@@ -391,6 +391,7 @@ impl SqlMetadataStore {
         Ok(WriteTx {
             conn,
             finished: false,
+            sent_bytes: 0,
         })
     }
 
@@ -687,19 +688,39 @@ impl SqlMetadataStore {
 pub(crate) struct WriteTx {
     conn: PoolConnection<Any>,
     finished: bool,
+    /// Upload bytes the transaction sends (see [`WriteTx::finish`]).
+    sent_bytes: usize,
+}
+
+/// Upload bytes past which a connection's buffers are shrunk when it returns to the pool.
+const KEPT_CONNECTION_BUFFER: usize = 256 * 1024;
+
+/// Shrinks the buffers of a connection that sent or received `bytes` of upload data: a pooled
+/// connection keeps its buffers for its life, so staged bytes would otherwise pin up to a
+/// part's worth in each connection, outside the part-buffer budget. Growing them again for
+/// the next staged chunk costs far less than the commit that follows.
+fn shrink_after(conn: &mut AnyConnection, bytes: usize) {
+    if bytes > KEPT_CONNECTION_BUFFER {
+        conn.shrink_buffers();
+    }
 }
 
 impl WriteTx {
     async fn commit(mut self) -> Result<(), sqlx::Error> {
         sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await?;
-        self.finished = true;
+        self.finish();
         Ok(())
     }
 
     async fn rollback(mut self) -> Result<(), sqlx::Error> {
         sqlx::raw_sql("ROLLBACK").execute(&mut *self.conn).await?;
-        self.finished = true;
+        self.finish();
         Ok(())
+    }
+
+    fn finish(&mut self) {
+        shrink_after(&mut self.conn, self.sent_bytes);
+        self.finished = true;
     }
 }
 
@@ -1018,6 +1039,7 @@ impl MetadataStore for SqlMetadataStore {
                 .map_err(db_err)?;
         }
         if let Some(bytes) = cp.staged {
+            tx.sent_bytes += bytes.len();
             sqlx::query(
                 "INSERT INTO upload_staged (upload_id, start_offset, bytes) VALUES ($1, $2, $3)",
             )
@@ -1126,11 +1148,12 @@ impl MetadataStore for SqlMetadataStore {
     async fn upload_staged(&self, id: &str) -> MetadataResult<(u64, Vec<u8>)> {
         retrying!(
             async {
+                let mut conn = self.pool.acquire().await.map_err(db_err)?;
                 let rows = sqlx::query(
                     "SELECT start_offset, bytes FROM upload_staged WHERE upload_id = $1 ORDER BY start_offset",
                 )
                 .bind(id)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(db_err)?;
                 let start = match rows.first() {
@@ -1142,6 +1165,7 @@ impl MetadataStore for SqlMetadataStore {
                     let bytes: Vec<u8> = row.try_get("bytes").map_err(db_err)?;
                     staged.extend_from_slice(&bytes);
                 }
+                shrink_after(&mut conn, staged.len());
                 Ok((start, staged))
             }
             .await
