@@ -1056,6 +1056,19 @@ impl UploadWriter for S3Writer {
                 let last = piece.kind == PieceKind::Final;
                 let new_start = piece.start_offset();
                 let (start, bytes) = self.fill_carried(piece).await?;
+                if last && bytes.is_empty() {
+                    // Another process promoted every carried byte meanwhile and the request
+                    // brought none: the recorded parts already end where the blob does, and S3
+                    // refuses an empty part.
+                    self.in_flight.push_back(Self::ready(Durable {
+                        end_offset,
+                        parts: Vec::new(),
+                        store_state: self.state.encode(),
+                        staged: None,
+                        consumed_staged,
+                    }));
+                    return self.drain_to_concurrency().await;
+                }
                 if !last && bytes.len() < MIN_PART_SIZE {
                     // S3 refuses a non-last part under 5 MiB at completion: never upload one.
                     let new = bytes.slice((new_start - start) as usize..);
