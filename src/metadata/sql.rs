@@ -693,14 +693,14 @@ pub(crate) struct WriteTx {
 }
 
 /// Upload bytes past which a connection's buffers are shrunk when it returns to the pool.
-const KEPT_CONNECTION_BUFFER: usize = 256 * 1024;
+const SHRINK_AFTER_UPLOAD_BYTES: usize = 256 * 1024;
 
 /// Shrinks the buffers of a connection that sent or received `bytes` of upload data: a pooled
 /// connection keeps its buffers for its life, so staged bytes would otherwise pin up to a
 /// part's worth in each connection, outside the part-buffer budget. Growing them again for
 /// the next staged chunk costs far less than the commit that follows.
 fn shrink_after(conn: &mut AnyConnection, bytes: usize) {
-    if bytes > KEPT_CONNECTION_BUFFER {
+    if bytes > SHRINK_AFTER_UPLOAD_BYTES {
         conn.shrink_buffers();
     }
 }

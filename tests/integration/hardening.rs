@@ -132,8 +132,7 @@ async fn many_uploads_at_once_stay_within_the_memory_budget() {
     futures::future::join_all(pushes).await;
 
     let (_, peak) = server.memory();
-    let part: u64 = if backend.uses_s3() { 5 } else { 1 } << 20;
-    let budget = buffers * part;
+    let budget = buffers * small_part_bytes();
     // Each process also keeps copies of the small chunks it staged, for the S3 store.
     let staged_copies: u64 = if backend.uses_s3() { 64 << 20 } else { 0 };
     // Read-ahead of 48 connections and the runtime; with S3 also what the allocator keeps of
@@ -201,10 +200,9 @@ async fn trickling_and_stalled_uploads_do_not_starve_other_pushes() {
     eprintln!("pushes beside {} slow uploads: {took:?}", slow.len());
 
     let (_, peak) = server.memory();
-    let part = if Backend::current().uses_s3() { 5 } else { 1 } << 20;
-    let budget = buffers * part;
+    let budget = buffers * small_part_bytes();
     assert!(
-        peak < rss_before + budget as u64 + (64 << 20),
+        peak < rss_before + budget + (64 << 20),
         "memory stays within the buffer budget: peak {} MiB, {} MiB before, budget {} MiB",
         peak >> 20,
         rss_before >> 20,

@@ -983,6 +983,11 @@ pub fn small_part_size() -> &'static str {
     }
 }
 
+/// [`small_part_size`] in bytes.
+pub fn small_part_bytes() -> u64 {
+    (if Backend::current().uses_s3() { 5 } else { 1 }) << 20
+}
+
 /// Settings giving uploads `buffers` part buffers of [`small_part_size`] bytes.
 pub fn small_buffers(buffers: &'static str) -> Vec<(&'static str, &'static str)> {
     vec![
