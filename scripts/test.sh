@@ -29,6 +29,12 @@ cargo build --bin berth --no-default-features --features cli
 step "unit tests"
 cargo test --lib --bins
 
+step "fault simulation: every fault at every store call, seeded interleavings (memory; SQLite + directory)"
+cargo test --test simulation
+
+step "fault simulation on Postgres + S3: each COMMIT's and each S3 completion's reply cut in turn"
+cargo test --test simulation -- --ignored postgres_s3_cut_replies
+
 step "documentation, doc tests and examples"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib
 cargo test --doc

@@ -573,7 +573,8 @@ async fn scrub(config: Config, args: ScrubArgs) -> anyhow::Result<()> {
         repository,
         sample_percent: args.sample,
         repair: args.repair,
-        check_references: !config.registry.sparse_manifests,
+        check_references: true,
+        sparse_manifests: config.registry.sparse_manifests,
     };
     let bar = progress_bar(
         "{spinner} scrubbing [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
@@ -624,8 +625,24 @@ async fn scrub(config: Config, args: ScrubArgs) -> anyhow::Result<()> {
         };
         writeln!(
             out,
-            "manifest {}@{} references {why}: {}",
-            dangling.repository, dangling.manifest, dangling.target
+            "manifest {}@{} references {why}: {}{}",
+            dangling.repository,
+            dangling.manifest,
+            dangling.target,
+            if report.dangling_allowed {
+                " (accepted: sparse manifests are on)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    if report.dangling_allowed && !report.dangling.is_empty() {
+        writeln!(
+            out,
+            "{} reference(s) of sparse manifests do not resolve: a mirror of some platforms \
+             expects them; a blob collected while a manifest naming it was pushed is among them \
+             too, and is pulled only once pushed again",
+            report.dangling.len()
         )?;
     }
     if !report.found_problems() {
@@ -633,10 +650,14 @@ async fn scrub(config: Config, args: ScrubArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let forgotten = report.damaged.iter().filter(|d| d.forgotten).count();
+    let dangling = if report.dangling_allowed {
+        0
+    } else {
+        report.dangling.len()
+    };
     anyhow::bail!(
-        "scrub found {} damaged blob(s) ({forgotten} forgotten) and {} dangling reference(s){}",
+        "scrub found {} damaged blob(s) ({forgotten} forgotten) and {dangling} dangling reference(s){}",
         report.damaged.len(),
-        report.dangling.len(),
         if args.repair || report.damaged.is_empty() {
             ""
         } else {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    BlobCommit, BlobRecord, Collected, DanglingReference, Garbage, ManifestDeletion,
+    BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
     ManifestRecord, MetadataError, MetadataResult, MetadataStore, NewManifest, Page, PoolUsage,
     PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
 };
@@ -77,6 +77,7 @@ measured_calls! {
     fn ping(&self) -> ();
     fn free_space(&self) -> Option<u64>;
     fn upload_count(&self) -> u64;
+    fn census(&self) -> Census;
     fn repository_exists(&self, repository: &RepositoryName) -> bool;
     fn repositories(&self, page: Page<'_>) -> Vec<String>;
     fn blob(&self, repository: &RepositoryName, digest: &Digest) -> Option<BlobRecord>;
@@ -90,7 +91,7 @@ measured_calls! {
     fn upload_staged(&self, id: &str) -> (u64, Vec<u8>);
     fn promote_staged(&self, id: &str, from: u64, to: u64, part: &PartRecord) -> bool;
     fn begin_commit(&self, id: &str, expected_offset: u64, now: i64) -> SessionUpdate;
-    fn commit_blob(&self, id: &str, blob: &BlobRecord, now: i64) -> BlobCommit;
+    fn commit_blob(&self, id: &str, blob: &BlobRecord, replacing: Option<&str>, now: i64) -> BlobCommit;
     fn cancel_upload(&self, id: &str, now: i64) -> Option<Garbage>;
     fn expire_uploads(&self, cutoff: i64, limit: u32, now: i64) -> u64;
     fn expired_upload_count(&self, cutoff: i64) -> u64;

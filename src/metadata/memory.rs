@@ -6,9 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    BlobCommit, BlobRecord, Collected, DanglingKind, DanglingReference, Garbage, ManifestDeletion,
-    ManifestRecord, MetadataResult, MetadataStore, NewManifest, Page, PutManifestOutcome,
-    ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
+    BlobCommit, BlobRecord, Census, Collected, DanglingKind, DanglingReference, Garbage,
+    ManifestDeletion, ManifestRecord, MetadataResult, MetadataStore, NewManifest, Page,
+    PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
 };
 use crate::oci::{Digest, ParsedManifest, Reference, RepositoryName, Tag};
 use crate::storage::PartRecord;
@@ -146,6 +146,10 @@ impl State {
         };
         repo.tags.retain(|_, d| d != digest);
         for blob in stored.blobs {
+            // A blob unlinked while the manifest kept it has no link to review: the blob is.
+            if !repo.blobs.contains_key(&blob) {
+                self.blob_reviews.insert(blob.clone(), now);
+            }
             self.link_reviews.insert((repository.to_owned(), blob), now);
         }
         true
@@ -190,6 +194,25 @@ impl MetadataStore for MemoryMetadataStore {
 
     async fn upload_count(&self) -> MetadataResult<u64> {
         Ok(self.state().uploads.len() as u64)
+    }
+
+    async fn census(&self) -> MetadataResult<Census> {
+        let state = self.state();
+        let repositories = state.repositories.values();
+        let count = |n: usize| n as u64;
+        Ok(Census {
+            repositories: count(state.repositories.len()),
+            blobs: count(state.blobs.len()),
+            links: count(repositories.clone().map(|r| r.blobs.len()).sum()),
+            manifests: count(repositories.clone().map(|r| r.manifests.len()).sum()),
+            tags: count(repositories.map(|r| r.tags.len()).sum()),
+            sessions: count(state.uploads.len()),
+            staged: count(state.uploads.values().map(|u| u.staged.len()).sum()),
+            parts: count(state.uploads.values().map(|u| u.parts.len()).sum()),
+            garbage: count(state.garbage.len()),
+            link_reviews: count(state.link_reviews.len()),
+            blob_reviews: count(state.blob_reviews.len()),
+        })
     }
 
     async fn repository_exists(&self, repository: &RepositoryName) -> MetadataResult<bool> {
@@ -395,6 +418,7 @@ impl MetadataStore for MemoryMetadataStore {
         &self,
         id: &str,
         blob: &BlobRecord,
+        replacing: Option<&str>,
         now: i64,
     ) -> MetadataResult<BlobCommit> {
         let mut state = self.state();
@@ -403,7 +427,18 @@ impl MetadataStore for MemoryMetadataStore {
         };
         let session = upload.session.clone();
         state.uploads.remove(id);
-        let outcome = if state.blobs.contains_key(&blob.digest) {
+        let lost = match state.blobs.get(&blob.digest) {
+            Some(existing) => replacing.filter(|key| *key == existing.storage_key),
+            None => None,
+        };
+        let outcome = if let Some(lost) = lost {
+            let garbage = state.queue_garbage("", "");
+            if let Some(g) = state.garbage.get_mut(&garbage) {
+                g.storage_key = Some(lost.to_owned());
+            }
+            state.blobs.insert(blob.digest.clone(), blob.clone());
+            BlobCommit::Created
+        } else if state.blobs.contains_key(&blob.digest) {
             BlobCommit::Deduplicated {
                 garbage_id: state.queue_garbage(id, &session.store_state),
             }

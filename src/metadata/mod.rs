@@ -297,6 +297,34 @@ pub struct DanglingReference {
     pub kind: DanglingKind,
 }
 
+/// How many rows of each kind a metadata store holds: what a check that nothing leaked
+/// (every upload ended, every unreferenced blob collected) counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Repositories.
+    pub repositories: u64,
+    /// Blob rows.
+    pub blobs: u64,
+    /// Blob links (blob ↔ repository).
+    pub links: u64,
+    /// Manifests.
+    pub manifests: u64,
+    /// Tags.
+    pub tags: u64,
+    /// Upload sessions.
+    pub sessions: u64,
+    /// Staged byte rows of upload sessions.
+    pub staged: u64,
+    /// Recorded parts of upload sessions.
+    pub parts: u64,
+    /// Storage garbage entries waiting for removal.
+    pub garbage: u64,
+    /// Queued link reviews.
+    pub link_reviews: u64,
+    /// Queued blob reviews.
+    pub blob_reviews: u64,
+}
+
 /// A connection pool's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolUsage {
@@ -328,6 +356,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     }
     /// How many upload sessions are in progress.
     async fn upload_count(&self) -> MetadataResult<u64>;
+    /// How many rows of each kind the store holds.
+    async fn census(&self) -> MetadataResult<Census>;
 
     /// Whether the repository exists.
     async fn repository_exists(&self, repository: &RepositoryName) -> MetadataResult<bool>;
@@ -394,11 +424,14 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: i64,
     ) -> MetadataResult<SessionUpdate>;
     /// Publishes the blob of a claimed session: records digest → key (unless the digest exists),
-    /// links it to the repository and ends the session.
+    /// links it to the repository and ends the session. With `replacing`, a row of the digest
+    /// that still names that key (whose bytes were found lost) is pointed at the session's
+    /// bytes instead, and the old key is queued as garbage: the push heals the blob.
     async fn commit_blob(
         &self,
         id: &str,
         blob: &BlobRecord,
+        replacing: Option<&str>,
         now: i64,
     ) -> MetadataResult<BlobCommit>;
     /// Ends a session without publishing; its storage is queued as garbage.

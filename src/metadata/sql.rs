@@ -14,9 +14,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Row};
 
 use super::{
-    BlobCommit, BlobRecord, Collected, DanglingKind, DanglingReference, Garbage, ManifestDeletion,
-    ManifestRecord, MetadataError, MetadataResult, MetadataStore, NewManifest, Page, PoolUsage,
-    PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
+    BlobCommit, BlobRecord, Census, Collected, DanglingKind, DanglingReference, Garbage,
+    ManifestDeletion, ManifestRecord, MetadataError, MetadataResult, MetadataStore, NewManifest,
+    Page, PoolUsage, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint,
+    UploadSession,
 };
 use crate::oci::{Digest, DigestAlgorithm, Reference, RepositoryName, Tag};
 use crate::storage::PartRecord;
@@ -377,22 +378,27 @@ impl SqlMetadataStore {
     }
 
     async fn write_tx(&self) -> MetadataResult<WriteTx> {
-        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        let conn = self.pool.acquire().await.map_err(db_err)?;
+        // Guarded before `BEGIN` is sent: if this future is dropped while `BEGIN` is on its
+        // way (a request cancelled, a deadline passed), the statement still runs, and the
+        // connection must then be closed rather than pooled with a transaction open, in which
+        // the next borrower's statements would never commit.
+        let mut tx = WriteTx {
+            conn,
+            finished: false,
+            sent_bytes: 0,
+        };
         let begin = match self.dialect {
             // Taking the write lock up front makes concurrent writers queue on the busy
             // timeout instead of failing when a read transaction tries to upgrade.
             Dialect::Sqlite => "BEGIN IMMEDIATE",
             Dialect::Postgres => "BEGIN",
         };
-        if let Err(e) = sqlx::raw_sql(begin).execute(&mut *conn).await {
-            conn.close_on_drop();
-            return Err(db_err(e));
-        }
-        Ok(WriteTx {
-            conn,
-            finished: false,
-            sent_bytes: 0,
-        })
+        sqlx::raw_sql(begin)
+            .execute(&mut *tx.conn)
+            .await
+            .map_err(db_err)?;
+        Ok(tx)
     }
 
     async fn insert_part(tx: &mut WriteTx, id: &str, part: &PartRecord) -> MetadataResult<()> {
@@ -581,7 +587,9 @@ impl SqlMetadataStore {
     }
 
     /// Deletes the manifests of the [`json_pairs`] list `pairs` with their tags and references,
-    /// queueing the links of their blobs for review. Returns how many were deleted.
+    /// queueing the links of their blobs for review, and the blobs themselves where their
+    /// repository holds no link (unlinked through the API while the manifest kept them: no
+    /// link review will ever reach them). Returns how many were deleted.
     async fn forget_manifests(
         &self,
         tx: &mut WriteTx,
@@ -594,6 +602,19 @@ impl SqlMetadataStore {
              SELECT DISTINCT mb.repository_id, mb.blob_digest, $2 FROM manifest_blobs mb \
              WHERE (mb.repository_id, mb.manifest_digest) IN {list} \
              ON CONFLICT (repository_id, digest) DO UPDATE SET queued_at = excluded.queued_at"
+        )))
+        .bind(pairs)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query(built(format!(
+            "INSERT INTO gc_blob_reviews (digest, queued_at) \
+             SELECT DISTINCT mb.blob_digest, $2 FROM manifest_blobs mb \
+             WHERE (mb.repository_id, mb.manifest_digest) IN {list} \
+             AND NOT EXISTS (SELECT 1 FROM repository_blobs rb \
+                 WHERE rb.repository_id = mb.repository_id AND rb.digest = mb.blob_digest) \
+             ON CONFLICT (digest) DO UPDATE SET queued_at = excluded.queued_at"
         )))
         .bind(pairs)
         .bind(now)
@@ -808,6 +829,43 @@ impl MetadataStore for SqlMetadataStore {
                     .await
                     .map_err(db_err)?;
                 Ok(u64::try_from(count).unwrap_or(0))
+            }
+            .await
+        )
+    }
+
+    async fn census(&self) -> MetadataResult<Census> {
+        retrying!(
+            async {
+                let row = sqlx::query(
+                    "SELECT (SELECT COUNT(*) FROM repositories) AS repositories, \
+                     (SELECT COUNT(*) FROM blobs) AS blobs, \
+                     (SELECT COUNT(*) FROM repository_blobs) AS links, \
+                     (SELECT COUNT(*) FROM manifests) AS manifests, \
+                     (SELECT COUNT(*) FROM tags) AS tags, \
+                     (SELECT COUNT(*) FROM upload_sessions) AS sessions, \
+                     (SELECT COUNT(*) FROM upload_staged) AS staged, \
+                     (SELECT COUNT(*) FROM upload_parts) AS parts, \
+                     (SELECT COUNT(*) FROM storage_garbage) AS garbage, \
+                     (SELECT COUNT(*) FROM gc_link_reviews) AS link_reviews, \
+                     (SELECT COUNT(*) FROM gc_blob_reviews) AS blob_reviews",
+                )
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(Census {
+                    repositories: u64_of(&row, "repositories")?,
+                    blobs: u64_of(&row, "blobs")?,
+                    links: u64_of(&row, "links")?,
+                    manifests: u64_of(&row, "manifests")?,
+                    tags: u64_of(&row, "tags")?,
+                    sessions: u64_of(&row, "sessions")?,
+                    staged: u64_of(&row, "staged")?,
+                    parts: u64_of(&row, "parts")?,
+                    garbage: u64_of(&row, "garbage")?,
+                    link_reviews: u64_of(&row, "link_reviews")?,
+                    blob_reviews: u64_of(&row, "blob_reviews")?,
+                })
             }
             .await
         )
@@ -1211,6 +1269,7 @@ impl MetadataStore for SqlMetadataStore {
         &self,
         id: &str,
         blob: &BlobRecord,
+        replacing: Option<&str>,
         now: i64,
     ) -> MetadataResult<BlobCommit> {
         let mut tx = self.write_tx().await?;
@@ -1251,7 +1310,28 @@ impl MetadataStore for SqlMetadataStore {
             || sqlx::query(built(hold_sql.clone())).bind(blob.digest.as_str()),
         )
         .await?;
-        let outcome = if inserted {
+        // A row whose bytes were found lost is pointed at this upload's (the row is held, so
+        // the key compared is the one it names until the commit).
+        let healed = match replacing.filter(|_| !inserted) {
+            Some(lost) => {
+                let moved = sqlx::query(
+                    "UPDATE blobs SET storage_key = $1, size = $2 WHERE digest = $3 AND storage_key = $4",
+                )
+                .bind(blob.storage_key.as_str())
+                .bind(i64_of(blob.size))
+                .bind(blob.digest.as_str())
+                .bind(lost)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if moved.rows_affected() > 0 {
+                    Self::queue_garbage(&mut tx, "", "", Some(lost), now).await?;
+                }
+                moved.rows_affected() > 0
+            }
+            None => false,
+        };
+        let outcome = if inserted || healed {
             BlobCommit::Created
         } else {
             BlobCommit::Deduplicated {
@@ -2110,6 +2190,52 @@ mod tests {
             created_at: 1,
             updated_at: 1,
         }
+    }
+
+    /// Found by the fault simulation (`tests/simulation`, a stalled call): a write whose
+    /// future is dropped while its `BEGIN` is on the way (a cancelled request, a deadline)
+    /// returned its connection to the pool, and the `BEGIN` then took effect in it: the next
+    /// write failed ("cannot start a transaction within a transaction", a 500) or waited for
+    /// the lock that transaction held, and a plain statement on it joined a transaction nobody
+    /// would commit.
+    #[tokio::test]
+    async fn a_write_dropped_while_it_begins_leaves_no_transaction_open() {
+        use super::MetadataStore;
+        use sqlx::Connection as _;
+        use std::time::Duration;
+
+        let (dir, store) = sqlite_store().await;
+        let url = format!("sqlite:{}", dir.path().join("berth.db").display());
+        // Another process holds the write lock, so the store's `BEGIN IMMEDIATE` waits...
+        let mut other = sqlx::sqlite::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        // ... until the request that sent it is dropped; then the lock comes free.
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(200), store.collect_blobs(1, 10, 1)).await;
+        assert!(dropped.is_err(), "the write waited for the lock");
+        sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        for round in 0..4 {
+            let id = format!("00000000-0000-4000-8000-{round:012}");
+            store
+                .create_upload(&new_session(&id, "cancel/safety"))
+                .await
+                .unwrap();
+            store
+                .cancel_upload(&id, 2)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: a write fails after a drop: {e}"));
+        }
+        // What was written is committed: another connection sees it.
+        let counted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM storage_garbage")
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(counted, 4);
     }
 
     /// An entry is forgotten by id, possibly late (by a process that read it just before

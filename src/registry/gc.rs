@@ -14,7 +14,7 @@ use super::Registry;
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::glob::glob_match;
 use crate::instruments;
-use crate::metadata::{Collected, now_millis};
+use crate::metadata::Collected;
 use crate::oci::Tag;
 
 /// Reviews one transaction takes.
@@ -133,7 +133,7 @@ impl Registry {
     /// the reviews due now; untagged manifests it would delete free their blobs only one grace
     /// period later, and are counted as manifests.
     pub async fn gc_preview(&self) -> RegistryResult<GcReport> {
-        let now = now_millis();
+        let now = self.now();
         let (cutoff, untagged_cutoff) = self.gc_cutoffs(now);
         let collected = self
             .inner
@@ -159,7 +159,7 @@ impl Registry {
         &self,
         mut on_progress: Option<&mut (dyn FnMut(GcProgress) + Send)>,
     ) -> RegistryResult<GcReport> {
-        let now = now_millis();
+        let now = self.now();
         let (cutoff, untagged_cutoff) = self.gc_cutoffs(now);
         let metadata = &self.inner.metadata;
         let mut report = GcReport::default();

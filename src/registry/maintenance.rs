@@ -8,7 +8,6 @@ use std::time::Duration;
 use super::Registry;
 use crate::error::RegistryResult;
 use crate::instruments;
-use crate::metadata::now_millis;
 
 use futures::StreamExt;
 
@@ -31,7 +30,7 @@ impl Registry {
     /// Expires idle upload sessions and removes queued garbage, once.
     pub async fn run_maintenance_once(&self) -> RegistryResult<MaintenanceReport> {
         let mut report = MaintenanceReport::default();
-        let now = now_millis();
+        let now = self.now();
         let cutoff =
             now - i64::try_from(self.inner.options.upload_ttl.as_millis()).unwrap_or(i64::MAX);
         loop {

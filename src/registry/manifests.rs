@@ -10,7 +10,7 @@ use super::gc::ImmutableTags;
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::metadata::{
     ManifestDeletion, ManifestRecord, MetadataError, MetadataStore, NewManifest, Page,
-    PutManifestOutcome, ReferrerRecord, now_millis,
+    PutManifestOutcome, ReferrerRecord,
 };
 use crate::oci::{Digest, DigestAlgorithm, ParsedManifest, Reference, RepositoryName, Tag};
 
@@ -125,7 +125,7 @@ impl Registry {
                 tags: &all_tags,
                 immutable: &immutable,
                 require_references: !self.inner.options.sparse_manifests,
-                now: now_millis(),
+                now: self.now(),
             })
             .await;
         self.manifests_changing();
@@ -241,7 +241,7 @@ impl Registry {
             Reference::Digest(digest) => {
                 self.inner
                     .metadata
-                    .delete_manifest(repository, digest, &guard, now_millis())
+                    .delete_manifest(repository, digest, &guard, self.now())
                     .await
             }
         };

@@ -36,6 +36,11 @@ pub type BlobLocationHook =
 /// Computes the `Location` of an upload session from its repository and id.
 pub type UploadLocationHook = Arc<dyn Fn(&RepositoryName, &str) -> String + Send + Sync>;
 
+/// Where a registry reads the time it stamps rows with and measures ages against (grace
+/// periods, upload expiry), in Unix milliseconds: the system clock, or a simulated one in
+/// tests that must replay exactly.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 /// Behaviour switches of a registry.
 #[derive(Clone)]
 pub struct RegistryOptions {
@@ -165,6 +170,7 @@ pub(crate) struct Inner {
     pub(crate) options: RegistryOptions,
     pub(crate) manifest_reads: manifests::ManifestReads,
     pub(crate) manifest_cache: Option<manifest_cache::ManifestCache>,
+    pub(crate) clock: Clock,
 }
 
 /// A registry: the state the HTTP layer serves.
@@ -198,6 +204,7 @@ impl Registry {
             metadata,
             options: RegistryOptions::default(),
             manifest_cache: None,
+            clock: Arc::new(crate::metadata::now_millis),
         }
     }
 
@@ -239,6 +246,11 @@ impl Registry {
     pub fn authorizer(&self) -> Option<&Arc<dyn Authorizer>> {
         self.inner.authorizer.as_ref()
     }
+
+    /// The time now, in Unix milliseconds, by the registry's clock.
+    pub(crate) fn now(&self) -> i64 {
+        (self.inner.clock)()
+    }
 }
 
 /// Builds a [`Registry`].
@@ -248,9 +260,17 @@ pub struct RegistryBuilder {
     metadata: Arc<dyn MetadataStore>,
     options: RegistryOptions,
     manifest_cache: Option<manifest_cache::ManifestCache>,
+    clock: Clock,
 }
 
 impl RegistryBuilder {
+    /// Reads the time from `clock` instead of the system clock (tests that replay a schedule
+    /// exactly).
+    pub fn clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
     /// Replaces all options at once.
     pub fn options(mut self, options: RegistryOptions) -> Self {
         self.options = options;
@@ -398,6 +418,7 @@ impl RegistryBuilder {
                 options: self.options,
                 manifest_reads: manifests::ManifestReads::new(),
                 manifest_cache: self.manifest_cache,
+                clock: self.clock,
             }),
         }
     }

@@ -6,7 +6,7 @@ use futures::StreamExt;
 
 use super::Registry;
 use crate::error::RegistryResult;
-use crate::metadata::{BlobRecord, DanglingReference, now_millis};
+use crate::metadata::{BlobRecord, DanglingReference};
 use crate::oci::{Digest, Hasher, RepositoryName};
 use crate::storage::StorageError;
 
@@ -24,9 +24,12 @@ pub struct ScrubOptions {
     pub sample_percent: Option<f64>,
     /// Forget blobs whose bytes are damaged or gone, so that clients push them again.
     pub repair: bool,
-    /// Also check that manifests' references resolve (off for registries that accept sparse
-    /// manifests, whose references need not).
+    /// Also check that manifests' references resolve.
     pub check_references: bool,
+    /// The registry accepts sparse manifests, whose references need not resolve: those that
+    /// do not are reported (a blob collected while a sparse manifest naming it was pushed
+    /// looks the same as one never pushed) but are not problems.
+    pub sparse_manifests: bool,
 }
 
 /// What is wrong with a blob's stored bytes.
@@ -70,12 +73,14 @@ pub struct ScrubReport {
     pub damaged: Vec<DamagedBlob>,
     /// Manifest references that do not resolve (at most 10,000).
     pub dangling: Vec<DanglingReference>,
+    /// Whether `dangling` lists references of sparse manifests, which may dangle.
+    pub dangling_allowed: bool,
 }
 
 impl ScrubReport {
     /// Whether anything was wrong.
     pub fn found_problems(&self) -> bool {
-        !self.damaged.is_empty() || !self.dangling.is_empty()
+        !self.damaged.is_empty() || (!self.dangling.is_empty() && !self.dangling_allowed)
     }
 }
 
@@ -202,6 +207,7 @@ impl Registry {
             }
         }
         if options.check_references {
+            report.dangling_allowed = options.sparse_manifests;
             report.dangling = metadata
                 .dangling_references(repository, MAX_DANGLING)
                 .await?;
@@ -212,12 +218,7 @@ impl Registry {
     /// Forgets a blob and removes its bytes: clients pull 404 and push it again. Whether it
     /// was there.
     pub async fn forget_blob(&self, digest: &Digest) -> RegistryResult<bool> {
-        let Some(garbage) = self
-            .inner
-            .metadata
-            .forget_blob(digest, now_millis())
-            .await?
-        else {
+        let Some(garbage) = self.inner.metadata.forget_blob(digest, self.now()).await? else {
             return Ok(false);
         };
         if let Some(key) = &garbage.storage_key {
@@ -229,5 +230,66 @@ impl Registry {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::metadata::memory::MemoryMetadataStore;
+    use crate::oci::{DigestAlgorithm, Reference};
+    use crate::storage::memory::MemoryBlobStore;
+
+    /// With sparse manifests, the collector may take a blob while a manifest naming it is
+    /// pushed (the push does not refuse missing blobs, so it cannot refuse a vanishing one):
+    /// such a reference looks like one to a blob never pushed. Scrub reports both, as allowed.
+    #[tokio::test]
+    async fn scrub_reports_references_of_sparse_manifests_without_failing() {
+        let registry = crate::Registry::builder(
+            Arc::new(MemoryBlobStore::new(1 << 20)),
+            Arc::new(MemoryMetadataStore::new()),
+        )
+        .sparse_manifests(true)
+        .build();
+        let absent = DigestAlgorithm::Sha256.digest(b"a layer nobody pushed");
+        let config = DigestAlgorithm::Sha256.digest(b"{}");
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{absent}","size":21}}]}}"#
+        );
+        let repository = RepositoryName::parse("sparse/mirror").unwrap();
+        registry
+            .put_manifest(
+                &repository,
+                &Reference::parse("v1").unwrap(),
+                Some("application/vnd.oci.image.manifest.v1+json"),
+                manifest.as_bytes(),
+            )
+            .await
+            .unwrap();
+        let options = ScrubOptions {
+            check_references: true,
+            sparse_manifests: true,
+            ..ScrubOptions::default()
+        };
+        let report = registry.scrub(&options, &mut |_| {}).await.unwrap();
+        let targets: Vec<&Digest> = report.dangling.iter().map(|d| &d.target).collect();
+        assert!(
+            targets.contains(&&absent) && targets.contains(&&config),
+            "{targets:?}"
+        );
+        assert!(report.dangling_allowed);
+        assert!(!report.found_problems());
+
+        let strict = ScrubOptions {
+            sparse_manifests: false,
+            ..options
+        };
+        let report = registry.scrub(&strict, &mut |_| {}).await.unwrap();
+        assert!(
+            report.found_problems(),
+            "without sparse manifests they are problems"
+        );
     }
 }

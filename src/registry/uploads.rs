@@ -25,7 +25,7 @@ use crate::buffers::{BufferPool, PartBuffer};
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::metadata::{
     BlobCommit, BlobRecord, MetadataError, MetadataStore, SessionUpdate, UploadCheckpoint,
-    UploadSession, now_millis,
+    UploadSession,
 };
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepositoryName};
 use crate::storage::{
@@ -132,6 +132,13 @@ impl StagedSource for SessionStaged {
             .await
             .map_err(|e| storage_error("record a part of staged bytes", e))
     }
+}
+
+/// Whether a blob's commit was asked of the metadata store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Publication {
+    NotAsked,
+    Asked,
 }
 
 /// One request appending to one session.
@@ -556,7 +563,7 @@ impl Appender {
             clear_staged,
             staged: staged.as_deref(),
             claim: self.claim_at == Some(last.end_offset),
-            now: now_millis(),
+            now: self.registry.now(),
         };
         let outcome = self
             .registry
@@ -589,10 +596,9 @@ impl Appender {
                 self.writer.abandon().await;
                 Err(upload_unknown(&self.session.id))
             }
-            Err(e) => {
-                self.writer.abandon().await;
-                Err(e.into())
-            }
+            // The checkpoint may have committed (a lost reply): what the writer wrote may be
+            // recorded, so it is left alone. Its in-flight pieces end with the writer.
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -607,7 +613,7 @@ impl Registry {
         self.check_space(0).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let store_state = self.inner.blobs.begin_upload(&id).await?;
-        let now = now_millis();
+        let now = self.now();
         let session = UploadSession {
             id,
             repository: repository.clone(),
@@ -620,14 +626,9 @@ impl Registry {
             created_at: now,
             updated_at: now,
         };
-        if let Err(e) = self.inner.metadata.create_upload(&session).await {
-            let _ = self
-                .inner
-                .blobs
-                .discard_upload(&session.id, &session.store_state)
-                .await;
-            return Err(e.into());
-        }
+        // `begin_upload` wrote nothing: whatever the outcome of this insert, no bytes are
+        // left without a row to own them.
+        self.inner.metadata.create_upload(&session).await?;
         Ok(session)
     }
 
@@ -678,7 +679,30 @@ impl Registry {
         id: &str,
         digest: &Digest,
         chunk: ChunkSpec,
+        body: BodyStream,
+    ) -> RegistryResult<BlobRecord> {
+        self.finish(
+            repository,
+            id,
+            digest,
+            chunk,
+            body,
+            &mut Publication::NotAsked,
+        )
+        .await
+    }
+
+    /// [`Registry::finish_upload`], telling through `publication` whether the blob's commit
+    /// was asked of the metadata store: after that, an error does not say that the upload's
+    /// bytes are not the blob.
+    async fn finish(
+        &self,
+        repository: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+        chunk: ChunkSpec,
         mut body: BodyStream,
+        publication: &mut Publication,
     ) -> RegistryResult<BlobRecord> {
         let Some(algorithm) = digest.algorithm() else {
             return Err(discard_body(body, unsupported_algorithm(digest)).await);
@@ -714,7 +738,7 @@ impl Registry {
             match self
                 .inner
                 .metadata
-                .begin_commit(id, size, now_millis())
+                .begin_commit(id, size, self.now())
                 .await?
             {
                 SessionUpdate::Saved => {}
@@ -744,13 +768,18 @@ impl Registry {
             size,
             storage_key,
         };
+        let lost = self.lost_bytes(digest).await?;
+        *publication = Publication::Asked;
         match self
             .inner
             .metadata
-            .commit_blob(id, &blob, now_millis())
+            .commit_blob(id, &blob, lost.as_deref(), self.now())
             .await?
         {
             BlobCommit::Created => {
+                if let Some(lost) = lost {
+                    tracing::warn!(%digest, lost, key = %blob.storage_key, "a push replaced the missing bytes of a stored blob");
+                }
                 self.inner.blobs.published(&blob.storage_key, blob.size);
                 Ok(blob)
             }
@@ -772,6 +801,24 @@ impl Registry {
         }
     }
 
+    /// The storage key of `digest`'s row if the bytes it names are gone or not its size (lost
+    /// to a disk or an operator): a push of the blob then replaces them instead of being
+    /// thrown away as a duplicate. `None` when there is no row, its bytes are there, or the
+    /// store cannot tell sizes cheaply. An error when the store cannot be asked now: the
+    /// push is answered 503 rather than acknowledged over bytes that may be gone.
+    async fn lost_bytes(&self, digest: &Digest) -> RegistryResult<Option<String>> {
+        let Some(stored) = self.inner.metadata.stored_blob(digest).await? else {
+            return Ok(None);
+        };
+        let lost = match self.inner.blobs.object_size(&stored.storage_key).await {
+            Err(StorageError::NotFound(_)) => true,
+            Ok(Some(size)) => size != stored.size,
+            Ok(None) => false,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(lost.then_some(stored.storage_key))
+    }
+
     /// Uploads a whole blob in one request (`POST ?digest=`).
     pub async fn upload_blob(
         &self,
@@ -787,8 +834,9 @@ impl Registry {
             Ok(s) => s,
             Err(e) => return Err(discard_body(body, e).await),
         };
+        let mut publication = Publication::NotAsked;
         let result = self
-            .finish_upload(
+            .finish(
                 repository,
                 &session.id,
                 digest,
@@ -797,21 +845,31 @@ impl Registry {
                     ..chunk
                 },
                 body,
+                &mut publication,
             )
             .await;
         // The client never saw this session: where it stood means nothing to it.
         let result = result.map_err(|e| e.without_header(&http::header::RANGE));
         if result.is_err() && !self.discard_session(&session.id).await {
-            // Nobody knows this session's id: its bytes must not linger until it expires, even
-            // when the database cannot record its end (a full disk); the row expires later and
-            // finds nothing to remove.
-            if let Err(e) = self
-                .inner
-                .blobs
-                .discard_upload(&session.id, &session.store_state)
-                .await
-            {
-                tracing::warn!(upload = %session.id, error = %e, "could not remove a failed upload's bytes");
+            match publication {
+                // Nobody knows this session's id and no blob row can name its bytes: they
+                // must not linger until it expires, even when the database cannot record its
+                // end (a full disk); the row expires later and finds nothing to remove.
+                Publication::NotAsked => {
+                    if let Err(e) = self
+                        .inner
+                        .blobs
+                        .discard_upload(&session.id, &session.store_state)
+                        .await
+                    {
+                        tracing::warn!(upload = %session.id, error = %e, "could not remove a failed upload's bytes");
+                    }
+                }
+                // The commit may have landed with its reply lost: the bytes may be the blob.
+                // If it did not, the session row is still there and its expiry removes them.
+                Publication::Asked => {
+                    tracing::warn!(upload = %session.id, "a failed upload's bytes are left to its expiry: its commit may have landed");
+                }
             }
         }
         result
@@ -820,7 +878,7 @@ impl Registry {
     /// Cancels an upload (`DELETE`) and removes its bytes.
     pub async fn cancel_upload(&self, repository: &RepositoryName, id: &str) -> RegistryResult<()> {
         self.upload_session(repository, id).await?;
-        match self.inner.metadata.cancel_upload(id, now_millis()).await? {
+        match self.inner.metadata.cancel_upload(id, self.now()).await? {
             Some(garbage) => {
                 self.collect_garbage_entry(garbage.id, id, &garbage.store_state)
                     .await;
@@ -833,7 +891,7 @@ impl Registry {
     /// Ends a session and removes its storage, logging failures (the sweeper retries).
     /// Whether the session's end was recorded.
     pub(crate) async fn discard_session(&self, id: &str) -> bool {
-        match self.inner.metadata.cancel_upload(id, now_millis()).await {
+        match self.inner.metadata.cancel_upload(id, self.now()).await {
             Ok(Some(garbage)) => {
                 self.collect_garbage_entry(garbage.id, id, &garbage.store_state)
                     .await;
@@ -942,7 +1000,7 @@ impl Registry {
         if self
             .inner
             .metadata
-            .unlink_blob(repository, digest, now_millis())
+            .unlink_blob(repository, digest, self.now())
             .await?
         {
             Ok(())
@@ -964,7 +1022,7 @@ impl Registry {
         Ok(self
             .inner
             .metadata
-            .mount_blob(repository, digest, from, now_millis())
+            .mount_blob(repository, digest, from, self.now())
             .await?)
     }
 

@@ -234,6 +234,8 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn begin_upload(&self, upload_id: &str) -> StorageResult<String> {
+        // Only the shard directory: the file is created by the first writer, once the
+        // session's row exists (a file made now would have no owner after a crash).
         let path = self.path(&key_for(upload_id))?;
         blocking(move || {
             let dir = path.parent().expect("upload keys have a directory");
@@ -241,10 +243,6 @@ impl BlobStore for FsBlobStore {
                 std::fs::create_dir_all(dir)?;
                 sync_dir(dir.parent().expect("shard directories have a parent"))?;
             }
-            // Not synced: an empty file lost in a crash is created again when the upload is
-            // opened at offset 0, and the first writer syncs its directory entry before any
-            // byte is recorded.
-            File::options().write(true).create_new(true).open(&path)?;
             Ok(())
         })
         .await?;
@@ -392,6 +390,29 @@ impl BlobStore for FsBlobStore {
     async fn free_space(&self) -> StorageResult<Option<u64>> {
         let root = self.root.clone();
         blocking(move || free_bytes(&root)).await.map(Some)
+    }
+
+    async fn stored_keys(&self) -> StorageResult<Vec<String>> {
+        let root = self.root.clone();
+        blocking(move || {
+            // An upload's file is its blob once completed: every file is listed by its key.
+            let mut keys = Vec::new();
+            let mut dirs = vec![root.join("blobs")];
+            while let Some(dir) = dirs.pop() {
+                for entry in std::fs::read_dir(&dir)? {
+                    let entry = entry?;
+                    let path = entry.path();
+                    if entry.file_type()?.is_dir() {
+                        dirs.push(path);
+                    } else if let Ok(key) = path.strip_prefix(&root) {
+                        keys.push(key.to_string_lossy().into_owned());
+                    }
+                }
+            }
+            keys.sort();
+            Ok(keys)
+        })
+        .await
     }
 
     async fn check(&self) -> StorageResult<()> {

@@ -62,9 +62,8 @@ impl BlobStore for MemoryBlobStore {
         self.part_size
     }
 
-    async fn begin_upload(&self, upload_id: &str) -> StorageResult<String> {
-        self.uploads()
-            .insert(upload_id.to_owned(), Arc::new(AsyncMutex::new(Vec::new())));
+    async fn begin_upload(&self, _upload_id: &str) -> StorageResult<String> {
+        // The first writer creates the upload's bytes, once its session's row exists.
         Ok(String::new())
     }
 
@@ -81,9 +80,22 @@ impl BlobStore for MemoryBlobStore {
                 "the memory store never stages bytes".into(),
             ));
         }
-        let bytes = self.uploads().get(upload_id).cloned().ok_or_else(|| {
-            StorageError::UploadLost(format!("upload {upload_id} is not in memory"))
-        })?;
+        let bytes = {
+            let mut uploads = self.uploads();
+            match uploads.get(upload_id) {
+                Some(bytes) => Arc::clone(bytes),
+                None if offset == 0 => {
+                    let fresh: UploadBytes = Arc::new(AsyncMutex::new(Vec::new()));
+                    uploads.insert(upload_id.to_owned(), Arc::clone(&fresh));
+                    fresh
+                }
+                None => {
+                    return Err(StorageError::UploadLost(format!(
+                        "upload {upload_id} is not in memory"
+                    )));
+                }
+            }
+        };
         let mut guard = bytes.try_lock_owned().map_err(|_| StorageError::Busy)?;
         if (guard.len() as u64) < offset {
             return Err(StorageError::UploadLost(format!(
@@ -138,6 +150,17 @@ impl BlobStore for MemoryBlobStore {
 
     async fn check(&self) -> StorageResult<()> {
         Ok(())
+    }
+
+    async fn stored_keys(&self) -> StorageResult<Vec<String>> {
+        let mut keys: Vec<String> = self.objects().keys().cloned().collect();
+        keys.extend(
+            self.uploads()
+                .keys()
+                .map(|id| format!("{}#upload", key_for(id))),
+        );
+        keys.sort();
+        Ok(keys)
     }
 }
 

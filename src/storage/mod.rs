@@ -262,9 +262,15 @@ pub trait UploadWriter: Send {
         Ok(())
     }
     /// Turns the recorded parts into the finished object of `size` bytes; returns its key.
-    /// Safe to call again after a crash between completion and publication.
+    /// Safe to call again after a crash between completion and publication. Anything else
+    /// the upload wrote that no checkpoint recorded (a request's object whose checkpoint
+    /// failed) is removed first: the session is claimed, so nothing else of it can become
+    /// the blob.
     async fn complete(&mut self, parts: &[PartRecord], size: u64) -> StorageResult<String>;
-    /// Removes what this writer wrote that was never recorded (it lost a race).
+    /// Removes what this writer wrote that was never recorded. Only for a writer whose
+    /// checkpoint is known to have lost (another request moved the session, or it ended):
+    /// after a checkpoint whose outcome is unknown, the writer is dropped without it, since
+    /// what it wrote may be recorded.
     async fn abandon(&mut self);
 }
 
@@ -279,7 +285,10 @@ pub trait BlobStore: Send + Sync + 'static {
     fn write_concurrency(&self) -> usize {
         2
     }
-    /// Prepares storage for a new upload; returns the store's initial state for it.
+    /// Prepares for a new upload; returns the store's initial state for it. Called before the
+    /// session row exists, so it must write nothing that would need removing (an object, a
+    /// file): a crash before the row commits would leave it with no owner. The first writer
+    /// creates what the upload needs, once the session's row exists.
     async fn begin_upload(&self, upload_id: &str) -> StorageResult<String>;
     /// Opens an upload at `offset` for one request. `staged` are bytes earlier writers left to
     /// the registry (see [`Durable::staged`]); they end at `offset` and lead the first piece.
@@ -315,6 +324,10 @@ pub trait BlobStore: Send + Sync + 'static {
     }
     /// Checks that the store is reachable and writable.
     async fn check(&self) -> StorageResult<()>;
+    /// Every object and unfinished upload the store holds, by key (an upload not yet an
+    /// object as `<key>#upload`): what a check that nothing leaked lists. It reads the whole
+    /// store, so it is for tests and diagnostics, never a request's path.
+    async fn stored_keys(&self) -> StorageResult<Vec<String>>;
     /// Free bytes where the store keeps data, for stores on a local filesystem; `None` for
     /// stores without such a limit (S3, memory).
     async fn free_space(&self) -> StorageResult<Option<u64>> {

@@ -675,6 +675,20 @@ impl BlobStore for S3BlobStore {
         Ok(Some(request.uri().to_owned()))
     }
 
+    async fn stored_keys(&self) -> StorageResult<Vec<String>> {
+        let prefix = format!("{}blobs/", self.shared.prefix);
+        let mut keys = self.shared.keys_under(&prefix).await?;
+        keys.extend(
+            self.shared
+                .multiparts_under(&prefix)
+                .await?
+                .into_iter()
+                .map(|(key, _)| format!("{key}#upload")),
+        );
+        keys.sort();
+        Ok(keys)
+    }
+
     async fn check(&self) -> StorageResult<()> {
         self.shared
             .client
@@ -1222,6 +1236,19 @@ impl UploadWriter for S3Writer {
                 self.upload_id
             )));
         };
+        // Whole objects of this session's requests whose checkpoints failed (a lost reply
+        // leaves them, since they may have been recorded; a crash, since nobody was left to
+        // remove them). The session is claimed: nothing but `key` can become the blob.
+        let leftovers: Vec<String> = shared
+            .keys_under(&format!("{}.", self.key))
+            .await?
+            .into_iter()
+            .filter(|k| *k != key)
+            .collect();
+        if !leftovers.is_empty() {
+            tracing::debug!(upload = %self.upload_id, count = leftovers.len(), "removing objects no checkpoint recorded");
+            shared.delete_keys(leftovers).await?;
+        }
         Ok(key)
     }
 
