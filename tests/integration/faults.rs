@@ -532,11 +532,11 @@ async fn s3_out_of_space_answers_507_and_keeps_resumable_uploads() {
     c.push_blob("s3full/app", &blob).await;
 }
 
-/// An upload's file is created unsynced when the upload starts (its first bytes sync it): one
-/// lost in a crash before any byte arrived is created again, and one lost after bytes were
-/// recorded is reported, not silently restarted.
+/// Starting an upload stores nothing (a crash before its session row commits would leave it
+/// with no owner): its file is made by its first bytes, and one lost after bytes were recorded
+/// is reported, not silently restarted.
 #[tokio::test]
-async fn an_upload_file_lost_before_its_first_bytes_is_created_again() {
+async fn an_upload_file_is_made_by_its_first_bytes_and_one_lost_after_them_is_reported() {
     if Backend::current() != Backend::Sqlite {
         eprintln!("a filesystem-storage test");
         return;
@@ -554,8 +554,12 @@ async fn an_upload_file_lost_before_its_first_bytes_is_created_again() {
     };
     let data = random_bytes(3 * 4096 + 17, unique_seed());
     let location = c.start_upload("lost-file").await;
-    std::fs::remove_file(file_of(&location)).unwrap();
+    assert!(
+        !file_of(&location).exists(),
+        "an upload with no bytes has no file"
+    );
     c.complete_upload("lost-file", &location, &data, 0).await;
+    assert!(file_of(&location).exists(), "the file is the blob");
 
     let location = c.start_upload("lost-file").await;
     c.send(
