@@ -30,10 +30,11 @@ step "unit tests"
 cargo test --lib --bins
 
 step "fault simulation: every fault at every store call, seeded interleavings (memory; SQLite + directory)"
-cargo test --test simulation
+# Most of a case waits for syncs and the database: four at a time keep two cores busy.
+cargo test --test simulation -- --test-threads 4
 
 step "fault simulation on Postgres + S3: each COMMIT's and each S3 completion's reply cut in turn"
-cargo test --test simulation -- --ignored postgres_s3_cut_replies
+cargo test --test simulation -- --ignored --test-threads 4 postgres_s3_cut_replies
 
 step "documentation, doc tests and examples"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib

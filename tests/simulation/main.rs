@@ -121,6 +121,13 @@ async fn cut_replies(name: &str) {
 macro_rules! cut {
     ($($workflow:ident),* $(,)?) => {
         mod postgres_s3_cut_replies {
+            #[test]
+            fn every_workflow_is_cut() {
+                let cut = [$(stringify!($workflow)),*];
+                for workflow in crate::workflows::all() {
+                    assert!(cut.contains(&workflow.name), "{} is not cut", workflow.name);
+                }
+            }
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 #[ignore = "needs Postgres and an S3 server (BERTH_TEST_DATABASE_URL, AWS_ENDPOINT_URL, S3_BUCKET); scripts/test.sh runs it"]
@@ -138,11 +145,16 @@ cut!(
     chunked_resume,
     big_blob_push,
     mount_from,
+    mount_anywhere,
     index_push,
+    referrer_push,
+    tag_move,
     manifest_delete,
     blob_delete,
     gc_pass,
+    gc_untagged,
     maintenance,
+    scrub_repair,
     heal_push,
     cancel_upload,
 );
