@@ -36,6 +36,9 @@ cargo test --test simulation -- --test-threads 4
 step "fault simulation on Postgres + S3: each COMMIT's and each S3 completion's reply cut in turn"
 cargo test --test simulation -- --ignored --test-threads 4 postgres_s3_cut_replies
 
+step "fuzz targets: every committed input replayed, then 3 s of mutations per parser"
+scripts/fuzz.sh --ci
+
 step "documentation, doc tests and examples"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib
 cargo test --doc

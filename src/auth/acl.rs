@@ -31,7 +31,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::scope::Action;
-use crate::glob::glob_match;
+use crate::glob::{glob_match, glob_match_user};
 
 /// Why an ACL file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -245,7 +245,7 @@ impl Acl {
             }
             let matched = if pattern.contains("${user}") {
                 match user {
-                    Some(u) => glob_match(&pattern.replace("${user}", u), repository),
+                    Some(u) => glob_match_user(pattern, u, repository),
                     None => false,
                 }
             } else {
@@ -362,6 +362,23 @@ mod tests {
             let err = Acl::parse(text).unwrap_err();
             assert!(err.contains(says), "{text:?}: {err}");
         }
+    }
+
+    /// Found by the `acl` fuzz target (fuzz/; input `corpus/acl/regression-acl-user-glob`):
+    /// `${user}` was substituted into the pattern before matching, so a user named `*` owned
+    /// every repository of two or more segments.
+    #[test]
+    fn user_names_with_glob_characters_match_only_themselves() {
+        let acl = Acl::parse(
+            "[[rule]]\nrepository = \"${user}/**\"\nusers = [\"*\"]\nactions = [\"*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(acl.actions(Some("*"), "x/y"), Actions::NONE);
+        assert_eq!(acl.actions(Some("a*"), "ab/c"), Actions::NONE);
+        assert_eq!(acl.actions(Some("?"), "a/b"), Actions::NONE);
+        assert_eq!(acl.actions(Some("a*"), "a*/c"), Actions::ALL);
+        assert_eq!(acl.actions(Some("alice"), "alice/app"), Actions::ALL);
+        assert_eq!(acl.actions(Some("alice"), "alicex/app"), Actions::NONE);
     }
 
     #[test]

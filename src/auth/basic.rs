@@ -47,7 +47,8 @@ impl Grant for AclGrant {
 }
 
 /// Decodes `Basic` credentials into user and password.
-pub(crate) fn basic_credentials(headers: &http::HeaderMap) -> Option<Result<(String, String), ()>> {
+#[doc(hidden)] // Public for the fuzz targets (fuzz/).
+pub fn basic_credentials(headers: &http::HeaderMap) -> Option<Result<(String, String), ()>> {
     let encoded = credentials(headers, "Basic")?;
     let decoded = STANDARD
         .decode(encoded)

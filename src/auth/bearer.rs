@@ -208,11 +208,10 @@ impl TokenVerifier {
             &claims,
             own.then(|| self.acl.clone()).flatten(),
         ));
-        self.verified.insert(
-            key,
-            Arc::clone(&grant),
-            Instant::now() + Duration::from_secs(remaining),
-        );
+        // Bounded before it is added: an `exp` far enough away would overflow `Instant`.
+        let remember = Duration::from_secs(remaining).min(REMEMBER);
+        self.verified
+            .insert(key, Arc::clone(&grant), Instant::now() + remember);
         Ok(grant)
     }
 }
@@ -248,7 +247,8 @@ impl TokenGrant {
                     repositories.push((entry.name.clone(), actions));
                 }
                 "registry" if entry.name == "catalog" => {
-                    catalog = entry.actions.iter().any(|a| a == "*");
+                    // The union of the entries: a later one does not take it back.
+                    catalog |= entry.actions.iter().any(|a| a == "*");
                 }
                 _ => {}
             }
@@ -392,5 +392,85 @@ impl Authorizer for BearerAuthorizer {
             true,
             "the token does not grant it",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::Ed25519KeyPair;
+
+    use super::*;
+    use crate::auth::keys::{SigningKey, b64};
+
+    fn claims(exp: u64, access: Vec<AccessEntry>) -> Claims {
+        Claims {
+            iss: "berth".into(),
+            sub: "alice".into(),
+            aud: Audience::One("registry".into()),
+            exp,
+            nbf: None,
+            iat: None,
+            jti: None,
+            access,
+            berth_refresh: None,
+        }
+    }
+
+    fn catalog(actions: &[&str]) -> AccessEntry {
+        AccessEntry {
+            kind: "registry".into(),
+            name: "catalog".into(),
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// Found writing the `bearer` fuzz target (fuzz/; input
+    /// `corpus/bearer/regression-bearer-exp-overflow`): a trusted token with an `exp` past
+    /// ~9.2e18 made the deadline of its cache entry overflow `Instant`, and the request panicked.
+    #[test]
+    fn far_future_expiry_does_not_overflow_the_cache_deadline() {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(
+            pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec())).as_bytes(),
+        )
+        .unwrap();
+        let key = SigningKey::load(file.path()).unwrap();
+        let verifier = TokenVerifier::new(
+            vec![key.verifying_key().unwrap()],
+            "berth",
+            "registry",
+            None,
+        );
+        for exp in [u64::MAX, u64::MAX - 10, i64::MAX as u64] {
+            let header = serde_json::json!({"alg": "EdDSA", "kid": key.kid()});
+            let input = format!(
+                "{}.{}",
+                b64(&serde_json::to_vec(&header).unwrap()),
+                b64(&serde_json::to_vec(&claims(exp, Vec::new())).unwrap())
+            );
+            let token = format!("{input}.{}", b64(&key.sign(input.as_bytes()).unwrap()));
+            let grant = verifier.grant(&token).unwrap();
+            assert_eq!(grant.subject(), Some("alice"));
+            // Remembered, within the cache's bound.
+            assert!(verifier.grant(&token).is_ok());
+        }
+    }
+
+    /// Found writing the `bearer` fuzz target (fuzz/; input
+    /// `corpus/bearer/regression-bearer-catalog-union`): a later `registry:catalog` entry
+    /// without `*` took back the catalog an earlier entry granted; a token grants the union of
+    /// its entries.
+    #[test]
+    fn a_later_catalog_entry_does_not_take_back_an_earlier_one() {
+        let both = claims(0, vec![catalog(&["*"]), catalog(&["pull"])]);
+        assert!(TokenGrant::new(&both, None).allows(&Access::catalog()));
+        let reversed = claims(0, vec![catalog(&["pull"]), catalog(&["*"])]);
+        assert!(TokenGrant::new(&reversed, None).allows(&Access::catalog()));
+        let none = claims(0, vec![catalog(&["pull"])]);
+        assert!(!TokenGrant::new(&none, None).allows(&Access::catalog()));
     }
 }

@@ -65,7 +65,10 @@ impl std::fmt::Debug for Htpasswd {
     }
 }
 
-fn parse(path: &Path, text: &str) -> Result<HashMap<String, String>, HtpasswdError> {
+/// The users of htpasswd text (`user:bcrypt-hash` lines; blank lines and `#` comments are
+/// skipped), user name to hash, as [`Htpasswd::load`] reads them; `path` only names the file
+/// in errors.
+pub fn parse(path: &Path, text: &str) -> Result<HashMap<String, String>, HtpasswdError> {
     let mut users = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();

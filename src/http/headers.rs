@@ -81,10 +81,11 @@ pub fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
     let Some((first, last)) = set.trim().split_once('-') else {
         return RangeRequest::Unsatisfiable;
     };
+    // Positions past u64::MAX are past the end of anything: a last position that large means
+    // "to the end" and a suffix that large "all of it" (RFC 9110 §14.1.1), not a malformed range.
     let number = |s: &str| -> Option<u64> {
         (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
+            .then(|| s.parse().unwrap_or(u64::MAX))
     };
     let (first, last) = (first.trim(), last.trim());
     let range = match (first.is_empty(), last.is_empty()) {
@@ -190,6 +191,33 @@ mod tests {
         assert_eq!(parse_range(None, 100), RangeRequest::Whole);
         assert_eq!(
             parse_range(Some("bytes=0-0"), 0),
+            RangeRequest::Unsatisfiable
+        );
+    }
+
+    /// Found by the `range` fuzz target (fuzz/; input `corpus/range/regression-range-past-u64`):
+    /// positions past u64::MAX made a valid range unsatisfiable (416) instead of meaning "to the
+    /// end" or "all of it".
+    #[test]
+    fn range_positions_past_u64_mean_the_end() {
+        let whole = RangeRequest::Partial(ByteRange { start: 0, end: 100 });
+        let p = |s: &str| parse_range(Some(s), 100);
+        assert_eq!(p("bytes=0-18446744073709551616"), whole);
+        assert_eq!(p("bytes=0-99999999999999999999999999"), whole);
+        assert_eq!(p("bytes=-99999999999999999999999999"), whole);
+        assert_eq!(
+            p("bytes=90-18446744073709555615"),
+            RangeRequest::Partial(ByteRange {
+                start: 90,
+                end: 100
+            })
+        );
+        assert_eq!(
+            p("bytes=99999999999999999999-"),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            p("bytes=99999999999999999999-99999999999999999999"),
             RangeRequest::Unsatisfiable
         );
     }
