@@ -85,6 +85,7 @@ measured_calls! {
     fn unlink_blob(&self, repository: &RepositoryName, digest: &Digest, now: i64) -> bool;
     fn create_upload(&self, session: &UploadSession) -> ();
     fn upload(&self, id: &str) -> Option<UploadSession>;
+    fn upload_settled(&self, id: &str) -> Option<UploadSession>;
     fn reserve_part_number(&self, id: &str) -> u32;
     fn checkpoint_upload(&self, id: &str, expected_offset: u64, checkpoint: UploadCheckpoint<'_>) -> SessionUpdate;
     fn upload_parts(&self, id: &str) -> Vec<PartRecord>;

@@ -298,6 +298,11 @@ impl MetadataStore for MemoryMetadataStore {
         Ok(self.state().uploads.get(id).map(|u| u.session.clone()))
     }
 
+    async fn upload_settled(&self, id: &str) -> MetadataResult<Option<UploadSession>> {
+        // Every change is made under the state's lock: none is ever half-way.
+        self.upload(id).await
+    }
+
     async fn reserve_part_number(&self, id: &str) -> MetadataResult<u32> {
         let mut state = self.state();
         let upload = state.uploads.get_mut(id).ok_or_else(|| {

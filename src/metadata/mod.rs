@@ -392,6 +392,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn create_upload(&self, session: &UploadSession) -> MetadataResult<()>;
     /// Reads an upload session.
     async fn upload(&self, id: &str) -> MetadataResult<Option<UploadSession>>;
+    /// Reads an upload session once no transaction that changes it is still in progress (it
+    /// takes the row's lock): after a checkpoint failed with its outcome unknown (a lost
+    /// reply), what this returns says whether it landed.
+    async fn upload_settled(&self, id: &str) -> MetadataResult<Option<UploadSession>>;
     /// Hands out a part number never handed out before for this session.
     async fn reserve_part_number(&self, id: &str) -> MetadataResult<u32>;
     /// Saves progress if the session is still at `expected_offset` and not committing.

@@ -1040,6 +1040,26 @@ impl MetadataStore for SqlMetadataStore {
         )
     }
 
+    async fn upload_settled(&self, id: &str) -> MetadataResult<Option<UploadSession>> {
+        // A write transaction: SQLite's takes the database's write lock, and on Postgres the
+        // row lock waits for a transaction still holding the row (one whose `COMMIT` is in
+        // flight) to end.
+        let mut tx = self.write_tx().await?;
+        let session = sqlx::query(built(format!(
+            "{SELECT_SESSION} {}",
+            self.dialect.lock("FOR UPDATE OF upload_sessions")
+        )))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .as_ref()
+        .map(session_of)
+        .transpose()?;
+        tx.rollback().await.map_err(db_err)?;
+        Ok(session)
+    }
+
     async fn reserve_part_number(&self, id: &str) -> MetadataResult<u32> {
         let row = sqlx::query(
             "UPDATE upload_sessions SET next_part = next_part + 1 WHERE id = $1 RETURNING next_part - 1 AS part",

@@ -571,6 +571,27 @@ impl Appender {
             .metadata
             .checkpoint_upload(&self.session.id, self.session.offset, checkpoint)
             .await;
+        let outcome = match outcome {
+            Err(e) => {
+                let metadata = Arc::clone(&self.registry.inner.metadata);
+                match settle(metadata.as_ref(), &self.session, &checkpoint).await {
+                    Settled::Landed => {
+                        tracing::info!(upload = %self.session.id, error = %e, "a checkpoint whose reply was lost had landed");
+                        Ok(SessionUpdate::Saved)
+                    }
+                    Settled::NotLanded => {
+                        // Nothing it wrote is recorded: it goes, and the request fails as
+                        // the database did (503, resumable where the session stands).
+                        self.writer.abandon().await;
+                        return Err(e.into());
+                    }
+                    Settled::Moved { offset } => Ok(SessionUpdate::Conflict { offset }),
+                    Settled::Gone => Ok(SessionUpdate::Gone),
+                    Settled::Unknown => Err(e),
+                }
+            }
+            known => known,
+        };
         match outcome {
             Ok(SessionUpdate::Saved) => {
                 self.writer.recorded(last.end_offset);
@@ -596,10 +617,50 @@ impl Appender {
                 self.writer.abandon().await;
                 Err(upload_unknown(&self.session.id))
             }
-            // The checkpoint may have committed (a lost reply): what the writer wrote may be
-            // recorded, so it is left alone. Its in-flight pieces end with the writer.
+            // Whether the checkpoint landed is still unknown (the database could not be asked):
+            // what the writer wrote may be recorded, so it is left alone. Its in-flight pieces
+            // end with the writer.
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// What became of a checkpoint whose outcome was unknown (its reply lost).
+enum Settled {
+    /// It landed: the session holds exactly what it recorded.
+    Landed,
+    /// It did not, and the session is where the request found it.
+    NotLanded,
+    /// Another request moved the session.
+    Moved { offset: u64 },
+    /// The session ended.
+    Gone,
+    /// The database cannot tell now.
+    Unknown,
+}
+
+/// Asks the database (under the session's lock, so no transaction on it is in flight) what
+/// became of `checkpoint`, made from `session`.
+async fn settle(
+    metadata: &dyn MetadataStore,
+    session: &UploadSession,
+    checkpoint: &UploadCheckpoint<'_>,
+) -> Settled {
+    match metadata.upload_settled(&session.id).await {
+        Ok(Some(s))
+            if s.offset == checkpoint.offset
+                && s.hash_state == checkpoint.hash_state
+                && s.store_state == checkpoint.store_state
+                && s.committing == checkpoint.claim =>
+        {
+            Settled::Landed
+        }
+        Ok(Some(s)) if s.offset == session.offset && s.committing == session.committing => {
+            Settled::NotLanded
+        }
+        Ok(Some(s)) => Settled::Moved { offset: s.offset },
+        Ok(None) => Settled::Gone,
+        Err(_) => Settled::Unknown,
     }
 }
 

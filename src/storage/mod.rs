@@ -262,15 +262,12 @@ pub trait UploadWriter: Send {
         Ok(())
     }
     /// Turns the recorded parts into the finished object of `size` bytes; returns its key.
-    /// Safe to call again after a crash between completion and publication. Anything else
-    /// the upload wrote that no checkpoint recorded (a request's object whose checkpoint
-    /// failed) is removed first: the session is claimed, so nothing else of it can become
-    /// the blob.
+    /// Safe to call again after a crash between completion and publication.
     async fn complete(&mut self, parts: &[PartRecord], size: u64) -> StorageResult<String>;
     /// Removes what this writer wrote that was never recorded. Only for a writer whose
-    /// checkpoint is known to have lost (another request moved the session, or it ended):
-    /// after a checkpoint whose outcome is unknown, the writer is dropped without it, since
-    /// what it wrote may be recorded.
+    /// checkpoint is known not to have landed (another request moved the session, it ended,
+    /// or a failed checkpoint was found not to have landed): while that is unknown, the
+    /// writer is dropped without it, since what it wrote may be recorded.
     async fn abandon(&mut self);
 }
 

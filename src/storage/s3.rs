@@ -1054,7 +1054,12 @@ impl UploadWriter for S3Writer {
                 let store_state = self.state.encode();
                 let shared = Arc::clone(&self.shared);
                 tokio::spawn(async move {
-                    shared.put_object(&key, bytes).await?;
+                    if let Err(e) = shared.put_object(&key, bytes).await {
+                        // It may have been stored with its answer lost; no checkpoint names
+                        // it yet, so it is nobody's.
+                        let _ = shared.delete_key(&key).await;
+                        return Err(e);
+                    }
                     Ok(Durable {
                         end_offset,
                         parts: Vec::new(),
@@ -1236,19 +1241,6 @@ impl UploadWriter for S3Writer {
                 self.upload_id
             )));
         };
-        // Whole objects of this session's requests whose checkpoints failed (a lost reply
-        // leaves them, since they may have been recorded; a crash, since nobody was left to
-        // remove them). The session is claimed: nothing but `key` can become the blob.
-        let leftovers: Vec<String> = shared
-            .keys_under(&format!("{}.", self.key))
-            .await?
-            .into_iter()
-            .filter(|k| *k != key)
-            .collect();
-        if !leftovers.is_empty() {
-            tracing::debug!(upload = %self.upload_id, count = leftovers.len(), "removing objects no checkpoint recorded");
-            shared.delete_keys(leftovers).await?;
-        }
         Ok(key)
     }
 
