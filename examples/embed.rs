@@ -80,13 +80,14 @@ impl Authorizer for ApiKeys {
     }
 }
 
-fn app(registry: Registry) -> Router {
+fn app(registry: Registry, authorizer: Arc<dyn Authorizer>) -> Router {
+    let api = berth::http::Api::new(registry.clone()).authorizer(authorizer);
     Router::new()
         .route(
             "/",
             get(|| async { "my service, with a registry under /v2\n" }),
         )
-        .merge(berth::http::router(registry.clone()))
+        .merge(api.router())
         .merge(berth::http::health_router(registry))
 }
 
@@ -111,7 +112,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Arc::new(MemoryMetadataStore::new()),
     )
     .upload_buffers(4)
-    .authorizer(Arc::new(keys))
     .build();
     let listener = tokio::net::TcpListener::bind(if demo {
         "127.0.0.1:0"
@@ -126,7 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let server = tokio::spawn(berth::http::serve(
         listener,
-        app(registry),
+        app(registry, Arc::new(keys)),
         shutdown,
         Duration::from_secs(5),
     ));

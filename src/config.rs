@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use berth::RegistryOptions;
-use berth::http::{ServeOptions, TrustedProxies};
+use berth::client::TrustedProxies;
+use berth::http::{HttpOptions, ServeOptions};
 use berth::registry::gc::ImmutableTags;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -18,29 +19,27 @@ use serde::Deserialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
+/// Size units, case-insensitive; no unit is bytes.
+const SIZE_UNITS: &[(&[&str], u64)] = &[
+    (&["", "b"], 1),
+    (&["k", "kb"], 1000),
+    (&["ki", "kib"], 1 << 10),
+    (&["m", "mb"], 1000 * 1000),
+    (&["mi", "mib"], 1 << 20),
+    (&["g", "gb"], 1000 * 1000 * 1000),
+    (&["gi", "gib"], 1 << 30),
+];
+
 impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size (e.g. 16MiB, 5MB, 1048576)"))?;
-        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1000,
-            "ki" | "kib" => 1 << 10,
-            "m" | "mb" => 1000 * 1000,
-            "mi" | "mib" => 1 << 20,
-            "g" | "gb" => 1000 * 1000 * 1000,
-            "gi" | "gib" => 1 << 30,
-            other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+        let number = Quantity {
+            what: "size",
+            examples: "16MiB, 5MB, 1048576",
+            units: SIZE_UNITS,
+            lowercase: true,
         };
-        number
-            .checked_mul(factor)
-            .map(ByteSize)
-            .ok_or_else(|| format!("{s:?} is too large"))
+        number.parse(s).map(ByteSize)
     }
 }
 
@@ -49,24 +48,60 @@ impl FromStr for ByteSize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span(pub Duration);
 
+/// Duration units, in milliseconds; no unit is seconds.
+const SPAN_UNITS: &[(&[&str], u64)] = &[
+    (&["ms"], 1),
+    (&["", "s"], 1000),
+    (&["m"], 60_000),
+    (&["h"], 3_600_000),
+    (&["d"], 86_400_000),
+];
+
 impl FromStr for Span {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let number = Quantity {
+            what: "duration",
+            examples: "30s, 20m, 24h",
+            units: SPAN_UNITS,
+            lowercase: false,
+        };
+        number
+            .parse(s)
+            .map(|millis| Span(Duration::from_millis(millis)))
+    }
+}
+
+/// A whole number followed by a unit from a table of units and their factors.
+struct Quantity {
+    what: &'static str,
+    examples: &'static str,
+    units: &'static [(&'static [&'static str], u64)],
+    lowercase: bool,
+}
+
+impl Quantity {
+    fn parse(&self, s: &str) -> Result<u64, String> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (number, unit) = s.split_at(split);
         let number: u64 = number
             .parse()
-            .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 20m, 24h)"))?;
-        let millis = match unit.trim() {
-            "ms" => number,
-            "" | "s" => number.saturating_mul(1000),
-            "m" => number.saturating_mul(60_000),
-            "h" => number.saturating_mul(3_600_000),
-            "d" => number.saturating_mul(86_400_000),
-            other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+            .map_err(|_| format!("{s:?} is not a {} (e.g. {})", self.what, self.examples))?;
+        let unit = unit.trim();
+        let unit = if self.lowercase {
+            unit.to_ascii_lowercase()
+        } else {
+            unit.to_owned()
         };
-        Ok(Span(Duration::from_millis(millis)))
+        let (_, factor) = self
+            .units
+            .iter()
+            .find(|(names, _)| names.contains(&unit.as_str()))
+            .ok_or_else(|| format!("unknown {} unit {unit:?} in {s:?}", self.what))?;
+        number
+            .checked_mul(*factor)
+            .ok_or_else(|| format!("{s:?} is too large"))
     }
 }
 
@@ -352,6 +387,8 @@ pub struct Config {
     pub s3: S3Settings,
     /// The registry's behaviour switches; unset settings keep the library's defaults.
     pub registry: RegistryOptions,
+    /// How the API presents it (headers, redirects, body rates, trusted proxies).
+    pub http: HttpOptions,
     pub shutdown_timeout: Duration,
     pub shutdown_delay: Duration,
     pub http_header_timeout: Duration,
@@ -467,14 +504,6 @@ impl Settings {
                 .upload_buffer_wait
                 .map_or(defaults.upload_buffer_wait, |s| s.0)
                 .max(Duration::from_millis(1)),
-            body_min_rate: self.body_min_rate.map_or(defaults.body_min_rate, |b| b.0),
-            body_rate_window: self
-                .body_rate_window
-                .map_or(defaults.body_rate_window, |s| s.0)
-                .max(Duration::from_millis(100)),
-            chunk_min_length: self
-                .chunk_min_length
-                .map_or(defaults.chunk_min_length, |b| b.0),
             max_manifest_size: self
                 .max_manifest_size
                 .map_or(defaults.max_manifest_size, |b| {
@@ -486,12 +515,27 @@ impl Settings {
                 .unwrap_or(defaults.single_request_uploads),
             sparse_manifests: self.sparse_manifests.unwrap_or(defaults.sparse_manifests),
             max_page_size: self.max_page_size,
-            tag_digest_header: self.tag_digest_header.unwrap_or(defaults.tag_digest_header),
-            link_headers: self.link_headers.unwrap_or(defaults.link_headers),
-            redirect_blobs: self.redirect.unwrap_or(defaults.redirect_blobs),
+        };
+        let http_defaults = HttpOptions::default();
+        let http = HttpOptions {
+            body_min_rate: self
+                .body_min_rate
+                .map_or(http_defaults.body_min_rate, |b| b.0),
+            body_rate_window: self
+                .body_rate_window
+                .map_or(http_defaults.body_rate_window, |s| s.0)
+                .max(Duration::from_millis(100)),
+            chunk_min_length: self
+                .chunk_min_length
+                .map_or(http_defaults.chunk_min_length, |b| b.0),
+            tag_digest_header: self
+                .tag_digest_header
+                .unwrap_or(http_defaults.tag_digest_header),
+            link_headers: self.link_headers.unwrap_or(http_defaults.link_headers),
+            redirect_blobs: self.redirect.unwrap_or(http_defaults.redirect_blobs),
             trusted_proxies: TrustedProxies::parse(self.trusted_proxies.as_deref().unwrap_or(""))
                 .context("trusted_proxies")?,
-            ..defaults
+            ..http_defaults
         };
         Ok(Config {
             listen: self
@@ -538,6 +582,7 @@ impl Settings {
                     .max(Duration::from_millis(100)),
             },
             registry,
+            http,
             shutdown_timeout: self
                 .shutdown_timeout
                 .map_or(Duration::from_secs(30), |s| s.0),

@@ -73,10 +73,13 @@
 
 pub mod auth;
 pub mod buffers;
+pub mod client;
 pub mod error;
 pub mod glob;
 pub mod http;
 pub mod instruments;
+#[cfg(test)]
+mod layers;
 pub mod metadata;
 pub mod oci;
 pub mod registry;

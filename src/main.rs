@@ -238,10 +238,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             format!("mapping the manifest change counter {}", counter.display())
         })?;
     }
-    let auth = auth_setup(&config.auth, &config.registry.trusted_proxies)?;
-    if let Some(authorizer) = &auth.authorizer {
-        builder = builder.authorizer(Arc::clone(authorizer));
-    }
+    let auth = auth_setup(&config.auth, &config.http.trusted_proxies)?;
     let registry = builder.build();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -303,7 +300,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         });
     }
-    let mut app = berth::http::router(registry.clone()).merge(berth::http::health_router(registry));
+    let mut api = berth::http::Api::new(registry.clone()).options(config.http.clone());
+    if let Some(authorizer) = auth.authorizer {
+        api = api.authorizer(authorizer);
+    }
+    let mut app = api.router().merge(berth::http::health_router(registry));
     if let Some(tokens) = auth.token_router {
         app = app.merge(tokens);
     }
@@ -329,7 +330,7 @@ struct AuthSetup {
 #[cfg(feature = "auth")]
 fn auth_setup(
     settings: &config::AuthSettings,
-    proxies: &berth::http::TrustedProxies,
+    proxies: &berth::client::TrustedProxies,
 ) -> anyhow::Result<AuthSetup> {
     use berth::auth::acl::Acl;
     use berth::auth::basic::BasicAuthorizer;
@@ -440,7 +441,7 @@ fn auth_setup(
 #[cfg(not(feature = "auth"))]
 fn auth_setup(
     settings: &config::AuthSettings,
-    _proxies: &berth::http::TrustedProxies,
+    _proxies: &berth::client::TrustedProxies,
 ) -> anyhow::Result<AuthSetup> {
     if settings.mode != config::AuthMode::None {
         anyhow::bail!("this berth was built without access control (the auth feature)");

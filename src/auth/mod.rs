@@ -11,7 +11,7 @@
 //! file and an [`acl::Acl`]) and [`bearer::BearerAuthorizer`] (Docker token authentication: JWTs
 //! from Berth's own [`issuer::TokenIssuer`] or an external token service). Embedders can
 //! implement [`Authorizer`] themselves and set it with
-//! [`RegistryBuilder::authorizer`](crate::RegistryBuilder::authorizer).
+//! [`Api::authorizer`](crate::http::Api::authorizer).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -157,13 +157,4 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// The client address a request comes from: as [`crate::http::observed`] resolved it (the
-/// client behind trusted proxies), else its peer address.
-pub fn client_address<B>(request: &http::Request<B>) -> Option<IpAddr> {
-    match request.extensions().get::<crate::http::ClientAddress>() {
-        Some(client) => Some(client.0),
-        None => crate::http::peer_address(request).map(|a| a.ip()),
-    }
 }

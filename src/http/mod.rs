@@ -5,14 +5,15 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 
 use crate::error::RegistryError;
 use crate::registry::Registry;
 
+mod api;
 mod body_rate;
 pub mod endpoint;
 mod handlers;
@@ -22,14 +23,12 @@ mod server;
 #[cfg(feature = "auth")]
 mod token;
 
+pub use api::{API_VERSION, Api, BlobLocationHook, HttpOptions, UploadLocationHook};
 pub use endpoint::{Action, Operation, Route, RouteError, route};
-pub use observe::{ClientAddress, RequestId, TrustedProxies, observed};
-pub use server::{ServeOptions, peer_address, serve, serve_with};
+pub use observe::{RequestId, observed};
+pub use server::{ServeOptions, serve, serve_with};
 #[cfg(feature = "auth")]
 pub use token::token_router;
-
-/// `Docker-Distribution-API-Version`, sent on every API response.
-pub const API_VERSION: &str = "registry/2.0";
 
 impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
@@ -51,15 +50,10 @@ impl IntoResponse for RegistryError {
     }
 }
 
-/// The distribution API (`/v2/**`) over `registry`, every request logged and measured
-/// ([`observed`]).
+/// The distribution API (`/v2/**`) over `registry`, open to everyone, with default options
+/// ([`Api`] sets them).
 pub fn router(registry: Registry) -> Router {
-    let router = Router::new()
-        .route("/v2", any(dispatch))
-        .route("/v2/", any(dispatch))
-        .route("/v2/{*rest}", any(dispatch))
-        .with_state(registry.clone());
-    observed(router, registry.options().trusted_proxies.clone())
+    Api::new(registry).router()
 }
 
 /// Liveness (`/healthz`) and readiness (`/readyz`: metadata and blob store reachable).
@@ -133,13 +127,4 @@ async fn readiness(State(registry): State<Registry>) -> Response {
         }
         _ => (StatusCode::OK, "ready\n").into_response(),
     }
-}
-
-async fn dispatch(State(registry): State<Registry>, request: Request) -> Response {
-    let mut response = handlers::handle(registry, request).await;
-    response.headers_mut().insert(
-        "docker-distribution-api-version",
-        HeaderValue::from_static(API_VERSION),
-    );
-    response
 }

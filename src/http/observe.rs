@@ -21,109 +21,19 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tracing::Instrument;
 
+use crate::client::{ClientAddress, TrustedProxies, peer_address};
 use crate::instruments;
 
 /// `X-Request-Id`: the request's id, in every answer.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-const FORWARDED_FOR_HEADER: &str = "x-forwarded-for";
 /// Longest request id accepted from a trusted proxy.
 const MAX_REQUEST_ID: usize = 128;
 /// The status logged for requests whose client went away before the answer.
 pub const CLIENT_CLOSED: u16 = 499;
-
-/// Networks whose `X-Forwarded-For` and `X-Request-Id` are believed: the load balancers and
-/// ingress controllers in front of Berth.
-#[derive(Clone, Debug, Default)]
-pub struct TrustedProxies(Arc<Vec<ipnet::IpNet>>);
-
-/// A network in [`TrustedProxies::parse`]'s list that is not an address or CIDR range.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not an IP address or network (CIDR, like 10.0.0.0/8)")]
-pub struct InvalidNetwork(String);
-
-impl TrustedProxies {
-    /// The networks in a comma- or space-separated list of addresses and CIDR ranges.
-    pub fn parse(list: &str) -> Result<TrustedProxies, InvalidNetwork> {
-        let networks = list
-            .split([',', ' '])
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse::<ipnet::IpNet>()
-                    .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| InvalidNetwork(s.to_owned()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(TrustedProxies(Arc::new(networks)))
-    }
-
-    /// Whether no proxy is trusted.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn trusts(&self, address: IpAddr) -> bool {
-        let address = canonical(address);
-        self.0.iter().any(|net| net.contains(&address))
-    }
-
-    /// The client a request comes from: its peer, or, when the peer is a trusted proxy, the
-    /// last address in `X-Forwarded-For` that is not (proxies append the address they
-    /// received from, so the addresses to the right of the client's were written by proxies).
-    pub fn client(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
-        let peer = peer.map(canonical)?;
-        if !self.trusts(peer) {
-            return Some(peer);
-        }
-        let mut client = peer;
-        let hops = headers
-            .get_all(FORWARDED_FOR_HEADER)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect::<Vec<_>>();
-        for hop in hops.iter().rev() {
-            let Some(address) = parse_hop(hop) else {
-                break;
-            };
-            client = address;
-            if !self.trusts(address) {
-                break;
-            }
-        }
-        Some(client)
-    }
-}
-
-/// An address of `X-Forwarded-For`, which some proxies write with a port or brackets.
-fn parse_hop(hop: &str) -> Option<IpAddr> {
-    let hop = hop.trim();
-    if let Ok(address) = hop.parse::<IpAddr>() {
-        return Some(canonical(address));
-    }
-    hop.parse::<std::net::SocketAddr>()
-        .ok()
-        .map(|s| canonical(s.ip()))
-}
-
-/// IPv4 addresses seen through an IPv6 socket (`::ffff:a.b.c.d`) as the IPv4 they are.
-fn canonical(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    }
-}
-
-/// The client address [`observed`] resolved, in the request's extensions.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddress(pub IpAddr);
 
 /// The request id [`observed`] assigned, in the request's extensions.
 #[derive(Clone, Debug)]
@@ -149,7 +59,7 @@ pub fn observed(router: Router, proxies: TrustedProxies) -> Router {
 }
 
 async fn observe(proxies: TrustedProxies, mut request: Request, next: Next) -> Response {
-    let peer = super::peer_address(&request).map(|a| a.ip());
+    let peer = peer_address(&request).map(|a| a.ip());
     let client = proxies.client(peer, request.headers());
     let from_trusted_proxy = peer.is_some_and(|p| proxies.trusts(p));
     let id = request
@@ -396,72 +306,6 @@ impl Drop for Sending {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn forwarded(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(FORWARDED_FOR_HEADER, HeaderValue::from_str(value).unwrap());
-        headers
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn forwarded_for_is_ignored_from_untrusted_peers() {
-        let proxies = TrustedProxies::parse("10.0.0.0/8").unwrap();
-        let headers = forwarded("1.2.3.4");
-        assert_eq!(
-            proxies.client(Some(ip("192.0.2.7")), &headers),
-            Some(ip("192.0.2.7"))
-        );
-        let none = TrustedProxies::default();
-        assert_eq!(
-            none.client(Some(ip("10.0.0.1")), &headers),
-            Some(ip("10.0.0.1"))
-        );
-    }
-
-    #[test]
-    fn the_client_is_the_last_untrusted_hop() {
-        let proxies = TrustedProxies::parse("10.0.0.0/8, 192.168.1.1").unwrap();
-        let headers = forwarded("6.6.6.6, 203.0.113.9, 192.168.1.1");
-        assert_eq!(
-            proxies.client(Some(ip("10.1.2.3")), &headers),
-            Some(ip("203.0.113.9"))
-        );
-        // Ports and brackets, as some proxies write them; mapped IPv4 peers.
-        let headers = forwarded("[2001:db8::1]:4711");
-        assert_eq!(
-            proxies.client(Some(ip("::ffff:10.0.0.5")), &headers),
-            Some(ip("2001:db8::1"))
-        );
-        // Only proxies: the leftmost.
-        let headers = forwarded("10.9.9.9");
-        assert_eq!(
-            proxies.client(Some(ip("10.0.0.1")), &headers),
-            Some(ip("10.9.9.9"))
-        );
-        // Garbage stops the walk at the last good address.
-        let headers = forwarded("not-an-address, 198.51.100.1");
-        assert_eq!(
-            proxies.client(Some(ip("10.0.0.1")), &headers),
-            Some(ip("198.51.100.1"))
-        );
-        let headers = forwarded("198.51.100.1, garbage");
-        assert_eq!(
-            proxies.client(Some(ip("10.0.0.1")), &headers),
-            Some(ip("10.0.0.1"))
-        );
-    }
-
-    #[test]
-    fn networks_must_parse() {
-        assert!(TrustedProxies::parse("").unwrap().is_empty());
-        assert!(TrustedProxies::parse("10.0.0.0/8,fd00::/8 127.0.0.1").is_ok());
-        let e = TrustedProxies::parse("10.0.0.0/8,example.com").unwrap_err();
-        assert!(e.to_string().contains("example.com"), "{e}");
-    }
 
     #[test]
     fn request_ids_from_proxies_are_checked() {

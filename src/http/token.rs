@@ -32,7 +32,7 @@ struct TokenState {
 pub fn token_router(
     issuer: Arc<TokenIssuer>,
     realm: impl Into<String>,
-    proxies: super::TrustedProxies,
+    proxies: crate::client::TrustedProxies,
 ) -> Router {
     let router = Router::new()
         .route("/token", get(get_token).post(post_token))
@@ -71,7 +71,7 @@ fn truthy(v: &str) -> bool {
 
 /// Docker token authentication: `GET /token?service=…&scope=…&offline_token=true`.
 async fn get_token(State(state): State<TokenState>, request: Request) -> Response {
-    let client = crate::auth::client_address(&request);
+    let client = crate::client::client_address(&request);
     let query = query_pairs(request.uri().query());
     let login = match basic_credentials(request.headers()) {
         Some(Ok((user, password))) => Login::Password { user, password },
@@ -146,7 +146,7 @@ fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
 
 /// The OAuth2 form: `grant_type=password` or `refresh_token`.
 async fn post_token(State(state): State<TokenState>, request: Request) -> Response {
-    let client = crate::auth::client_address(&request);
+    let client = crate::client::client_address(&request);
     let body = match http_body_util::Limited::new(request.into_body(), MAX_FORM)
         .collect()
         .await

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::Authorizer;
 use crate::buffers::BufferPool;
-use crate::metadata::MetadataStore;
+use crate::error::RegistryResult;
 use crate::metadata::instrumented::Instrumented;
-use crate::oci::{Descriptor, RepositoryName};
+use crate::metadata::{BlobRecord, MetadataStore};
 use crate::storage::BlobStore;
 
 mod coalesce;
@@ -27,14 +26,6 @@ pub mod uploads;
 
 /// The largest manifest the spec asks registries to accept, and Berth's default limit.
 pub const DEFAULT_MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
-
-/// Maps a blob (repository and descriptor) to a location clients are redirected to, e.g. on a
-/// CDN or a mirror. Returning `None` falls back to Berth's own behaviour.
-pub type BlobLocationHook =
-    Arc<dyn Fn(&RepositoryName, &Descriptor) -> Option<String> + Send + Sync>;
-
-/// Computes the `Location` of an upload session from its repository and id.
-pub type UploadLocationHook = Arc<dyn Fn(&RepositoryName, &str) -> String + Send + Sync>;
 
 /// Where a registry reads the time it stamps rows with and measures ages against (grace
 /// periods, upload expiry), in Unix milliseconds: the system clock, or a simulated one in
@@ -66,13 +57,6 @@ pub struct RegistryOptions {
     pub min_free_space: u64,
     /// Longest an upload request waits for a part buffer before it is answered 503.
     pub upload_buffer_wait: Duration,
-    /// Request bodies arriving slower than this many bytes per second over
-    /// `body_rate_window` (of time spent waiting for the client) are ended; 0 turns it off.
-    pub body_min_rate: u64,
-    /// The window over which `body_min_rate` is measured.
-    pub body_rate_window: Duration,
-    /// `OCI-Chunk-Min-Length` advertised to clients.
-    pub chunk_min_length: u64,
     /// Largest manifest accepted (bytes); larger ones get 413.
     pub max_manifest_size: usize,
     /// Serve the referrers API; when off, it answers 404 as if unknown.
@@ -84,19 +68,6 @@ pub struct RegistryOptions {
     pub sparse_manifests: bool,
     /// Refuse tag and catalog pages larger than this (`n` above it gets 400).
     pub max_page_size: Option<u32>,
-    /// Send `Docker-Content-Digest` when a manifest is fetched by tag.
-    pub tag_digest_header: bool,
-    /// Send `Link` headers for further pages.
-    pub link_headers: bool,
-    /// Answer blob GETs with a redirect when the store offers direct URLs.
-    pub redirect_blobs: bool,
-    /// Custom blob locations (CDN, mirrors).
-    pub blob_location: Option<BlobLocationHook>,
-    /// Custom upload locations.
-    pub upload_location: Option<UploadLocationHook>,
-    /// Proxies whose `X-Forwarded-For` names the client (access log, rate limits, ACLs by
-    /// address) and whose `X-Request-Id` is kept.
-    pub trusted_proxies: crate::http::TrustedProxies,
 }
 
 impl Default for RegistryOptions {
@@ -111,20 +82,11 @@ impl Default for RegistryOptions {
             upload_buffers: 8,
             upload_buffer_wait: Duration::from_secs(30),
             min_free_space: 512 * 1024 * 1024,
-            body_min_rate: 500,
-            body_rate_window: Duration::from_secs(20),
-            chunk_min_length: 5 * 1024 * 1024,
             max_manifest_size: DEFAULT_MAX_MANIFEST_SIZE,
             referrers_api: true,
             single_request_uploads: true,
             sparse_manifests: false,
             max_page_size: None,
-            tag_digest_header: true,
-            link_headers: true,
-            redirect_blobs: true,
-            blob_location: None,
-            upload_location: None,
-            trusted_proxies: crate::http::TrustedProxies::default(),
         }
     }
 }
@@ -141,20 +103,11 @@ impl std::fmt::Debug for RegistryOptions {
             .field("upload_buffers", &self.upload_buffers)
             .field("upload_buffer_wait", &self.upload_buffer_wait)
             .field("min_free_space", &self.min_free_space)
-            .field("body_min_rate", &self.body_min_rate)
-            .field("body_rate_window", &self.body_rate_window)
-            .field("chunk_min_length", &self.chunk_min_length)
             .field("max_manifest_size", &self.max_manifest_size)
             .field("referrers_api", &self.referrers_api)
             .field("single_request_uploads", &self.single_request_uploads)
             .field("sparse_manifests", &self.sparse_manifests)
             .field("max_page_size", &self.max_page_size)
-            .field("tag_digest_header", &self.tag_digest_header)
-            .field("link_headers", &self.link_headers)
-            .field("redirect_blobs", &self.redirect_blobs)
-            .field("blob_location", &self.blob_location.is_some())
-            .field("upload_location", &self.upload_location.is_some())
-            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -163,7 +116,6 @@ pub(crate) struct Inner {
     /// Set when the process is shutting down: readiness fails so that load balancers stop
     /// sending, while requests are still served.
     pub(crate) draining: std::sync::atomic::AtomicBool,
-    pub(crate) authorizer: Option<Arc<dyn Authorizer>>,
     pub(crate) blobs: Arc<dyn BlobStore>,
     pub(crate) metadata: Arc<dyn MetadataStore>,
     pub(crate) buffers: BufferPool,
@@ -185,7 +137,6 @@ impl std::fmt::Debug for Registry {
             .field("blobs", &self.inner.blobs.kind())
             .field("buffers", &self.inner.buffers)
             .field("options", &self.inner.options)
-            .field("authorizer", &self.inner.authorizer.is_some())
             .finish()
     }
 }
@@ -199,7 +150,6 @@ impl Registry {
     /// Starts configuring a registry.
     pub fn builder(blobs: Arc<dyn BlobStore>, metadata: Arc<dyn MetadataStore>) -> RegistryBuilder {
         RegistryBuilder {
-            authorizer: None,
             blobs,
             metadata,
             options: RegistryOptions::default(),
@@ -242,9 +192,10 @@ impl Registry {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Who decides access, if anyone: without an authorizer every request is allowed.
-    pub fn authorizer(&self) -> Option<&Arc<dyn Authorizer>> {
-        self.inner.authorizer.as_ref()
+    /// A URL clients can fetch `blob`'s bytes from directly (a presigned S3 URL), when the
+    /// blob store offers one.
+    pub async fn direct_url(&self, blob: &BlobRecord) -> RegistryResult<Option<String>> {
+        Ok(self.inner.blobs.presigned_url(&blob.storage_key).await?)
     }
 
     /// The time now, in Unix milliseconds, by the registry's clock.
@@ -255,7 +206,6 @@ impl Registry {
 
 /// Builds a [`Registry`].
 pub struct RegistryBuilder {
-    authorizer: Option<Arc<dyn Authorizer>>,
     blobs: Arc<dyn BlobStore>,
     metadata: Arc<dyn MetadataStore>,
     options: RegistryOptions,
@@ -307,20 +257,6 @@ impl RegistryBuilder {
         self
     }
 
-    /// Ends request bodies slower than `bytes_per_second` over `window` of waiting for the
-    /// client (default 500 B/s over 20 s); a rate of 0 turns the check off.
-    pub fn body_min_rate(mut self, bytes_per_second: u64, window: Duration) -> Self {
-        self.options.body_min_rate = bytes_per_second;
-        self.options.body_rate_window = window;
-        self
-    }
-
-    /// `OCI-Chunk-Min-Length` advertised to clients.
-    pub fn chunk_min_length(mut self, bytes: u64) -> Self {
-        self.options.chunk_min_length = bytes;
-        self
-    }
-
     /// Largest manifest accepted.
     pub fn max_manifest_size(mut self, bytes: usize) -> Self {
         self.options.max_manifest_size = bytes;
@@ -352,42 +288,6 @@ impl RegistryBuilder {
         self
     }
 
-    /// Send `Docker-Content-Digest` on manifest GETs by tag (on by default).
-    pub fn tag_digest_header(mut self, enabled: bool) -> Self {
-        self.options.tag_digest_header = enabled;
-        self
-    }
-
-    /// Send `Link` headers on paginated lists (on by default).
-    pub fn link_headers(mut self, enabled: bool) -> Self {
-        self.options.link_headers = enabled;
-        self
-    }
-
-    /// Redirect blob GETs to the store's direct URLs when it has them (on by default).
-    pub fn redirect_blobs(mut self, enabled: bool) -> Self {
-        self.options.redirect_blobs = enabled;
-        self
-    }
-
-    /// Maps a blob to a custom location clients are redirected to.
-    pub fn blob_location(
-        mut self,
-        hook: impl Fn(&RepositoryName, &Descriptor) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
-        self.options.blob_location = Some(Arc::new(hook));
-        self
-    }
-
-    /// Maps an upload to the `Location` clients continue it at.
-    pub fn upload_location(
-        mut self,
-        hook: impl Fn(&RepositoryName, &str) -> String + Send + Sync + 'static,
-    ) -> Self {
-        self.options.upload_location = Some(Arc::new(hook));
-        self
-    }
-
     /// Caches manifests in memory, coordinated with every process on this machine through the
     /// change counter file at `counter_path` (see [`manifest_cache`]). Only for deployments
     /// whose processes all run on one machine, such as SQLite ones.
@@ -396,22 +296,12 @@ impl RegistryBuilder {
         Ok(self)
     }
 
-    /// Decides every request's access with `authorizer` (see [`crate::auth`]): the HTTP layer
-    /// asks it before each operation, answers its refusals (401 with a challenge, 403, 429),
-    /// lists in the catalog only repositories the caller may pull, and mounts a blob from
-    /// another repository only if the caller may pull from it.
-    pub fn authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
-        self.authorizer = Some(authorizer);
-        self
-    }
-
     /// Builds the registry.
     pub fn build(self) -> Registry {
         let buffers = BufferPool::new(self.options.upload_buffers, self.blobs.part_size());
         Registry {
             inner: Arc::new(Inner {
                 draining: std::sync::atomic::AtomicBool::new(false),
-                authorizer: self.authorizer,
                 blobs: self.blobs,
                 metadata: Arc::new(Instrumented::new(self.metadata)),
                 buffers,

@@ -247,7 +247,7 @@ mod tests {
     /// such a reference looks like one to a blob never pushed. Scrub reports both, as allowed.
     #[tokio::test]
     async fn scrub_reports_references_of_sparse_manifests_without_failing() {
-        let registry = crate::Registry::builder(
+        let registry = super::Registry::builder(
             Arc::new(MemoryBlobStore::new(1 << 20)),
             Arc::new(MemoryMetadataStore::new()),
         )

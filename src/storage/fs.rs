@@ -506,13 +506,8 @@ impl UploadWriter for FsWriter {
     }
 
     async fn settle(&mut self) -> StorageResult<Option<Durable>> {
-        let Some(handle) = self.in_flight.front_mut() else {
-            return Ok(None);
-        };
-        let written = handle.await;
-        self.in_flight.pop_front();
-        let end_offset = written.map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
-        Ok(Some(Durable::at(end_offset, String::new())))
+        let end_offset = super::settle_oldest(&mut self.in_flight).await?;
+        Ok(end_offset.map(|end| Durable::at(end, String::new())))
     }
 
     async fn complete(&mut self, _parts: &[PartRecord], size: u64) -> StorageResult<String> {

@@ -331,3 +331,20 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(None)
     }
 }
+
+/// Waits for the oldest of a writer's in-flight writes and takes it off the queue: writes
+/// become durable in the order they were started, so a writer reports them in that order.
+pub(crate) async fn settle_oldest<T, E>(
+    in_flight: &mut std::collections::VecDeque<tokio::task::JoinHandle<Result<T, E>>>,
+) -> StorageResult<Option<T>>
+where
+    StorageError: From<E>,
+{
+    let Some(handle) = in_flight.front_mut() else {
+        return Ok(None);
+    };
+    let written = handle.await;
+    in_flight.pop_front();
+    let written = written.map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+    Ok(Some(written?))
+}

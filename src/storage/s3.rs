@@ -1122,14 +1122,7 @@ impl UploadWriter for S3Writer {
     }
 
     async fn settle(&mut self) -> StorageResult<Option<Durable>> {
-        let Some(handle) = self.in_flight.front_mut() else {
-            return Ok(None);
-        };
-        let written = handle.await;
-        self.in_flight.pop_front();
-        written
-            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
-            .map(Some)
+        super::settle_oldest(&mut self.in_flight).await
     }
 
     fn recorded(&mut self, end_offset: u64) {

@@ -5,16 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth::Registry;
+use berth::http::Api;
 use berth::metadata::memory::MemoryMetadataStore;
 use berth::storage::memory::MemoryBlobStore;
 use reqwest::Method;
 
 use crate::util::*;
 
-async fn serve(registry: Registry) -> Client {
+async fn serve(api: Api) -> Client {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = berth::http::router(registry.clone()).merge(berth::http::health_router(registry));
+    let health = berth::http::health_router(api.registry().clone());
+    let app = api.router().merge(health);
     tokio::spawn(berth::http::serve(
         listener,
         app,
@@ -33,17 +35,15 @@ fn memory_registry() -> berth::RegistryBuilder {
 
 #[tokio::test]
 async fn blob_location_hook_redirects_to_a_cdn() {
-    let registry = memory_registry()
-        .blob_location(|repository, descriptor| {
-            (repository.as_str() == "cdn").then(|| {
-                format!(
-                    "https://cdn.example.com/{}?size={}",
-                    descriptor.digest, descriptor.size
-                )
-            })
+    let api = Api::new(memory_registry().build()).blob_location(|repository, descriptor| {
+        (repository.as_str() == "cdn").then(|| {
+            format!(
+                "https://cdn.example.com/{}?size={}",
+                descriptor.digest, descriptor.size
+            )
         })
-        .build();
-    let c = serve(registry).await;
+    });
+    let c = serve(api).await;
     let digest = c.push_blob("cdn", b"served elsewhere").await;
     let a = c.get(&format!("/v2/cdn/blobs/{digest}")).await;
     a.expect(307, None);
@@ -62,14 +62,12 @@ async fn blob_location_hook_redirects_to_a_cdn() {
 async fn upload_location_hook_sets_absolute_locations() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let registry = memory_registry()
-        .upload_location(move |repository, id| {
-            format!("http://{addr}/v2/{repository}/blobs/uploads/{id}?via=hook")
-        })
-        .build();
+    let api = Api::new(memory_registry().build()).upload_location(move |repository, id| {
+        format!("http://{addr}/v2/{repository}/blobs/uploads/{id}?via=hook")
+    });
     tokio::spawn(berth::http::serve(
         listener,
-        berth::http::router(registry),
+        api.router(),
         std::future::pending(),
         Duration::from_secs(1),
     ));
@@ -103,12 +101,13 @@ async fn options_set_through_the_builder() {
         .referrers_api(false)
         .single_request_uploads(false)
         .max_page_size(Some(1))
+        .max_manifest_size(1024)
+        .build();
+    let api = Api::new(registry)
         .tag_digest_header(false)
         .link_headers(false)
-        .max_manifest_size(1024)
-        .chunk_min_length(123)
-        .build();
-    let c = serve(registry).await;
+        .chunk_min_length(123);
+    let c = serve(api).await;
     let a = c.call(Method::POST, "/v2/built/blobs/uploads/").await;
     assert_eq!(a.header("oci-chunk-min-length"), Some("123"));
     c.get(&format!("/v2/built/referrers/{}", sha256(b"x")))

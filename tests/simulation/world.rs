@@ -59,7 +59,6 @@ pub fn base_options() -> RegistryOptions {
         min_free_space: 0,
         upload_buffers: 8,
         upload_buffer_wait: Duration::from_secs(10),
-        body_min_rate: 0,
         ..RegistryOptions::default()
     }
 }

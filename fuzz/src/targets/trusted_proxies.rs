@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use berth::http::TrustedProxies;
+use berth::client::TrustedProxies;
 use http::{HeaderMap, HeaderValue};
 
 use crate::input;
