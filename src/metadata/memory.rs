@@ -1,4 +1,8 @@
 //! Metadata in process memory, for tests and embedding. Nothing survives the process.
+//!
+//! One file past 800 lines on purpose: it is the whole `MetadataStore` contract over plain maps
+//! under one lock, each method a few lines, read side by side with the SQL store's as the
+//! reference of what every method means; splitting it would scatter that one lock's state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
