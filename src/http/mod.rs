@@ -11,7 +11,7 @@ use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 
 use crate::error::RegistryError;
-use crate::registry::Registry;
+use crate::registry::{Readiness, Registry};
 
 mod api;
 mod body_rate;
@@ -64,67 +64,25 @@ pub fn health_router(registry: Registry) -> Router {
         .with_state(registry)
 }
 
-/// How long readiness waits for each dependency: a probe must answer promptly even when a
-/// dependency hangs.
-const READINESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// `check`'s outcome, or why it took too long.
-async fn within(
-    what: &'static str,
-    check: impl std::future::Future<Output = Result<(), String>>,
-) -> Result<(), String> {
-    match tokio::time::timeout(READINESS_TIMEOUT, check).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
-            "{what} did not answer within {} ms",
-            READINESS_TIMEOUT.as_millis()
-        )),
-    }
-}
-
-/// Ready when the metadata database and blob storage answer within [`READINESS_TIMEOUT`].
-/// Low disk space does not make a process unready (reads still work, and a replica taken out
-/// of rotation would not free any space); the answer says so, and the uploads it would refuse
-/// get 507.
+/// Ready when the registry's stores answer in time ([`Registry::readiness`]).
 async fn readiness(State(registry): State<Registry>) -> Response {
-    if registry.is_draining() {
-        return (
+    match registry.readiness().await {
+        Readiness::Draining => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: shutting down\n",
         )
-            .into_response();
-    }
-    let metadata = within("the metadata database", async {
-        registry
-            .metadata_store()
-            .ping()
-            .await
-            .map_err(|e| e.to_string())
-    });
-    let blobs = within("blob storage", async {
-        registry
-            .blob_store()
-            .check()
-            .await
-            .map_err(|e| e.to_string())
-    });
-    let (metadata, blobs) = tokio::join!(metadata, blobs);
-    let problems: Vec<String> = [metadata, blobs]
-        .into_iter()
-        .filter_map(Result::err)
-        .collect();
-    if !problems.is_empty() {
-        tracing::warn!(problems = ?problems, "not ready");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", problems.join("; ")),
-        )
-            .into_response();
-    }
-    match tokio::time::timeout(READINESS_TIMEOUT, registry.storage_pressure()).await {
-        Ok(Some(pressure)) => {
+            .into_response(),
+        Readiness::Unready(problems) => {
+            tracing::warn!(problems = ?problems, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}\n", problems.join("; ")),
+            )
+                .into_response()
+        }
+        Readiness::Degraded(pressure) => {
             (StatusCode::OK, format!("ready (degraded: {pressure})\n")).into_response()
         }
-        _ => (StatusCode::OK, "ready\n").into_response(),
+        Readiness::Ready => (StatusCode::OK, "ready\n").into_response(),
     }
 }

@@ -192,6 +192,35 @@ impl Registry {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Whether this process should receive requests: its metadata database and blob storage
+    /// answer within [`READINESS_TIMEOUT`] each, and it is not shutting down. Low disk space
+    /// does not make a process unready (reads still work, and a replica taken out of rotation
+    /// would not free any space); it is reported as degraded, and the uploads it would refuse
+    /// get 507.
+    pub async fn readiness(&self) -> Readiness {
+        if self.is_draining() {
+            return Readiness::Draining;
+        }
+        let metadata = within("the metadata database", async {
+            self.inner.metadata.ping().await.map_err(|e| e.to_string())
+        });
+        let blobs = within("blob storage", async {
+            self.inner.blobs.check().await.map_err(|e| e.to_string())
+        });
+        let (metadata, blobs) = tokio::join!(metadata, blobs);
+        let problems: Vec<String> = [metadata, blobs]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if !problems.is_empty() {
+            return Readiness::Unready(problems);
+        }
+        match tokio::time::timeout(READINESS_TIMEOUT, self.storage_pressure()).await {
+            Ok(Some(pressure)) => Readiness::Degraded(pressure),
+            _ => Readiness::Ready,
+        }
+    }
+
     /// A URL clients can fetch `blob`'s bytes from directly (a presigned S3 URL), when the
     /// blob store offers one.
     pub async fn direct_url(&self, blob: &BlobRecord) -> RegistryResult<Option<String>> {
@@ -201,6 +230,37 @@ impl Registry {
     /// The time now, in Unix milliseconds, by the registry's clock.
     pub(crate) fn now(&self) -> i64 {
         (self.inner.clock)()
+    }
+}
+
+/// How long readiness waits for each dependency: a probe must answer promptly even when a
+/// dependency hangs.
+pub const READINESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What [`Registry::readiness`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Serving, every dependency answering.
+    Ready,
+    /// Serving, but uploads that would leave too little free disk space are refused.
+    Degraded(String),
+    /// A dependency did not answer, or not in time: what each problem was.
+    Unready(Vec<String>),
+    /// Shutting down: load balancers should stop sending.
+    Draining,
+}
+
+/// `check`'s outcome, or why it took too long.
+async fn within(
+    what: &'static str,
+    check: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(READINESS_TIMEOUT, check).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "{what} did not answer within {} ms",
+            READINESS_TIMEOUT.as_millis()
+        )),
     }
 }
 
