@@ -23,6 +23,8 @@ pub(super) struct Call {
     pub(super) registry: Registry,
     pub(super) parts: Parts,
     pub(super) route: Route,
+    /// The repository the path names, parsed once (none for the catalog and `/v2/`).
+    pub(super) name: Option<RepositoryName>,
     pub(super) query: Vec<(String, String)>,
     /// What the caller may do, as the registry's authorizer decided.
     pub(super) grant: Arc<dyn Grant>,
@@ -72,8 +74,11 @@ pub(super) fn docker_content_digest() -> HeaderName {
     HeaderName::from_static("docker-content-digest")
 }
 
+/// The repository the call names, parsed when it was routed.
 pub(super) fn repository(call: &Call) -> RegistryResult<RepositoryName> {
-    Ok(RepositoryName::parse(&call.route.name)?)
+    call.name
+        .clone()
+        .ok_or_else(|| RegistryError::internal("an operation without a repository asked for one"))
 }
 
 pub(super) fn target_digest(call: &Call) -> RegistryResult<Digest> {

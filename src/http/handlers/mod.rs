@@ -76,10 +76,22 @@ pub(super) async fn handle(api: Arc<Api>, request: Request) -> Response {
         reference: route.target.clone(),
         user: None,
     };
-    let mut response = match authorize(&api, &parts, &route, client).await {
-        Ok(grant) => {
+    // The name is parsed once, here; a malformed one is refused before access is decided,
+    // since it names nothing.
+    let name = match route.operation {
+        Operation::ApiVersion | Operation::Catalog => Ok(None),
+        _ => RepositoryName::parse(&route.name).map(Some),
+    };
+    let decided = match name {
+        Ok(name) => authorize(&api, &parts, &route, name.as_ref(), client)
+            .await
+            .map(|grant| (name, grant)),
+        Err(e) => Err(e.into()),
+    };
+    let mut response = match decided {
+        Ok((name, grant)) => {
             routed.user = grant.subject().map(str::to_owned);
-            serve(api, parts, route, grant, body).await
+            serve(api, parts, route, name, grant, body).await
         }
         Err(error) => discard_body_within(body_stream(&api, body), error, REFUSED_DRAIN)
             .await
@@ -94,6 +106,7 @@ async fn serve(
     api: Arc<Api>,
     parts: Parts,
     route: Route,
+    name: Option<RepositoryName>,
     grant: Arc<dyn Grant>,
     body: axum::body::Body,
 ) -> Response {
@@ -104,11 +117,11 @@ async fn serve(
         api,
         parts,
         route,
+        name,
         query,
         grant,
     };
     let upload_id = call.route.target.clone();
-    let name = call.route.name.clone();
     let result = match operation {
         Operation::ApiVersion => Ok(api_version()),
         Operation::Catalog => catalog(&call).await,
@@ -133,9 +146,9 @@ async fn serve(
                 Operation::UploadStatus | Operation::PatchUpload | Operation::FinishUpload
             );
             if upload_op && error.status() == StatusCode::RANGE_NOT_SATISFIABLE {
-                let location = match RepositoryName::parse(&name) {
-                    Ok(n) => upload_location(&call.api, &n, &upload_id),
-                    Err(_) => String::new(),
+                let location = match &call.name {
+                    Some(n) => upload_location(&call.api, n, &upload_id),
+                    None => String::new(),
                 };
                 let mut error = error;
                 if let Ok(v) = HeaderValue::from_str(&location) {
@@ -155,18 +168,19 @@ async fn serve(
 /// and for how long: a client that has not authenticated gets little.
 const REFUSED_DRAIN: (u64, Duration) = (1024 * 1024, Duration::from_secs(2));
 
-/// What an operation needs of the caller.
-fn needs(route: &Route) -> Result<Vec<Access>, RegistryError> {
+/// What an operation on the repository `name` needs of the caller.
+fn needs(route: &Route, name: Option<&RepositoryName>) -> Vec<Access> {
     let action = match route.operation.action() {
-        EndpointAction::None => return Ok(Vec::new()),
-        EndpointAction::Catalog => return Ok(vec![Access::catalog()]),
+        EndpointAction::None => return Vec::new(),
+        EndpointAction::Catalog => return vec![Access::catalog()],
         EndpointAction::Pull => AuthAction::Pull,
         EndpointAction::Push => AuthAction::Push,
         EndpointAction::Delete => AuthAction::Delete,
     };
-    // A malformed name is refused before access is decided: it names nothing.
-    let name = RepositoryName::parse(&route.name)?;
-    Ok(vec![Access::repository(name.as_str(), action)])
+    match name {
+        Some(name) => vec![Access::repository(name.as_str(), action)],
+        None => Vec::new(),
+    }
 }
 
 /// Asks the registry's authorizer about a request; without one, everything is allowed.
@@ -174,12 +188,13 @@ async fn authorize(
     api: &Api,
     parts: &Parts,
     route: &Route,
+    name: Option<&RepositoryName>,
     client: Option<std::net::IpAddr>,
 ) -> Result<Arc<dyn Grant>, RegistryError> {
     let Some(authorizer) = &api.authorizer else {
         return Ok(Arc::new(Everything));
     };
-    let needs = needs(route)?;
+    let needs = needs(route, name);
     let request = AccessRequest {
         headers: &parts.headers,
         client,
