@@ -4,7 +4,6 @@ use reqwest::Method;
 
 use crate::util::*;
 
-#[tokio::test]
 async fn api_version_check() {
     let server = Server::start();
     let c = server.client();
@@ -20,7 +19,6 @@ async fn api_version_check() {
     assert!(a.header("allow").unwrap().contains("GET"));
 }
 
-#[tokio::test]
 async fn health_probes() {
     let server = Server::start();
     let c = server.client();
@@ -28,7 +26,6 @@ async fn health_probes() {
     c.get("/readyz").await.expect(200, None);
 }
 
-#[tokio::test]
 async fn blob_monolithic_push_head_get_range_delete() {
     let server = Server::start();
     let c = server.client();
@@ -97,7 +94,6 @@ async fn blob_monolithic_push_head_get_range_delete() {
         .expect(404, Some("NAME_UNKNOWN"));
 }
 
-#[tokio::test]
 async fn blob_is_only_readable_through_linked_repositories() {
     let server = Server::start();
     let c = server.client();
@@ -111,7 +107,6 @@ async fn blob_is_only_readable_through_linked_repositories() {
         .expect(404, None);
 }
 
-#[tokio::test]
 async fn upload_post_answers_location_range_uuid_and_min_chunk() {
     let server = Server::start();
     let c = server.client();
@@ -135,7 +130,6 @@ async fn upload_post_answers_location_range_uuid_and_min_chunk() {
     assert_eq!(status.header("location"), Some(location));
 }
 
-#[tokio::test]
 async fn single_post_upload_with_digest() {
     let server = Server::start();
     let c = server.client();
@@ -175,7 +169,6 @@ async fn single_post_upload_with_digest() {
         .expect(404, None);
 }
 
-#[tokio::test]
 async fn sha512_blobs() {
     let server = Server::start();
     let c = server.client();
@@ -256,7 +249,6 @@ async fn sha512_blobs() {
     );
 }
 
-#[tokio::test]
 async fn chunked_upload_with_content_range_status_and_out_of_order_chunk() {
     let server = Server::start();
     let c = server.client();
@@ -316,7 +308,6 @@ async fn chunked_upload_with_content_range_status_and_out_of_order_chunk() {
         .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
 }
 
-#[tokio::test]
 async fn streaming_patch_without_length_like_docker_and_skopeo() {
     let server = Server::start();
     let c = server.client();
@@ -347,7 +338,6 @@ async fn streaming_patch_without_length_like_docker_and_skopeo() {
     assert!(got.body[..] == data[..]);
 }
 
-#[tokio::test]
 async fn cancelled_upload_is_gone() {
     let server = Server::start();
     let c = server.client();
@@ -367,7 +357,6 @@ async fn cancelled_upload_is_gone() {
         .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
 }
 
-#[tokio::test]
 async fn upload_sessions_belong_to_their_repository() {
     let server = Server::start();
     let c = server.client();
@@ -381,7 +370,6 @@ async fn upload_sessions_belong_to_their_repository() {
         .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
 }
 
-#[tokio::test]
 async fn cross_repository_mount() {
     let server = Server::start();
     let c = server.client();
@@ -434,7 +422,6 @@ async fn cross_repository_mount() {
         .expect(200, None);
 }
 
-#[tokio::test]
 async fn image_manifest_push_pull_by_tag_and_digest() {
     let server = Server::start();
     let c = server.client();
@@ -482,7 +469,6 @@ async fn image_manifest_push_pull_by_tag_and_digest() {
         .expect(404, Some("NAME_UNKNOWN"));
 }
 
-#[tokio::test]
 async fn manifest_bytes_are_stored_exactly_and_digest_must_match() {
     let server = Server::start();
     let c = server.client();
@@ -510,7 +496,6 @@ async fn manifest_bytes_are_stored_exactly_and_digest_must_match() {
         .expect(200, None);
 }
 
-#[tokio::test]
 async fn manifest_references_must_be_present() {
     let server = Server::start();
     let c = server.client();
@@ -541,7 +526,6 @@ async fn manifest_references_must_be_present() {
     c.get("/v2/refs/manifests/idx").await.expect(404, None);
 }
 
-#[tokio::test]
 async fn index_and_docker_manifest_list() {
     let server = Server::start();
     let c = server.client();
@@ -566,7 +550,6 @@ async fn index_and_docker_manifest_list() {
     }
 }
 
-#[tokio::test]
 async fn docker_schema2_manifest() {
     let server = Server::start();
     let c = server.client();
@@ -587,7 +570,6 @@ async fn docker_schema2_manifest() {
     assert_eq!(&got.body[..], manifest.as_bytes());
 }
 
-#[tokio::test]
 async fn manifest_limits_and_validation() {
     let server = Server::start();
     let c = server.client();
@@ -619,7 +601,6 @@ async fn manifest_limits_and_validation() {
         .expect(201, None);
 }
 
-#[tokio::test]
 async fn artifact_manifest_subject_and_referrers() {
     let server = Server::start();
     let c = server.client();
@@ -727,7 +708,6 @@ async fn artifact_manifest_subject_and_referrers() {
     assert_eq!(r.json()["manifests"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
 async fn subject_may_be_pushed_after_its_referrer() {
     let server = Server::start();
     let c = server.client();
@@ -752,7 +732,6 @@ async fn subject_may_be_pushed_after_its_referrer() {
     assert_eq!(r.json()["manifests"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
 async fn delete_by_tag_and_by_digest() {
     let server = Server::start();
     let c = server.client();
@@ -792,7 +771,6 @@ async fn delete_by_tag_and_by_digest() {
     assert_eq!(tags.json()["tags"].as_array().unwrap().len(), 0);
 }
 
-#[tokio::test]
 async fn tag_list_pagination() {
     let server = Server::start();
     let c = server.client();
@@ -852,7 +830,6 @@ async fn tag_list_pagination() {
     c.get("/v2/paged/tags/list?n=lots").await.expect(400, None);
 }
 
-#[tokio::test]
 async fn catalog_pagination() {
     let server = Server::start();
     let c = server.client();
@@ -878,7 +855,6 @@ async fn catalog_pagination() {
 /// Blobs are read in pieces (1 MiB on the directory store, read ahead of the connection):
 /// whole blobs and ranges that start, end or cross inside a piece come back exact, a freshly
 /// pushed blob as well as one pulled before.
-#[tokio::test]
 async fn ranges_across_read_pieces_are_exact() {
     let server = Server::start_with(&[("BERTH_REDIRECT", "false")]);
     let c = server.client();
@@ -915,4 +891,31 @@ async fn ranges_across_read_pieces_are_exact() {
             part.body.len()
         );
     }
+}
+
+crate::harness::trials! {
+    api_version_check;
+    health_probes;
+    blob_monolithic_push_head_get_range_delete;
+    blob_is_only_readable_through_linked_repositories;
+    upload_post_answers_location_range_uuid_and_min_chunk;
+    single_post_upload_with_digest;
+    sha512_blobs;
+    chunked_upload_with_content_range_status_and_out_of_order_chunk;
+    streaming_patch_without_length_like_docker_and_skopeo;
+    cancelled_upload_is_gone;
+    upload_sessions_belong_to_their_repository;
+    cross_repository_mount;
+    image_manifest_push_pull_by_tag_and_digest;
+    manifest_bytes_are_stored_exactly_and_digest_must_match;
+    manifest_references_must_be_present;
+    index_and_docker_manifest_list;
+    docker_schema2_manifest;
+    manifest_limits_and_validation;
+    artifact_manifest_subject_and_referrers;
+    subject_may_be_pushed_after_its_referrer;
+    delete_by_tag_and_by_digest;
+    tag_list_pagination;
+    catalog_pagination;
+    ranges_across_read_pieces_are_exact;
 }

@@ -188,7 +188,6 @@ fn action_of(method: &Method, path: &str) -> &'static str {
     }
 }
 
-#[tokio::test]
 async fn basic_auth_challenges_refuses_and_follows_the_acl() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.basic_settings());
@@ -408,7 +407,6 @@ fn claims(
     })
 }
 
-#[tokio::test]
 async fn token_auth_with_the_built_in_issuer() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.token_settings());
@@ -692,7 +690,6 @@ fn percent(v: &str) -> String {
         .collect()
 }
 
-#[tokio::test]
 async fn bad_tokens_are_refused() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.token_settings());
@@ -806,7 +803,6 @@ async fn bad_tokens_are_refused() {
     }
 }
 
-#[tokio::test]
 async fn tokens_of_an_external_issuer_are_verified_with_its_keys() {
     let files = AuthFiles::new();
     // The external service's public key, as PEM and as a JWKS with a key id.
@@ -883,7 +879,6 @@ async fn tokens_of_an_external_issuer_are_verified_with_its_keys() {
     }
 }
 
-#[tokio::test]
 async fn presigned_redirects_need_authorization_first() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.basic_settings());
@@ -899,4 +894,12 @@ async fn presigned_redirects_need_authorization_first() {
     let got = alice.get_following(&path).await;
     got.expect(200, None);
     assert_eq!(&got.body[..], &image.layer[..]);
+}
+
+crate::harness::trials! {
+    basic_auth_challenges_refuses_and_follows_the_acl;
+    token_auth_with_the_built_in_issuer;
+    bad_tokens_are_refused;
+    tokens_of_an_external_issuer_are_verified_with_its_keys;
+    presigned_redirects_need_authorization_first;
 }

@@ -147,7 +147,6 @@ fn skopeo_round_trip(server: &Server, work: &Path) {
     assert!(!wrong.contains(password("alice")));
 }
 
-#[test]
 fn skopeo_with_credentials_in_basic_mode() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.basic_settings());
@@ -155,7 +154,6 @@ fn skopeo_with_credentials_in_basic_mode() {
     skopeo_round_trip(&server, work.path());
 }
 
-#[test]
 fn skopeo_with_credentials_in_token_mode() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.token_settings());
@@ -224,7 +222,6 @@ fn podman_round_trip(server: &Server, work: &Path) {
     );
 }
 
-#[test]
 fn podman_login_push_and_pull_in_basic_mode() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.basic_settings());
@@ -232,7 +229,6 @@ fn podman_login_push_and_pull_in_basic_mode() {
     podman_round_trip(&server, work.path());
 }
 
-#[test]
 fn podman_login_push_and_pull_in_token_mode() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.token_settings());
@@ -314,7 +310,6 @@ fn write(dir: &Path, name: &str, content: &str) -> std::path::PathBuf {
     path
 }
 
-#[test]
 fn docker_login_push_and_pull_in_basic_mode() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.basic_settings());
@@ -322,7 +317,6 @@ fn docker_login_push_and_pull_in_basic_mode() {
     docker_round_trip(&server, work.path());
 }
 
-#[test]
 fn docker_login_push_and_pull_in_token_mode() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.token_settings());
@@ -383,7 +377,6 @@ fn oras_round_trip(server: &Server, work: &Path, backend: &str) {
     );
 }
 
-#[test]
 fn oras_logs_in_pushes_and_pulls_in_basic_mode() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.basic_settings());
@@ -391,10 +384,20 @@ fn oras_logs_in_pushes_and_pulls_in_basic_mode() {
     oras_round_trip(&server, work.path(), "basic");
 }
 
-#[test]
 fn oras_logs_in_pushes_and_pulls_in_token_mode() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.token_settings());
     let work = tempfile::tempdir().unwrap();
     oras_round_trip(&server, work.path(), "token");
+}
+
+crate::harness::trials! {
+    skopeo_with_credentials_in_basic_mode;
+    skopeo_with_credentials_in_token_mode;
+    podman_login_push_and_pull_in_basic_mode;
+    podman_login_push_and_pull_in_token_mode;
+    docker_login_push_and_pull_in_basic_mode;
+    docker_login_push_and_pull_in_token_mode;
+    oras_logs_in_pushes_and_pulls_in_basic_mode;
+    oras_logs_in_pushes_and_pulls_in_token_mode;
 }

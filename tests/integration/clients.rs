@@ -127,7 +127,6 @@ pub fn skopeo() -> Command {
     c
 }
 
-#[test]
 fn skopeo_copies_an_oci_image_and_pulls_it_back_byte_identical() {
     let server = Server::start();
     let work = tempfile::tempdir().unwrap();
@@ -166,7 +165,6 @@ fn skopeo_copies_an_oci_image_and_pulls_it_back_byte_identical() {
     assert_eq!(pulled.len(), 3, "manifest, config and layer");
 }
 
-#[test]
 fn skopeo_copies_a_docker_v2s2_image() {
     let server = Server::start();
     let work = tempfile::tempdir().unwrap();
@@ -205,7 +203,6 @@ fn skopeo_copies_a_docker_v2s2_image() {
     }
 }
 
-#[test]
 fn skopeo_copy_all_of_a_multi_arch_index_is_byte_identical() {
     let server = Server::start();
     let work = tempfile::tempdir().unwrap();
@@ -254,7 +251,6 @@ fn skopeo_copy_all_of_a_multi_arch_index_is_byte_identical() {
     );
 }
 
-#[test]
 fn podman_pushes_and_pulls_single_and_multi_arch_images() {
     let server = Server::start();
     let work = tempfile::tempdir().unwrap();
@@ -373,4 +369,11 @@ fn podman_pushes_and_pulls_single_and_multi_arch_images() {
         pulled.contains_key(&layer),
         "the amd64 layer comes back as pushed"
     );
+}
+
+crate::harness::trials! {
+    skopeo_copies_an_oci_image_and_pulls_it_back_byte_identical;
+    skopeo_copies_a_docker_v2s2_image;
+    skopeo_copy_all_of_a_multi_arch_index_is_byte_identical;
+    podman_pushes_and_pulls_single_and_multi_arch_images;
 }

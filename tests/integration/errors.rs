@@ -15,7 +15,6 @@ type Case<'a> = (
     &'a str,
 );
 
-#[tokio::test]
 async fn malformed_requests_get_their_4xx() {
     let server = Server::start();
     let c = server.client();
@@ -354,7 +353,6 @@ async fn malformed_requests_get_their_4xx() {
 /// The distribution-spec conformance suites (v1.1.0, v1.1.1 and the last Ginkgo-based one)
 /// read this exact reference in "HEAD request to nonexistent manifest should return 404" and
 /// "GET nonexistent manifest should return 404".
-#[tokio::test]
 async fn conformance_invalid_manifest_name_reads_as_missing() {
     let server = Server::start();
     let c = server.client();
@@ -379,4 +377,9 @@ async fn conformance_invalid_manifest_name_reads_as_missing() {
     )
     .await
     .expect(400, Some("TAG_INVALID"));
+}
+
+crate::harness::trials! {
+    malformed_requests_get_their_4xx;
+    conformance_invalid_manifest_name_reads_as_missing;
 }

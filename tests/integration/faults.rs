@@ -117,13 +117,7 @@ fn blob_files(dir: &Path) -> Vec<PathBuf> {
     files_under(&dir.join("blobs"))
 }
 
-#[tokio::test]
 async fn a_full_disk_answers_507_removes_what_cannot_resume_and_recovers() {
-    let backend = Backend::current();
-    if backend.uses_s3() || !backend.persistent() {
-        eprintln!("skipped: the {backend:?} backend keeps no blobs on local disk");
-        return;
-    }
     let fs = SmallFs::mount(64);
     let admin = format!("127.0.0.1:{}", free_port());
     let mut settings = on(
@@ -250,12 +244,7 @@ async fn a_full_disk_answers_507_removes_what_cannot_resume_and_recovers() {
     assert!(!server.log_text().contains("panicked"));
 }
 
-#[tokio::test]
 async fn a_disk_filled_by_someone_else_answers_507_for_writes_and_keeps_reads() {
-    if Backend::current() != Backend::Sqlite {
-        eprintln!("skipped: this fills the disk of the embedded default's database");
-        return;
-    }
     let fs = SmallFs::mount(48);
     // No reserve: the disk fills completely, under the database too.
     let server = start(&on(
@@ -319,13 +308,8 @@ async fn a_disk_filled_by_someone_else_answers_507_for_writes_and_keeps_reads() 
     );
 }
 
-#[tokio::test]
 async fn a_locked_database_answers_503_within_the_lock_timeout() {
     let backend = Backend::current();
-    if !backend.persistent() {
-        eprintln!("skipped: the memory backend has no database to lock");
-        return;
-    }
     let admin = format!("127.0.0.1:{}", free_port());
     let server = Server::start_with(&[
         ("BERTH_DB_LOCK_TIMEOUT", "1s"),
@@ -432,13 +416,7 @@ async fn a_locked_database_answers_503_within_the_lock_timeout() {
     .await;
 }
 
-#[tokio::test]
 async fn postgres_out_of_disk_answers_507() {
-    let backend = Backend::current();
-    if !matches!(backend, Backend::Postgres | Backend::PostgresS3) {
-        eprintln!("skipped: simulates a Postgres error");
-        return;
-    }
     let server = Server::start();
     let c = server.client();
     let image = c.push_image("pgfull/app", "v1", unique_seed()).await;
@@ -479,12 +457,7 @@ async fn postgres_out_of_disk_answers_507() {
     c.push_blob("pgfull/app", b"after the disk was freed").await;
 }
 
-#[tokio::test]
 async fn s3_out_of_space_answers_507_and_keeps_resumable_uploads() {
-    if !Backend::current().uses_s3() {
-        eprintln!("skipped: injects S3 errors");
-        return;
-    }
     let s3 = FullS3::start(s3_server().endpoint).await;
     let server = Server::start_with(&[
         ("BERTH_S3_ENDPOINT", s3.endpoint.as_str()),
@@ -535,12 +508,7 @@ async fn s3_out_of_space_answers_507_and_keeps_resumable_uploads() {
 /// Starting an upload stores nothing (a crash before its session row commits would leave it
 /// with no owner): its file is made by its first bytes, and one lost after bytes were recorded
 /// is reported, not silently restarted.
-#[tokio::test]
 async fn an_upload_file_is_made_by_its_first_bytes_and_one_lost_after_them_is_reported() {
-    if Backend::current() != Backend::Sqlite {
-        eprintln!("a filesystem-storage test");
-        return;
-    }
     let server = Server::start();
     let c = server.client();
     let file_of = |location: &str| {
@@ -575,4 +543,13 @@ async fn an_upload_file_is_made_by_its_first_bytes_and_one_lost_after_them_is_re
     )
     .await
     .expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
+}
+
+crate::harness::trials! {
+    a_full_disk_answers_507_removes_what_cannot_resume_and_recovers.needs(LocalBlobs);
+    a_disk_filled_by_someone_else_answers_507_for_writes_and_keeps_reads.needs(Sqlite);
+    a_locked_database_answers_503_within_the_lock_timeout.needs(Database);
+    postgres_out_of_disk_answers_507.needs(Postgres);
+    s3_out_of_space_answers_507_and_keeps_resumable_uploads.needs(S3);
+    an_upload_file_is_made_by_its_first_bytes_and_one_lost_after_them_is_reported.needs(Sqlite);
 }

@@ -64,12 +64,7 @@ async fn status(c: &Client, method: Method, path: &str) -> u16 {
     c.call(method, path).await.status.as_u16()
 }
 
-#[tokio::test]
 async fn gc_deletes_only_what_nothing_references_after_the_grace_period() {
-    if !Backend::current().persistent() {
-        eprintln!("skipped: `berth gc` needs a registry whose state outlives its process");
-        return;
-    }
     let server = Server::start_with(&[("BERTH_GC_INTERVAL", "0")]);
     let c = server.client();
     let deployment = &server.deployment;
@@ -169,7 +164,6 @@ async fn gc_deletes_only_what_nothing_references_after_the_grace_period() {
     );
 }
 
-#[tokio::test]
 async fn untagged_manifests_go_when_configured_and_what_keeps_them_stays() {
     // The grace period and the age of untagged manifests are long enough for this test's
     // pushes (blobs, then manifests; children, then their index) to finish.
@@ -266,7 +260,6 @@ async fn push_referrer(c: &Client, repo: &str, subject: &Image, seed: u64) -> St
     digest
 }
 
-#[tokio::test]
 async fn immutable_tags_cannot_be_moved_or_deleted() {
     let server = Server::start_with(&[("BERTH_IMMUTABLE_TAGS", "release/**:v*, base:stable")]);
     let c = server.client();
@@ -615,7 +608,6 @@ fn iterations() -> u64 {
         .unwrap_or(250)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stress_pushes_deletes_and_collection_never_lose_a_layer() {
     let server = Server::start_with(&[
         ("BERTH_GC_GRACE_PERIOD", "0s"),
@@ -717,13 +709,7 @@ struct Race {
 }
 
 impl Race {
-    async fn set_up(repo: &str, tags: &[&str]) -> Option<Race> {
-        if !matches!(Backend::current(), Backend::Postgres | Backend::PostgresS3) {
-            eprintln!(
-                "skipped: SQLite runs one write transaction at a time; this race needs Postgres"
-            );
-            return None;
-        }
+    async fn set_up(repo: &str, tags: &[&str]) -> Race {
         let server = Server::start_with(&[("BERTH_GC_INTERVAL", "0"), ("BERTH_REDIRECT", "false")]);
         let c = server.client();
         let seed = unique_seed();
@@ -741,12 +727,12 @@ impl Race {
             &[(&layer_digest, layer.len())],
             None,
         );
-        Some(Race {
+        Race {
             server,
             c,
             blobs: vec![(config_digest, config), (layer_digest, layer)],
             manifest,
-        })
+        }
     }
 
     /// A transaction that holds `tag`'s row until it commits: a push of that tag waits.
@@ -777,12 +763,9 @@ async fn commit(holder: &mut sqlx::postgres::PgConnection) {
 /// transaction (after it checked and recorded its layers' links, before it commits) while a
 /// collection pass judges those links, unreferenced until then. The pass must wait for the
 /// push and keep the layers; without the locks it deletes them under the manifest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_committing_while_gc_judges_its_layers_keeps_them() {
     let repo = "gc/race";
-    let Some(race) = Race::set_up(repo, &["v1"]).await else {
-        return;
-    };
+    let race = Race::set_up(repo, &["v1"]).await;
     let c = &race.c;
     let mut holder = race.hold_tag("v1").await;
     let push = race.put(repo, "v1");
@@ -813,12 +796,9 @@ async fn a_manifest_committing_while_gc_judges_its_layers_keeps_them() {
 /// its own tag; a client deletes the manifest in that moment. The second push must hold the
 /// row it reuses (the delete waits for it), not answer 500 when its tag finds the manifest
 /// gone. The collector deleting a blob or an untagged manifest races the same way.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_reusing_a_manifest_row_holds_it_against_a_racing_delete() {
     let repo = "gc/reuse";
-    let Some(race) = Race::set_up(repo, &["first", "second"]).await else {
-        return;
-    };
+    let race = Race::set_up(repo, &["first", "second"]).await;
     let c = &race.c;
     let digest = sha256(&race.manifest);
     let mut first_held = race.hold_tag("first").await;
@@ -853,4 +833,13 @@ async fn a_push_reusing_a_manifest_row_holds_it_against_a_racing_delete() {
         let got = c.get(&format!("/v2/{repo}/manifests/{reference}")).await;
         assert_eq!(got.status, StatusCode::NOT_FOUND, "{reference}");
     }
+}
+
+crate::harness::trials! {
+    gc_deletes_only_what_nothing_references_after_the_grace_period.needs(Persistence);
+    untagged_manifests_go_when_configured_and_what_keeps_them_stays;
+    immutable_tags_cannot_be_moved_or_deleted;
+    stress_pushes_deletes_and_collection_never_lose_a_layer.multi_thread(4);
+    a_manifest_committing_while_gc_judges_its_layers_keeps_them.multi_thread(2).needs(Postgres);
+    a_push_reusing_a_manifest_row_holds_it_against_a_racing_delete.multi_thread(2).needs(Postgres);
 }

@@ -105,13 +105,8 @@ async fn push_three_ways(c: &Client, repo: &str, data: &[u8]) -> Vec<(&'static s
 
 /// Uploads waiting for a part buffer hold little: the bytes a connection reads ahead are
 /// bounded, and bytes staged in the database do not stay behind in pooled connections.
-#[tokio::test]
 async fn many_uploads_at_once_stay_within_the_memory_budget() {
     let backend = Backend::current();
-    if !backend.persistent() {
-        eprintln!("memory backend: blobs live in RAM by design");
-        return;
-    }
     let buffers = 2;
     let server = Server::start_with(&small_buffers("2"));
     let c = server.client();
@@ -160,7 +155,6 @@ async fn many_uploads_at_once_stay_within_the_memory_budget() {
     );
 }
 
-#[tokio::test]
 async fn trickling_and_stalled_uploads_do_not_starve_other_pushes() {
     let buffers = 2;
     let mut settings = small_buffers("2");
@@ -250,7 +244,6 @@ async fn trickling_and_stalled_uploads_do_not_starve_other_pushes() {
     );
 }
 
-#[tokio::test]
 async fn bodies_slower_than_the_minimum_rate_are_ended_and_keep_what_they_sent() {
     let server = Server::start_with(&[
         ("BERTH_BODY_MIN_RATE", "1000"),
@@ -304,7 +297,6 @@ async fn bodies_slower_than_the_minimum_rate_are_ended_and_keep_what_they_sent()
     assert_eq!(response.status, 408);
 }
 
-#[tokio::test]
 async fn waiting_for_a_buffer_is_bounded_and_the_upload_resumes() {
     let mut settings = small_buffers("1");
     settings.push(("BERTH_UPLOAD_BUFFER_WAIT", "1ms"));
@@ -381,7 +373,6 @@ async fn waiting_for_a_buffer_is_bounded_and_the_upload_resumes() {
     );
 }
 
-#[tokio::test]
 async fn connections_that_never_finish_their_headers_or_idle_are_closed() {
     let server = Server::start_with(&[
         ("BERTH_HTTP_HEADER_TIMEOUT", "1s"),
@@ -433,7 +424,6 @@ async fn connections_that_never_finish_their_headers_or_idle_are_closed() {
     server.client().get("/v2/").await.expect(200, None);
 }
 
-#[tokio::test]
 async fn connections_beyond_the_cap_wait_without_taking_descriptors() {
     let server = Server::start_with(&[("BERTH_MAX_CONNECTIONS", "8")]);
     let files_before = open_files(server.pid());
@@ -470,4 +460,13 @@ async fn connections_beyond_the_cap_wait_without_taking_descriptors() {
         .expect("served once connections close")
         .unwrap();
     assert_eq!(status, 200);
+}
+
+crate::harness::trials! {
+    many_uploads_at_once_stay_within_the_memory_budget.needs(Persistence);
+    trickling_and_stalled_uploads_do_not_starve_other_pushes;
+    bodies_slower_than_the_minimum_rate_are_ended_and_keep_what_they_sent;
+    waiting_for_a_buffer_is_bounded_and_the_upload_resumes;
+    connections_that_never_finish_their_headers_or_idle_are_closed;
+    connections_beyond_the_cap_wait_without_taking_descriptors;
 }

@@ -33,7 +33,6 @@ fn memory_registry() -> berth::RegistryBuilder {
     )
 }
 
-#[tokio::test]
 async fn blob_location_hook_redirects_to_a_cdn() {
     let api = Api::new(memory_registry().build()).blob_location(|repository, descriptor| {
         (repository.as_str() == "cdn").then(|| {
@@ -58,7 +57,6 @@ async fn blob_location_hook_redirects_to_a_cdn() {
     assert_eq!(&a.body[..], b"served here");
 }
 
-#[tokio::test]
 async fn upload_location_hook_sets_absolute_locations() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -95,7 +93,6 @@ async fn upload_location_hook_sets_absolute_locations() {
     );
 }
 
-#[tokio::test]
 async fn options_set_through_the_builder() {
     let registry = memory_registry()
         .referrers_api(false)
@@ -132,4 +129,10 @@ async fn options_set_through_the_builder() {
     );
     c.get("/healthz").await.expect(200, None);
     c.get("/readyz").await.expect(200, None);
+}
+
+crate::harness::trials! {
+    blob_location_hook_redirects_to_a_cdn;
+    upload_location_hook_sets_absolute_locations;
+    options_set_through_the_builder;
 }

@@ -29,7 +29,6 @@ async fn tags_of(c: &Client, repo: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
 async fn push_by_digest_sets_the_tags_of_its_query_end_7b() {
     let server = Server::start();
     let c = server.client();
@@ -121,7 +120,6 @@ async fn push_by_digest_sets_the_tags_of_its_query_end_7b() {
     );
 }
 
-#[tokio::test]
 async fn a_sha512_manifest_keeps_its_digest_through_its_tags() {
     let server = Server::start();
     let c = server.client();
@@ -179,7 +177,6 @@ async fn a_sha512_manifest_keeps_its_digest_through_its_tags() {
     assert_eq!(got.header("docker-content-digest"), Some(only512.as_str()));
 }
 
-#[tokio::test]
 async fn digest_algorithm_on_upload_start_end_4c() {
     let server = Server::start();
     let c = server.client();
@@ -215,7 +212,6 @@ async fn digest_algorithm_on_upload_start_end_4c() {
     }
 }
 
-#[tokio::test]
 async fn cancelling_an_upload_answers_204_end_14() {
     let server = Server::start();
     let c = server.client();
@@ -242,7 +238,6 @@ fn index_of(children: &[(&str, usize)]) -> Vec<u8> {
     .into_bytes()
 }
 
-#[tokio::test]
 async fn sparse_manifests_are_refused_by_default() {
     let server = Server::start();
     let c = server.client();
@@ -254,7 +249,6 @@ async fn sparse_manifests_are_refused_by_default() {
         .expect(400, Some("MANIFEST_BLOB_UNKNOWN"));
 }
 
-#[tokio::test]
 async fn sparse_manifests_are_accepted_when_enabled_for_mirrors() {
     let server = Server::start_with(&[("BERTH_SPARSE_MANIFESTS", "true")]);
     let c = server.client();
@@ -283,4 +277,13 @@ async fn sparse_manifests_are_accepted_when_enabled_for_mirrors() {
     c.get(&format!("/v2/mirror/blobs/{layer}"))
         .await
         .expect(404, Some("BLOB_UNKNOWN"));
+}
+
+crate::harness::trials! {
+    push_by_digest_sets_the_tags_of_its_query_end_7b;
+    a_sha512_manifest_keeps_its_digest_through_its_tags;
+    digest_algorithm_on_upload_start_end_4c;
+    cancelling_an_upload_answers_204_end_14;
+    sparse_manifests_are_refused_by_default;
+    sparse_manifests_are_accepted_when_enabled_for_mirrors;
 }

@@ -20,7 +20,6 @@ fn grew(before: &str, after: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_sum(after, name, labels) - metric_sum(before, name, labels)
 }
 
-#[tokio::test]
 async fn metrics_follow_the_traffic() {
     let backend = Backend::current();
     let (server, admin) = observed_server(&[
@@ -172,12 +171,7 @@ async fn metrics_follow_the_traffic() {
     assert!(after.contains("berth_maintenance_removed_total{what=\"expired_uploads\"}"));
 }
 
-#[tokio::test]
 async fn s3_errors_are_counted() {
-    if !Backend::current().uses_s3() {
-        eprintln!("skipped: needs S3 storage");
-        return;
-    }
     let s3 = FullS3::start(s3_server().endpoint).await;
     let (server, admin) = observed_server(&[("BERTH_S3_ENDPOINT", s3.endpoint.as_str())]);
     let c = server.client();
@@ -224,7 +218,6 @@ async fn logged(server: &Server, id: &str) -> serde_json::Value {
     line.unwrap()
 }
 
-#[tokio::test]
 async fn the_access_log_has_a_json_line_per_request() {
     let server = Server::start_with(&[("BERTH_LOG_FORMAT", "json"), ("BERTH_REDIRECT", "false")]);
     let c = server.client();
@@ -296,7 +289,6 @@ async fn the_access_log_has_a_json_line_per_request() {
     assert!(line["bytes_out"].as_u64().unwrap() < big.len() as u64);
 }
 
-#[tokio::test]
 async fn forwarded_for_and_request_ids_are_believed_from_trusted_proxies_only() {
     let server = Server::start_with(&[
         ("BERTH_LOG_FORMAT", "json"),
@@ -328,7 +320,6 @@ async fn forwarded_for_and_request_ids_are_believed_from_trusted_proxies_only() 
     assert_ne!(a.header("x-request-id"), Some("two words"));
 }
 
-#[test]
 fn an_invalid_trusted_proxy_is_refused_at_start() {
     let output = std::process::Command::new(binary())
         .env("BERTH_TRUSTED_PROXIES", "10.0.0.0/8, not-a-network")
@@ -339,4 +330,12 @@ fn an_invalid_trusted_proxy_is_refused_at_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not-a-network"), "{stderr}");
+}
+
+crate::harness::trials! {
+    metrics_follow_the_traffic;
+    s3_errors_are_counted.needs(S3);
+    the_access_log_has_a_json_line_per_request;
+    forwarded_for_and_request_ids_are_believed_from_trusted_proxies_only;
+    an_invalid_trusted_proxy_is_refused_at_start;
 }

@@ -5,7 +5,6 @@ use reqwest::Method;
 
 use crate::util::*;
 
-#[tokio::test]
 async fn referrers_api_can_be_disabled() {
     let server = Server::start_with(&[("BERTH_REFERRERS_API", "false")]);
     let c = server.client();
@@ -34,7 +33,6 @@ async fn referrers_api_can_be_disabled() {
         .expect(404, None);
 }
 
-#[tokio::test]
 async fn single_request_uploads_can_be_disabled() {
     let server = Server::start_with(&[("BERTH_SINGLE_REQUEST_UPLOADS", "false")]);
     let c = server.client();
@@ -61,7 +59,6 @@ async fn single_request_uploads_can_be_disabled() {
     .expect(201, None);
 }
 
-#[tokio::test]
 async fn page_size_limit_refuses_larger_pages() {
     let server = Server::start_with(&[("BERTH_MAX_PAGE_SIZE", "2")]);
     let c = server.client();
@@ -83,7 +80,6 @@ async fn page_size_limit_refuses_larger_pages() {
     assert!(page.header("link").unwrap().contains("last=t2"));
 }
 
-#[tokio::test]
 async fn digest_header_can_be_omitted_on_tag_gets() {
     let server = Server::start_with(&[("BERTH_TAG_DIGEST_HEADER", "false")]);
     let c = server.client();
@@ -102,7 +98,6 @@ async fn digest_header_can_be_omitted_on_tag_gets() {
     );
 }
 
-#[tokio::test]
 async fn link_headers_can_be_omitted() {
     let server = Server::start_with(&[("BERTH_LINK_HEADERS", "false")]);
     let c = server.client();
@@ -115,4 +110,12 @@ async fn link_headers_can_be_omitted() {
     assert_eq!(page.json()["tags"].as_array().unwrap().len(), 1);
     assert!(page.header("link").is_none());
     assert!(c.get("/v2/_catalog?n=0").await.header("link").is_none());
+}
+
+crate::harness::trials! {
+    referrers_api_can_be_disabled;
+    single_request_uploads_can_be_disabled;
+    page_size_limit_refuses_larger_pages;
+    digest_header_can_be_omitted_on_tag_gets;
+    link_headers_can_be_omitted;
 }

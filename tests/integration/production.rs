@@ -9,13 +9,8 @@ use crate::util::*;
 
 const MIB: usize = 1024 * 1024;
 
-#[tokio::test]
 async fn one_gib_upload_keeps_server_memory_bounded() {
     let server = Server::start();
-    if !server.deployment.backend.persistent() {
-        eprintln!("memory backend: blobs live in RAM by design");
-        return;
-    }
     let c = server.client();
     let (body, digest) = generated_body(1024 * MIB, unique_seed(), MIB);
     let location = c.start_upload("big").await;
@@ -63,7 +58,6 @@ async fn one_gib_upload_keeps_server_memory_bounded() {
     );
 }
 
-#[tokio::test]
 async fn chunks_of_every_size_assemble_into_the_right_blob() {
     let server = Server::start();
     let c = server.client();
@@ -129,13 +123,8 @@ fn assert_no_small_non_last_parts(log: &str) {
     }
 }
 
-#[tokio::test]
 async fn two_processes_take_alternate_patches_of_one_upload() {
     let a = Server::start();
-    if !a.deployment.backend.shareable() {
-        eprintln!("memory backend: processes share nothing by design");
-        return;
-    }
     let b = a.sibling();
     let (ca, cb) = (a.client(), b.client());
     let sizes = [3 * MIB, 3 * MIB, 7 * MIB, 2 * MIB + 5];
@@ -174,13 +163,8 @@ async fn two_processes_take_alternate_patches_of_one_upload() {
     }
 }
 
-#[tokio::test]
 async fn process_killed_mid_patch_and_the_client_resumes_on_another() {
     let mut a = Server::start();
-    if !a.deployment.backend.shareable() {
-        eprintln!("memory backend: processes share nothing by design");
-        return;
-    }
     let b = a.sibling();
     let (ca, cb) = (a.client(), b.client());
     let data = random_bytes(40 * MIB + 99, unique_seed());
@@ -251,12 +235,7 @@ async fn process_killed_mid_patch_and_the_client_resumes_on_another() {
     );
 }
 
-#[tokio::test]
 async fn presigned_redirects_work_with_plain_curl_and_expire() {
-    if !Backend::current().uses_s3() {
-        eprintln!("presigned URLs need S3 storage");
-        return;
-    }
     // The same server under another name, as clients outside would reach it.
     let endpoint = s3_server().endpoint;
     let public = if endpoint.contains("127.0.0.1") {
@@ -302,12 +281,7 @@ async fn presigned_redirects_work_with_plain_curl_and_expire() {
     );
 }
 
-#[tokio::test]
 async fn streaming_through_berth_honours_range_when_redirects_are_off() {
-    if !Backend::current().uses_s3() {
-        eprintln!("redirects only exist with S3 storage");
-        return;
-    }
     let server = Server::start_with(&[("BERTH_REDIRECT", "false")]);
     let c = server.client();
     let data = random_bytes(MIB + 3, unique_seed());
@@ -325,12 +299,7 @@ async fn streaming_through_berth_honours_range_when_redirects_are_off() {
     assert_eq!(&part.body[..], &data[1000..2000]);
 }
 
-#[tokio::test]
 async fn expired_uploads_leave_no_objects_or_multipart_uploads_in_s3() {
-    if !Backend::current().uses_s3() {
-        eprintln!("needs S3 storage");
-        return;
-    }
     let server = Server::start_with(&[
         ("BERTH_UPLOAD_TTL", "2s"),
         ("BERTH_MAINTENANCE_INTERVAL", "300ms"),
@@ -363,12 +332,7 @@ async fn expired_uploads_leave_no_objects_or_multipart_uploads_in_s3() {
     c.get(&first).await.expect(404, Some("BLOB_UPLOAD_UNKNOWN"));
 }
 
-#[tokio::test]
 async fn completed_uploads_leave_no_staging_or_stray_multipart_uploads() {
-    if !Backend::current().uses_s3() {
-        eprintln!("needs S3 storage");
-        return;
-    }
     let server = Server::start();
     let prefix = server.deployment.s3_prefix.clone().unwrap();
     let c = server.client();
@@ -401,13 +365,7 @@ async fn completed_uploads_leave_no_staging_or_stray_multipart_uploads() {
 }
 
 // Multi-threaded: the proxy must keep running while the test thread waits on the server.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_unreachable_answers_503_then_recovers_without_restart() {
-    let deployment_backend = Backend::current();
-    if !matches!(deployment_backend, Backend::Postgres | Backend::PostgresS3) {
-        eprintln!("needs Postgres");
-        return;
-    }
     // Berth reaches Postgres through a proxy the test can cut.
     let database = Deployment::new(&[]);
     let url = database.database_url().unwrap();
@@ -460,12 +418,7 @@ async fn database_unreachable_answers_503_then_recovers_without_restart() {
     c.push_blob("dbdown", b"after recovery").await;
 }
 
-#[tokio::test]
 async fn filesystem_store_without_direct_io() {
-    if Backend::current() != Backend::Sqlite {
-        eprintln!("a filesystem-storage test");
-        return;
-    }
     let server = Server::start_with(&[
         ("BERTH_FS_DIRECT_IO", "false"),
         ("BERTH_FS_PART_SIZE", "1MiB"),
@@ -500,13 +453,8 @@ async fn filesystem_store_without_direct_io() {
     );
 }
 
-#[tokio::test]
 async fn a_tag_pushed_on_one_process_is_served_by_every_other_at_once() {
     let a = Server::start();
-    if !a.deployment.backend.shareable() {
-        eprintln!("memory backend: processes share nothing by design");
-        return;
-    }
     let b = a.sibling();
     let (ca, cb) = (a.client(), b.client());
     let mut images = Vec::new();
@@ -560,12 +508,7 @@ async fn send_chunk(c: &Client, location: &str, data: &[u8], at: usize, len: usi
 }
 
 // Multi-threaded: the proxy must keep running while the test thread waits on the server.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_s3_chunks_are_answered_before_their_part_lands_and_survive_a_kill() {
-    if !Backend::current().uses_s3() {
-        eprintln!("needs S3 storage");
-        return;
-    }
     // Berth reaches S3 through a proxy the test can stall.
     let s3 = s3_server();
     let authority = s3
@@ -641,12 +584,7 @@ async fn small_s3_chunks_are_answered_before_their_part_lands_and_survive_a_kill
         .await;
 }
 
-#[tokio::test]
 async fn small_s3_chunks_alternating_between_processes_make_one_intact_blob() {
-    if !Backend::current().uses_s3() {
-        eprintln!("needs S3 storage");
-        return;
-    }
     let first = Server::start();
     let second = first.sibling();
     let clients = [first.client(), second.client()];
@@ -702,4 +640,20 @@ async fn small_s3_chunks_alternating_between_processes_make_one_intact_blob() {
     clients[0]
         .commit_upload("one-process", &location, &data)
         .await;
+}
+
+crate::harness::trials! {
+    one_gib_upload_keeps_server_memory_bounded.needs(Persistence);
+    chunks_of_every_size_assemble_into_the_right_blob;
+    two_processes_take_alternate_patches_of_one_upload.needs(SharedState);
+    process_killed_mid_patch_and_the_client_resumes_on_another.needs(SharedState);
+    presigned_redirects_work_with_plain_curl_and_expire.needs(S3);
+    streaming_through_berth_honours_range_when_redirects_are_off.needs(S3);
+    expired_uploads_leave_no_objects_or_multipart_uploads_in_s3.needs(S3);
+    completed_uploads_leave_no_staging_or_stray_multipart_uploads.needs(S3);
+    database_unreachable_answers_503_then_recovers_without_restart.multi_thread(2).needs(Postgres);
+    filesystem_store_without_direct_io.needs(Sqlite);
+    a_tag_pushed_on_one_process_is_served_by_every_other_at_once.needs(SharedState);
+    small_s3_chunks_are_answered_before_their_part_lands_and_survive_a_kill.multi_thread(2).needs(S3);
+    small_s3_chunks_alternating_between_processes_make_one_intact_blob.needs(S3);
 }

@@ -30,13 +30,8 @@ fn slow_body(data: Vec<u8>, pause_after: usize, pause: Duration) -> reqwest::Bod
     reqwest::Body::wrap_stream(stream)
 }
 
-#[tokio::test]
 async fn chunked_upload_resumes_after_the_server_is_killed_and_restarted() {
     let mut server = Server::start();
-    if !server.deployment.backend.persistent() {
-        eprintln!("memory backend: nothing survives a restart by design");
-        return;
-    }
     let c = server.client();
     let data = random_bytes(7 * 1024 * 1024 + 4321, unique_seed());
     let location = c.start_upload("resume/me").await;
@@ -57,13 +52,8 @@ async fn chunked_upload_resumes_after_the_server_is_killed_and_restarted() {
         .await;
 }
 
-#[tokio::test]
 async fn upload_killed_mid_patch_resumes_from_the_reported_range() {
     let mut server = Server::start();
-    if !server.deployment.backend.persistent() {
-        eprintln!("memory backend: nothing survives a restart by design");
-        return;
-    }
     let c = server.client();
     let data = random_bytes(40 * 1024 * 1024 + 99, unique_seed());
     let location = c.start_upload("killed").await;
@@ -92,7 +82,6 @@ async fn upload_killed_mid_patch_resumes_from_the_reported_range() {
     c.complete_upload("killed", &location, &data, held).await;
 }
 
-#[tokio::test]
 async fn client_disconnect_keeps_what_arrived() {
     let server = Server::start();
     let c = server.client();
@@ -122,7 +111,6 @@ async fn client_disconnect_keeps_what_arrived() {
     c.complete_upload("hangup", &location, &data, held).await;
 }
 
-#[tokio::test]
 async fn racing_requests_on_one_session_leave_the_winner_intact() {
     let server = Server::start();
     let c = server.client();
@@ -178,7 +166,6 @@ async fn racing_requests_on_one_session_leave_the_winner_intact() {
     );
 }
 
-#[tokio::test]
 async fn concurrent_uploads_of_the_same_blob() {
     let server = Server::start();
     let c = server.client();
@@ -197,7 +184,6 @@ async fn concurrent_uploads_of_the_same_blob() {
     }
 }
 
-#[tokio::test]
 async fn concurrent_pushes_of_the_same_tag() {
     let server = Server::start();
     let c = server.client();
@@ -240,7 +226,6 @@ async fn concurrent_pushes_of_the_same_tag() {
     );
 }
 
-#[tokio::test]
 async fn abandoned_uploads_expire_and_their_bytes_are_removed() {
     let server = Server::start_with(&[
         ("BERTH_UPLOAD_TTL", "1s"),
@@ -287,7 +272,6 @@ async fn abandoned_uploads_expire_and_their_bytes_are_removed() {
     );
 }
 
-#[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let mut server = Server::start();
     let c = server.client();
@@ -317,4 +301,15 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         took < Duration::from_secs(12),
         "stopped within the grace period ({took:?})"
     );
+}
+
+crate::harness::trials! {
+    chunked_upload_resumes_after_the_server_is_killed_and_restarted.needs(Persistence);
+    upload_killed_mid_patch_resumes_from_the_reported_range.needs(Persistence);
+    client_disconnect_keeps_what_arrived;
+    racing_requests_on_one_session_leave_the_winner_intact;
+    concurrent_uploads_of_the_same_blob;
+    concurrent_pushes_of_the_same_tag;
+    abandoned_uploads_expire_and_their_bytes_are_removed;
+    graceful_shutdown_finishes_in_flight_requests;
 }

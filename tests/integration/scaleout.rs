@@ -4,7 +4,7 @@
 //! uploads run; nothing committed is lost and Berth never answers 500.
 //!
 //! These tests bring their own Postgres and Garage, so they run once, with the `postgres-s3`
-//! backend. `scripts/soak.sh` runs the fault run for longer (`BERTH_SOAK_SECONDS`,
+//! backend; on the others they are reported as ignored. `scripts/soak.sh` runs the fault run for longer (`BERTH_SOAK_SECONDS`,
 //! `BERTH_SOAK_UPLOADS`).
 
 use std::collections::BTreeMap;
@@ -20,19 +20,7 @@ use crate::clients::{Layout, blobs_of, descriptor, skopeo};
 use crate::cluster::Cluster;
 use crate::util::*;
 
-fn applies() -> bool {
-    if Backend::current() == Backend::PostgresS3 {
-        return true;
-    }
-    eprintln!("skipped: the scale-out tests run once, with BERTH_TEST_BACKEND=postgres-s3");
-    false
-}
-
-#[test]
 fn every_client_pushes_and_pulls_through_the_load_balancer() {
-    if !applies() {
-        return;
-    }
     let cluster = Cluster::start(3, &[]);
     let reg = cluster.addr().to_string();
     let work = tempfile::tempdir().unwrap();
@@ -475,11 +463,7 @@ fn soak_setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_survive_killed_replicas_a_database_restart_and_a_frozen_s3() {
-    if !applies() {
-        return;
-    }
     let uploads = soak_setting("BERTH_SOAK_UPLOADS", 20) as usize;
     let chaos_secs = soak_setting("BERTH_SOAK_SECONDS", 20);
     let cluster = Arc::new(Mutex::new(Cluster::start(
@@ -622,11 +606,7 @@ async fn uploads_survive_killed_replicas_a_database_restart_and_a_frozen_s3() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_fails_no_request() {
-    if !applies() {
-        return;
-    }
     let cluster = Arc::new(Mutex::new(Cluster::start(3, &[])));
     let c = cluster.lock().unwrap().client();
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -685,12 +665,8 @@ async fn a_rolling_restart_fails_no_request() {
 /// each run the worker (grace period 0, so every unreferenced link is due at once) and
 /// `berth gc` runs beside them, while clients push, delete and push the same layers again
 /// through the load balancer. Every manifest left pulls whole; nothing unreferenced is left.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_runs_online_on_every_replica_while_clients_push_and_delete() {
     use crate::gc::{StressTally, every_manifest_is_whole, gc, stress};
-    if !applies() {
-        return;
-    }
     let cluster = Cluster::start(
         3,
         &[
@@ -754,4 +730,11 @@ async fn gc_runs_online_on_every_replica_while_clients_push_and_delete() {
     let scrub = deployment.command(&["scrub"]).output().unwrap();
     let out = String::from_utf8_lossy(&scrub.stdout);
     assert!(scrub.status.success(), "{out}");
+}
+
+crate::harness::trials! {
+    every_client_pushes_and_pulls_through_the_load_balancer.needs(PostgresS3Run).own_services();
+    uploads_survive_killed_replicas_a_database_restart_and_a_frozen_s3.multi_thread(4).needs(PostgresS3Run).own_services();
+    a_rolling_restart_fails_no_request.multi_thread(4).needs(PostgresS3Run).own_services();
+    gc_runs_online_on_every_replica_while_clients_push_and_delete.multi_thread(4).needs(PostgresS3Run).own_services();
 }

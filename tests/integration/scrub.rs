@@ -63,12 +63,7 @@ async fn tamper(server: &Server, content: &[u8], replacement: &[u8]) {
     panic!("no stored object holds the content to tamper with");
 }
 
-#[tokio::test]
 async fn scrub_finds_rotten_and_missing_bytes_and_repair_makes_clients_push_again() {
-    if !Backend::current().persistent() {
-        eprintln!("skipped: nothing outlives a memory registry for scrub to read");
-        return;
-    }
     let server = Server::start_with(&[("BERTH_REDIRECT", "false")]);
     let c = server.client();
     let image = c.push_image("rot/app", "v1", unique_seed()).await;
@@ -174,7 +169,6 @@ async fn scrub_finds_rotten_and_missing_bytes_and_repair_makes_clients_push_agai
     );
 }
 
-#[test]
 fn scrub_refuses_what_it_cannot_do() {
     let deployment = Deployment::new(&[]);
     let run = |args: &[&str]| {
@@ -191,4 +185,9 @@ fn scrub_refuses_what_it_cannot_do() {
     } else {
         assert!(run(&["scrub"]).contains("nothing to scrub"));
     }
+}
+
+crate::harness::trials! {
+    scrub_finds_rotten_and_missing_bytes_and_repair_makes_clients_push_again.needs(Persistence);
+    scrub_refuses_what_it_cannot_do;
 }

@@ -8,8 +8,11 @@
 //!    (default `postgres:17-alpine`) and `BERTH_TEST_S3_IMAGE` (default `minio/minio`), whose
 //!    flavour, `minio` or `garage`, is `BERTH_TEST_S3_FLAVOUR` (default: `garage` if the image's
 //!    name says so). The containers are removed when the test binary exits;
-//! 3. otherwise they are missing: what needs them is skipped with one line saying how to provide
-//!    them, or fails when `BERTH_TEST_REQUIRE_SERVICES=1` (CI).
+//! 3. otherwise they are missing. The harness (`harness.rs`) looks for the backend
+//!    configuration's services once, before any test runs: if they are missing, the tests that
+//!    need them are reported as ignored, with a line saying how to provide them, or fail when
+//!    `BERTH_TEST_REQUIRE_SERVICES=1` (CI). A test that runs anyway (`--include-ignored`) fails
+//!    where it asks for them; nothing here skips a test or ends the test binary.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -126,37 +129,17 @@ pub fn required() -> bool {
     std::env::var("BERTH_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
 }
 
-/// `found`'s service; if it is missing, fails when services are required, else prints why the
-/// calling test is skipped and returns `None`.
-pub fn or_skip<T>(found: Found<T>) -> Option<T> {
-    match found {
-        Ok(service) => Some(service),
-        Err(why) if required() => panic!("{why} (BERTH_TEST_REQUIRE_SERVICES=1)"),
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
-}
-
-/// The service a whole backend configuration needs: without it, every test of the
-/// configuration is skipped at once (one line, and the test binary exits successfully).
+/// The service a whole backend configuration needs. The harness has already found it, or
+/// ignored the tests that need it; a test that runs without it anyway fails here.
 pub fn for_configuration<T>(found: Found<T>, configuration: &str) -> T {
-    match found {
-        Ok(service) => service,
-        Err(why) if required() => panic!("{why} (BERTH_TEST_REQUIRE_SERVICES=1)"),
-        Err(why) => {
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                // Straight to the descriptor: the test harness would swallow eprintln!'s line.
-                use std::io::Write as _;
-                let line = format!("skipped: the {configuration} configuration: {why}\n");
-                let _ = std::io::stderr().write_all(line.as_bytes());
-                std::process::exit(0);
-            });
-            unreachable!("the test binary is exiting")
-        }
-    }
+    found.unwrap_or_else(|why| {
+        let required = if required() {
+            " (BERTH_TEST_REQUIRE_SERVICES=1)"
+        } else {
+            ""
+        };
+        panic!("the {configuration} configuration: {why}{required}")
+    })
 }
 
 /// Runs `start` on a thread of its own: the blocking container API runs its own runtime, which
@@ -167,7 +150,8 @@ fn off_the_test_thread<T: Send + 'static>(start: fn() -> Found<T>) -> Found<T> {
         .unwrap_or_else(|_| Err("starting the container panicked".into()))
 }
 
-fn docker_available() -> Found<()> {
+/// Whether there is a Docker engine to start containers in, or why not.
+pub fn docker_available() -> Found<()> {
     let socket = std::path::Path::new("/var/run/docker.sock").exists();
     if socket || std::env::var("DOCKER_HOST").is_ok() {
         Ok(())

@@ -38,7 +38,6 @@ async fn collector() -> (String, Received) {
 }
 
 // Multi-threaded: the collector must answer while the test thread waits on the server.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spans_are_exported_over_otlp() {
     let (endpoint, received) = collector().await;
     let server = Server::start_with(&[
@@ -71,4 +70,8 @@ async fn request_spans_are_exported_over_otlp() {
             .any(|(_, body)| body.windows(5).any(|w| w == b"berth")),
         "spans carry the service name"
     );
+}
+
+crate::harness::trials! {
+    request_spans_are_exported_over_otlp.multi_thread(2);
 }

@@ -101,7 +101,7 @@ fn postgres_admin(sql: &str) {
         })
     })
     .join()
-    .expect("the Postgres statement ran");
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
 }
 
 impl Deployment {
