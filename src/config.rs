@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use berth::RegistryOptions;
 use berth::client::TrustedProxies;
 use berth::http::{HttpOptions, ServeOptions};
+use berth::metadata::sql::SqlOptions;
 use berth::registry::gc::ImmutableTags;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -481,6 +482,7 @@ impl Settings {
         }
         let defaults = RegistryOptions::default();
         let serve_defaults = ServeOptions::default();
+        let db_defaults = SqlOptions::default();
         let upload_buffers = self.upload_buffers.unwrap_or(defaults.upload_buffers);
         if upload_buffers == 0 {
             bail!("upload_buffers must be at least 1");
@@ -548,17 +550,19 @@ impl Settings {
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("berth-data")),
             database_url: self.database_url.filter(|s| !s.is_empty()),
             migrate_on_start: self.migrate_on_start.unwrap_or(true),
-            db_max_connections: self.db_max_connections.unwrap_or(16),
+            db_max_connections: self
+                .db_max_connections
+                .unwrap_or(db_defaults.max_connections),
             db_acquire_timeout: self
                 .db_acquire_timeout
-                .map_or(Duration::from_secs(5), |s| s.0),
+                .map_or(db_defaults.acquire_timeout, |s| s.0),
             db_lock_timeout: self
                 .db_lock_timeout
-                .map_or(Duration::from_secs(5), |s| s.0)
+                .map_or(db_defaults.lock_timeout, |s| s.0)
                 .max(Duration::from_millis(10)),
             db_statement_timeout: self
                 .db_statement_timeout
-                .map_or(Duration::from_secs(30), |s| s.0)
+                .map_or(db_defaults.statement_timeout, |s| s.0)
                 .max(Duration::from_millis(100)),
             storage,
             fs_part_size: fs_part_size as usize,
@@ -806,6 +810,49 @@ mod tests {
         assert_eq!(config.registry.gc_grace_period, Duration::from_secs(86400));
         assert_eq!(config.registry.gc_untagged_after, None);
         assert!(config.registry.immutable_tags.is_empty());
+    }
+
+    /// The database defaults are the SQL store's own; `--help` states them as well.
+    #[test]
+    fn database_defaults_are_the_stores() {
+        use clap::CommandFactory;
+
+        let defaults = SqlOptions::default();
+        let config = Settings::default().resolve().unwrap();
+        assert_eq!(config.db_max_connections, defaults.max_connections);
+        assert_eq!(config.db_acquire_timeout, defaults.acquire_timeout);
+        assert_eq!(config.db_lock_timeout, defaults.lock_timeout);
+        assert_eq!(config.db_statement_timeout, defaults.statement_timeout);
+        let command = Cli::command();
+        let help = |id: &str| {
+            command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
+        for (id, default) in [
+            ("db_max_connections", defaults.max_connections.to_string()),
+            (
+                "db_acquire_timeout",
+                format!("{}s", defaults.acquire_timeout.as_secs()),
+            ),
+            (
+                "db_lock_timeout",
+                format!("{}s", defaults.lock_timeout.as_secs()),
+            ),
+            (
+                "db_statement_timeout",
+                format!("{}s", defaults.statement_timeout.as_secs()),
+            ),
+        ] {
+            let help = help(id);
+            assert!(
+                help.contains(&format!("[default: {default}]")),
+                "{id}: {help}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,14 @@ use crate::storage::PartRecord;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;
+/// The SQL metadata store, built without a SQL backend: only its options, whose defaults the
+/// `berth` binary's configuration uses in every build.
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+pub mod sql {
+    #[path = "options.rs"]
+    mod options;
+    pub use options::SqlOptions;
+}
 
 pub mod instrumented;
 pub mod memory;
