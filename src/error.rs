@@ -1,10 +1,10 @@
 //! The registry's error: OCI error codes with their HTTP status, message and detail.
 //!
 //! Lower layers have their own error enums; they become a [`RegistryError`] here, in one
-//! place. Their messages are internal by default: clients see a generic message for 5xx
+//! place. HTTP is not spoken here: `http::error` gives each code and [`Condition`] its status
+//! and turns the hints (retry after, upload offset) into headers. Their messages are internal by default: clients see a generic message for 5xx
 //! answers while the cause is logged.
 
-use http::{HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 
 use crate::metadata::MetadataError;
@@ -77,30 +77,21 @@ impl ErrorCode {
             ErrorCode::InsufficientStorage => "INSUFFICIENT_STORAGE",
         }
     }
+}
 
-    /// The HTTP status a code is answered with unless a request needs another.
-    pub fn status(self) -> StatusCode {
-        match self {
-            ErrorCode::BlobUnknown
-            | ErrorCode::BlobUploadUnknown
-            | ErrorCode::ManifestUnknown
-            | ErrorCode::NameUnknown => StatusCode::NOT_FOUND,
-            ErrorCode::BlobUploadInvalid
-            | ErrorCode::DigestInvalid
-            | ErrorCode::ManifestBlobUnknown
-            | ErrorCode::ManifestInvalid
-            | ErrorCode::NameInvalid
-            | ErrorCode::SizeInvalid
-            | ErrorCode::TagInvalid => StatusCode::BAD_REQUEST,
-            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::Denied => StatusCode::FORBIDDEN,
-            ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-        }
-    }
+/// What sets a refusal apart where its code alone does not say it (the HTTP layer answers
+/// each with its own status).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Condition {
+    /// Nothing beyond the code.
+    #[default]
+    Usual,
+    /// The request carries more than the registry accepts (a manifest over the limit).
+    TooLarge,
+    /// The client sent its body too slowly, or stopped sending.
+    TooSlow,
+    /// A chunk does not continue the upload where it stands.
+    OutOfOrder,
 }
 
 /// One entry of the error envelope.
@@ -115,12 +106,16 @@ pub struct ErrorEntry {
     pub detail: Option<serde_json::Value>,
 }
 
-/// An error answered to a client: a status, the OCI error envelope and extra headers.
+/// An error answered to a client: OCI codes with messages and detail, and what the client
+/// may do next (retry later, resume an upload). Free of HTTP: `http` turns it into a status
+/// and headers.
 #[derive(Clone, Debug)]
 pub struct RegistryError {
-    status: StatusCode,
+    code: ErrorCode,
+    condition: Condition,
     entries: Vec<ErrorEntry>,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    retry_after_secs: Option<u32>,
+    upload_offset: Option<u64>,
     cause: Option<String>,
 }
 
@@ -131,13 +126,15 @@ impl RegistryError {
     /// An error with `code`'s usual status.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> RegistryError {
         RegistryError {
-            status: code.status(),
+            code,
+            condition: Condition::Usual,
             entries: vec![ErrorEntry {
                 code: code.as_str(),
                 message: message.into(),
                 detail: None,
             }],
-            headers: Vec::new(),
+            retry_after_secs: None,
+            upload_offset: None,
             cause: None,
         }
     }
@@ -151,8 +148,7 @@ impl RegistryError {
 
     /// A dependency is down; the message says which, and clients may retry.
     pub fn unavailable(message: impl Into<String>) -> RegistryError {
-        RegistryError::new(ErrorCode::Unavailable, message)
-            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("5"))
+        RegistryError::new(ErrorCode::Unavailable, message).with_retry_after(5)
     }
 
     /// Storage is full: `507` with a message that says what to do.
@@ -164,12 +160,12 @@ impl RegistryError {
                  (delete unused images and collect garbage, or add capacity), then retry"
             ),
         )
-        .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("60"))
+        .with_retry_after(60)
     }
 
-    /// Replaces the status.
-    pub fn with_status(mut self, status: StatusCode) -> RegistryError {
-        self.status = status;
+    /// Sets what sets the refusal apart from others of its code.
+    pub fn with_condition(mut self, condition: Condition) -> RegistryError {
+        self.condition = condition;
         self
     }
 
@@ -196,36 +192,48 @@ impl RegistryError {
         self
     }
 
-    /// Adds a response header.
-    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> RegistryError {
-        self.headers.push((name, value));
+    /// Tells the client to retry after `seconds`.
+    pub fn with_retry_after(mut self, seconds: u32) -> RegistryError {
+        self.retry_after_secs = Some(seconds);
         self
     }
 
-    /// Removes a response header.
-    pub fn without_header(mut self, name: &HeaderName) -> RegistryError {
-        self.headers.retain(|(n, _)| n != name);
+    /// Tells the client how many bytes its upload holds, so that it knows where to resume;
+    /// an offset already set is kept (it was stated closer to the cause).
+    pub fn with_upload_offset(mut self, offset: u64) -> RegistryError {
+        self.upload_offset.get_or_insert(offset);
         self
     }
 
-    /// Whether the answer has a header.
-    pub fn has_header(&self, name: &HeaderName) -> bool {
-        self.headers.iter().any(|(n, _)| n == name)
+    /// Forgets the upload's offset (for an upload the client never saw).
+    pub fn without_upload_offset(mut self) -> RegistryError {
+        self.upload_offset = None;
+        self
     }
 
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
-        self.status
+    /// The first entry's code.
+    pub fn error_code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// What sets the refusal apart from others of its code.
+    pub fn condition(&self) -> Condition {
+        self.condition
+    }
+
+    /// Seconds after which the client may retry.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        self.retry_after_secs
+    }
+
+    /// The bytes the client's upload holds, where the refusal concerns one.
+    pub fn upload_offset(&self) -> Option<u64> {
+        self.upload_offset
     }
 
     /// The envelope entries.
     pub fn entries(&self) -> &[ErrorEntry] {
         &self.entries
-    }
-
-    /// Extra response headers.
-    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.headers
     }
 
     /// The internal cause of a server fault, for logs.
@@ -235,12 +243,7 @@ impl RegistryError {
 
     /// The first entry's code.
     pub fn code(&self) -> &'static str {
-        self.entries.first().map(|e| e.code).unwrap_or("UNKNOWN")
-    }
-
-    /// The JSON envelope `{"errors":[…]}`.
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "errors": self.entries })
+        self.code.as_str()
     }
 }
 
@@ -249,8 +252,7 @@ impl std::fmt::Display for RegistryError {
         let first = self.entries.first();
         write!(
             f,
-            "{} {}: {}",
-            self.status.as_u16(),
+            "{}: {}",
             self.code(),
             first.map(|e| e.message.as_str()).unwrap_or("")
         )?;

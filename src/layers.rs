@@ -26,24 +26,76 @@ fn floor_of(module: &str) -> Option<usize> {
     FLOORS.iter().position(|floor| floor.contains(&module))
 }
 
+/// Modules a module may not use although they sit below it: the registry does not know who
+/// is asking, and stores never see repositories, tags or manifests.
+const NEVER_USES: &[(&str, &[&str])] = &[("registry", &["auth", "client"]), ("storage", &["oci"])];
+
+/// What `oci/` may not name: its types are pure, no I/O and no async.
+const NOT_IN_OCI: &[&str] = &[
+    "async fn",
+    ".await",
+    "tokio::",
+    "std::fs",
+    "std::net",
+    "std::io::Read",
+];
+
+/// Floors that speak no HTTP: they name neither the `http` nor the `axum` crate.
+const FREE_OF_HTTP: &[&str] = &["registry", "error", "metadata", "storage"];
+
+/// A line without its comment: `//` inside a string or character literal is code.
+fn code_of(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    let mut in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if in_string => i += 1,
+            b'"' => in_string = !in_string,
+            // A quote as a character literal does not open a string.
+            b'\'' if !in_string && bytes.get(i + 2) == Some(&b'\'') => i += 2,
+            b'/' if !in_string && bytes.get(i + 1) == Some(&b'/') => return &line[..i],
+            _ => {}
+        }
+        i += 1;
+    }
+    line
+}
+
+/// Where `source`'s code names `path::` as a path of its own (not the tail of another
+/// path such as `a::path::`), the name that follows each.
+fn paths_after<'a>(source: &'a str, path: &'a str) -> impl Iterator<Item = String> + 'a {
+    source.lines().flat_map(move |line| {
+        let code = code_of(line);
+        let mut found = Vec::new();
+        let mut from = 0;
+        while let Some(at) = code[from..].find(path).map(|at| from + at) {
+            let before = code[..at].chars().next_back();
+            let own = !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+            let after = &code[at + path.len()..];
+            if own && let Some(rest) = after.strip_prefix("::") {
+                found.push(
+                    rest.chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect(),
+                );
+            }
+            from = at + path.len();
+        }
+        found
+    })
+}
+
 /// The top-level modules `source` names as `crate::x` in code (comments are not code).
 fn uses(source: &str) -> BTreeSet<String> {
-    let mut used = BTreeSet::new();
-    for line in source.lines() {
-        let code = line.split("//").next().unwrap_or("");
-        let mut rest = code;
-        while let Some(at) = rest.find("crate::") {
-            let name: String = rest[at + "crate::".len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !name.is_empty() {
-                used.insert(name);
-            }
-            rest = &rest[at + "crate::".len()..];
-        }
-    }
-    used
+    paths_after(source, "crate")
+        .filter(|name: &String| !name.is_empty())
+        .collect()
+}
+
+/// Whether `source`'s code names the crate `krate` (`use http::…`, `http::StatusCode`).
+fn names_crate(source: &str, krate: &str) -> bool {
+    paths_after(source, krate).next().is_some()
 }
 
 fn sources(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
@@ -82,9 +134,39 @@ fn every_module_uses_only_modules_on_lower_floors() {
         };
         seen.insert(top.clone());
         let source = std::fs::read_to_string(&file).expect("readable source");
+        if FREE_OF_HTTP.contains(&top.as_str()) {
+            for krate in ["http", "axum"] {
+                if names_crate(&source, krate) {
+                    wrong.push(format!(
+                        "{} names the {krate} crate: only the HTTP layer speaks HTTP",
+                        relative.display()
+                    ));
+                }
+            }
+        }
+        if top == "oci" {
+            for word in NOT_IN_OCI {
+                if source.lines().any(|line| code_of(line).contains(word)) {
+                    wrong.push(format!(
+                        "{} uses {word}: oci/ is pure types, no I/O and no async",
+                        relative.display()
+                    ));
+                }
+            }
+        }
+        let forbidden = NEVER_USES
+            .iter()
+            .find(|(module, _)| *module == top)
+            .map_or(&[][..], |(_, never)| *never);
         for used in uses(&source) {
             if used == top {
                 continue;
+            }
+            if forbidden.contains(&used.as_str()) {
+                wrong.push(format!(
+                    "{} uses crate::{used}, which {top} must not know",
+                    relative.display()
+                ));
             }
             match floor_of(&used) {
                 Some(f) if f < floor => {}
@@ -111,6 +193,25 @@ fn every_module_uses_only_modules_on_lower_floors() {
         "layer order broken:\n{}",
         wrong.join("\n")
     );
+}
+
+#[test]
+fn comments_end_code_but_strings_do_not() {
+    let source = "let url = \"http://host/x\"; let y = crate::glob::matches(a); // crate::registry\nlet q = '\"'; crate::oci::x(); // crate::http\n";
+    assert_eq!(
+        uses(source).into_iter().collect::<Vec<_>>(),
+        vec!["glob".to_owned(), "oci".to_owned()]
+    );
+    assert!(names_crate("use http::StatusCode;", "http"));
+    assert!(!names_crate(
+        "use aws_sdk_s3::config::http::HttpResponse;",
+        "http"
+    ));
+    assert!(!names_crate(
+        "let u = \"http://x\"; // http::StatusCode",
+        "http"
+    ));
+    assert!(!names_crate("use crate::http::Api;", "http"));
 }
 
 #[test]

@@ -85,5 +85,5 @@ pub mod oci;
 pub mod registry;
 pub mod storage;
 
-pub use error::{ErrorCode, RegistryError, RegistryResult};
+pub use error::{Condition, ErrorCode, RegistryError, RegistryResult};
 pub use registry::{Registry, RegistryBuilder, RegistryOptions};

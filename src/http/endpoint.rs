@@ -1,10 +1,15 @@
-//! Request routing: every `/v2/…` request is parsed into an [`Operation`] on a repository.
+//! Request routing: every `/v2/…` request is parsed into an [`Operation`] on a repository,
+//! with the repository name and what the path ends with parsed and validated once, here.
 //!
 //! Repository names have any number of `/`-separated segments in the middle of the path, so
 //! paths are parsed from the right end (`…/blobs/uploads/<id>`, `…/blobs/<digest>`,
 //! `…/manifests/<reference>`, `…/tags/list`, `…/referrers/<digest>`), not by a path router.
 
 use http::Method;
+
+use super::error::{ApiError, ApiResult};
+use crate::oci::{Digest, DigestError, NameError, Reference, ReferenceError, RepositoryName};
+use crate::registry::uploads::{UploadId, UploadIdError};
 
 /// What access an operation needs; the basis of authorization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -103,15 +108,99 @@ impl Operation {
     }
 }
 
-/// A parsed request target: the operation, the raw repository name and the last segment.
+/// A parsed request: the operation, the repository it names and what its path ends with,
+/// each already validated, so that handlers never parse the path again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     /// The operation.
     pub operation: Operation,
-    /// The repository name as written (validated by the caller).
-    pub name: String,
-    /// The reference, digest or upload id the path ends with (empty if none).
-    pub target: String,
+    /// The repository (none for `/v2/` and the catalog).
+    pub name: Option<RepositoryName>,
+    /// The reference, digest or upload id the path ends with.
+    pub target: Target,
+}
+
+/// What a request's path ends with, parsed as its operation names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The operation names nothing there.
+    None,
+    /// A manifest, by tag or digest.
+    Reference(Reference),
+    /// A blob, or the subject of a referrers list.
+    Digest(Digest),
+    /// An upload session.
+    Upload(UploadId),
+    /// The path ends with something its operation cannot name. Answered once access is
+    /// decided, as each operation's handler says (a manifest read answers it as missing).
+    Invalid {
+        /// The segment as written.
+        raw: String,
+        /// Why it names nothing.
+        error: TargetError,
+    },
+}
+
+/// Why the last segment of a path names nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetError {
+    /// Neither a tag nor a digest.
+    Reference(ReferenceError),
+    /// Not a digest.
+    Digest(DigestError),
+    /// Not an upload id.
+    Upload(UploadIdError),
+}
+
+impl Target {
+    /// The manifest reference, or why there is none.
+    pub fn reference(&self) -> ApiResult<&Reference> {
+        match self {
+            Target::Reference(reference) => Ok(reference),
+            other => Err(other.mismatch()),
+        }
+    }
+
+    /// The digest, or why there is none.
+    pub fn digest(&self) -> ApiResult<&Digest> {
+        match self {
+            Target::Digest(digest) => Ok(digest),
+            other => Err(other.mismatch()),
+        }
+    }
+
+    /// The upload id, or why there is none.
+    pub fn upload(&self) -> ApiResult<&UploadId> {
+        match self {
+            Target::Upload(id) => Ok(id),
+            other => Err(other.mismatch()),
+        }
+    }
+
+    fn mismatch(&self) -> ApiError {
+        match self {
+            Target::Invalid { error, .. } => match error.clone() {
+                TargetError::Reference(e) => e.into(),
+                TargetError::Digest(e) => e.into(),
+                TargetError::Upload(e) => e.into(),
+            },
+            _ => ApiError::internal(format!(
+                "a handler asked a route for the wrong target: {self:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::None => Ok(()),
+            Target::Reference(reference) => reference.fmt(f),
+            Target::Digest(digest) => digest.fmt(f),
+            Target::Upload(id) => id.fmt(f),
+            Target::Invalid { raw, .. } => f.write_str(raw),
+        }
+    }
 }
 
 /// Why a request matches no operation.
@@ -121,6 +210,16 @@ pub enum RouteError {
     NotFound,
     /// The endpoint exists but not with this method; lists the allowed ones.
     MethodNotAllowed(&'static [Method]),
+    /// The repository name is not a valid one: it names nothing, so it is refused before
+    /// access is decided.
+    InvalidName {
+        /// The operation the path asks for.
+        operation: Operation,
+        /// The name as written.
+        name: String,
+        /// Why it is not a name.
+        error: NameError,
+    },
 }
 
 enum Resource {
@@ -172,10 +271,45 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RouteError> {
         (Resource::Referrers, "GET") => O::ListReferrers,
         (Resource::Referrers, _) => return Err(RouteError::MethodNotAllowed(GET)),
     };
+    let name = match operation {
+        O::ApiVersion | O::Catalog => None,
+        _ => Some(
+            RepositoryName::parse(name).map_err(|error| RouteError::InvalidName {
+                operation,
+                name: name.to_owned(),
+                error,
+            })?,
+        ),
+    };
+    let invalid = |error| Target::Invalid {
+        raw: target.to_owned(),
+        error,
+    };
+    let target = match operation {
+        O::ApiVersion | O::Catalog | O::ListTags | O::StartUpload => Target::None,
+        O::GetManifest | O::HeadManifest | O::PutManifest | O::DeleteManifest => {
+            match Reference::parse(target) {
+                Ok(reference) => Target::Reference(reference),
+                Err(e) => invalid(TargetError::Reference(e)),
+            }
+        }
+        O::GetBlob | O::HeadBlob | O::DeleteBlob | O::ListReferrers => {
+            match Digest::parse(target) {
+                Ok(digest) => Target::Digest(digest),
+                Err(e) => invalid(TargetError::Digest(e)),
+            }
+        }
+        O::UploadStatus | O::PatchUpload | O::FinishUpload | O::CancelUpload => {
+            match UploadId::parse(target) {
+                Ok(id) => Target::Upload(id),
+                Err(e) => invalid(TargetError::Upload(e)),
+            }
+        }
+    };
     Ok(Route {
         operation,
-        name: name.to_owned(),
-        target: target.to_owned(),
+        name,
+        target,
     })
 }
 
@@ -234,7 +368,48 @@ mod tests {
 
     fn ok(method: Method, path: &str) -> (Operation, String, String) {
         let r = route(&method, path).unwrap_or_else(|e| panic!("{method} {path}: {e:?}"));
-        (r.operation, r.name, r.target)
+        let name = r.name.map(|n| n.to_string()).unwrap_or_default();
+        (r.operation, name, r.target.to_string())
+    }
+
+    #[test]
+    fn targets_are_parsed_for_their_operation() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let id = "5f0c1e9a-3b5d-4c1e-9f2a-0d6b7e8c9a10";
+        let blob = route(&Method::GET, &format!("/v2/a/blobs/{digest}")).expect("routed");
+        assert_eq!(
+            blob.target,
+            Target::Digest(Digest::parse(&digest).expect("a digest"))
+        );
+        let manifest = route(&Method::PUT, "/v2/a/manifests/v1").expect("routed");
+        assert!(matches!(
+            manifest.target,
+            Target::Reference(Reference::Tag(_))
+        ));
+        let upload = route(&Method::PATCH, &format!("/v2/a/blobs/uploads/{id}")).expect("routed");
+        assert_eq!(upload.target.upload().expect("an upload id").as_str(), id);
+        // Malformed targets are kept for the handler, which answers them after access is
+        // decided.
+        for (method, path, raw) in [
+            (Method::GET, "/v2/a/blobs/sha256:short", "sha256:short"),
+            (Method::GET, "/v2/a/manifests/-bad", "-bad"),
+            (Method::PATCH, "/v2/a/blobs/uploads/not-an-id", "not-an-id"),
+        ] {
+            let found = route(&method, path).expect("routed");
+            assert!(
+                matches!(&found.target, Target::Invalid { raw: r, .. } if r == raw),
+                "{path}: {found:?}"
+            );
+            assert!(found.target.digest().is_err() && found.target.upload().is_err());
+        }
+        assert!(matches!(
+            route(&Method::GET, "/v2/A/tags/list"),
+            Err(RouteError::InvalidName { .. })
+        ));
+        assert_eq!(
+            route(&Method::GET, "/v2/_catalog").expect("routed").name,
+            None
+        );
     }
 
     #[test]

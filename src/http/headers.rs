@@ -1,6 +1,7 @@
 //! Parsing of the request headers and query parameters the API depends on.
 
-use crate::error::{ErrorCode, RegistryError};
+use crate::error::ErrorCode;
+use crate::http::error::ApiError;
 use crate::storage::ByteRange;
 
 /// A parsed `Content-Range` of an upload chunk: the first and last byte, inclusive.
@@ -21,9 +22,9 @@ impl ChunkRange {
 
 /// Parses an upload `Content-Range`: `<first>-<last>` as the spec writes it, also accepting the
 /// RFC 9110 forms `bytes <first>-<last>/<total>` and `bytes=<first>-<last>` that some clients send.
-pub fn parse_content_range(value: &str) -> Result<ChunkRange, RegistryError> {
+pub fn parse_content_range(value: &str) -> Result<ChunkRange, ApiError> {
     let bad = || {
-        RegistryError::new(
+        ApiError::new(
             ErrorCode::BlobUploadInvalid,
             format!("Content-Range {value:?} is invalid: expected <first>-<last>, e.g. 0-1023"),
         )
@@ -35,7 +36,7 @@ pub fn parse_content_range(value: &str) -> Result<ChunkRange, RegistryError> {
         .unwrap_or(v);
     let v = v.split_once('/').map_or(v, |(range, _total)| range);
     let (first, last) = v.split_once('-').ok_or_else(bad)?;
-    let number = |s: &str| -> Result<u64, RegistryError> {
+    let number = |s: &str| -> Result<u64, ApiError> {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 19 {
             return Err(bad());
         }
@@ -43,7 +44,7 @@ pub fn parse_content_range(value: &str) -> Result<ChunkRange, RegistryError> {
     };
     let (first, last) = (number(first)?, number(last)?);
     if last < first {
-        return Err(RegistryError::new(
+        return Err(ApiError::new(
             ErrorCode::BlobUploadInvalid,
             format!("Content-Range {value:?} ends before it starts"),
         ));

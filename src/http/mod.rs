@@ -1,21 +1,21 @@
 //! The HTTP face of the registry: the distribution API under `/v2`, health probes, and the
 //! server loop with graceful shutdown.
 //!
-//! Only this module knows axum and the OCI error envelope's wire form.
+//! Only this module knows axum, HTTP statuses and headers, and the OCI error envelope's wire
+//! form.
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderValue, StatusCode, header};
+use http::StatusCode;
 
-use crate::error::RegistryError;
 use crate::registry::{Readiness, Registry};
 
 mod api;
 mod body_rate;
 pub mod endpoint;
+pub mod error;
 mod handlers;
 pub mod headers;
 pub mod observe;
@@ -24,31 +24,12 @@ mod server;
 mod token;
 
 pub use api::{API_VERSION, Api, BlobLocationHook, HttpOptions, UploadLocationHook};
-pub use endpoint::{Action, Operation, Route, RouteError, route};
+pub use endpoint::{Action, Operation, Route, RouteError, Target, TargetError, route};
+pub use error::{ApiError, ApiResult};
 pub use observe::{RequestId, observed};
 pub use server::{ServeOptions, serve, serve_with};
 #[cfg(feature = "auth")]
 pub use token::token_router;
-
-impl IntoResponse for RegistryError {
-    fn into_response(self) -> Response {
-        if self.status().is_server_error() {
-            tracing::error!(status = self.status().as_u16(), code = self.code(), cause = ?self.cause(), "request failed");
-        }
-        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
-        let mut response = Response::new(Body::from(body));
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        for (name, value) in self.headers() {
-            headers.append(name.clone(), value.clone());
-        }
-        response
-    }
-}
 
 /// The distribution API (`/v2/**`) over `registry`, open to everyone, with default options
 /// ([`Api`] sets them).

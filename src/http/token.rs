@@ -15,7 +15,8 @@ use super::headers::query_pairs;
 use crate::auth::basic::basic_credentials;
 use crate::auth::issuer::{IssueError, IssuedToken, Login, TokenIssuer, TokenRequest};
 use crate::auth::scope::ScopeEntry;
-use crate::error::{ErrorCode, RegistryError};
+use crate::error::ErrorCode;
+use crate::http::error::ApiError;
 
 /// Largest OAuth2 form accepted.
 const MAX_FORM: usize = 16 * 1024;
@@ -119,19 +120,20 @@ fn get_answer(token: &IssuedToken) -> serde_json::Value {
 fn refused(state: &TokenState, error: IssueError) -> Response {
     let error = match &error {
         IssueError::BadCredentials | IssueError::BadRefreshToken(_) => {
-            RegistryError::new(ErrorCode::Unauthorized, error.to_string()).with_header(
+            ApiError::new(ErrorCode::Unauthorized, error.to_string()).with_header(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_str(&format!("Basic realm=\"{}\"", state.realm))
                     .unwrap_or_else(|_| HeaderValue::from_static("Basic")),
             )
         }
         IssueError::TooManyAttempts(wait) => {
-            RegistryError::new(ErrorCode::TooManyRequests, error.to_string())
+            ApiError::new(ErrorCode::TooManyRequests, error.to_string())
                 .with_header(header::RETRY_AFTER, HeaderValue::from(*wait))
         }
-        IssueError::UnknownService(_) => RegistryError::new(ErrorCode::Denied, error.to_string())
-            .with_status(StatusCode::BAD_REQUEST),
-        IssueError::Internal(_) => RegistryError::internal(error.to_string()),
+        IssueError::UnknownService(_) => {
+            ApiError::new(ErrorCode::Denied, error.to_string()).with_status(StatusCode::BAD_REQUEST)
+        }
+        IssueError::Internal(_) => ApiError::internal(error.to_string()),
     };
     error.into_response()
 }

@@ -2,12 +2,10 @@
 
 use std::sync::Arc;
 
-use http::StatusCode;
-
 use super::Registry;
 use super::coalesce::Coalescer;
 use super::gc::ImmutableTags;
-use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::error::{Condition, ErrorCode, RegistryError, RegistryResult};
 use crate::metadata::{
     ManifestDeletion, ManifestRecord, MetadataError, MetadataStore, NewManifest, Page,
     PutManifestOutcome, ReferrerRecord,
@@ -66,7 +64,7 @@ impl Registry {
                 ErrorCode::ManifestInvalid,
                 format!("manifest is {} bytes; the limit is {max}", body.len()),
             )
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+            .with_condition(Condition::TooLarge));
         }
         let parsed = ParsedManifest::parse(content_type, body)?;
         let digest = match reference {

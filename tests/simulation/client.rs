@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::StreamExt;
 
+use berth::http::ApiError;
 use berth::oci::{Digest, DigestAlgorithm, Reference, RepositoryName};
-use berth::registry::uploads::{BodyStream, ChunkSpec};
+use berth::registry::uploads::{BodyStream, ChunkSpec, UploadId};
 use berth::{Registry, RegistryError};
 
 use crate::world::World;
@@ -197,16 +198,28 @@ fn name(repo: &str) -> RepositoryName {
     RepositoryName::parse(repo).expect("a valid repository name")
 }
 
-fn header<'a>(e: &'a RegistryError, name: &str) -> Option<&'a str> {
-    e.headers()
+/// The id of a session the registry just opened.
+fn made_id(id: &str) -> UploadId {
+    UploadId::parse(id).expect("the registry makes valid upload ids")
+}
+
+/// The error as the HTTP layer answers it: what a client sees.
+fn answer(e: &RegistryError) -> ApiError {
+    ApiError::from(e.clone())
+}
+
+fn header(answer: &ApiError, name: &str) -> Option<String> {
+    answer
+        .headers()
         .iter()
         .find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
         .and_then(|(_, v)| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// The upload offset a `Range: 0-<last>` header reports.
 fn range_end(e: &RegistryError) -> Option<u64> {
-    let range = header(e, "range")?;
+    let range = header(&answer(e), "range")?;
     let last: u64 = range.strip_prefix("0-")?.parse().ok()?;
     // `0-0` is what an empty upload reports too: the caller asks the session then.
     (last > 0).then_some(last + 1)
@@ -253,10 +266,11 @@ impl Client {
     pub fn judge(&self, step: &str, e: &RegistryError) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
             format!("{e} (cause: {:?})", e.cause());
-        let status = e.status().as_u16();
+        let answer = answer(e);
+        let status = answer.status().as_u16();
         let fine = match (status, e.code()) {
-            (503, _) => header(e, "retry-after").is_some(),
-            (416, _) => header(e, "range").is_some(),
+            (503, _) => header(&answer, "retry-after").is_some(),
+            (416, _) => header(&answer, "range").is_some(),
             (404, "BLOB_UPLOAD_UNKNOWN") => true,
             (400, "MANIFEST_BLOB_UNKNOWN") => self.collector_beside,
             _ => false,
@@ -297,7 +311,7 @@ impl Client {
             .await
         {
             Ok(_) => true,
-            Err(e) if e.status().as_u16() == 404 => false,
+            Err(e) if answer(&e).status().as_u16() == 404 => false,
             Err(e) => {
                 self.judge("HEAD blob", &e);
                 false
@@ -319,7 +333,7 @@ impl Client {
                     &name(repo),
                     &content.digest,
                     spec,
-                    body(content.bytes.clone()),
+                    &mut body(content.bytes.clone()),
                 )
                 .await
             {
@@ -347,7 +361,7 @@ impl Client {
                 .start_upload(&repository, DigestAlgorithm::Sha256)
                 .await
             {
-                Ok(session) => session.id,
+                Ok(session) => made_id(&session.id),
                 Err(e) => {
                     self.judge("start upload", &e);
                     continue;
@@ -368,7 +382,7 @@ impl Client {
                 };
                 let failed = if end == len {
                     match registry
-                        .finish_upload(&repository, &id, &content.digest, spec, body(bytes))
+                        .finish_upload(&repository, &id, &content.digest, spec, &mut body(bytes))
                         .await
                     {
                         Ok(_) => return,
@@ -383,7 +397,7 @@ impl Client {
                     };
                     // The client broke it: the answer is the client's own doing.
                     let _ = registry
-                        .append_upload(&repository, &id, spec, broken_body(half))
+                        .append_upload(&repository, &id, spec, &mut broken_body(half))
                         .await;
                     match self.upload_offset(repo, &id).await {
                         Some(at) => offset = at,
@@ -392,7 +406,7 @@ impl Client {
                     continue;
                 } else {
                     match registry
-                        .append_upload(&repository, &id, spec, body(bytes))
+                        .append_upload(&repository, &id, spec, &mut body(bytes))
                         .await
                     {
                         Ok(session) => {
@@ -430,7 +444,7 @@ impl Client {
     }
 
     /// Where an upload stands (`GET` on it), asked until answered; `None` if it is gone.
-    async fn upload_offset(&self, repo: &str, id: &str) -> Option<u64> {
+    async fn upload_offset(&self, repo: &str, id: &UploadId) -> Option<u64> {
         for _ in 0..ATTEMPTS {
             match self.registry().await.upload_session(&name(repo), id).await {
                 Ok(session) => return Some(session.offset),
@@ -596,7 +610,7 @@ impl Client {
                 .start_upload(&repository, DigestAlgorithm::Sha256)
                 .await
             {
-                Ok(s) => s.id,
+                Ok(s) => made_id(&s.id),
                 Err(e) => {
                     self.judge("start upload", &e);
                     continue;
@@ -608,7 +622,7 @@ impl Client {
                 length: Some(half.len() as u64),
             };
             if let Err(e) = registry
-                .append_upload(&repository, &id, spec, body(half))
+                .append_upload(&repository, &id, spec, &mut body(half))
                 .await
             {
                 self.judge("upload chunk", &e);
@@ -633,7 +647,7 @@ impl Client {
                 .start_upload(&repository, DigestAlgorithm::Sha256)
                 .await
             {
-                Ok(s) => s.id,
+                Ok(s) => made_id(&s.id),
                 Err(e) => {
                     self.judge("start upload", &e);
                     continue;
@@ -645,7 +659,7 @@ impl Client {
                 length: Some(half.len() as u64),
             };
             match registry
-                .append_upload(&repository, &id, spec, body(half))
+                .append_upload(&repository, &id, spec, &mut body(half))
                 .await
             {
                 Ok(_) => return,

@@ -251,7 +251,7 @@ pub async fn check(world: &World, client: &Client) -> Vec<String> {
         if let Err(e) = registry
             .delete_manifest(&name(&repo), &Reference::Digest(digest.clone()))
             .await
-            && e.status().as_u16() != 404
+            && berth::http::ApiError::from(e.clone()).status().as_u16() != 404
         {
             problems.push(format!("I3: deleting {repo}@{digest} failed: {e}"));
         }

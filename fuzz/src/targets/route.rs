@@ -1,7 +1,8 @@
 //! The router (`route(method, path)`): never panics; a route found names its parts so that
 //! the canonical path of its operation, built from them, routes to the same thing.
 
-use berth::http::{Operation, Route, RouteError, route};
+use berth::http::{Operation, Route, RouteError, Target, route};
+use berth::oci::RepositoryName;
 use http::Method;
 
 use crate::input;
@@ -10,7 +11,8 @@ const METHODS: &[&str] = &["GET", "HEAD", "PUT", "DELETE", "POST", "PATCH", "OPT
 
 fn canonical(route: &Route) -> String {
     use Operation as O;
-    let (name, target) = (&route.name, &route.target);
+    let name = route.name.as_ref().map(ToString::to_string).unwrap_or_default();
+    let target = route.target.to_string();
     match route.operation {
         O::ApiVersion => "/v2/".to_owned(),
         O::Catalog => "/v2/_catalog".to_owned(),
@@ -37,23 +39,27 @@ pub fn run(data: &[u8]) {
         Ok(found) => {
             use Operation as O;
             assert!(path.starts_with("/v2"));
-            assert!(!found.target.contains('/'), "{path:?}: {found:?}");
+            let target = found.target.to_string();
+            assert!(!target.contains('/'), "{path:?}: {found:?}");
             let needs_name = !matches!(found.operation, O::ApiVersion | O::Catalog);
-            assert_eq!(!found.name.is_empty(), needs_name, "{path:?}: {found:?}");
+            assert_eq!(found.name.is_some(), needs_name, "{path:?}: {found:?}");
             let needs_target = !matches!(
                 found.operation,
                 O::ApiVersion | O::Catalog | O::ListTags | O::StartUpload
             );
+            assert_eq!(!target.is_empty(), needs_target, "{path:?}: {found:?}");
             assert_eq!(
-                !found.target.is_empty(),
-                needs_target,
+                matches!(found.target, Target::None),
+                !needs_target,
                 "{path:?}: {found:?}"
             );
-            if needs_name {
-                assert!(path.contains(&found.name));
+            if let Some(name) = &found.name {
+                assert!(path.contains(name.as_str()));
+                // A routed name is a valid one, parsed once.
+                assert_eq!(RepositoryName::parse(name.as_str()).as_ref(), Ok(name));
             }
             if needs_target {
-                assert!(path.ends_with(&format!("/{}", found.target)));
+                assert!(path.ends_with(&format!("/{target}")));
             }
             let again = canonical(&found);
             assert_eq!(
@@ -69,8 +75,17 @@ pub fn run(data: &[u8]) {
             assert!(!allowed.is_empty());
             assert!(!allowed.contains(&method), "{method} {path:?}");
             for other in allowed {
-                assert!(route(other, path).is_ok(), "{other} {path:?}");
+                assert!(
+                    matches!(
+                        route(other, path),
+                        Ok(_) | Err(RouteError::InvalidName { .. })
+                    ),
+                    "{other} {path:?}"
+                );
             }
+        }
+        Err(RouteError::InvalidName { name, .. }) => {
+            assert!(RepositoryName::parse(&name).is_err(), "{path:?}: {name:?}");
         }
         Err(RouteError::NotFound) => {
             for other in METHODS {

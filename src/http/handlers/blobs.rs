@@ -5,11 +5,12 @@ use axum::response::Response;
 use http::{HeaderValue, Method, StatusCode, header};
 
 use super::common::*;
-use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::error::ErrorCode;
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::headers::{RangeRequest, parse_range};
 use crate::oci::{Descriptor, media_type};
 
-pub(super) async fn get_blob(call: &Call) -> RegistryResult<Response> {
+pub(super) async fn get_blob(call: &Call) -> ApiResult<Response> {
     let name = repository(call)?;
     let digest = target_digest(call)?;
     let blob = call.registry.blob(&name, &digest).await?;
@@ -80,7 +81,7 @@ pub(super) async fn get_blob(call: &Call) -> RegistryResult<Response> {
             ],
         ),
         RangeRequest::Unsatisfiable => {
-            return Err(RegistryError::new(
+            return Err(ApiError::new(
                 ErrorCode::BlobUnknown,
                 format!(
                     "range {:?} is not satisfiable for a blob of {} bytes",
@@ -107,7 +108,7 @@ pub(super) async fn get_blob(call: &Call) -> RegistryResult<Response> {
     Ok(response(status, headers, Body::from_stream(stream)))
 }
 
-pub(super) async fn delete_blob(call: &Call) -> RegistryResult<Response> {
+pub(super) async fn delete_blob(call: &Call) -> ApiResult<Response> {
     let name = repository(call)?;
     let digest = target_digest(call)?;
     call.registry.delete_blob(&name, &digest).await?;

@@ -6,33 +6,36 @@ use futures::StreamExt;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
+use futures::future::BoxFuture;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::Grant;
-use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::error::ErrorCode;
+use crate::error::RegistryResult;
 use crate::http::Api;
 use crate::http::body_rate::MinRate;
 use crate::http::endpoint::Route;
+use crate::http::error::upload_range;
+use crate::http::error::{ApiError, ApiResult};
 use crate::metadata::{BlobRecord, UploadSession};
 use crate::oci::{Digest, RepositoryName};
 use crate::registry::Registry;
-use crate::registry::uploads::{BodyStream, upload_range};
+use crate::registry::uploads::BodyStream;
 
 pub(super) struct Call {
     pub(super) api: Arc<Api>,
     pub(super) registry: Registry,
     pub(super) parts: Parts,
     pub(super) route: Route,
-    /// The repository the path names, parsed once (none for the catalog and `/v2/`).
-    pub(super) name: Option<RepositoryName>,
     pub(super) query: Vec<(String, String)>,
     /// What the caller may do, as the registry's authorizer decided.
     pub(super) grant: Arc<dyn Grant>,
 }
 
-pub(super) fn value(s: &str) -> RegistryResult<HeaderValue> {
-    HeaderValue::from_str(s)
-        .map_err(|e| RegistryError::internal(format!("header value {s:?}: {e}")))
+pub(super) fn value(s: &str) -> ApiResult<HeaderValue> {
+    HeaderValue::from_str(s).map_err(|e| ApiError::internal(format!("header value {s:?}: {e}")))
 }
 
 pub(super) fn response(
@@ -58,8 +61,8 @@ pub(super) fn json(
     status: StatusCode,
     content_type: &'static str,
     body: &impl serde::Serialize,
-) -> RegistryResult<Response> {
-    let bytes = serde_json::to_vec(body).map_err(RegistryError::internal)?;
+) -> ApiResult<Response> {
+    let bytes = serde_json::to_vec(body).map_err(ApiError::internal)?;
     Ok(response(
         status,
         vec![
@@ -75,17 +78,18 @@ pub(super) fn docker_content_digest() -> HeaderName {
 }
 
 /// The repository the call names, parsed when it was routed.
-pub(super) fn repository(call: &Call) -> RegistryResult<RepositoryName> {
-    call.name
+pub(super) fn repository(call: &Call) -> ApiResult<RepositoryName> {
+    call.route
+        .name
         .clone()
-        .ok_or_else(|| RegistryError::internal("an operation without a repository asked for one"))
+        .ok_or_else(|| ApiError::internal("an operation without a repository asked for one"))
 }
 
-pub(super) fn target_digest(call: &Call) -> RegistryResult<Digest> {
-    Ok(Digest::parse(&call.route.target)?)
+pub(super) fn target_digest(call: &Call) -> ApiResult<Digest> {
+    Ok(call.route.target.digest()?.clone())
 }
 
-pub(super) fn content_length(headers: &HeaderMap) -> RegistryResult<Option<u64>> {
+pub(super) fn content_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
     headers
         .get(header::CONTENT_LENGTH)
         .map(|v| {
@@ -93,7 +97,7 @@ pub(super) fn content_length(headers: &HeaderMap) -> RegistryResult<Option<u64>>
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .ok_or_else(|| {
-                    RegistryError::new(ErrorCode::SizeInvalid, "Content-Length is not a number")
+                    ApiError::new(ErrorCode::SizeInvalid, "Content-Length is not a number")
                 })
         })
         .transpose()
@@ -124,7 +128,7 @@ pub(super) fn upload_headers(
     api: &Api,
     name: &RepositoryName,
     session: &UploadSession,
-) -> RegistryResult<Vec<(HeaderName, HeaderValue)>> {
+) -> ApiResult<Vec<(HeaderName, HeaderValue)>> {
     Ok(vec![
         (
             header::LOCATION,
@@ -138,7 +142,7 @@ pub(super) fn upload_headers(
     ])
 }
 
-pub(super) fn blob_created(name: &RepositoryName, blob: &BlobRecord) -> RegistryResult<Response> {
+pub(super) fn blob_created(name: &RepositoryName, blob: &BlobRecord) -> ApiResult<Response> {
     Ok(empty(
         StatusCode::CREATED,
         vec![
@@ -148,10 +152,41 @@ pub(super) fn blob_created(name: &RepositoryName, blob: &BlobRecord) -> Registry
     ))
 }
 
-/// Runs upload work in its own task, so that a client hanging up mid-body does not cancel it
-/// half-way: the engine sees the body end and records what arrived.
-pub(super) async fn detached<T: Send + 'static>(
-    work: impl std::future::Future<Output = RegistryResult<T>> + Send + 'static,
-) -> RegistryResult<T> {
-    tokio::spawn(work).await.map_err(RegistryError::internal)?
+/// Runs upload work over a request body in its own task, so that a client hanging up
+/// mid-body does not cancel it half-way: the engine sees the body end and records what
+/// arrived. When the work fails, what is left of the body is read first (see
+/// [`discard_body`]).
+pub(super) async fn detached_upload<T, F>(api: &Api, body: Body, work: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: for<'a> FnOnce(&'a mut BodyStream) -> BoxFuture<'a, RegistryResult<T>> + Send + 'static,
+{
+    let mut stream = body_stream(api, body);
+    let task = async move {
+        let result = work(&mut stream).await;
+        if result.is_err() {
+            discard_body(&mut stream, UPLOAD_DRAIN).await;
+        }
+        result
+    };
+    Ok(tokio::spawn(task).await.map_err(ApiError::internal)??)
+}
+
+/// Bytes of a failed upload request's body read and thrown away before it is answered, and
+/// for how long.
+pub(super) const UPLOAD_DRAIN: (u64, Duration) = (64 * 1024 * 1024, Duration::from_secs(10));
+
+/// Reads (a bounded part of) a body nobody will use before an error is answered: a client
+/// still sending then reads the answer instead of hitting a reset connection.
+pub(super) async fn discard_body(body: &mut BodyStream, (limit, time): (u64, Duration)) {
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.len() as u64;
+            if seen > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(time, drain).await;
 }

@@ -5,7 +5,8 @@ use axum::response::Response;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 
 use super::common::*;
-use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::error::ErrorCode;
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::headers::query_value;
 use crate::metadata::Page;
 use crate::oci::{Descriptor, ImageIndex, RepositoryName, media_type};
@@ -17,12 +18,12 @@ pub(super) struct Listing {
     pub(super) last: Option<String>,
 }
 
-pub(super) fn listing(call: &Call) -> RegistryResult<Listing> {
+pub(super) fn listing(call: &Call) -> ApiResult<Listing> {
     let options = call.registry.options();
     let n = query_value(&call.query, "n")
         .map(|n| {
             n.parse::<u32>().map_err(|_| {
-                RegistryError::new(
+                ApiError::new(
                     ErrorCode::Unsupported,
                     format!("query parameter n={n:?} is not a non-negative integer"),
                 )
@@ -33,7 +34,7 @@ pub(super) fn listing(call: &Call) -> RegistryResult<Listing> {
     if let (Some(n), Some(max)) = (n, options.max_page_size)
         && n > max
     {
-        return Err(RegistryError::new(
+        return Err(ApiError::new(
             ErrorCode::Unsupported,
             format!("n={n} exceeds the maximum page size of {max}"),
         )
@@ -102,12 +103,9 @@ pub(super) fn api_version() -> Response {
 /// Repositories the caller may see, one more than the page asks for (to learn whether a next
 /// page exists). With access control, names the caller may not pull are skipped and more are
 /// read until the page is full.
-pub(super) async fn visible_repositories(
-    call: &Call,
-    listing: &Listing,
-) -> RegistryResult<Vec<String>> {
+pub(super) async fn visible_repositories(call: &Call, listing: &Listing) -> ApiResult<Vec<String>> {
     if call.api.authorizer.is_none() {
-        return call.registry.repositories(page_plus_one(listing)).await;
+        return Ok(call.registry.repositories(page_plus_one(listing)).await?);
     }
     let wanted = listing.limit.map(|n| n as usize + 1);
     let mut visible = Vec::new();
@@ -138,7 +136,7 @@ pub(super) async fn visible_repositories(
     }
 }
 
-pub(super) async fn catalog(call: &Call) -> RegistryResult<Response> {
+pub(super) async fn catalog(call: &Call) -> ApiResult<Response> {
     let listing = listing(call)?;
     let mut repositories = match listing.limit {
         Some(0) => Vec::new(),
@@ -159,7 +157,7 @@ pub(super) async fn catalog(call: &Call) -> RegistryResult<Response> {
     Ok(r)
 }
 
-pub(super) async fn list_tags(call: &Call) -> RegistryResult<Response> {
+pub(super) async fn list_tags(call: &Call) -> ApiResult<Response> {
     let name = repository(call)?;
     let listing = listing(call)?;
     let mut tags = match listing.limit {
@@ -193,9 +191,9 @@ pub(super) async fn list_tags(call: &Call) -> RegistryResult<Response> {
     Ok(r)
 }
 
-pub(super) async fn list_referrers(call: &Call) -> RegistryResult<Response> {
+pub(super) async fn list_referrers(call: &Call) -> ApiResult<Response> {
     if !call.registry.options().referrers_api {
-        return Err(RegistryError::new(
+        return Err(ApiError::new(
             ErrorCode::Unsupported,
             "the referrers API is disabled on this registry",
         )

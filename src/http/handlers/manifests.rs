@@ -7,11 +7,13 @@ use futures::StreamExt;
 use http::{HeaderName, HeaderValue, Method, StatusCode, header};
 
 use super::common::*;
-use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::error::ErrorCode;
+use crate::http::endpoint::Target;
+use crate::http::error::{ApiError, ApiResult};
 use crate::oci::{Reference, RepositoryName, Tag};
 
-pub(super) fn manifest_reference(call: &Call) -> RegistryResult<Reference> {
-    Ok(Reference::parse(&call.route.target)?)
+pub(super) fn manifest_reference(call: &Call) -> ApiResult<Reference> {
+    Ok(call.route.target.reference()?.clone())
 }
 
 /// The reference of a manifest read or delete. One that can be neither a tag nor a digest
@@ -20,17 +22,18 @@ pub(super) fn manifest_reference(call: &Call) -> RegistryResult<Reference> {
 pub(super) async fn existing_manifest_reference(
     call: &Call,
     name: &RepositoryName,
-) -> RegistryResult<Reference> {
-    match Reference::parse(&call.route.target) {
-        Ok(reference) => Ok(reference),
-        Err(_) => Err(call
+) -> ApiResult<Reference> {
+    match &call.route.target {
+        Target::Invalid { raw, .. } => Err(call
             .registry
-            .not_found(name, ErrorCode::ManifestUnknown, &call.route.target)
-            .await?),
+            .not_found(name, ErrorCode::ManifestUnknown, raw)
+            .await?
+            .into()),
+        target => Ok(target.reference()?.clone()),
     }
 }
 
-pub(super) async fn get_manifest(call: &Call) -> RegistryResult<Response> {
+pub(super) async fn get_manifest(call: &Call) -> ApiResult<Response> {
     let name = repository(call)?;
     let reference = existing_manifest_reference(call, &name).await?;
     let manifest = call.registry.manifest(&name, &reference).await?;
@@ -58,10 +61,10 @@ pub(super) async fn get_manifest(call: &Call) -> RegistryResult<Response> {
 /// clients still sending get the answer instead of a broken pipe.
 pub(super) const OVERSIZE_DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
 
-pub(super) async fn read_manifest_body(call: &Call, body: Body) -> RegistryResult<Bytes> {
+pub(super) async fn read_manifest_body(call: &Call, body: Body) -> ApiResult<Bytes> {
     let max = call.registry.options().max_manifest_size;
     let too_large = |size: String| {
-        RegistryError::new(
+        ApiError::new(
             ErrorCode::ManifestInvalid,
             format!("manifest is {size} bytes; the limit is {max}"),
         )
@@ -78,7 +81,7 @@ pub(super) async fn read_manifest_body(call: &Call, body: Body) -> RegistryResul
     let mut seen: u64 = 0;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            let error = RegistryError::new(
+            let error = ApiError::new(
                 ErrorCode::ManifestInvalid,
                 format!("could not read the manifest body: {e}"),
             );
@@ -112,7 +115,7 @@ pub(super) const MAX_TAGS_PER_PUSH: usize = 100;
 pub(super) const OCI_TAGS_PER_LINE: usize = 10;
 
 /// The `?tag=` parameters of a manifest push (end-7b of the next spec release).
-pub(super) fn pushed_tags(call: &Call) -> RegistryResult<Vec<Tag>> {
+pub(super) fn pushed_tags(call: &Call) -> ApiResult<Vec<Tag>> {
     let tags: Vec<&str> = call
         .query
         .iter()
@@ -120,7 +123,7 @@ pub(super) fn pushed_tags(call: &Call) -> RegistryResult<Vec<Tag>> {
         .map(|(_, v)| v.as_str())
         .collect();
     if tags.len() > MAX_TAGS_PER_PUSH {
-        return Err(RegistryError::new(
+        return Err(ApiError::new(
             ErrorCode::Unsupported,
             format!(
                 "{} tags in one push; at most {MAX_TAGS_PER_PUSH} are accepted per request",
@@ -132,7 +135,7 @@ pub(super) fn pushed_tags(call: &Call) -> RegistryResult<Vec<Tag>> {
     Ok(tags.into_iter().map(Tag::parse).collect::<Result<_, _>>()?)
 }
 
-pub(super) async fn put_manifest(call: &Call, body: Body) -> RegistryResult<Response> {
+pub(super) async fn put_manifest(call: &Call, body: Body) -> ApiResult<Response> {
     let name = repository(call)?;
     let reference = manifest_reference(call)?;
     let tags = pushed_tags(call)?;
@@ -173,7 +176,7 @@ pub(super) async fn put_manifest(call: &Call, body: Body) -> RegistryResult<Resp
     Ok(response)
 }
 
-pub(super) async fn delete_manifest(call: &Call) -> RegistryResult<Response> {
+pub(super) async fn delete_manifest(call: &Call) -> ApiResult<Response> {
     let name = repository(call)?;
     let reference = existing_manifest_reference(call, &name).await?;
     call.registry.delete_manifest(&name, &reference).await?;

@@ -11,15 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Api;
-use super::endpoint::{Action as EndpointAction, Operation, Route, RouteError, route};
+use super::endpoint::{Action as EndpointAction, Operation, Route, RouteError, Target, route};
 use super::headers::query_pairs;
 use super::observe::Routed;
 use crate::auth::{
     Access, AccessRequest, Action as AuthAction, Denial, Everything, Grant, Resource,
 };
-use crate::error::{ErrorCode, RegistryError};
-use crate::oci::RepositoryName;
-use crate::registry::uploads::discard_body_within;
+use crate::error::ErrorCode;
+use crate::http::error::ApiError;
 mod blobs;
 mod common;
 mod listings;
@@ -38,7 +37,7 @@ pub(super) async fn handle(api: Arc<Api>, request: Request) -> Response {
     let path = match percent_encoding::percent_decode_str(parts.uri.path()).decode_utf8() {
         Ok(p) => p.into_owned(),
         Err(_) => {
-            return RegistryError::new(ErrorCode::NameInvalid, "request path is not valid UTF-8")
+            return ApiError::new(ErrorCode::NameInvalid, "request path is not valid UTF-8")
                 .with_status(StatusCode::BAD_REQUEST)
                 .into_response();
         }
@@ -46,12 +45,9 @@ pub(super) async fn handle(api: Arc<Api>, request: Request) -> Response {
     let route = match route(&parts.method, &path) {
         Ok(r) => r,
         Err(RouteError::NotFound) => {
-            return RegistryError::new(
-                ErrorCode::Unsupported,
-                format!("no API endpoint at {path}"),
-            )
-            .with_status(StatusCode::NOT_FOUND)
-            .into_response();
+            return ApiError::new(ErrorCode::Unsupported, format!("no API endpoint at {path}"))
+                .with_status(StatusCode::NOT_FOUND)
+                .into_response();
         }
         Err(RouteError::MethodNotAllowed(allowed)) => {
             let allow = allowed
@@ -59,7 +55,7 @@ pub(super) async fn handle(api: Arc<Api>, request: Request) -> Response {
                 .map(Method::as_str)
                 .collect::<Vec<_>>()
                 .join(", ");
-            return RegistryError::new(
+            return ApiError::new(
                 ErrorCode::Unsupported,
                 format!("{} is not allowed on {path}; use {allow}", parts.method),
             )
@@ -69,33 +65,41 @@ pub(super) async fn handle(api: Arc<Api>, request: Request) -> Response {
             )
             .into_response();
         }
+        // A malformed name names nothing: it is refused before access is decided.
+        Err(RouteError::InvalidName {
+            operation,
+            name,
+            error,
+        }) => {
+            let mut response = ApiError::from(error).into_response();
+            response.extensions_mut().insert(Routed {
+                operation: operation.name(),
+                repository: name,
+                reference: String::new(),
+                user: None,
+            });
+            return response;
+        }
     };
     let mut routed = Routed {
         operation: route.operation.name(),
-        repository: route.name.clone(),
-        reference: route.target.clone(),
+        repository: route
+            .name
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        reference: route.target.to_string(),
         user: None,
     };
-    // The name is parsed once, here; a malformed one is refused before access is decided,
-    // since it names nothing.
-    let name = match route.operation {
-        Operation::ApiVersion | Operation::Catalog => Ok(None),
-        _ => RepositoryName::parse(&route.name).map(Some),
-    };
-    let decided = match name {
-        Ok(name) => authorize(&api, &parts, &route, name.as_ref(), client)
-            .await
-            .map(|grant| (name, grant)),
-        Err(e) => Err(e.into()),
-    };
-    let mut response = match decided {
-        Ok((name, grant)) => {
+    let mut response = match authorize(&api, &parts, &route, client).await {
+        Ok(grant) => {
             routed.user = grant.subject().map(str::to_owned);
-            serve(api, parts, route, name, grant, body).await
+            serve(api, parts, route, grant, body).await
         }
-        Err(error) => discard_body_within(body_stream(&api, body), error, REFUSED_DRAIN)
-            .await
-            .into_response(),
+        Err(error) => {
+            discard_body(&mut body_stream(&api, body), REFUSED_DRAIN).await;
+            error.into_response()
+        }
     };
     response.extensions_mut().insert(routed);
     response
@@ -106,7 +110,6 @@ async fn serve(
     api: Arc<Api>,
     parts: Parts,
     route: Route,
-    name: Option<RepositoryName>,
     grant: Arc<dyn Grant>,
     body: axum::body::Body,
 ) -> Response {
@@ -117,11 +120,9 @@ async fn serve(
         api,
         parts,
         route,
-        name,
         query,
         grant,
     };
-    let upload_id = call.route.target.clone();
     let result = match operation {
         Operation::ApiVersion => Ok(api_version()),
         Operation::Catalog => catalog(&call).await,
@@ -145,16 +146,16 @@ async fn serve(
                 operation,
                 Operation::UploadStatus | Operation::PatchUpload | Operation::FinishUpload
             );
-            if upload_op && error.status() == StatusCode::RANGE_NOT_SATISFIABLE {
-                let location = match &call.name {
-                    Some(n) => upload_location(&call.api, n, &upload_id),
-                    None => String::new(),
-                };
+            if upload_op
+                && error.status() == StatusCode::RANGE_NOT_SATISFIABLE
+                && let (Some(name), Target::Upload(id)) = (&call.route.name, &call.route.target)
+            {
                 let mut error = error;
-                if let Ok(v) = HeaderValue::from_str(&location) {
+                if let Ok(v) = HeaderValue::from_str(&upload_location(&call.api, name, id.as_str()))
+                {
                     error = error.with_header(header::LOCATION, v);
                 }
-                if let Ok(v) = HeaderValue::from_str(&upload_id) {
+                if let Ok(v) = HeaderValue::from_str(id.as_str()) {
                     error = error.with_header(HeaderName::from_static("docker-upload-uuid"), v);
                 }
                 return error.into_response();
@@ -169,7 +170,7 @@ async fn serve(
 const REFUSED_DRAIN: (u64, Duration) = (1024 * 1024, Duration::from_secs(2));
 
 /// What an operation on the repository `name` needs of the caller.
-fn needs(route: &Route, name: Option<&RepositoryName>) -> Vec<Access> {
+fn needs(route: &Route) -> Vec<Access> {
     let action = match route.operation.action() {
         EndpointAction::None => return Vec::new(),
         EndpointAction::Catalog => return vec![Access::catalog()],
@@ -177,7 +178,7 @@ fn needs(route: &Route, name: Option<&RepositoryName>) -> Vec<Access> {
         EndpointAction::Push => AuthAction::Push,
         EndpointAction::Delete => AuthAction::Delete,
     };
-    match name {
+    match &route.name {
         Some(name) => vec![Access::repository(name.as_str(), action)],
         None => Vec::new(),
     }
@@ -188,13 +189,12 @@ async fn authorize(
     api: &Api,
     parts: &Parts,
     route: &Route,
-    name: Option<&RepositoryName>,
     client: Option<std::net::IpAddr>,
-) -> Result<Arc<dyn Grant>, RegistryError> {
+) -> Result<Arc<dyn Grant>, ApiError> {
     let Some(authorizer) = &api.authorizer else {
         return Ok(Arc::new(Everything));
     };
-    let needs = needs(route, name);
+    let needs = needs(route);
     let request = AccessRequest {
         headers: &parts.headers,
         client,
@@ -207,7 +207,7 @@ async fn authorize(
 }
 
 /// The answer to a refused request.
-fn refusal(denial: Denial, needs: &[Access]) -> RegistryError {
+fn refusal(denial: Denial, needs: &[Access]) -> ApiError {
     // Distribution's detail: the accesses the request needed.
     let detail = serde_json::Value::Array(
         needs
@@ -222,22 +222,22 @@ fn refusal(denial: Denial, needs: &[Access]) -> RegistryError {
     );
     match denial {
         Denial::Unauthenticated { challenge, message } => {
-            RegistryError::new(ErrorCode::Unauthorized, message)
+            ApiError::new(ErrorCode::Unauthorized, message)
                 .with_detail(detail)
                 .with_header(header::WWW_AUTHENTICATE, challenge)
         }
         Denial::Forbidden { challenge, message } => {
-            let error = RegistryError::new(ErrorCode::Denied, message).with_detail(detail);
+            let error = ApiError::new(ErrorCode::Denied, message).with_detail(detail);
             match challenge {
                 Some(c) => error.with_header(header::WWW_AUTHENTICATE, c),
                 None => error,
             }
         }
-        Denial::TooManyAttempts { retry_after_secs } => RegistryError::new(
+        Denial::TooManyAttempts { retry_after_secs } => ApiError::new(
             ErrorCode::TooManyRequests,
             format!("too many failed logins from this address; retry in {retry_after_secs} s"),
         )
         .with_header(header::RETRY_AFTER, HeaderValue::from(retry_after_secs)),
-        Denial::Unavailable(message) => RegistryError::unavailable(message),
+        Denial::Unavailable(message) => ApiError::unavailable(message),
     }
 }

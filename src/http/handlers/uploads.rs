@@ -7,19 +7,21 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use super::common::*;
 use crate::auth::{Access, Action as AuthAction};
-use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::error::ErrorCode;
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::headers::{parse_content_range, query_value};
 use crate::oci::{Digest, DigestAlgorithm, RepositoryName};
-use crate::registry::uploads::{ChunkSpec, discard_body};
+use crate::registry::uploads::ChunkSpec;
+use futures::FutureExt;
 
-pub(super) fn chunk_spec(headers: &HeaderMap) -> RegistryResult<ChunkSpec> {
+pub(super) fn chunk_spec(headers: &HeaderMap) -> ApiResult<ChunkSpec> {
     let length = content_length(headers)?;
     let range = headers
         .get(header::CONTENT_RANGE)
         .map(|v| {
             v.to_str()
                 .map_err(|_| {
-                    RegistryError::new(ErrorCode::BlobUploadInvalid, "Content-Range is not ASCII")
+                    ApiError::new(ErrorCode::BlobUploadInvalid, "Content-Range is not ASCII")
                 })
                 .and_then(parse_content_range)
         })
@@ -27,7 +29,7 @@ pub(super) fn chunk_spec(headers: &HeaderMap) -> RegistryResult<ChunkSpec> {
     if let (Some(range), Some(length)) = (range, length)
         && range.byte_count() != length
     {
-        return Err(RegistryError::new(
+        return Err(ApiError::new(
             ErrorCode::SizeInvalid,
             format!(
                 "Content-Range covers {} bytes but Content-Length is {length}",
@@ -41,7 +43,7 @@ pub(super) fn chunk_spec(headers: &HeaderMap) -> RegistryResult<ChunkSpec> {
     })
 }
 
-pub(super) async fn start_upload(call: &Call, body: Body) -> RegistryResult<Response> {
+pub(super) async fn start_upload(call: &Call, body: Body) -> ApiResult<Response> {
     let name = repository(call)?;
     let registry = &call.registry;
     if let Some(mount) = query_value(&call.query, "mount") {
@@ -67,17 +69,22 @@ pub(super) async fn start_upload(call: &Call, body: Body) -> RegistryResult<Resp
     {
         let digest = match Digest::parse(digest) {
             Ok(d) => d,
-            Err(e) => return Err(discard_body(body_stream(&call.api, body), e.into()).await),
+            Err(e) => {
+                discard_body(&mut body_stream(&call.api, body), UPLOAD_DRAIN).await;
+                return Err(e.into());
+            }
         };
         let spec = chunk_spec(&call.parts.headers)?;
         let (reg, n, d) = (registry.clone(), name.clone(), digest.clone());
-        let stream = body_stream(&call.api, body);
-        let blob = detached(async move { reg.upload_blob(&n, &d, spec, stream).await }).await?;
+        let blob = detached_upload(&call.api, body, move |stream| {
+            async move { reg.upload_blob(&n, &d, spec, stream).await }.boxed()
+        })
+        .await?;
         return blob_created(&name, &blob);
     }
     let algorithm = match query_value(&call.query, "digest-algorithm") {
         Some(a) => DigestAlgorithm::from_name(a).ok_or_else(|| {
-            RegistryError::new(
+            ApiError::new(
                 ErrorCode::DigestInvalid,
                 format!("digest-algorithm {a:?} is not supported; use sha256 or sha512"),
             )
@@ -85,11 +92,7 @@ pub(super) async fn start_upload(call: &Call, body: Body) -> RegistryResult<Resp
         None => DigestAlgorithm::Sha256,
     };
     // A body sent with a plain POST (or a refused single-request upload) is not used.
-    let _ = discard_body(
-        body_stream(&call.api, body),
-        RegistryError::internal("unused"),
-    )
-    .await;
+    discard_body(&mut body_stream(&call.api, body), UPLOAD_DRAIN).await;
     let session = registry.start_upload(&name, algorithm).await?;
     let mut headers = upload_headers(&call.api, &name, &session)?;
     headers.push((
@@ -99,11 +102,11 @@ pub(super) async fn start_upload(call: &Call, body: Body) -> RegistryResult<Resp
     Ok(empty(StatusCode::ACCEPTED, headers))
 }
 
-pub(super) async fn upload_status(call: &Call) -> RegistryResult<Response> {
+pub(super) async fn upload_status(call: &Call) -> ApiResult<Response> {
     let name = repository(call)?;
     let session = call
         .registry
-        .upload_session(&name, &call.route.target)
+        .upload_session(&name, call.route.target.upload()?)
         .await?;
     Ok(empty(
         StatusCode::NO_CONTENT,
@@ -111,26 +114,28 @@ pub(super) async fn upload_status(call: &Call) -> RegistryResult<Response> {
     ))
 }
 
-pub(super) async fn patch_upload(call: &Call, body: Body) -> RegistryResult<Response> {
+pub(super) async fn patch_upload(call: &Call, body: Body) -> ApiResult<Response> {
     let name = repository(call)?;
     let spec = chunk_spec(&call.parts.headers)?;
     let (reg, n, id) = (
         call.registry.clone(),
         name.clone(),
-        call.route.target.clone(),
+        call.route.target.upload()?.clone(),
     );
-    let stream = body_stream(&call.api, body);
-    let session = detached(async move { reg.append_upload(&n, &id, spec, stream).await }).await?;
+    let session = detached_upload(&call.api, body, move |stream| {
+        async move { reg.append_upload(&n, &id, spec, stream).await }.boxed()
+    })
+    .await?;
     Ok(empty(
         StatusCode::ACCEPTED,
         upload_headers(&call.api, &name, &session)?,
     ))
 }
 
-pub(super) async fn finish_upload(call: &Call, body: Body) -> RegistryResult<Response> {
+pub(super) async fn finish_upload(call: &Call, body: Body) -> ApiResult<Response> {
     let name = repository(call)?;
     let digest = query_value(&call.query, "digest").ok_or_else(|| {
-        RegistryError::new(
+        ApiError::new(
             ErrorCode::DigestInvalid,
             "the digest query parameter is required to complete an upload",
         )
@@ -140,18 +145,20 @@ pub(super) async fn finish_upload(call: &Call, body: Body) -> RegistryResult<Res
     let (reg, n, id, d) = (
         call.registry.clone(),
         name.clone(),
-        call.route.target.clone(),
+        call.route.target.upload()?.clone(),
         digest.clone(),
     );
-    let stream = body_stream(&call.api, body);
-    let blob = detached(async move { reg.finish_upload(&n, &id, &d, spec, stream).await }).await?;
+    let blob = detached_upload(&call.api, body, move |stream| {
+        async move { reg.finish_upload(&n, &id, &d, spec, stream).await }.boxed()
+    })
+    .await?;
     blob_created(&name, &blob)
 }
 
-pub(super) async fn cancel_upload(call: &Call) -> RegistryResult<Response> {
+pub(super) async fn cancel_upload(call: &Call) -> ApiResult<Response> {
     let name = repository(call)?;
     call.registry
-        .cancel_upload(&name, &call.route.target)
+        .cancel_upload(&name, call.route.target.upload()?)
         .await?;
     Ok(empty(StatusCode::NO_CONTENT, Vec::new()))
 }

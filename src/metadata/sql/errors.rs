@@ -107,5 +107,15 @@ mod tests {
         assert_eq!(classify("08006"), ErrorClass::Transient);
         assert_eq!(classify("23505"), ErrorClass::Other);
         assert_eq!(classify("40001"), ErrorClass::Transient);
+        assert_eq!(
+            classify("40P01"),
+            ErrorClass::Transient,
+            "deadlock_detected"
+        );
+        assert_eq!(
+            classify("55P03"),
+            ErrorClass::Transient,
+            "lock_not_available"
+        );
     }
 }

@@ -10,11 +10,10 @@ use tokio::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use http::StatusCode;
 
-use super::{BodyStream, out_of_order, upload_range, upload_unknown};
+use super::{BodyStream, UploadId, out_of_order, upload_unknown};
 use crate::buffers::{BufferPool, PartBuffer};
-use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::error::{Condition, ErrorCode, RegistryError, RegistryResult};
 use crate::metadata::{
     MetadataError, MetadataStore, SessionUpdate, UploadCheckpoint, UploadSession,
 };
@@ -134,11 +133,13 @@ impl Appender {
     pub(super) async fn open(
         registry: &Registry,
         repository: &RepositoryName,
-        id: &str,
+        id: &UploadId,
         start: Option<u64>,
         finishing: bool,
     ) -> RegistryResult<Appender> {
-        let session = registry.upload_session(repository, id).await?;
+        let upload = id;
+        let session = registry.upload_session(repository, upload).await?;
+        let id = upload.as_str();
         Self::check_position(&session, start, finishing)?;
         let numbers = Arc::new(SessionPartNumbers {
             metadata: Arc::clone(&registry.inner.metadata),
@@ -185,7 +186,7 @@ impl Appender {
         };
         // The writer may have waited on another: the session is read again now that this
         // request holds it.
-        let current = registry.upload_session(repository, id).await?;
+        let current = registry.upload_session(repository, upload).await?;
         if current.offset != appender.session.offset
             || current.committing != appender.session.committing
         {
@@ -378,8 +379,8 @@ impl Appender {
                         self.session.offset
                     ),
                 )
-                .with_status(StatusCode::REQUEST_TIMEOUT)
-                .with_header(http::header::RANGE, upload_range(self.session.offset)))
+                .with_condition(Condition::TooSlow)
+                .with_upload_offset(self.session.offset))
             }
             BodyEnd::Failed(e) => Err(RegistryError::new(
                 ErrorCode::BlobUploadInvalid,
@@ -388,7 +389,7 @@ impl Appender {
                     self.session.offset
                 ),
             )
-            .with_header(http::header::RANGE, upload_range(self.session.offset))),
+            .with_upload_offset(self.session.offset)),
             BodyEnd::TooLong => Err(RegistryError::new(
                 ErrorCode::SizeInvalid,
                 format!(
@@ -435,7 +436,7 @@ impl Appender {
                     wait.as_secs_f64(),
                     self.session.offset
                 ))
-                .with_header(http::header::RANGE, upload_range(self.session.offset)))
+                .with_upload_offset(self.session.offset))
             }
         }
     }
@@ -471,7 +472,7 @@ impl Appender {
             // What is durable is recorded first, so that the upload's Range stays truthful.
             let durable = self.writer.flush().await?;
             self.record(durable).await?;
-            return Err(refused.with_header(http::header::RANGE, upload_range(self.session.offset)));
+            return Err(refused.with_upload_offset(self.session.offset));
         }
         self.pending.push_back((piece.end_offset, algorithm, state));
         let durable = self.writer.write(piece).await?;

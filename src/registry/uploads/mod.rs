@@ -10,10 +10,9 @@
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use http::{HeaderValue, StatusCode};
 
 use super::Registry;
-use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::error::{Condition, ErrorCode, RegistryError, RegistryResult};
 use crate::metadata::{BlobCommit, BlobRecord, SessionUpdate, UploadSession};
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepositoryName};
 use crate::storage::{ByteRange, ByteStream, StorageError};
@@ -21,6 +20,41 @@ use crate::storage::{ByteRange, ByteStream, StorageError};
 mod appender;
 
 use appender::{Appender, Publication};
+
+/// The id of an upload session as the registry hands it out (a UUID); anything else names
+/// no upload.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UploadId(String);
+
+/// Why a string is not an upload id.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an upload id")]
+pub struct UploadIdError(String);
+
+impl UploadId {
+    /// Validates an id a client sent.
+    pub fn parse(id: &str) -> Result<UploadId, UploadIdError> {
+        match uuid::Uuid::parse_str(id) {
+            Ok(_) => Ok(UploadId(id.to_owned())),
+            Err(_) => Err(UploadIdError(id.to_owned())),
+        }
+    }
+
+    fn new() -> UploadId {
+        UploadId(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id as the metadata store keys sessions by it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for UploadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// A request body as the upload engine reads it.
 pub type BodyStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
@@ -34,20 +68,13 @@ pub struct ChunkSpec {
     pub length: Option<u64>,
 }
 
-/// The `Range` header value for an upload holding `offset` bytes (`0-<last byte>`; `0-0`
-/// when empty, as Docker's registry has always answered).
-pub fn upload_range(offset: u64) -> HeaderValue {
-    let last = offset.saturating_sub(1);
-    HeaderValue::from_str(&format!("0-{last}")).unwrap_or_else(|_| HeaderValue::from_static("0-0"))
-}
-
-/// 416 with the session's current `Range`, for a request that does not continue the upload
+/// A refusal with the session's current offset, for a request that does not continue the upload
 /// where it stands.
 pub(crate) fn out_of_order(offset: u64, message: impl Into<String>) -> RegistryError {
     RegistryError::new(ErrorCode::BlobUploadInvalid, message)
-        .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+        .with_condition(Condition::OutOfOrder)
         .with_detail(serde_json::json!({ "offset": offset }))
-        .with_header(http::header::RANGE, upload_range(offset))
+        .with_upload_offset(offset)
 }
 
 fn upload_unknown(id: &str) -> RegistryError {
@@ -77,11 +104,11 @@ impl Registry {
         algorithm: DigestAlgorithm,
     ) -> RegistryResult<UploadSession> {
         self.check_space(0).await?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let store_state = self.inner.blobs.begin_upload(&id).await?;
+        let id = UploadId::new();
+        let store_state = self.inner.blobs.begin_upload(id.as_str()).await?;
         let now = self.now();
         let session = UploadSession {
-            id,
+            id: id.0,
             repository: repository.clone(),
             offset: 0,
             algorithm,
@@ -102,17 +129,11 @@ impl Registry {
     pub async fn upload_session(
         &self,
         repository: &RepositoryName,
-        id: &str,
+        id: &UploadId,
     ) -> RegistryResult<UploadSession> {
-        if uuid::Uuid::parse_str(id).is_err() {
-            return Err(RegistryError::new(
-                ErrorCode::BlobUploadUnknown,
-                format!("{id:?} is not an upload id"),
-            ));
-        }
-        match self.inner.metadata.upload(id).await? {
+        match self.inner.metadata.upload(id.as_str()).await? {
             Some(s) if &s.repository == repository => Ok(s),
-            _ => Err(upload_unknown(id)),
+            _ => Err(upload_unknown(id.as_str())),
         }
     }
 
@@ -120,20 +141,14 @@ impl Registry {
     pub async fn append_upload(
         &self,
         repository: &RepositoryName,
-        id: &str,
+        id: &UploadId,
         chunk: ChunkSpec,
-        mut body: BodyStream,
+        body: &mut BodyStream,
     ) -> RegistryResult<UploadSession> {
-        if let Err(e) = self.check_space(0).await {
-            return Err(discard_body(body, e).await);
-        }
-        let mut appender = match Appender::open(self, repository, id, chunk.start, false).await {
-            Ok(a) => a,
-            Err(e) => return Err(discard_body(body, e).await),
-        };
-        if let Err(e) = appender.append(&mut body, chunk.length, None).await {
-            let e = with_range(e, appender.session.offset);
-            return Err(discard_body(body, e).await);
+        self.check_space(0).await?;
+        let mut appender = Appender::open(self, repository, id, chunk.start, false).await?;
+        if let Err(e) = appender.append(body, chunk.length, None).await {
+            return Err(e.with_upload_offset(appender.session.offset));
         }
         Ok(appender.session)
     }
@@ -142,10 +157,10 @@ impl Registry {
     pub async fn finish_upload(
         &self,
         repository: &RepositoryName,
-        id: &str,
+        id: &UploadId,
         digest: &Digest,
         chunk: ChunkSpec,
-        body: BodyStream,
+        body: &mut BodyStream,
     ) -> RegistryResult<BlobRecord> {
         self.finish(
             repository,
@@ -164,28 +179,22 @@ impl Registry {
     async fn finish(
         &self,
         repository: &RepositoryName,
-        id: &str,
+        id: &UploadId,
         digest: &Digest,
         chunk: ChunkSpec,
-        mut body: BodyStream,
+        body: &mut BodyStream,
         publication: &mut Publication,
     ) -> RegistryResult<BlobRecord> {
         let Some(algorithm) = digest.algorithm() else {
-            return Err(discard_body(body, unsupported_algorithm(digest)).await);
+            return Err(unsupported_algorithm(digest));
         };
         // A PUT that only completes an upload needs no space; one with bytes does.
-        if chunk.length.is_some_and(|l| l > 0)
-            && let Err(e) = self.check_space(0).await
-        {
-            return Err(discard_body(body, e).await);
+        if chunk.length.is_some_and(|l| l > 0) {
+            self.check_space(0).await?;
         }
-        let mut appender = match Appender::open(self, repository, id, chunk.start, true).await {
-            Ok(a) => a,
-            Err(e) => return Err(discard_body(body, e).await),
-        };
-        if let Err(e) = appender.append(&mut body, chunk.length, Some(digest)).await {
-            let e = with_range(e, appender.session.offset);
-            return Err(discard_body(body, e).await);
+        let mut appender = Appender::open(self, repository, id, chunk.start, true).await?;
+        if let Err(e) = appender.append(body, chunk.length, Some(digest)).await {
+            return Err(e.with_upload_offset(appender.session.offset));
         }
         let session = appender.session.clone();
         let size = session.offset;
@@ -204,7 +213,7 @@ impl Registry {
             match self
                 .inner
                 .metadata
-                .begin_commit(id, size, self.now())
+                .begin_commit(id.as_str(), size, self.now())
                 .await?
             {
                 SessionUpdate::Saved => {}
@@ -214,10 +223,10 @@ impl Registry {
                         "another request moved the upload first",
                     ));
                 }
-                SessionUpdate::Gone => return Err(upload_unknown(id)),
+                SessionUpdate::Gone => return Err(upload_unknown(id.as_str())),
             }
         }
-        let parts = self.inner.metadata.upload_parts(id).await?;
+        let parts = self.inner.metadata.upload_parts(id.as_str()).await?;
         let storage_key = appender.writer.complete(&parts, size).await?;
         drop(appender);
         if !verified_in_stream {
@@ -225,7 +234,7 @@ impl Registry {
             // verify by reading the finished object once.
             let computed = self.hash_object(&storage_key, algorithm).await?;
             if computed != *digest {
-                self.discard_session(id).await;
+                self.discard_session(id.as_str()).await;
                 return Err(digest_mismatch(digest, &computed, size));
             }
         }
@@ -239,7 +248,7 @@ impl Registry {
         match self
             .inner
             .metadata
-            .commit_blob(id, &blob, lost.as_deref(), self.now())
+            .commit_blob(id.as_str(), &blob, lost.as_deref(), self.now())
             .await?
         {
             BlobCommit::Created => {
@@ -250,7 +259,7 @@ impl Registry {
                 Ok(blob)
             }
             BlobCommit::Deduplicated { garbage_id } => {
-                self.collect_garbage_entry(garbage_id, id, &session.store_state)
+                self.collect_garbage_entry(garbage_id, id.as_str(), &session.store_state)
                     .await;
                 Ok(self
                     .inner
@@ -262,7 +271,7 @@ impl Registry {
             BlobCommit::SessionGone => match self.inner.metadata.blob(repository, digest).await? {
                 // A racing PUT of the same session published it first.
                 Some(existing) => Ok(existing),
-                None => Err(upload_unknown(id)),
+                None => Err(upload_unknown(id.as_str())),
             },
         }
     }
@@ -291,20 +300,17 @@ impl Registry {
         repository: &RepositoryName,
         digest: &Digest,
         chunk: ChunkSpec,
-        body: BodyStream,
+        body: &mut BodyStream,
     ) -> RegistryResult<BlobRecord> {
         let Some(algorithm) = digest.algorithm() else {
-            return Err(discard_body(body, unsupported_algorithm(digest)).await);
+            return Err(unsupported_algorithm(digest));
         };
-        let session = match self.start_upload(repository, algorithm).await {
-            Ok(s) => s,
-            Err(e) => return Err(discard_body(body, e).await),
-        };
+        let session = self.start_upload(repository, algorithm).await?;
         let mut publication = Publication::NotAsked;
         let result = self
             .finish(
                 repository,
-                &session.id,
+                &UploadId(session.id.clone()),
                 digest,
                 ChunkSpec {
                     start: None,
@@ -315,7 +321,7 @@ impl Registry {
             )
             .await;
         // The client never saw this session: where it stood means nothing to it.
-        let result = result.map_err(|e| e.without_header(&http::header::RANGE));
+        let result = result.map_err(RegistryError::without_upload_offset);
         if result.is_err() && !self.discard_session(&session.id).await {
             match publication {
                 // Nobody knows this session's id and no blob row can name its bytes: they
@@ -342,15 +348,24 @@ impl Registry {
     }
 
     /// Cancels an upload (`DELETE`) and removes its bytes.
-    pub async fn cancel_upload(&self, repository: &RepositoryName, id: &str) -> RegistryResult<()> {
+    pub async fn cancel_upload(
+        &self,
+        repository: &RepositoryName,
+        id: &UploadId,
+    ) -> RegistryResult<()> {
         self.upload_session(repository, id).await?;
-        match self.inner.metadata.cancel_upload(id, self.now()).await? {
+        match self
+            .inner
+            .metadata
+            .cancel_upload(id.as_str(), self.now())
+            .await?
+        {
             Some(garbage) => {
-                self.collect_garbage_entry(garbage.id, id, &garbage.store_state)
+                self.collect_garbage_entry(garbage.id, id.as_str(), &garbage.store_state)
                     .await;
                 Ok(())
             }
-            None => Err(upload_unknown(id)),
+            None => Err(upload_unknown(id.as_str())),
         }
     }
 
@@ -436,7 +451,6 @@ impl Registry {
                     blob.digest
                 ),
             )
-            .with_status(StatusCode::INTERNAL_SERVER_ERROR)
         };
         match self.inner.blobs.object_size(&blob.storage_key).await {
             Ok(Some(size)) if size != blob.size => {
@@ -546,45 +560,6 @@ fn exact_length(stream: ByteStream, expected: u64, digest: Digest) -> ByteStream
         },
     )
     .boxed()
-}
-
-/// Adds the upload's `Range` (what it holds) to an error that has none, so that the client
-/// knows where to resume.
-fn with_range(error: RegistryError, offset: u64) -> RegistryError {
-    if error.has_header(&http::header::RANGE) {
-        error
-    } else {
-        error.with_header(http::header::RANGE, upload_range(offset))
-    }
-}
-
-/// Most bytes read and thrown away to answer a refused upload request, and for how long.
-const DISCARD_LIMIT: u64 = 64 * 1024 * 1024;
-const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Reads (a bounded part of) a body nobody will use before the error is answered: a client
-/// still sending then reads the answer instead of hitting a reset connection.
-pub async fn discard_body(body: BodyStream, error: RegistryError) -> RegistryError {
-    discard_body_within(body, error, (DISCARD_LIMIT, DISCARD_TIME)).await
-}
-
-/// [`discard_body`] with its own limit of bytes and time.
-pub async fn discard_body_within(
-    mut body: BodyStream,
-    error: RegistryError,
-    (limit, time): (u64, std::time::Duration),
-) -> RegistryError {
-    let drain = async {
-        let mut seen = 0u64;
-        while let Some(Ok(chunk)) = body.next().await {
-            seen += chunk.len() as u64;
-            if seen > limit {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(time, drain).await;
-    error
 }
 
 fn digest_mismatch(expected: &Digest, computed: &Digest, size: u64) -> RegistryError {
