@@ -28,6 +28,7 @@
 mod api;
 mod auth;
 mod auth_clients;
+mod auth_fixtures;
 mod clients;
 mod cluster;
 mod errors;
@@ -45,6 +46,7 @@ mod resilience;
 mod scaleout;
 mod scrub;
 mod services;
+mod stress;
 #[cfg(feature = "otel")]
 mod telemetry;
 mod util;

@@ -142,11 +142,53 @@ impl Client {
     }
 
     pub async fn start_upload(&self, repo: &str) -> String {
+        self.start_upload_with(repo, "").await
+    }
+
+    /// Starts an upload with `query` (`?digest-algorithm=…`, or empty); its location.
+    pub async fn start_upload_with(&self, repo: &str, query: &str) -> String {
         let a = self
-            .call(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .call(Method::POST, &format!("/v2/{repo}/blobs/uploads/{query}"))
             .await;
         a.expect(202, None);
         a.header("location").unwrap().to_owned()
+    }
+
+    /// PATCHes `data[range]` into the upload at `location`, as the bytes at `range`.
+    pub async fn patch_chunk(
+        &self,
+        location: &str,
+        data: &[u8],
+        range: std::ops::Range<usize>,
+    ) -> Answer {
+        self.send(
+            self.request(Method::PATCH, location)
+                .header(
+                    "content-range",
+                    format!("{}-{}", range.start, range.end - 1),
+                )
+                .body(data[range].to_vec()),
+        )
+        .await
+    }
+
+    /// Closes the upload at `location` under `digest`, with no more bytes.
+    pub async fn close_upload(&self, location: &str, digest: &str) -> Answer {
+        self.send(
+            self.request(Method::PUT, location)
+                .query(&[("digest", digest)]),
+        )
+        .await
+    }
+
+    /// Closes the upload at `location` under `digest` with `body` as its last bytes.
+    pub async fn finish_upload(&self, location: &str, digest: &str, body: &[u8]) -> Answer {
+        self.send(
+            self.request(Method::PUT, location)
+                .query(&[("digest", digest)])
+                .body(body.to_vec()),
+        )
+        .await
     }
 
     /// Bytes an upload session holds, read from its status `Range` (`0-<last>`). An empty

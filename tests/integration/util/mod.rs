@@ -4,16 +4,34 @@
 //! directory), `postgres` (Postgres and a local directory), `postgres-s3` (Postgres and S3) or
 //! `memory`. Postgres and S3 come from `services.rs` (the environment, or containers); each
 //! test gets its own database and key prefix.
+//!
+//! By concern, all re-exported here (tests `use crate::util::*`):
+//! - `server`: [`Backend`], [`Deployment`] and [`Server`], the processes under test;
+//! - `client`: the HTTP [`Client`] and its [`Answer`]s, hand-written requests
+//!   ([`RawConnection`]) and Prometheus readers;
+//! - `s3` and `net`: the S3 server behind the scenes, and proxies that fail on purpose;
+//! - `layout` and `tools`: OCI image layouts built by hand and the client tools (skopeo,
+//!   podman, …) that push them;
+//! - `random` and `proxy` (in `tests/common/`, shared with the simulation and the bench):
+//!   pseudo-random data and the forwarding step of the S3 proxies;
+//! - here: digests, seeds, polling and files.
 #![allow(dead_code)]
 
 mod client;
+mod layout;
 mod net;
+#[path = "../../common/proxy.rs"]
+mod proxy;
+#[path = "../../common/random.rs"]
+mod random;
 mod s3;
 mod server;
 mod tools;
 
 pub use client::*;
+pub use layout::*;
 pub use net::*;
+pub use random::*;
 pub use s3::*;
 pub use server::*;
 pub use tools::*;
@@ -29,20 +47,6 @@ pub fn sha256(data: &[u8]) -> String {
 
 pub fn sha512(data: &[u8]) -> String {
     format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))
-}
-
-/// Deterministic pseudo-random bytes (xorshift), different for every seed.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 pub fn unique_seed() -> u64 {

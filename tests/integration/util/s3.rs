@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use super::proxy;
+
 /// The S3 server of the Postgres + S3 configuration (see `services.rs`).
 pub fn s3_server() -> crate::services::S3 {
     crate::services::for_configuration(crate::services::s3(), "PostgresS3")
@@ -94,18 +96,7 @@ impl FullS3 {
                                 return Ok::<_, std::convert::Infallible>(response);
                             }
                             let (parts, body) = request.into_parts();
-                            let url = format!(
-                                "{target}{}",
-                                parts
-                                    .uri
-                                    .path_and_query()
-                                    .map(|p| p.as_str())
-                                    .unwrap_or("/")
-                            );
-                            let mut forward = client.request(parts.method.clone(), url);
-                            for (name, value) in &parts.headers {
-                                forward = forward.header(name, value);
-                            }
+                            let forward = proxy::upstream(&client, &parts, &target);
                             let body = body.into_data_stream();
                             let forwarded =
                                 forward.body(reqwest::Body::wrap_stream(body)).send().await;

@@ -68,29 +68,9 @@ fn database_url(name: &str) -> String {
     postgres_server().database_url(name)
 }
 
-/// Runs a statement as the Postgres administrator (on a thread of its own, so that tests can
-/// call it from inside their runtime).
+/// Runs a statement as the Postgres administrator.
 fn postgres_admin(sql: &str) {
-    let url = postgres_server().admin_url;
-    let sql = sql.to_owned();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            use sqlx::Connection as _;
-            let mut connection = sqlx::postgres::PgConnection::connect(&url)
-                .await
-                .unwrap_or_else(|e| panic!("connecting to Postgres at {url}: {e}"));
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
-                .execute(&mut connection)
-                .await
-                .unwrap_or_else(|e| panic!("{sql:?} failed: {e}"));
-        })
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    postgres_server().admin(sql)
 }
 
 impl Deployment {

@@ -40,3 +40,22 @@ pub fn fails(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// How a command ended: whether it succeeded, and everything it printed.
+pub struct Outcome {
+    pub ok: bool,
+    pub out: String,
+}
+
+/// Runs a command that may fail.
+pub fn outcome(cmd: &mut Command) -> Outcome {
+    let output = cmd.output().unwrap();
+    Outcome {
+        ok: output.status.success(),
+        out: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
