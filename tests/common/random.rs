@@ -1,5 +1,5 @@
 //! Deterministic pseudo-random data (xorshift), shared by the integration tests and
-//! `benches/berth-bench.rs` (each includes this file with `#[path]`).
+//! `benches/berth-bench/` (each includes this file with `#[path]`).
 
 /// The next value of a xorshift generator; `state` must not be 0.
 pub fn xorshift(state: &mut u64) -> u64 {

@@ -1,5 +1,5 @@
 //! Integration tests: the real `berth` binary over HTTP, on the backend `BERTH_TEST_BACKEND`
-//! names (see `util.rs`).
+//! names (see `util/`).
 //!
 //! The target has its own harness (`harness = false`, `harness.rs` on `libtest-mimic`), with
 //! libtest's command line: name filters, `--skip`, `--exact`, `--list`, `--test-threads`,
