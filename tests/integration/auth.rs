@@ -377,20 +377,17 @@ async fn token_auth_with_the_built_in_issuer() {
         .get("/v2/")
         .await
         .expect(401, Some("UNAUTHORIZED"));
-    let form = form_body;
-    let a = c
-        .send(
-            c.request(Method::POST, "/token")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form(&[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", &refresh),
-                    ("service", "berth"),
-                    ("client_id", "test"),
-                    ("scope", "repository:alice/app:pull"),
-                ])),
-        )
-        .await;
+    let a = post_form(
+        &c,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("service", "berth"),
+            ("client_id", "test"),
+            ("scope", "repository:alice/app:pull"),
+        ],
+    )
+    .await;
     a.expect(200, None);
     assert_eq!(a.json()["scope"], "repository:alice/app:pull");
     let from_refresh = a.json();
@@ -398,45 +395,35 @@ async fn token_auth_with_the_built_in_issuer() {
         .get("/v2/alice/app/tags/list")
         .await
         .expect(200, None);
-    let a = c
-        .send(
-            c.request(Method::POST, "/token")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form(&[
-                    ("grant_type", "password"),
-                    ("username", "bob"),
-                    ("password", password_of("bob")),
-                    ("service", "berth"),
-                    ("client_id", "test"),
-                    ("access_type", "offline"),
-                    ("scope", "repository:bob/x:pull,push"),
-                ])),
-        )
-        .await;
+    let a = post_form(
+        &c,
+        &[
+            ("grant_type", "password"),
+            ("username", "bob"),
+            ("password", password_of("bob")),
+            ("service", "berth"),
+            ("client_id", "test"),
+            ("access_type", "offline"),
+            ("scope", "repository:bob/x:pull,push"),
+        ],
+    )
+    .await;
     a.expect(200, None);
     assert!(a.json()["refresh_token"].is_string());
     assert_eq!(a.json()["scope"], "repository:bob/x:pull,push");
-    let a = c
-        .send(
-            c.request(Method::POST, "/token")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form(&[
-                    ("grant_type", "password"),
-                    ("username", "bob"),
-                    ("password", "wrong"),
-                    ("service", "berth"),
-                ])),
-        )
-        .await;
+    let a = post_form(
+        &c,
+        &[
+            ("grant_type", "password"),
+            ("username", "bob"),
+            ("password", "wrong"),
+            ("service", "berth"),
+        ],
+    )
+    .await;
     assert_eq!(a.status.as_u16(), 400);
     assert_eq!(a.json()["error"], "invalid_grant");
-    let a = c
-        .send(
-            c.request(Method::POST, "/token")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form(&[("grant_type", "authorization_code")])),
-        )
-        .await;
+    let a = post_form(&c, &[("grant_type", "authorization_code")]).await;
     assert_eq!(a.json()["error"], "unsupported_grant_type");
 
     // Changing the password revokes refresh tokens.
@@ -457,17 +444,15 @@ async fn token_auth_with_the_built_in_issuer() {
         "the htpasswd change is seen",
         Duration::from_secs(15),
         async || {
-            let a = c
-                .send(
-                    c.request(Method::POST, "/token")
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body(form(&[
-                            ("grant_type", "refresh_token"),
-                            ("refresh_token", &refresh),
-                            ("service", "berth"),
-                        ])),
-                )
-                .await;
+            let a = post_form(
+                &c,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &refresh),
+                    ("service", "berth"),
+                ],
+            )
+            .await;
             a.status.as_u16() == 400
         },
     )
@@ -483,6 +468,16 @@ async fn token_auth_with_the_built_in_issuer() {
         !log.contains(from_refresh["token"].as_str().unwrap()),
         "an access token appears in the log"
     );
+}
+
+/// POSTs `pairs` to the token endpoint as a form (the OAuth2 flavour of token requests).
+async fn post_form(c: &Client, pairs: &[(&str, &str)]) -> Answer {
+    c.send(
+        c.request(Method::POST, "/token")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form_body(pairs)),
+    )
+    .await
 }
 
 fn form_body(pairs: &[(&str, &str)]) -> String {
