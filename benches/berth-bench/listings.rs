@@ -147,13 +147,13 @@ impl Bench {
         let t = Instant::now();
         let pushes = tags.div_ceil(100);
         let (http, base) = (self.http.clone(), self.base.clone());
-        let (put_repo, put_manifest) = (repo.clone(), manifest.clone());
+        let (tag_repo, tag_manifest) = (repo.clone(), manifest.clone());
         each_index(16, pushes, move |p| {
             let (http, base, repo, manifest, manifest_digest) = (
                 http.clone(),
                 base.clone(),
-                put_repo.clone(),
-                put_manifest.clone(),
+                tag_repo.clone(),
+                tag_manifest.clone(),
                 manifest_digest.clone(),
             );
             async move {
