@@ -53,7 +53,7 @@ async fn push_three_ways(c: &Client, repo: &str, data: &[u8]) -> Vec<(&'static s
     let mut at = 0;
     while at < data.len() {
         let end = (at + chunk).min(data.len());
-        c.patch_chunk(&location, &data, at..end)
+        c.patch_chunk(&location, data, at..end)
             .await
             .expect(202, None);
         at = end;
