@@ -8,131 +8,11 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::Method;
 
+use crate::auth_fixtures::*;
 use crate::util::*;
-
-pub const ACL: &str = r#"
-[[rule]]
-repository = "public/**"
-users = ["anonymous", "*"]
-actions = ["pull"]
-
-[[rule]]
-repository = "${user}/**"
-users = ["*"]
-actions = ["*"]
-
-[[rule]]
-repository = "team/*"
-users = ["alice"]
-actions = ["pull", "push"]
-
-[[rule]]
-repository = "**"
-users = ["admin"]
-actions = ["*"]
-
-[[rule]]
-catalog = true
-users = ["admin", "alice"]
-"#;
-
-pub const USERS: &[(&str, &str)] = &[
-    ("alice", "alice-Secret-1"),
-    ("bob", "bob-Secret-2"),
-    ("admin", "admin-Secret-3"),
-];
-
-/// The files access control reads, in a directory that lives as long as the test.
-pub struct AuthFiles {
-    pub dir: tempfile::TempDir,
-    pub key: EcdsaKeyPair,
-}
-
-impl AuthFiles {
-    pub fn new() -> AuthFiles {
-        let dir = tempfile::tempdir().unwrap();
-        let htpasswd: String = USERS
-            .iter()
-            .map(|(user, password)| {
-                // `htpasswd -B` writes $2y$; the cost is low to keep tests fast.
-                let hash = bcrypt::hash(password, 5)
-                    .unwrap()
-                    .replacen("$2b$", "$2y$", 1);
-                format!("{user}:{hash}\n")
-            })
-            .collect();
-        std::fs::write(dir.path().join("htpasswd"), htpasswd).unwrap();
-        std::fs::write(dir.path().join("acl.toml"), ACL).unwrap();
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        std::fs::write(
-            dir.path().join("token-key.pem"),
-            pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec())),
-        )
-        .unwrap();
-        let key =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
-        AuthFiles { dir, key }
-    }
-
-    pub fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    pub fn basic_settings(&self) -> Vec<(String, String)> {
-        vec![
-            ("BERTH_AUTH".into(), "basic".into()),
-            ("BERTH_AUTH_HTPASSWD".into(), self.path("htpasswd")),
-            ("BERTH_AUTH_ACL".into(), self.path("acl.toml")),
-        ]
-    }
-
-    pub fn token_settings(&self) -> Vec<(String, String)> {
-        vec![
-            ("BERTH_AUTH".into(), "token".into()),
-            ("BERTH_AUTH_HTPASSWD".into(), self.path("htpasswd")),
-            ("BERTH_AUTH_ACL".into(), self.path("acl.toml")),
-            ("BERTH_AUTH_TOKEN_KEY".into(), self.path("token-key.pem")),
-        ]
-    }
-}
-
-pub fn start_with_owned(settings: &[(String, String)]) -> Server {
-    let borrowed: Vec<(&str, &str)> = settings
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    Server::start_with(&borrowed)
-}
-
-pub fn basic(user: &str, password: &str) -> String {
-    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
-}
-
-fn password_of(user: &str) -> &'static str {
-    USERS.iter().find(|(u, _)| *u == user).unwrap().1
-}
-
-/// A client that sends the same `Authorization` with every request.
-fn authorized(server: &Server, authorization: &str) -> Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        reqwest::header::AUTHORIZATION,
-        reqwest::header::HeaderValue::from_str(authorization).unwrap(),
-    );
-    Client {
-        base: format!("http://{}", server.addr),
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .default_headers(headers)
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap(),
-    }
-}
 
 /// Every endpoint of the API on repository `repo`: method, path, body.
 fn endpoints(repo: &str, digest: &str, upload: &str) -> Vec<(Method, String, Vec<u8>)> {
@@ -188,6 +68,30 @@ fn action_of(method: &Method, path: &str) -> &'static str {
     }
 }
 
+/// Calls every endpoint on `alice/app` (`layer`, and an upload `alice` opens) as `anonymous`,
+/// who must get 401, and as `bob`, who must get 403; `check` looks further at both answers.
+async fn refused_everywhere(
+    alice: &Client,
+    anonymous: &Client,
+    bob: &Client,
+    layer: &str,
+    check: impl Fn(&Method, &str, &Answer, &Answer),
+) {
+    let location = alice.start_upload("alice/app").await;
+    let upload = location.rsplit('/').next().unwrap().to_owned();
+    for (method, path, body) in endpoints("alice/app", layer, &upload) {
+        let a = anonymous
+            .send(anonymous.request(method.clone(), &path).body(body.clone()))
+            .await;
+        assert_eq!(a.status.as_u16(), 401, "anonymous {method} {path}");
+        let b = bob
+            .send(bob.request(method.clone(), &path).body(body))
+            .await;
+        assert_eq!(b.status.as_u16(), 403, "bob {method} {path}");
+        check(&method, &path, &a, &b);
+    }
+}
+
 async fn basic_auth_challenges_refuses_and_follows_the_acl() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.basic_settings());
@@ -215,34 +119,19 @@ async fn basic_auth_challenges_refuses_and_follows_the_acl() {
         .get(&format!("/v2/alice/other/blobs/{layer}"))
         .await
         .expect(404, None);
-    let location = alice.start_upload("alice/app").await;
-    let upload = location.rsplit('/').next().unwrap().to_owned();
 
     // Every endpoint: anonymous gets 401 with the challenge, Bob (valid, no access) 403.
-    for (method, path, body) in endpoints("alice/app", &layer, &upload) {
-        let a = anonymous
-            .send(anonymous.request(method.clone(), &path).body(body.clone()))
-            .await;
-        assert_eq!(a.status.as_u16(), 401, "anonymous {method} {path}");
+    refused_everywhere(&alice, &anonymous, &bob, &layer, |method, path, a, b| {
         assert_eq!(a.header("www-authenticate"), Some("Basic realm=\"berth\""));
         if method != Method::HEAD {
             assert_eq!(a.error_code(), "UNAUTHORIZED");
             let detail = &a.json()["errors"][0]["detail"][0];
             assert_eq!(detail["Name"], "alice/app");
-            assert_eq!(
-                detail["Action"],
-                action_of(&method, &path),
-                "{method} {path}"
-            );
-        }
-        let b = bob
-            .send(bob.request(method.clone(), &path).body(body))
-            .await;
-        assert_eq!(b.status.as_u16(), 403, "bob {method} {path}");
-        if method != Method::HEAD {
+            assert_eq!(detail["Action"], action_of(method, path), "{method} {path}");
             assert_eq!(b.error_code(), "DENIED");
         }
-    }
+    })
+    .await;
     anonymous
         .get("/v2/_catalog")
         .await
@@ -346,67 +235,6 @@ async fn basic_auth_challenges_refuses_and_follows_the_acl() {
     );
 }
 
-/// A token request to the built-in issuer; returns the JSON answer.
-async fn token(server: &Server, user: Option<&str>, scopes: &[&str]) -> serde_json::Value {
-    let c = server.client();
-    let mut request = c
-        .request(Method::GET, "/token")
-        .query(&[("service", "berth")]);
-    for scope in scopes {
-        request = request.query(&[("scope", scope)]);
-    }
-    if let Some(user) = user {
-        request = request.header("authorization", basic(user, password_of(user)));
-    }
-    let a = c.send(request).await;
-    a.expect(200, None);
-    assert_eq!(a.header("cache-control"), Some("no-store"));
-    a.json()
-}
-
-fn bearer(server: &Server, token: &serde_json::Value) -> Client {
-    authorized(
-        server,
-        &format!("Bearer {}", token["token"].as_str().expect("a token")),
-    )
-}
-
-fn claims_of(token: &str) -> serde_json::Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
-}
-
-/// A JWT with these header and claims, signed with `key` (ES256).
-fn signed(key: &EcdsaKeyPair, header: serde_json::Value, claims: serde_json::Value) -> String {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let signature = key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
-    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn claims(
-    aud: &str,
-    iss: &str,
-    exp: u64,
-    nbf: u64,
-    access: serde_json::Value,
-) -> serde_json::Value {
-    serde_json::json!({
-        "iss": iss, "sub": "alice", "aud": aud, "exp": exp, "nbf": nbf, "iat": nbf,
-        "jti": "x", "access": access
-    })
-}
-
 async fn token_auth_with_the_built_in_issuer() {
     let files = AuthFiles::new();
     let server = start_with_owned(&files.token_settings());
@@ -465,26 +293,17 @@ async fn token_auth_with_the_built_in_issuer() {
     );
     let layer = sha256(&image.layer);
     let bob = bearer(&server, &t);
-    let location = alice.start_upload("alice/app").await;
-    let upload = location.rsplit('/').next().unwrap().to_owned();
-    for (method, path, body) in endpoints("alice/app", &layer, &upload) {
-        let a = anonymous
-            .send(anonymous.request(method.clone(), &path).body(body.clone()))
-            .await;
-        assert_eq!(a.status.as_u16(), 401, "anonymous {method} {path}");
-        let challenge = a.header("www-authenticate").unwrap().to_owned();
+    refused_everywhere(&alice, &anonymous, &bob, &layer, |method, path, a, _| {
+        let challenge = a.header("www-authenticate").unwrap();
         assert!(
             challenge.ends_with(&format!(
                 "scope=\"repository:alice/app:{}\"",
-                action_of(&method, &path)
+                action_of(method, path)
             )),
             "{method} {path}: {challenge}"
         );
-        let b = bob
-            .send(bob.request(method.clone(), &path).body(body))
-            .await;
-        assert_eq!(b.status.as_u16(), 403, "bob {method} {path}");
-    }
+    })
+    .await;
 
     // Anonymous tokens pull public images, nothing else.
     let admin = bearer(
@@ -558,20 +377,17 @@ async fn token_auth_with_the_built_in_issuer() {
         .get("/v2/")
         .await
         .expect(401, Some("UNAUTHORIZED"));
-    let form = form_body;
-    let a = c
-        .send(
-            c.request(Method::POST, "/token")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form(&[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", &refresh),
-                    ("service", "berth"),
-                    ("client_id", "test"),
-                    ("scope", "repository:alice/app:pull"),
-                ])),
-        )
-        .await;
+    let a = post_form(
+        &c,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("service", "berth"),
+            ("client_id", "test"),
+            ("scope", "repository:alice/app:pull"),
+        ],
+    )
+    .await;
     a.expect(200, None);
     assert_eq!(a.json()["scope"], "repository:alice/app:pull");
     let from_refresh = a.json();
@@ -579,45 +395,35 @@ async fn token_auth_with_the_built_in_issuer() {
         .get("/v2/alice/app/tags/list")
         .await
         .expect(200, None);
-    let a = c
-        .send(
-            c.request(Method::POST, "/token")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form(&[
-                    ("grant_type", "password"),
-                    ("username", "bob"),
-                    ("password", password_of("bob")),
-                    ("service", "berth"),
-                    ("client_id", "test"),
-                    ("access_type", "offline"),
-                    ("scope", "repository:bob/x:pull,push"),
-                ])),
-        )
-        .await;
+    let a = post_form(
+        &c,
+        &[
+            ("grant_type", "password"),
+            ("username", "bob"),
+            ("password", password_of("bob")),
+            ("service", "berth"),
+            ("client_id", "test"),
+            ("access_type", "offline"),
+            ("scope", "repository:bob/x:pull,push"),
+        ],
+    )
+    .await;
     a.expect(200, None);
     assert!(a.json()["refresh_token"].is_string());
     assert_eq!(a.json()["scope"], "repository:bob/x:pull,push");
-    let a = c
-        .send(
-            c.request(Method::POST, "/token")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form(&[
-                    ("grant_type", "password"),
-                    ("username", "bob"),
-                    ("password", "wrong"),
-                    ("service", "berth"),
-                ])),
-        )
-        .await;
+    let a = post_form(
+        &c,
+        &[
+            ("grant_type", "password"),
+            ("username", "bob"),
+            ("password", "wrong"),
+            ("service", "berth"),
+        ],
+    )
+    .await;
     assert_eq!(a.status.as_u16(), 400);
     assert_eq!(a.json()["error"], "invalid_grant");
-    let a = c
-        .send(
-            c.request(Method::POST, "/token")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form(&[("grant_type", "authorization_code")])),
-        )
-        .await;
+    let a = post_form(&c, &[("grant_type", "authorization_code")]).await;
     assert_eq!(a.json()["error"], "unsupported_grant_type");
 
     // Changing the password revokes refresh tokens.
@@ -638,17 +444,15 @@ async fn token_auth_with_the_built_in_issuer() {
         "the htpasswd change is seen",
         Duration::from_secs(15),
         async || {
-            let a = c
-                .send(
-                    c.request(Method::POST, "/token")
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body(form(&[
-                            ("grant_type", "refresh_token"),
-                            ("refresh_token", &refresh),
-                            ("service", "berth"),
-                        ])),
-                )
-                .await;
+            let a = post_form(
+                &c,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &refresh),
+                    ("service", "berth"),
+                ],
+            )
+            .await;
             a.status.as_u16() == 400
         },
     )
@@ -664,6 +468,16 @@ async fn token_auth_with_the_built_in_issuer() {
         !log.contains(from_refresh["token"].as_str().unwrap()),
         "an access token appears in the log"
     );
+}
+
+/// POSTs `pairs` to the token endpoint as a form (the OAuth2 flavour of token requests).
+async fn post_form(c: &Client, pairs: &[(&str, &str)]) -> Answer {
+    c.send(
+        c.request(Method::POST, "/token")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form_body(pairs)),
+    )
+    .await
 }
 
 fn form_body(pairs: &[(&str, &str)]) -> String {
@@ -695,11 +509,15 @@ async fn bad_tokens_are_refused() {
     let server = start_with_owned(&files.token_settings());
     let access = serde_json::json!([{"type": "repository", "name": "alice/app", "actions": ["pull", "push"]}]);
     let header = serde_json::json!({"alg": "ES256", "typ": "JWT"});
-    let good = signed(
-        &files.key,
-        header.clone(),
-        claims("berth", "berth", now() + 300, now(), access.clone()),
-    );
+    // A token signed with `key` for audience `aud` from issuer `iss`, valid from `nbf` to `exp`.
+    let jwt = |key: &EcdsaKeyPair, aud: &str, iss: &str, exp: u64, nbf: u64| {
+        signed(
+            key,
+            header.clone(),
+            claims(aud, iss, exp, nbf, access.clone()),
+        )
+    };
+    let good = jwt(&files.key, "berth", "berth", now() + 300, now());
     authorized(&server, &format!("Bearer {good}"))
         .call(Method::POST, "/v2/alice/app/blobs/uploads/")
         .await
@@ -734,49 +552,23 @@ async fn bad_tokens_are_refused() {
     let cases = [
         (
             "expired",
-            signed(
-                &files.key,
-                header.clone(),
-                claims("berth", "berth", now() - 120, now() - 400, access.clone()),
-            ),
+            jwt(&files.key, "berth", "berth", now() - 120, now() - 400),
         ),
         (
             "not yet valid",
-            signed(
-                &files.key,
-                header.clone(),
-                claims("berth", "berth", now() + 600, now() + 300, access.clone()),
-            ),
+            jwt(&files.key, "berth", "berth", now() + 600, now() + 300),
         ),
         (
             "wrong audience",
-            signed(
-                &files.key,
-                header.clone(),
-                claims(
-                    "another-registry",
-                    "berth",
-                    now() + 300,
-                    now(),
-                    access.clone(),
-                ),
-            ),
+            jwt(&files.key, "another-registry", "berth", now() + 300, now()),
         ),
         (
             "wrong issuer",
-            signed(
-                &files.key,
-                header.clone(),
-                claims("berth", "somebody", now() + 300, now(), access.clone()),
-            ),
+            jwt(&files.key, "berth", "somebody", now() + 300, now()),
         ),
         (
             "wrong signature",
-            signed(
-                &other,
-                header.clone(),
-                claims("berth", "berth", now() + 300, now(), access.clone()),
-            ),
+            jwt(&other, "berth", "berth", now() + 300, now()),
         ),
         ("tampered", tampered),
         ("alg none", unsigned),
@@ -820,6 +612,20 @@ async fn tokens_of_an_external_issuer_are_verified_with_its_keys() {
     std::fs::write(files.path("jwks.json"), jwks.to_string()).unwrap();
     let access =
         serde_json::json!([{"type": "repository", "name": "ext/*", "actions": ["pull", "push"]}]);
+    // A token the external service signs, naming its key `kid`.
+    let external = |kid: &str| {
+        signed(
+            &files.key,
+            serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": kid}),
+            claims(
+                "registry.example.com",
+                "auth.example.com",
+                now() + 300,
+                now(),
+                access.clone(),
+            ),
+        )
+    };
     for (setting, file) in [
         ("BERTH_AUTH_TOKEN_PUBLIC_KEYS", "issuer.pem"),
         ("BERTH_AUTH_TOKEN_JWKS", "jwks.json"),
@@ -841,17 +647,7 @@ async fn tokens_of_an_external_issuer_are_verified_with_its_keys() {
             "Bearer realm=\"https://auth.example.com/token\",service=\"registry.example.com\",scope=\"repository:ext/app:pull\""
         );
         server.client().get("/token").await.expect(404, None);
-        let token = signed(
-            &files.key,
-            serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "external-1"}),
-            claims(
-                "registry.example.com",
-                "auth.example.com",
-                now() + 300,
-                now(),
-                access.clone(),
-            ),
-        );
+        let token = external("external-1");
         let c = authorized(&server, &format!("Bearer {token}"));
         c.push_image("ext/app", "v1", unique_seed()).await;
         c.get("/v2/ext/app/manifests/v1").await.expect(200, None);
@@ -860,17 +656,7 @@ async fn tokens_of_an_external_issuer_are_verified_with_its_keys() {
             .expect(403, Some("DENIED"));
         if setting == "BERTH_AUTH_TOKEN_JWKS" {
             // A key id the JWKS does not have is not tried.
-            let token = signed(
-                &files.key,
-                serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "unknown"}),
-                claims(
-                    "registry.example.com",
-                    "auth.example.com",
-                    now() + 300,
-                    now(),
-                    access.clone(),
-                ),
-            );
+            let token = external("unknown");
             authorized(&server, &format!("Bearer {token}"))
                 .get("/v2/")
                 .await

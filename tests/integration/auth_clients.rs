@@ -2,71 +2,22 @@
 //! skopeo (`--creds`), podman (`login`), the Docker engine (`docker login`) and oras-py.
 //! A missing client fails the test; `.ci/run` installs and starts them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::auth::{AuthFiles, USERS, start_with_owned};
+use crate::auth_fixtures::{AuthFiles, password_of as password, start_with_owned};
 use crate::util::*;
 
-fn password(user: &str) -> &'static str {
-    USERS.iter().find(|(u, _)| *u == user).unwrap().1
-}
-
-/// A one-layer OCI layout with random content; returns the layout path.
-fn layout(work: &Path, seed: u64) -> std::path::PathBuf {
-    let dir = work.join("layout");
-    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let blob = |data: &[u8]| {
-        let hex = sha256(data).trim_start_matches("sha256:").to_owned();
-        std::fs::write(dir.join("blobs/sha256").join(&hex), data).unwrap();
-        hex
-    };
-    // A real gzip tar layer, as clients expect (they would compress a plain tar on push).
-    let root = work.join("rootfs-layout");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("payload"), random_bytes(100_000, seed)).unwrap();
-    let tar = work.join("layer.tar");
-    ok(Command::new("tar")
-        .args([
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "--mtime=@0",
-            "-C",
-        ])
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
-    let diff_id = sha256(&std::fs::read(&tar).unwrap());
-    ok(Command::new("gzip").args(["-n", "-f"]).arg(&tar));
-    let layer = std::fs::read(work.join("layer.tar.gz")).unwrap();
-    let layer_hex = blob(&layer);
-    let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}},"seed":{seed}}}"#
-    );
-    let config_hex = blob(config.as_bytes());
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_hex}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{layer_hex}","size":{}}}]}}"#,
-        config.len(),
-        layer.len()
-    );
-    let manifest_hex = blob(manifest.as_bytes());
-    std::fs::write(
-        dir.join("index.json"),
-        format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"sha256:{manifest_hex}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"v1"}}}}]}}"#,
-            manifest.len()
-        ),
-    )
-    .unwrap();
-    dir
+/// A one-layer OCI layout with random content, tagged `v1`; returns the layout path.
+fn layout(work: &Path, seed: u64) -> PathBuf {
+    let layout = Layout::new(work);
+    let image = layout.image(work, "amd64", seed);
+    layout.index(&[(OCI_MANIFEST, &image.manifest, image.size, "v1")]);
+    layout.dir
 }
 
 fn skopeo(work: &Path) -> Command {
-    require("skopeo");
-    let mut c = Command::new("skopeo");
+    let mut c = crate::util::skopeo();
     c.env("TMPDIR", work);
     // No credentials from the machine's own auth files.
     c.env("REGISTRY_AUTH_FILE", work.join("no-auth.json"));
@@ -168,18 +119,7 @@ fn podman_round_trip(server: &Server, work: &Path) {
     let store = work.join("store");
     let auth_file = work.join("auth.json");
     let podman = || {
-        let mut c = Command::new("podman");
-        c.arg("--root").arg(store.join("root"));
-        c.arg("--runroot").arg(store.join("run"));
-        c.args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-        ]);
-        c.env("TMPDIR", work);
+        let mut c = podman(&store, work);
         c.env("REGISTRY_AUTH_FILE", &auth_file);
         c
     };
@@ -204,16 +144,11 @@ fn podman_round_trip(server: &Server, work: &Path) {
         .arg(&auth_file)
         .arg(format!("oci:{}:v1", source.display()))
         .arg(format!("docker://{reg}/alice/podman:v1")));
-    ok(podman()
-        .args(["pull", "-q", "--tls-verify=false"])
-        .arg(format!("{reg}/alice/podman:v1")));
-    ok(podman()
-        .arg("tag")
-        .arg(format!("{reg}/alice/podman:v1"))
-        .arg(format!("{reg}/alice/podman-copy:v1")));
-    ok(podman()
-        .args(["push", "-q", "--tls-verify=false"])
-        .arg(format!("{reg}/alice/podman-copy:v1")));
+    podman_copy(
+        podman,
+        &format!("{reg}/alice/podman:v1"),
+        &format!("{reg}/alice/podman-copy:v1"),
+    );
     ok(podman().arg("logout").arg(&reg));
     fails(
         podman()
@@ -262,12 +197,7 @@ fn docker_round_trip(server: &Server, work: &Path) {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("payload"), random_bytes(50_000, unique_seed())).unwrap();
     let tar = work.join("rootfs.tar");
-    ok(Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
+    tar_dir(&root, &tar);
     let name = format!("{reg}/alice/docker:v{}", unique_seed() % 100_000);
     ok(docker(&config).arg("import").arg(&tar).arg(&name));
     let said = fails(docker(&config).args(["push", &name]));

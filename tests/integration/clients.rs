@@ -1,131 +1,7 @@
 //! Real OCI clients (skopeo, podman) push to and pull from Berth; what comes back is
 //! byte-identical to what went in. The clients must be installed: a missing one fails the test.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use crate::util::*;
-
-fn tool(name: &str) -> &str {
-    require(name);
-    name
-}
-
-pub fn sha_hex(data: &[u8]) -> String {
-    sha256(data).trim_start_matches("sha256:").to_owned()
-}
-
-/// An OCI image layout built by hand, like a build tool would.
-pub struct Layout {
-    pub dir: PathBuf,
-}
-
-pub struct Built {
-    pub manifest: String,
-    pub size: usize,
-}
-
-impl Layout {
-    pub fn new(root: &Path) -> Layout {
-        let dir = root.join("layout");
-        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        Layout { dir }
-    }
-
-    pub fn blob(&self, data: &[u8]) -> String {
-        let hex = sha_hex(data);
-        std::fs::write(self.dir.join("blobs/sha256").join(&hex), data).unwrap();
-        hex
-    }
-
-    /// A single-layer image for `arch`: a gzip tar with one file of random content.
-    pub fn image(&self, work: &Path, arch: &str, seed: u64) -> Built {
-        let root = work.join(format!("rootfs-{arch}"));
-        std::fs::create_dir_all(root.join("data")).unwrap();
-        std::fs::write(root.join("data/payload.bin"), random_bytes(200_000, seed)).unwrap();
-        let tar = work.join(format!("layer-{arch}.tar"));
-        ok(Command::new("tar")
-            .args([
-                "--sort=name",
-                "--owner=0",
-                "--group=0",
-                "--numeric-owner",
-                "--mtime=@0",
-                "-C",
-            ])
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."));
-        let tar_bytes = std::fs::read(&tar).unwrap();
-        ok(Command::new("gzip").args(["-n", "-f"]).arg(&tar));
-        let gz = std::fs::read(work.join(format!("layer-{arch}.tar.gz"))).unwrap();
-        let layer = self.blob(&gz);
-        let config = format!(
-            r#"{{"architecture":"{arch}","os":"linux","config":{{"Cmd":["/data/payload.bin"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}},"history":[{{"created_by":"berth test {seed}"}}]}}"#,
-            sha_hex(&tar_bytes)
-        );
-        let config_hex = self.blob(config.as_bytes());
-        let manifest = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config_hex}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{layer}","size":{}}}]}}"#,
-            config.len(),
-            gz.len()
-        );
-        let hex = self.blob(manifest.as_bytes());
-        Built {
-            manifest: hex,
-            size: manifest.len(),
-        }
-    }
-
-    /// Writes `index.json` naming each (media type, digest hex, size) under a tag.
-    pub fn index(&self, entries: &[(&str, &str, usize, &str)]) {
-        let manifests: Vec<String> = entries
-            .iter()
-            .map(|(media_type, hex, size, tag)| {
-                format!(
-                    r#"{{"mediaType":"{media_type}","digest":"sha256:{hex}","size":{size},"annotations":{{"org.opencontainers.image.ref.name":"{tag}"}}}}"#
-                )
-            })
-            .collect();
-        let index = format!(
-            r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
-            manifests.join(",")
-        );
-        std::fs::write(self.dir.join("index.json"), index).unwrap();
-    }
-
-    pub fn reference(&self, tag: &str) -> String {
-        format!("oci:{}:{tag}", self.dir.display())
-    }
-}
-
-pub fn descriptor(media_type: &str, hex: &str, size: usize, platform: Option<&str>) -> String {
-    let platform = platform
-        .map(|p| format!(r#","platform":{p}"#))
-        .unwrap_or_default();
-    format!(r#"{{"mediaType":"{media_type}","digest":"sha256:{hex}","size":{size}{platform}}}"#)
-}
-
-/// Every blob file of a layout directory, by name.
-pub fn blobs_of(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    files_under(&dir.join("blobs"))
-        .into_iter()
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect()
-}
-
-pub fn skopeo() -> Command {
-    let mut c = Command::new(tool("skopeo"));
-    c.env("TMPDIR", std::env::temp_dir());
-    c
-}
 
 fn skopeo_copies_an_oci_image_and_pulls_it_back_byte_identical() {
     let server = Server::start();
@@ -210,22 +86,13 @@ fn skopeo_copy_all_of_a_multi_arch_index_is_byte_identical() {
     let seed = unique_seed();
     let amd = layout.image(work.path(), "amd64", seed);
     let arm = layout.image(work.path(), "arm64", seed + 1);
-    let index = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{},{}]}}"#,
-        descriptor(
-            OCI_MANIFEST,
-            &amd.manifest,
-            amd.size,
-            Some(r#"{"architecture":"amd64","os":"linux"}"#)
+    let (index, index_hex) = layout.multi_arch(&[
+        (&amd, r#"{"architecture":"amd64","os":"linux"}"#),
+        (
+            &arm,
+            r#"{"architecture":"arm64","os":"linux","variant":"v8"}"#,
         ),
-        descriptor(
-            OCI_MANIFEST,
-            &arm.manifest,
-            arm.size,
-            Some(r#"{"architecture":"arm64","os":"linux","variant":"v8"}"#)
-        ),
-    );
-    let index_hex = layout.blob(index.as_bytes());
+    ]);
     layout.index(&[(OCI_INDEX, &index_hex, index.len(), "multi")]);
 
     let dest = format!("docker://{}/skopeo/multi:latest", server.addr);
@@ -272,21 +139,7 @@ fn podman_pushes_and_pulls_single_and_multi_arch_images() {
         .arg(format!("docker://{reg}/podman/base:arm")));
 
     let store = work.path().join("store");
-    let podman = || {
-        let mut c = Command::new(tool("podman"));
-        c.arg("--root").arg(store.join("root"));
-        c.arg("--runroot").arg(store.join("run"));
-        c.args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-        ]);
-        c.env("TMPDIR", work.path());
-        c
-    };
+    let podman = || podman(&store, work.path());
     ok(podman()
         .args(["pull", "-q", "--tls-verify=false"])
         .arg(format!("{reg}/podman/base:v1")));
@@ -329,16 +182,11 @@ fn podman_pushes_and_pulls_single_and_multi_arch_images() {
     ok(podman()
         .args(["manifest", "add", "--variant", "v8", "localhost/multi:v1"])
         .arg(format!("containers-storage:{reg}/podman/base:arm")));
-    ok(podman()
-        .args([
-            "manifest",
-            "push",
-            "-q",
-            "--all",
-            "--tls-verify=false",
-            "localhost/multi:v1",
-        ])
-        .arg(format!("docker://{reg}/podman/multi:v1")));
+    podman_push_list(
+        podman,
+        "localhost/multi:v1",
+        &format!("docker://{reg}/podman/multi:v1"),
+    );
     let index = ok(skopeo()
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{reg}/podman/multi:v1")));

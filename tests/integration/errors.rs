@@ -15,6 +15,11 @@ type Case<'a> = (
     &'a str,
 );
 
+/// A case with no header and no body.
+fn bare(method: Method, path: impl Into<String>, status: u16, code: &str) -> Case<'_> {
+    (method, path.into(), None, vec![], status, code)
+}
+
 async fn malformed_requests_get_their_4xx() {
     let server = Server::start();
     let c = server.client();
@@ -37,35 +42,27 @@ async fn malformed_requests_get_their_4xx() {
     ];
     let mut cases: Vec<Case> = Vec::new();
     for name in names {
-        cases.push((
+        cases.push(bare(
             Method::GET,
             format!("/v2/{name}/tags/list"),
-            None,
-            vec![],
             400,
             "NAME_INVALID",
         ));
-        cases.push((
+        cases.push(bare(
             Method::GET,
             format!("/v2/{name}/manifests/latest"),
-            None,
-            vec![],
             400,
             "NAME_INVALID",
         ));
-        cases.push((
+        cases.push(bare(
             Method::POST,
             format!("/v2/{name}/blobs/uploads/"),
-            None,
-            vec![],
             400,
             "NAME_INVALID",
         ));
-        cases.push((
+        cases.push(bare(
             Method::HEAD,
             format!("/v2/{name}/blobs/{good}"),
-            None,
-            vec![],
             400,
             "",
         ));
@@ -83,19 +80,15 @@ async fn malformed_requests_get_their_4xx() {
         long_digest.as_str(),
     ];
     for d in digests {
-        cases.push((
+        cases.push(bare(
             Method::GET,
             format!("/v2/ok/repo/blobs/{d}"),
-            None,
-            vec![],
             400,
             "DIGEST_INVALID",
         ));
-        cases.push((
+        cases.push(bare(
             Method::DELETE,
             format!("/v2/ok/repo/blobs/{d}"),
-            None,
-            vec![],
             400,
             "DIGEST_INVALID",
         ));
@@ -103,11 +96,9 @@ async fn malformed_requests_get_their_4xx() {
             // Without a colon it is a tag, and a valid one. A reference that cannot name a
             // manifest names a missing one when read or deleted; a push to it is refused.
             for method in [Method::GET, Method::DELETE] {
-                cases.push((
+                cases.push(bare(
                     method,
                     format!("/v2/ok/repo/manifests/{d}"),
-                    None,
-                    vec![],
                     404,
                     "MANIFEST_UNKNOWN",
                 ));
@@ -121,19 +112,15 @@ async fn malformed_requests_get_their_4xx() {
                 "DIGEST_INVALID",
             ));
         }
-        cases.push((
+        cases.push(bare(
             Method::GET,
             format!("/v2/ok/repo/referrers/{d}"),
-            None,
-            vec![],
             400,
             "DIGEST_INVALID",
         ));
-        cases.push((
+        cases.push(bare(
             Method::PUT,
             format!("{upload}?digest={d}"),
-            None,
-            vec![],
             400,
             "DIGEST_INVALID",
         ));
@@ -145,39 +132,26 @@ async fn malformed_requests_get_their_4xx() {
             400,
             "DIGEST_INVALID",
         ));
-        cases.push((
+        cases.push(bare(
             Method::POST,
             format!("/v2/ok/repo/blobs/uploads/?mount={d}&from=ok/repo"),
-            None,
-            vec![],
             400,
             "DIGEST_INVALID",
         ));
     }
     cases.push((Method::POST, "/v2/ok/repo/blobs/uploads/?digest=multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8".into(), None, b"x".to_vec(), 400, "DIGEST_INVALID"));
-    cases.push((
-        Method::PUT,
-        upload.clone(),
-        None,
-        vec![],
-        400,
-        "DIGEST_INVALID",
-    ));
-    cases.push((
+    cases.push(bare(Method::PUT, upload.clone(), 400, "DIGEST_INVALID"));
+    cases.push(bare(
         Method::POST,
         format!("/v2/ok/repo/blobs/uploads/?mount={good}&from=BAD//name"),
-        None,
-        vec![],
         400,
         "NAME_INVALID",
     ));
     for tag in [".dot", "-dash", "a:b:c", &"t".repeat(129)] {
         // Reading a reference that cannot name a manifest finds none; pushing to it is refused.
-        cases.push((
+        cases.push(bare(
             Method::GET,
             format!("/v2/ok/repo/manifests/{tag}"),
-            None,
-            vec![],
             404,
             "MANIFEST_UNKNOWN",
         ));
@@ -269,43 +243,23 @@ async fn malformed_requests_get_their_4xx() {
             "MANIFEST_INVALID",
         ));
     }
-    cases.push((
+    cases.push(bare(Method::GET, "/v2/ok/repo/tags/list?n=-1", 400, ""));
+    cases.push(bare(Method::GET, "/v2/_catalog?n=x", 400, ""));
+    cases.push(bare(
         Method::GET,
-        "/v2/ok/repo/tags/list?n=-1".into(),
-        None,
-        vec![],
-        400,
-        "",
-    ));
-    cases.push((
-        Method::GET,
-        "/v2/_catalog?n=x".into(),
-        None,
-        vec![],
-        400,
-        "",
-    ));
-    cases.push((
-        Method::GET,
-        "/v2/ok/repo/nonsense/x".into(),
-        None,
-        vec![],
+        "/v2/ok/repo/nonsense/x",
         404,
         "UNSUPPORTED",
     ));
-    cases.push((
+    cases.push(bare(
         Method::POST,
-        "/v2/ok/repo/manifests/v1".into(),
-        None,
-        vec![],
+        "/v2/ok/repo/manifests/v1",
         405,
         "UNSUPPORTED",
     ));
-    cases.push((
+    cases.push(bare(
         Method::PUT,
-        "/v2/ok/repo/blobs/uploads/".into(),
-        None,
-        vec![],
+        "/v2/ok/repo/blobs/uploads/",
         405,
         "UNSUPPORTED",
     ));

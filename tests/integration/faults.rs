@@ -110,7 +110,7 @@ fn on(fs: &SmallFs, extra: &[(&'static str, &'static str)]) -> Vec<(String, Stri
 }
 
 fn start(settings: &[(String, String)]) -> Server {
-    crate::auth::start_with_owned(settings)
+    crate::auth_fixtures::start_with_owned(settings)
 }
 
 fn blob_files(dir: &Path) -> Vec<PathBuf> {
@@ -179,20 +179,10 @@ async fn a_full_disk_answers_507_removes_what_cannot_resume_and_recovers() {
     // A chunked upload keeps what it stored; its Range stays truthful.
     let location = c.start_upload("disk/app").await;
     let first = 24 << 20;
-    c.send(
-        c.request(Method::PATCH, &location)
-            .header("content-range", format!("0-{}", first - 1))
-            .body(big[..first].to_vec()),
-    )
-    .await
-    .expect(202, None);
-    let a = c
-        .send(
-            c.request(Method::PATCH, &location)
-                .header("content-range", format!("{first}-{}", big.len() - 1))
-                .body(big[first..].to_vec()),
-        )
-        .await;
+    c.patch_chunk(&location, &big, 0..first)
+        .await
+        .expect(202, None);
+    let a = c.patch_chunk(&location, &big, first..big.len()).await;
     a.expect(507, Some("INSUFFICIENT_STORAGE"));
     let range = a
         .header("range")
@@ -467,13 +457,9 @@ async fn s3_out_of_space_answers_507_and_keeps_resumable_uploads() {
     c.push_image("s3full/app", "v1", unique_seed()).await;
     let data = random_bytes(12 << 20, unique_seed());
     let location = c.start_upload("s3full/app").await;
-    c.send(
-        c.request(Method::PATCH, &location)
-            .header("content-range", format!("0-{}", (6 << 20) - 1))
-            .body(data[..6 << 20].to_vec()),
-    )
-    .await
-    .expect(202, None);
+    c.patch_chunk(&location, &data, 0..6 << 20)
+        .await
+        .expect(202, None);
     let held = c.upload_offset(&location).await;
 
     s3.set_full(true);
@@ -487,13 +473,7 @@ async fn s3_out_of_space_answers_507_and_keeps_resumable_uploads() {
     .await
     .expect(507, Some("INSUFFICIENT_STORAGE"));
     // A chunk that needs a part: 507, and the upload still holds what it held.
-    let a = c
-        .send(
-            c.request(Method::PATCH, &location)
-                .header("content-range", format!("{held}-{}", data.len() - 1))
-                .body(data[held..].to_vec()),
-        )
-        .await;
+    let a = c.patch_chunk(&location, &data, held..data.len()).await;
     a.expect(507, Some("INSUFFICIENT_STORAGE"));
     assert_eq!(a.header("range"), Some(format!("0-{}", held - 1).as_str()));
     assert_eq!(c.upload_offset(&location).await, held);

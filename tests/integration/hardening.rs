@@ -53,21 +53,12 @@ async fn push_three_ways(c: &Client, repo: &str, data: &[u8]) -> Vec<(&'static s
     let mut at = 0;
     while at < data.len() {
         let end = (at + chunk).min(data.len());
-        c.send(
-            c.request(Method::PATCH, &location)
-                .header("content-range", format!("{at}-{}", end - 1))
-                .body(data[at..end].to_vec()),
-        )
-        .await
-        .expect(202, None);
+        c.patch_chunk(&location, data, at..end)
+            .await
+            .expect(202, None);
         at = end;
     }
-    c.send(
-        c.request(Method::PUT, &location)
-            .query(&[("digest", &digest)]),
-    )
-    .await
-    .expect(201, None);
+    c.close_upload(&location, &digest).await.expect(201, None);
     took.push(("chunked", started.elapsed()));
 
     let started = Instant::now();
@@ -80,12 +71,7 @@ async fn push_three_ways(c: &Client, repo: &str, data: &[u8]) -> Vec<(&'static s
     )
     .await
     .expect(202, None);
-    c.send(
-        c.request(Method::PUT, &location)
-            .query(&[("digest", &digest)]),
-    )
-    .await
-    .expect(201, None);
+    c.close_upload(&location, &digest).await.expect(201, None);
     took.push(("streaming", started.elapsed()));
 
     for r in [

@@ -1,5 +1,5 @@
 //! Integration tests: the real `berth` binary over HTTP, on the backend `BERTH_TEST_BACKEND`
-//! names (see `util.rs`).
+//! names (see `util/`).
 //!
 //! The target has its own harness (`harness = false`, `harness.rs` on `libtest-mimic`), with
 //! libtest's command line: name filters, `--skip`, `--exact`, `--list`, `--test-threads`,
@@ -28,6 +28,7 @@
 mod api;
 mod auth;
 mod auth_clients;
+mod auth_fixtures;
 mod clients;
 mod cluster;
 mod errors;
@@ -45,6 +46,7 @@ mod resilience;
 mod scaleout;
 mod scrub;
 mod services;
+mod stress;
 #[cfg(feature = "otel")]
 mod telemetry;
 mod util;

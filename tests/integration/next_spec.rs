@@ -29,6 +29,23 @@ async fn tags_of(c: &Client, repo: &str) -> Vec<String> {
         .collect()
 }
 
+/// PUTs `manifest` by `digest` into `repo` with `query` (its `tag` parameters).
+async fn push_by_digest<Q: serde::Serialize + ?Sized>(
+    c: &Client,
+    repo: &str,
+    digest: &str,
+    manifest: &[u8],
+    query: &Q,
+) -> Answer {
+    c.send(
+        c.request(Method::PUT, &format!("/v2/{repo}/manifests/{digest}"))
+            .query(query)
+            .header("content-type", OCI_MANIFEST)
+            .body(manifest.to_vec()),
+    )
+    .await
+}
+
 async fn push_by_digest_sets_the_tags_of_its_query_end_7b() {
     let server = Server::start();
     let c = server.client();
@@ -37,17 +54,7 @@ async fn push_by_digest_sets_the_tags_of_its_query_end_7b() {
     let tags: Vec<String> = (0..11).map(|i| format!("v1.{i}")).collect();
     let mut query: Vec<(&str, &str)> = tags.iter().map(|t| ("tag", t.as_str())).collect();
     query.push(("tag", "latest"));
-    let pushed = c
-        .send(
-            c.request(
-                Method::PUT,
-                &format!("/v2/tagged/manifests/{}", image.digest),
-            )
-            .query(&query)
-            .header("content-type", OCI_MANIFEST)
-            .body(image.manifest.clone()),
-        )
-        .await;
+    let pushed = push_by_digest(&c, "tagged", &image.digest, &image.manifest, &query).await;
     pushed.expect(201, None);
     assert_eq!(
         pushed.header("docker-content-digest"),
@@ -73,43 +80,23 @@ async fn push_by_digest_sets_the_tags_of_its_query_end_7b() {
     // The most tags a push may set: an ordinary HTTP client (at most 100 response headers)
     // reads the answer.
     let hundred: Vec<(&str, String)> = (0..100).map(|i| ("tag", format!("h{i:03}"))).collect();
-    let pushed = c
-        .send(
-            c.request(
-                Method::PUT,
-                &format!("/v2/tagged/manifests/{}", image.digest),
-            )
-            .query(&hundred)
-            .header("content-type", OCI_MANIFEST)
-            .body(image.manifest.clone()),
-        )
-        .await;
+    let pushed = push_by_digest(&c, "tagged", &image.digest, &image.manifest, &hundred).await;
     pushed.expect(201, None);
     assert_eq!(oci_tags(&pushed).len(), 100);
     assert!(pushed.headers.get_all("oci-tag").iter().count() <= 10);
 
     // Past the limit: 414, and nothing is tagged.
     let many: Vec<(&str, String)> = (0..101).map(|i| ("tag", format!("many{i}"))).collect();
-    c.send(
-        c.request(
-            Method::PUT,
-            &format!("/v2/tagged/manifests/{}", image.digest),
-        )
-        .query(&many)
-        .header("content-type", OCI_MANIFEST)
-        .body(image.manifest.clone()),
-    )
-    .await
-    .expect(414, None);
+    push_by_digest(&c, "tagged", &image.digest, &image.manifest, &many)
+        .await
+        .expect(414, None);
     // One invalid tag refuses the whole push.
-    c.send(
-        c.request(
-            Method::PUT,
-            &format!("/v2/tagged/manifests/{}", image.digest),
-        )
-        .query(&[("tag", "fine"), ("tag", "-not-a-tag")])
-        .header("content-type", OCI_MANIFEST)
-        .body(image.manifest.clone()),
+    push_by_digest(
+        &c,
+        "tagged",
+        &image.digest,
+        &image.manifest,
+        &[("tag", "fine"), ("tag", "-not-a-tag")],
     )
     .await
     .expect(400, Some("TAG_INVALID"));
@@ -125,14 +112,7 @@ async fn a_sha512_manifest_keeps_its_digest_through_its_tags() {
     let c = server.client();
     let image = c.push_image("s512m", "seed", unique_seed()).await;
     let digest = sha512(&image.manifest);
-    let pushed = c
-        .send(
-            c.request(Method::PUT, &format!("/v2/s512m/manifests/{digest}"))
-                .query(&[("tag", "v512")])
-                .header("content-type", OCI_MANIFEST)
-                .body(image.manifest.clone()),
-        )
-        .await;
+    let pushed = push_by_digest(&c, "s512m", &digest, &image.manifest, &[("tag", "v512")]).await;
     pushed.expect(201, None);
     assert_eq!(
         pushed.header("docker-content-digest"),
@@ -155,11 +135,12 @@ async fn a_sha512_manifest_keeps_its_digest_through_its_tags() {
     // pushed only under sha512 is not answered under its sha256 twin in another repository.
     let other = c.push_image("s512only", "seed", unique_seed()).await;
     let only512 = sha512(&other.manifest);
-    c.send(
-        c.request(Method::PUT, &format!("/v2/s512only/manifests/{only512}"))
-            .query(&[("tag", "only")])
-            .header("content-type", OCI_MANIFEST)
-            .body(other.manifest.clone()),
+    push_by_digest(
+        &c,
+        "s512only",
+        &only512,
+        &other.manifest,
+        &[("tag", "only")],
     )
     .await
     .expect(201, None);
@@ -182,21 +163,12 @@ async fn digest_algorithm_on_upload_start_end_4c() {
     let c = server.client();
     let data = random_bytes(70_000, unique_seed());
     let digest = sha512(&data);
-    let started = c
-        .call(
-            Method::POST,
-            "/v2/algo/blobs/uploads/?digest-algorithm=sha512",
-        )
+    let location = c
+        .start_upload_with("algo", "?digest-algorithm=sha512")
         .await;
-    started.expect(202, None);
-    let location = started.header("location").unwrap().to_owned();
-    c.send(
-        c.request(Method::PUT, &location)
-            .query(&[("digest", &digest)])
-            .body(data.clone()),
-    )
-    .await
-    .expect(201, None);
+    c.finish_upload(&location, &digest, &data)
+        .await
+        .expect(201, None);
     let got = c
         .call(Method::HEAD, &format!("/v2/algo/blobs/{digest}"))
         .await;
@@ -238,12 +210,19 @@ fn index_of(children: &[(&str, usize)]) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn sparse_manifests_are_refused_by_default() {
-    let server = Server::start();
-    let c = server.client();
+/// An image pushed to `mirror`, the digest of a platform manifest absent from it, and an index
+/// of both.
+async fn sparse_index(c: &Client) -> (Image, String, Vec<u8>) {
     let present = c.push_image("mirror", "amd64", unique_seed()).await;
     let absent = sha256(b"a platform this mirror did not copy");
     let index = index_of(&[(&present.digest, present.manifest.len()), (&absent, 1234)]);
+    (present, absent, index)
+}
+
+async fn sparse_manifests_are_refused_by_default() {
+    let server = Server::start();
+    let c = server.client();
+    let (_, _, index) = sparse_index(&c).await;
     c.put_manifest("mirror", "multi", OCI_INDEX, &index)
         .await
         .expect(400, Some("MANIFEST_BLOB_UNKNOWN"));
@@ -252,9 +231,7 @@ async fn sparse_manifests_are_refused_by_default() {
 async fn sparse_manifests_are_accepted_when_enabled_for_mirrors() {
     let server = Server::start_with(&[("BERTH_SPARSE_MANIFESTS", "true")]);
     let c = server.client();
-    let present = c.push_image("mirror", "amd64", unique_seed()).await;
-    let absent = sha256(b"a platform this mirror did not copy");
-    let index = index_of(&[(&present.digest, present.manifest.len()), (&absent, 1234)]);
+    let (present, absent, index) = sparse_index(&c).await;
     c.put_manifest("mirror", "multi", OCI_INDEX, &index)
         .await
         .expect(201, None);

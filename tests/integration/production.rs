@@ -68,24 +68,13 @@ async fn chunks_of_every_size_assemble_into_the_right_blob() {
     let mut location = c.start_upload("sizes").await;
     let mut at = 0;
     for size in sizes {
-        let a = c
-            .send(
-                c.request(Method::PATCH, &location)
-                    .header("content-range", format!("{at}-{}", at + size - 1))
-                    .body(data[at..at + size].to_vec()),
-            )
-            .await;
+        let a = c.patch_chunk(&location, &data, at..at + size).await;
         a.expect(202, None);
         at += size;
         assert_eq!(a.header("range"), Some(format!("0-{}", at - 1).as_str()));
         location = a.header("location").unwrap().to_owned();
     }
-    c.send(
-        c.request(Method::PUT, &location)
-            .query(&[("digest", &digest)]),
-    )
-    .await
-    .expect(201, None);
+    c.close_upload(&location, &digest).await.expect(201, None);
     let got = c.get_following(&format!("/v2/sizes/blobs/{digest}")).await;
     assert!(got.body[..] == data[..]);
     if server.deployment.backend.uses_s3() {
@@ -134,13 +123,9 @@ async fn two_processes_take_alternate_patches_of_one_upload() {
     let mut at = 0;
     for (i, size) in sizes.iter().enumerate() {
         let c = if i % 2 == 0 { &ca } else { &cb };
-        c.send(
-            c.request(Method::PATCH, &location)
-                .header("content-range", format!("{at}-{}", at + size - 1))
-                .body(data[at..at + size].to_vec()),
-        )
-        .await
-        .expect(202, None);
+        c.patch_chunk(&location, &data, at..at + size)
+            .await
+            .expect(202, None);
         at += size;
         let other = if i % 2 == 0 { &cb } else { &ca };
         assert_eq!(
@@ -148,12 +133,7 @@ async fn two_processes_take_alternate_patches_of_one_upload() {
             Some(format!("0-{}", at - 1).as_str())
         );
     }
-    cb.send(
-        cb.request(Method::PUT, &location)
-            .query(&[("digest", &digest)]),
-    )
-    .await
-    .expect(201, None);
+    cb.close_upload(&location, &digest).await.expect(201, None);
     let got = ca
         .get_following(&format!("/v2/replicas/blobs/{digest}"))
         .await;
@@ -214,19 +194,10 @@ async fn process_killed_mid_patch_and_the_client_resumes_on_another() {
         .unwrap()
         + 1;
     assert!((32 * MIB..=35 * MIB).contains(&held), "held {held}");
-    cb.send(
-        cb.request(Method::PATCH, &location)
-            .header("content-range", format!("{held}-{}", data.len() - 1))
-            .body(data[held..].to_vec()),
-    )
-    .await
-    .expect(202, None);
-    cb.send(
-        cb.request(Method::PUT, &location)
-            .query(&[("digest", &digest)]),
-    )
-    .await
-    .expect(201, None);
+    cb.patch_chunk(&location, &data, held..data.len())
+        .await
+        .expect(202, None);
+    cb.close_upload(&location, &digest).await.expect(201, None);
     assert!(
         cb.get_following(&format!("/v2/failover/blobs/{digest}"))
             .await
@@ -341,21 +312,12 @@ async fn completed_uploads_leave_no_staging_or_stray_multipart_uploads() {
     let location = c.start_upload("tidy").await;
     let mut at = 0;
     for size in [2 * MIB, 2 * MIB, 17 * MIB, 2 * MIB + 7] {
-        c.send(
-            c.request(Method::PATCH, &location)
-                .header("content-range", format!("{at}-{}", at + size - 1))
-                .body(data[at..at + size].to_vec()),
-        )
-        .await
-        .expect(202, None);
+        c.patch_chunk(&location, &data, at..at + size)
+            .await
+            .expect(202, None);
         at += size;
     }
-    c.send(
-        c.request(Method::PUT, &location)
-            .query(&[("digest", &digest)]),
-    )
-    .await
-    .expect(201, None);
+    c.close_upload(&location, &digest).await.expect(201, None);
     // The same blob again: deduplicated, the second copy removed.
     c.push_blob("tidy", &data).await;
     let (objects, uploads) = s3_listing(&prefix).await;
@@ -429,23 +391,12 @@ async fn filesystem_store_without_direct_io() {
     let mut location = c.start_upload("buffered").await;
     let mut at = 0;
     for size in [1000, MIB + 5, data.len() - MIB - 1005] {
-        let a = c
-            .send(
-                c.request(Method::PATCH, &location)
-                    .header("content-range", format!("{at}-{}", at + size - 1))
-                    .body(data[at..at + size].to_vec()),
-            )
-            .await;
+        let a = c.patch_chunk(&location, &data, at..at + size).await;
         a.expect(202, None);
         location = a.header("location").unwrap().to_owned();
         at += size;
     }
-    c.send(
-        c.request(Method::PUT, &location)
-            .query(&[("digest", &digest)]),
-    )
-    .await
-    .expect(201, None);
+    c.close_upload(&location, &digest).await.expect(201, None);
     assert!(c.get(&format!("/v2/buffered/blobs/{digest}")).await.body[..] == data[..]);
     assert!(
         server.log_text().contains("direct_io=false"),
@@ -497,16 +448,6 @@ async fn a_tag_pushed_on_one_process_is_served_by_every_other_at_once() {
         .expect(404, Some("MANIFEST_UNKNOWN"));
 }
 
-/// Sends `data[at..at + len]` as the next chunk of an upload.
-async fn send_chunk(c: &Client, location: &str, data: &[u8], at: usize, len: usize) -> Answer {
-    c.send(
-        c.request(Method::PATCH, location)
-            .header("content-range", format!("{at}-{}", at + len - 1))
-            .body(data[at..at + len].to_vec()),
-    )
-    .await
-}
-
 // Multi-threaded: the proxy must keep running while the test thread waits on the server.
 async fn small_s3_chunks_are_answered_before_their_part_lands_and_survive_a_kill() {
     // Berth reaches S3 through a proxy the test can stall.
@@ -529,7 +470,7 @@ async fn small_s3_chunks_are_answered_before_their_part_lands_and_survive_a_kill
     let location = c.start_upload("promoted").await;
     // Five 1 MiB chunks make the first part, written in the background; four more stay staged.
     for i in 0..9 {
-        send_chunk(&c, &location, &data, i * MIB, MIB)
+        c.patch_chunk(&location, &data, i * MIB..(i + 1) * MIB)
             .await
             .expect(202, None);
     }
@@ -569,7 +510,7 @@ async fn small_s3_chunks_are_answered_before_their_part_lands_and_survive_a_kill
     // the part cannot reach S3.
     let answer = tokio::time::timeout(
         Duration::from_secs(10),
-        send_chunk(&c, &location, &data, 9 * MIB, MIB),
+        c.patch_chunk(&location, &data, 9 * MIB..10 * MIB),
     )
     .await
     .expect("the chunk is answered while S3 does not answer");
@@ -616,7 +557,8 @@ async fn small_s3_chunks_alternating_between_processes_make_one_intact_blob() {
     let location = clients[0].start_upload("alternating").await;
     let mut at = 0;
     for (i, len) in sizes.into_iter().enumerate() {
-        send_chunk(&clients[i % 2], &location, &data, at, len)
+        clients[i % 2]
+            .patch_chunk(&location, &data, at..at + len)
             .await
             .expect(202, None);
         at += len;
@@ -632,7 +574,8 @@ async fn small_s3_chunks_alternating_between_processes_make_one_intact_blob() {
     let location = clients[0].start_upload("one-process").await;
     let mut at = 0;
     for len in sizes {
-        send_chunk(&clients[0], &location, &data, at, len)
+        clients[0]
+            .patch_chunk(&location, &data, at..at + len)
             .await
             .expect(202, None);
         at += len;

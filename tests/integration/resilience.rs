@@ -36,13 +36,7 @@ async fn chunked_upload_resumes_after_the_server_is_killed_and_restarted() {
     let data = random_bytes(7 * 1024 * 1024 + 4321, unique_seed());
     let location = c.start_upload("resume/me").await;
     let first = 3 * 1024 * 1024 + 5;
-    let a = c
-        .send(
-            c.request(Method::PATCH, &location)
-                .header("content-range", format!("0-{}", first - 1))
-                .body(data[..first].to_vec()),
-        )
-        .await;
+    let a = c.patch_chunk(&location, &data, 0..first).await;
     a.expect(202, None);
 
     server.restart();
@@ -151,12 +145,9 @@ async fn racing_requests_on_one_session_leave_the_winner_intact() {
         status.header("range"),
         Some(format!("0-{}", kept.len() - 1).as_str())
     );
-    c.send(
-        c.request(Method::PUT, &location)
-            .query(&[("digest", &sha256(kept))]),
-    )
-    .await
-    .expect(201, None);
+    c.close_upload(&location, &sha256(kept))
+        .await
+        .expect(201, None);
     let got = c
         .get_following(&format!("/v2/race/blobs/{}", sha256(kept)))
         .await;

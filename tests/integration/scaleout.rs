@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 
-use crate::clients::{Layout, blobs_of, descriptor, skopeo};
 use crate::cluster::Cluster;
 use crate::util::*;
 
@@ -29,22 +28,10 @@ fn every_client_pushes_and_pulls_through_the_load_balancer() {
     let seed = unique_seed();
     let amd = layout.image(work, "amd64", seed);
     let arm = layout.image(work, "arm64", seed + 1);
-    let index = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{},{}]}}"#,
-        descriptor(
-            OCI_MANIFEST,
-            &amd.manifest,
-            amd.size,
-            Some(r#"{"architecture":"amd64","os":"linux"}"#)
-        ),
-        descriptor(
-            OCI_MANIFEST,
-            &arm.manifest,
-            arm.size,
-            Some(r#"{"architecture":"arm64","os":"linux"}"#)
-        ),
-    );
-    let index_hex = layout.blob(index.as_bytes());
+    let (index, index_hex) = layout.multi_arch(&[
+        (&amd, r#"{"architecture":"amd64","os":"linux"}"#),
+        (&arm, r#"{"architecture":"arm64","os":"linux"}"#),
+    ]);
     layout.index(&[
         (OCI_MANIFEST, &amd.manifest, amd.size, "v1"),
         (OCI_INDEX, &index_hex, index.len(), "multi"),
@@ -83,47 +70,22 @@ fn every_client_pushes_and_pulls_through_the_load_balancer() {
     assert!(v2s2.contains(DOCKER_MANIFEST));
 
     // podman: pull, push, and a manifest list pushed with --all.
-    require("podman");
     let store = work.join("podman");
-    let podman = || {
-        let mut c = Command::new("podman");
-        c.arg("--root").arg(store.join("root"));
-        c.arg("--runroot").arg(store.join("run"));
-        c.args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-        ]);
-        c.env("TMPDIR", work);
-        c
-    };
-    ok(podman()
-        .args(["pull", "-q", "--tls-verify=false"])
-        .arg(format!("{reg}/lb/skopeo:v1")));
-    ok(podman()
-        .arg("tag")
-        .arg(format!("{reg}/lb/skopeo:v1"))
-        .arg(format!("{reg}/lb/podman:v1")));
-    ok(podman()
-        .args(["push", "-q", "--tls-verify=false"])
-        .arg(format!("{reg}/lb/podman:v1")));
+    let podman = || podman(&store, work);
+    podman_copy(
+        podman,
+        &format!("{reg}/lb/skopeo:v1"),
+        &format!("{reg}/lb/podman:v1"),
+    );
     ok(podman().args(["manifest", "create", "localhost/lb-multi:v1"]));
     ok(podman()
         .args(["manifest", "add", "localhost/lb-multi:v1"])
         .arg(format!("containers-storage:{reg}/lb/skopeo:v1")));
-    ok(podman()
-        .args([
-            "manifest",
-            "push",
-            "-q",
-            "--all",
-            "--tls-verify=false",
-            "localhost/lb-multi:v1",
-        ])
-        .arg(format!("docker://{reg}/lb/podman:multi")));
+    podman_push_list(
+        podman,
+        "localhost/lb-multi:v1",
+        &format!("docker://{reg}/lb/podman:multi"),
+    );
     let digest = ok(podman()
         .args(["image", "inspect", "--format", "{{.Digest}}"])
         .arg(format!("{reg}/lb/skopeo:v1")));
@@ -190,12 +152,7 @@ fn docker_round_trip(reg: &str, work: &Path) {
         .expect("busybox-static is installed (.ci/run installs it)");
     std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
     let tar = work.join("busybox.tar");
-    ok(Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
+    tar_dir(&root, &tar);
     let name = format!("{reg}/lb/docker:v{}", unique_seed() % 1_000_000);
     ok(docker(&config)
         .args(["import", "--change", "ENTRYPOINT [\"/bin/busybox\"]"])
@@ -666,7 +623,8 @@ async fn a_rolling_restart_fails_no_request() {
 /// `berth gc` runs beside them, while clients push, delete and push the same layers again
 /// through the load balancer. Every manifest left pulls whole; nothing unreferenced is left.
 async fn gc_runs_online_on_every_replica_while_clients_push_and_delete() {
-    use crate::gc::{StressTally, every_manifest_is_whole, gc, stress};
+    use crate::gc::gc;
+    use crate::stress::{StressTally, every_manifest_is_whole, stress};
     let cluster = Cluster::start(
         3,
         &[

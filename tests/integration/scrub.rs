@@ -6,23 +6,10 @@ use reqwest::Method;
 
 use crate::util::*;
 
-struct Outcome {
-    ok: bool,
-    out: String,
-}
-
 fn scrub(server: &Server, args: &[&str]) -> Outcome {
     let mut all = vec!["scrub"];
     all.extend_from_slice(args);
-    let output = server.deployment.command(&all).output().unwrap();
-    Outcome {
-        ok: output.status.success(),
-        out: format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    }
+    outcome(&mut server.deployment.command(&all))
 }
 
 /// Replaces the stored object holding exactly `content` with `replacement`.

@@ -38,6 +38,31 @@ impl Postgres {
         let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
         format!("{base}/{name}{query}")
     }
+
+    /// Runs `sql` as the administrator, on a thread with a runtime of its own (so that it also
+    /// works from inside a test's runtime and from `Drop`); a failure panics.
+    pub fn admin(&self, sql: &str) {
+        let url = self.admin_url.clone();
+        let sql = sql.to_owned();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                use sqlx::Connection as _;
+                let mut connection = sqlx::postgres::PgConnection::connect(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("connecting to Postgres at {url}: {e}"));
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
+                    .execute(&mut connection)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql:?} failed: {e}"));
+            })
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    }
 }
 
 /// An S3 server with a bucket the tests may write to.

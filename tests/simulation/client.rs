@@ -246,6 +246,16 @@ impl Client {
         })
     }
 
+    /// The manifests pushed and not deleted, with their repositories.
+    pub fn live_manifests(&self) -> Vec<(String, Manifest)> {
+        self.ledger()
+            .manifests
+            .iter()
+            .filter(|(_, (_, deleted))| !deleted)
+            .map(|((repo, _), (m, _))| (repo.clone(), m.clone()))
+            .collect()
+    }
+
     pub fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -601,30 +611,44 @@ impl Client {
         self.gave_up("blob delete");
     }
 
+    /// Opens an upload and sends the first half of `content`: the upload's id and how the
+    /// chunk went, or `None` if the upload could not be opened (the error judged).
+    async fn half_upload(
+        &self,
+        repository: &RepositoryName,
+        content: &Content,
+    ) -> Option<(UploadId, Result<(), RegistryError>)> {
+        let registry = self.registry().await;
+        let id = match registry
+            .start_upload(repository, DigestAlgorithm::Sha256)
+            .await
+        {
+            Ok(s) => made_id(&s.id),
+            Err(e) => {
+                self.judge("start upload", &e);
+                return None;
+            }
+        };
+        let half = content.bytes.slice(..content.bytes.len() / 2);
+        let spec = ChunkSpec {
+            start: Some(0),
+            length: Some(half.len() as u64),
+        };
+        let appended = registry
+            .append_upload(repository, &id, spec, &mut body(half))
+            .await
+            .map(|_| ());
+        Some((id, appended))
+    }
+
     /// Opens an upload, sends part of a blob, and cancels it (`DELETE` of the upload).
     pub async fn cancelled_upload(&self, repo: &str, content: &Content) {
         let repository = name(repo);
         for _ in 0..ATTEMPTS {
-            let registry = self.registry().await;
-            let id = match registry
-                .start_upload(&repository, DigestAlgorithm::Sha256)
-                .await
-            {
-                Ok(s) => made_id(&s.id),
-                Err(e) => {
-                    self.judge("start upload", &e);
-                    continue;
-                }
+            let Some((id, appended)) = self.half_upload(&repository, content).await else {
+                continue;
             };
-            let half = content.bytes.slice(..content.bytes.len() / 2);
-            let spec = ChunkSpec {
-                start: Some(0),
-                length: Some(half.len() as u64),
-            };
-            if let Err(e) = registry
-                .append_upload(&repository, &id, spec, &mut body(half))
-                .await
-            {
+            if let Err(e) = appended {
                 self.judge("upload chunk", &e);
             }
             for _ in 0..ATTEMPTS {
@@ -642,28 +666,10 @@ impl Client {
     pub async fn abandoned_upload(&self, repo: &str, content: &Content) {
         let repository = name(repo);
         for _ in 0..ATTEMPTS {
-            let registry = self.registry().await;
-            let id = match registry
-                .start_upload(&repository, DigestAlgorithm::Sha256)
-                .await
-            {
-                Ok(s) => made_id(&s.id),
-                Err(e) => {
-                    self.judge("start upload", &e);
-                    continue;
-                }
-            };
-            let half = content.bytes.slice(..content.bytes.len() / 2);
-            let spec = ChunkSpec {
-                start: Some(0),
-                length: Some(half.len() as u64),
-            };
-            match registry
-                .append_upload(&repository, &id, spec, &mut body(half))
-                .await
-            {
-                Ok(_) => return,
-                Err(e) => self.judge("upload chunk", &e),
+            match self.half_upload(&repository, content).await {
+                Some((_, Ok(()))) => return,
+                Some((_, Err(e))) => self.judge("upload chunk", &e),
+                None => {}
             }
         }
         self.gave_up("abandoned upload");

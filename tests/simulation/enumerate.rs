@@ -135,17 +135,36 @@ pub struct Totals {
     pub failures: Vec<String>,
 }
 
-/// Runs `workflow` with every fault at every call; panics listing what failed.
-pub async fn enumerate(backend: Backend, workflow: &Workflow) -> Totals {
-    let started = Instant::now();
-    let baseline = run_case(backend, workflow, Plan::Calm).await;
+impl Totals {
+    /// Fails listing the failed cases, if any.
+    pub fn assert_passed(&self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            self.failures.len(),
+            self.cases,
+            self.failures.join("\n")
+        );
+    }
+}
+
+/// `workflow` run once without faults, which must pass.
+async fn baseline(backend: Backend, workflow: &Workflow) -> Case {
+    let calm = run_case(backend, workflow, Plan::Calm).await;
     assert!(
-        baseline.problems.is_empty(),
+        calm.problems.is_empty(),
         "{} on {} fails without faults:\n  {}",
         workflow.name,
         backend.name(),
-        baseline.problems.join("\n  ")
+        calm.problems.join("\n  ")
     );
+    calm
+}
+
+/// Runs `workflow` with every fault at every call; panics listing what failed.
+pub async fn enumerate(backend: Backend, workflow: &Workflow) -> Totals {
+    let started = Instant::now();
+    let baseline = baseline(backend, workflow).await;
     let mut totals = Totals {
         calls: baseline.calls,
         ..Totals::default()
@@ -199,14 +218,7 @@ pub async fn enumerate(backend: Backend, workflow: &Workflow) -> Totals {
 pub async fn enumerate_cuts(workflow: &Workflow) -> Totals {
     let started = Instant::now();
     let backend = Backend::PostgresS3;
-    let baseline = run_case(backend, workflow, Plan::Calm).await;
-    assert!(
-        baseline.problems.is_empty(),
-        "{} on {} fails without faults:\n  {}",
-        workflow.name,
-        backend.name(),
-        baseline.problems.join("\n  ")
-    );
+    let baseline = baseline(backend, workflow).await;
     let mut totals = Totals {
         calls: baseline.commits + baseline.completions,
         ..Totals::default()

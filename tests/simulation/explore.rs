@@ -265,13 +265,7 @@ async fn pusher(client: Arc<Client>, repo: &'static str, from: &'static str, mut
 
 async fn deleter(client: Arc<Client>, mut rng: Rng) {
     for _ in 0..4 {
-        let live: Vec<(String, Manifest)> = client
-            .ledger()
-            .manifests
-            .iter()
-            .filter(|(_, (_, deleted))| !deleted)
-            .map(|((repo, _), (m, _))| (repo.clone(), m.clone()))
-            .collect();
+        let live: Vec<(String, Manifest)> = client.live_manifests();
         if live.is_empty() {
             client.collect_garbage().await;
             continue;

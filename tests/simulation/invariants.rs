@@ -233,13 +233,7 @@ pub async fn check(world: &World, client: &Client) -> Vec<String> {
             registry.metadata_store().census().await
         );
     }
-    let live: Vec<(String, Manifest)> = client
-        .ledger()
-        .manifests
-        .iter()
-        .filter(|(_, (_, deleted))| !deleted)
-        .map(|((repo, _), (m, _))| (repo.clone(), m.clone()))
-        .collect();
+    let live: Vec<(String, Manifest)> = client.live_manifests();
     for (repo, manifest) in &live {
         check_manifest(&registry, client, repo, manifest, &mut problems).await;
     }

@@ -17,6 +17,8 @@ mod explore;
 mod faulty;
 mod invariants;
 mod net;
+#[path = "../common/proxy.rs"]
+mod proxy;
 #[allow(dead_code)]
 #[path = "../integration/services.rs"]
 mod services;
@@ -35,19 +37,9 @@ pub fn debug() -> bool {
 }
 
 async fn enumerate_workflow(backend: Backend, name: &str) {
-    let workflows = workflows::all();
-    let workflow = workflows
-        .iter()
-        .find(|w| w.name == name)
-        .unwrap_or_else(|| panic!("no workflow {name}"));
-    let totals = enumerate::enumerate(backend, workflow).await;
-    assert!(
-        totals.failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        totals.failures.len(),
-        totals.cases,
-        totals.failures.join("\n")
-    );
+    enumerate::enumerate(backend, &workflows::named(name))
+        .await
+        .assert_passed();
 }
 
 /// One test per workflow and backend, so that they run in parallel and fail by name.
@@ -79,40 +71,37 @@ macro_rules! enumerated {
     };
 }
 
-enumerated!(
-    monolithic_push,
-    chunked_push,
-    chunked_resume,
-    big_blob_push,
-    mount_from,
-    mount_anywhere,
-    index_push,
-    referrer_push,
-    tag_move,
-    manifest_delete,
-    blob_delete,
-    gc_pass,
-    gc_untagged,
-    maintenance,
-    scrub_repair,
-    heal_push,
-    cancel_upload,
-);
+/// Calls the macro `$m` with the name of every workflow (`workflows::all`).
+macro_rules! every_workflow {
+    ($m:ident) => {
+        $m!(
+            monolithic_push,
+            chunked_push,
+            chunked_resume,
+            big_blob_push,
+            mount_from,
+            mount_anywhere,
+            index_push,
+            referrer_push,
+            tag_move,
+            manifest_delete,
+            blob_delete,
+            gc_pass,
+            gc_untagged,
+            maintenance,
+            scrub_repair,
+            heal_push,
+            cancel_upload,
+        );
+    };
+}
+
+every_workflow!(enumerated);
 
 async fn cut_replies(name: &str) {
-    let workflows = workflows::all();
-    let workflow = workflows
-        .iter()
-        .find(|w| w.name == name)
-        .unwrap_or_else(|| panic!("no workflow {name}"));
-    let totals = enumerate::enumerate_cuts(workflow).await;
-    assert!(
-        totals.failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        totals.failures.len(),
-        totals.cases,
-        totals.failures.join("\n")
-    );
+    enumerate::enumerate_cuts(&workflows::named(name))
+        .await
+        .assert_passed();
 }
 
 /// Every workflow on Postgres + S3 with the reply to each `COMMIT` and each S3 completion cut
@@ -139,25 +128,7 @@ macro_rules! cut {
     };
 }
 
-cut!(
-    monolithic_push,
-    chunked_push,
-    chunked_resume,
-    big_blob_push,
-    mount_from,
-    mount_anywhere,
-    index_push,
-    referrer_push,
-    tag_move,
-    manifest_delete,
-    blob_delete,
-    gc_pass,
-    gc_untagged,
-    maintenance,
-    scrub_repair,
-    heal_push,
-    cancel_upload,
-);
+every_workflow!(cut);
 
 /// Seeds explored by default (`BERTH_SIM_SEEDS` for more, from `BERTH_SIM_FIRST_SEED`).
 const SHORT_RUN: u64 = 40;

@@ -217,18 +217,7 @@ async fn forward(
             && !query.contains("partNumber=")
             && !request.headers().contains_key("x-amz-copy-source"));
     let (parts, body) = request.into_parts();
-    let url = format!(
-        "{target}{}",
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
-    let mut upstream = client.request(parts.method.clone(), url);
-    for (name, value) in &parts.headers {
-        upstream = upstream.header(name, value);
-    }
+    let upstream = crate::proxy::upstream(&client, &parts, &target);
     let body = body
         .collect()
         .await

@@ -47,6 +47,14 @@ macro_rules! script {
     };
 }
 
+/// The workflow called `name`.
+pub fn named(name: &str) -> Workflow {
+    all()
+        .into_iter()
+        .find(|w| w.name == name)
+        .unwrap_or_else(|| panic!("no workflow {name}"))
+}
+
 pub fn all() -> Vec<Workflow> {
     vec![
         Workflow {

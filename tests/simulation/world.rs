@@ -262,28 +262,12 @@ pub struct Net {
     server: services::S3,
 }
 
-/// Runs `sql` as the Postgres administrator (on a thread with a runtime of its own, so that
-/// it also works from `Drop`).
+/// Runs `sql` as the Postgres administrator at `admin_url`.
 fn postgres_admin(admin_url: &str, sql: String) {
-    let url = admin_url.to_owned();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(async {
-            use sqlx::Connection as _;
-            let mut connection = sqlx::postgres::PgConnection::connect(&url)
-                .await
-                .unwrap_or_else(|e| panic!("connecting to Postgres at {url}: {e}"));
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
-                .execute(&mut connection)
-                .await
-                .unwrap_or_else(|e| panic!("{sql:?} failed: {e}"));
-        })
-    })
-    .join()
-    .expect("the Postgres statement ran");
+    services::Postgres {
+        admin_url: admin_url.to_owned(),
+    }
+    .admin(&sql)
 }
 
 /// `url` with its host and port replaced by `authority` and its database by `database`.
