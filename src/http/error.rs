@@ -126,11 +126,6 @@ impl ApiError {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
-    /// The registry error answered.
-    pub fn error(&self) -> &RegistryError {
-        &self.error
-    }
-
     /// The first entry's code.
     pub fn code(&self) -> &'static str {
         self.error.code()

@@ -208,18 +208,10 @@ fn answer(e: &RegistryError) -> ApiError {
     ApiError::from(e.clone())
 }
 
-fn header(answer: &ApiError, name: &str) -> Option<String> {
-    answer
-        .headers()
-        .iter()
-        .find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
-        .and_then(|(_, v)| v.to_str().ok())
-        .map(str::to_owned)
-}
-
 /// The upload offset a `Range: 0-<last>` header reports.
 fn range_end(e: &RegistryError) -> Option<u64> {
-    let range = header(&answer(e), "range")?;
+    let answer = answer(e);
+    let range = answer.header(&http::header::RANGE)?.to_str().ok()?;
     let last: u64 = range.strip_prefix("0-")?.parse().ok()?;
     // `0-0` is what an empty upload reports too: the caller asks the session then.
     (last > 0).then_some(last + 1)
@@ -279,8 +271,8 @@ impl Client {
         let answer = answer(e);
         let status = answer.status().as_u16();
         let fine = match (status, e.code()) {
-            (503, _) => header(&answer, "retry-after").is_some(),
-            (416, _) => header(&answer, "range").is_some(),
+            (503, _) => answer.header(&http::header::RETRY_AFTER).is_some(),
+            (416, _) => answer.header(&http::header::RANGE).is_some(),
             (404, "BLOB_UPLOAD_UNKNOWN") => true,
             (400, "MANIFEST_BLOB_UNKNOWN") => self.collector_beside,
             _ => false,
