@@ -244,6 +244,14 @@ macro_rules! settings {
 settings! {
     /// Address to listen on [default: 0.0.0.0:5000].
     listen: SocketAddr, env = "BERTH_LISTEN", value_name = "ADDR",
+    /// PEM certificate chain (server certificate first) to serve HTTPS with; needs tls_key [default: plain HTTP].
+    tls_cert: PathBuf, env = "BERTH_TLS_CERT", value_name = "FILE",
+    /// PEM private key of tls_cert.
+    tls_key: PathBuf, env = "BERTH_TLS_KEY", value_name = "FILE",
+    /// PEM CA certificates: with it, only clients presenting a certificate from one of them may connect.
+    tls_client_ca: PathBuf, env = "BERTH_TLS_CLIENT_CA", value_name = "FILE",
+    /// How often the TLS files are read again; changed files serve new connections [default: 10s].
+    tls_reload_interval: Span, env = "BERTH_TLS_RELOAD_INTERVAL", value_name = "DURATION",
     /// Optional second listener for health probes only (keep it off the public network).
     admin_listen: SocketAddr, env = "BERTH_ADMIN_LISTEN", value_name = "ADDR",
     /// Directory for the SQLite database and filesystem blobs [default: ./berth-data].
@@ -378,6 +386,8 @@ settings! {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
+    /// HTTPS on `listen`, when configured.
+    pub tls: Option<TlsSettings>,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub migrate_on_start: bool,
@@ -401,6 +411,16 @@ pub struct Config {
     pub auth: AuthSettings,
     pub log: String,
     pub log_format: LogFormat,
+}
+
+/// HTTPS as configured.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub reload_interval: Duration,
 }
 
 /// Access control as configured.
@@ -476,6 +496,7 @@ impl Settings {
             );
         }
         let auth = self.auth_settings()?;
+        let tls = self.tls_settings()?;
         let fs_part_size = self.fs_part_size.map_or(16 * MIB, |b| b.0);
         if !(64 * 1024..=1024 * MIB).contains(&fs_part_size) {
             bail!("fs_part_size must be between 64KiB and 1GiB, got {fs_part_size} bytes");
@@ -547,6 +568,7 @@ impl Settings {
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 5000))),
             admin_listen: self.admin_listen,
+            tls,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("berth-data")),
             database_url: self.database_url.filter(|s| !s.is_empty()),
             migrate_on_start: self.migrate_on_start.unwrap_or(true),
@@ -613,6 +635,41 @@ impl Settings {
 }
 
 impl Settings {
+    fn tls_settings(&self) -> anyhow::Result<Option<TlsSettings>> {
+        let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        let (cert, key, client_ca) = (
+            set(&self.tls_cert),
+            set(&self.tls_key),
+            set(&self.tls_client_ca),
+        );
+        let (cert, key) = match (cert, key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) if client_ca.is_some() => bail!(
+                "tls_client_ca is set but Berth serves plain HTTP; set tls_cert and tls_key (BERTH_TLS_CERT, BERTH_TLS_KEY) to serve HTTPS"
+            ),
+            (None, None) => return Ok(None),
+            (Some(_), None) => {
+                bail!(
+                    "tls_cert is set without tls_key: set BERTH_TLS_KEY to the certificate's private key"
+                )
+            }
+            (None, Some(_)) => {
+                bail!(
+                    "tls_key is set without tls_cert: set BERTH_TLS_CERT to the certificate chain"
+                )
+            }
+        };
+        Ok(Some(TlsSettings {
+            cert,
+            key,
+            client_ca,
+            reload_interval: self
+                .tls_reload_interval
+                .map_or(Duration::from_secs(10), |s| s.0)
+                .max(Duration::from_millis(100)),
+        }))
+    }
+
     fn auth_settings(&self) -> anyhow::Result<AuthSettings> {
         let mode = self.auth.unwrap_or(AuthMode::None);
         let given = |name: &str, set: bool| set.then(|| name.to_owned());
@@ -796,6 +853,34 @@ mod tests {
             ..Default::default()
         };
         assert!(memory_with_db.resolve().is_err());
+        for (cert, key, ca, complaint) in [
+            (Some("c.pem"), None, None, "without tls_key"),
+            (None, Some("k.pem"), None, "without tls_cert"),
+            (None, None, Some("ca.pem"), "plain HTTP"),
+        ] {
+            let half_tls = Settings {
+                tls_cert: cert.map(PathBuf::from),
+                tls_key: key.map(PathBuf::from),
+                tls_client_ca: ca.map(PathBuf::from),
+                ..Default::default()
+            };
+            let message = half_tls.resolve().unwrap_err().to_string();
+            assert!(message.contains(complaint), "{message}");
+        }
+    }
+
+    #[test]
+    fn tls_files_from_the_config_file() {
+        let settings: Settings = toml::from_str(
+            "tls_cert = \"/tls/tls.crt\"\ntls_key = \"/tls/tls.key\"\ntls_client_ca = \"/tls/ca.crt\"\ntls_reload_interval = \"30s\"",
+        )
+        .unwrap();
+        let tls = settings.resolve().unwrap().tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/tls/tls.crt"));
+        assert_eq!(tls.key, PathBuf::from("/tls/tls.key"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/tls/ca.crt")));
+        assert_eq!(tls.reload_interval, Duration::from_secs(30));
+        assert!(Settings::default().resolve().unwrap().tls.is_none());
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub const HTTP_SENT_BYTES: &str = "berth_http_sent_bytes_total";
 /// Requests being served.
 pub const HTTP_IN_FLIGHT: &str = "berth_http_requests_in_flight";
 
+/// TLS connections refused during the handshake, by `reason` (`timeout`, `handshake`).
+pub const TLS_HANDSHAKE_FAILURES: &str = "berth_tls_handshake_failures_total";
+/// Certificate reloads, by `outcome` (`loaded`, `failed`).
+pub const TLS_RELOADS: &str = "berth_tls_reloads_total";
+
 /// Upload sessions started and neither finished, cancelled nor expired (all replicas).
 pub const UPLOAD_SESSIONS: &str = "berth_upload_sessions";
 /// Part buffers in the pool.
@@ -84,6 +89,14 @@ pub fn describe() {
         "Response body bytes sent, by operation"
     );
     describe_gauge!(HTTP_IN_FLIGHT, "Requests being served");
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS connections refused during the handshake, by reason (timeout, handshake)"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "Reloads of changed TLS files, by outcome (loaded, failed)"
+    );
     describe_gauge!(
         UPLOAD_SESSIONS,
         "Upload sessions in progress (all replicas: read from the metadata database)"

@@ -239,6 +239,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         })?;
     }
     let auth = auth_setup(&config.auth, &config.http.trusted_proxies)?;
+    let tls = server_tls(config.tls.as_ref())?;
     let registry = builder.build();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -246,6 +247,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(
         address = %local,
+        scheme = if tls.is_some() { "https" } else { "http" },
         storage = registry.blob_store().kind(),
         buffers = registry.buffers().count(),
         part_size = registry.buffers().capacity(),
@@ -314,11 +316,46 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         idle_timeout: config.http_idle_timeout,
         max_connections: config.max_connections,
     };
-    berth::http::serve_with(listener, app, stopped(), options)
-        .await
-        .context("serving HTTP")?;
+    match tls {
+        #[cfg(feature = "tls")]
+        Some((tls, reload_interval)) => {
+            tokio::spawn(Arc::clone(&tls).watch(reload_interval, stopped()));
+            berth::http::serve_tls(listener, tls, app, stopped(), options)
+                .await
+                .context("serving HTTPS")?;
+        }
+        _ => berth::http::serve_with(listener, app, stopped(), options)
+            .await
+            .context("serving HTTP")?,
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The TLS settings to serve with and how often to read their files again, loaded now so that
+/// a bad certificate stops the start.
+#[cfg(feature = "tls")]
+fn server_tls(
+    settings: Option<&config::TlsSettings>,
+) -> anyhow::Result<Option<(Arc<berth::http::ServerTls>, std::time::Duration)>> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    let files = berth::http::TlsFiles {
+        cert: settings.cert.clone(),
+        key: settings.key.clone(),
+        client_ca: settings.client_ca.clone(),
+    };
+    let tls = berth::http::ServerTls::load(files).context("loading the TLS certificate")?;
+    Ok(Some((tls, settings.reload_interval)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn server_tls(settings: Option<&config::TlsSettings>) -> anyhow::Result<Option<((), ())>> {
+    if settings.is_some() {
+        anyhow::bail!("tls_cert is set but this berth was built without the tls feature");
+    }
+    Ok(None)
 }
 
 /// The authorizer (and token endpoint) access control needs.

@@ -20,6 +20,8 @@ mod handlers;
 pub mod headers;
 pub mod observe;
 mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "auth")]
 mod token;
 
@@ -27,7 +29,11 @@ pub use api::{API_VERSION, Api, BlobLocationHook, HttpOptions, UploadLocationHoo
 pub use endpoint::{Action, Operation, Route, RouteError, Target, TargetError, route};
 pub use error::{ApiError, ApiResult};
 pub use observe::{RequestId, observed};
+#[cfg(feature = "tls")]
+pub use server::serve_tls;
 pub use server::{ServeOptions, serve, serve_with};
+#[cfg(feature = "tls")]
+pub use tls::{ServerTls, TlsError, TlsFiles};
 #[cfg(feature = "auth")]
 pub use token::token_router;
 

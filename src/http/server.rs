@@ -31,6 +31,9 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
+#[cfg(feature = "tls")]
+use super::tls::ServerTls;
+
 /// Most bytes an HTTP/1 connection reads ahead (and the longest request head it accepts).
 /// Each body chunk a request holds shares the allocation it was read into, so this bounds
 /// what a connection pins outside the part buffers. hyper's default (~400 KiB) let each upload
@@ -74,6 +77,43 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> std::io::Result<()> {
+    serve_on(listener, Transport::Plain, app, shutdown, options).await
+}
+
+/// [`serve_with`] over TLS: every connection is accepted with the settings `tls` holds at
+/// that moment (see [`ServerTls::watch`] for reloading them). The TLS handshake must complete
+/// within the header timeout. Requests carry `X-Forwarded-Proto: https`, so that URLs built
+/// from them (the token realm) name the scheme the client used.
+#[cfg(feature = "tls")]
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    serve_on(listener, Transport::Tls(tls), app, shutdown, options).await
+}
+
+/// How connections are spoken to.
+#[derive(Clone)]
+enum Transport {
+    Plain,
+    #[cfg(feature = "tls")]
+    Tls(Arc<ServerTls>),
+}
+
+/// A connection's byte stream, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn serve_on(
+    listener: TcpListener,
+    transport: Transport,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -112,29 +152,52 @@ pub async fn serve_with(
         };
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity), &options));
+        let watched = Watched::new(stream, Arc::clone(&activity), &options);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-            let serving = Serving::begin(Arc::clone(&activity));
-            request.extensions_mut().insert(ConnectInfo(peer));
-            let app = app.clone();
-            async move {
-                let response = match app.oneshot(request.map(Body::new)).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                };
-                Ok::<_, Infallible>(response.map(|body| {
-                    Body::new(Tracked {
-                        body,
-                        _serving: serving,
-                    })
-                }))
-            }
-        });
-        let connection = builder.serve_connection(io, service).into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let transport = transport.clone();
+        let header_timeout = options.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let (io, over_tls): (Box<dyn Io>, bool) = match transport {
+                Transport::Plain => (Box::new(watched), false),
+                #[cfg(feature = "tls")]
+                Transport::Tls(tls) => match handshake(&tls, watched, header_timeout, peer).await {
+                    Some(stream) => (Box::new(stream), true),
+                    None => return,
+                },
+            };
+            #[cfg(not(feature = "tls"))]
+            let _ = header_timeout;
+            let service =
+                hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+                    let serving = Serving::begin(Arc::clone(&activity));
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    adopt_authority_as_host(&mut request);
+                    if over_tls {
+                        request.headers_mut().insert(
+                            http::header::HeaderName::from_static("x-forwarded-proto"),
+                            http::HeaderValue::from_static("https"),
+                        );
+                    }
+                    let app = app.clone();
+                    async move {
+                        let response = match app.oneshot(request.map(Body::new)).await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        };
+                        Ok::<_, Infallible>(response.map(|body| {
+                            Body::new(Tracked {
+                                body,
+                                _serving: serving,
+                            })
+                        }))
+                    }
+                });
+            let connection = builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(slot);
@@ -152,6 +215,47 @@ pub async fn serve_with(
         tracing::warn!("grace period over; closing remaining connections");
     }
     Ok(())
+}
+
+/// HTTP/2 carries the host in the `:authority` pseudo-header, which arrives as the URI's
+/// authority, not as a `Host` header; URLs built from the request (the token realm) read
+/// `Host`, so it is filled in from the authority when absent.
+fn adopt_authority_as_host<B>(request: &mut http::Request<B>) {
+    if request.headers().contains_key(http::header::HOST) {
+        return;
+    }
+    let host = request
+        .uri()
+        .authority()
+        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+    if let Some(host) = host {
+        request.headers_mut().insert(http::header::HOST, host);
+    }
+}
+
+/// The TLS handshake of a new connection, within the header timeout; `None` when it failed
+/// (counted and logged at debug: scanners and wrong-protocol clients are common).
+#[cfg(feature = "tls")]
+async fn handshake(
+    tls: &ServerTls,
+    watched: Watched,
+    timeout: Duration,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<Watched>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.settings());
+    let reason = match tokio::time::timeout(timeout, acceptor.accept(watched)).await {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            "handshake"
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            "timeout"
+        }
+    };
+    metrics::counter!(crate::instruments::TLS_HANDSHAKE_FAILURES, "reason" => reason).increment(1);
+    None
 }
 
 /// Serves `app` with the default [`ServeOptions`] and the given grace period.

@@ -49,6 +49,8 @@ mod services;
 mod stress;
 #[cfg(feature = "otel")]
 mod telemetry;
+#[cfg(feature = "tls")]
+mod tls;
 mod util;
 
 fn main() {
@@ -73,5 +75,7 @@ fn main() {
     tests.extend(scrub::trials());
     #[cfg(feature = "otel")]
     tests.extend(telemetry::trials());
+    #[cfg(feature = "tls")]
+    tests.extend(tls::trials());
     harness::run(args, tests).exit();
 }

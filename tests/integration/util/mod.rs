@@ -14,12 +14,15 @@
 //!   podman, …) that push them;
 //! - `random` and `proxy` (in `tests/common/`, shared with the simulation and the bench):
 //!   pseudo-random data and the forwarding step of the S3 proxies;
+//! - `pki`: certificates for TLS tests;
 //! - here: digests, seeds, polling and files.
 #![allow(dead_code)]
 
 mod client;
 mod layout;
 mod net;
+#[cfg(feature = "tls")]
+mod pki;
 #[path = "../../common/proxy.rs"]
 mod proxy;
 #[path = "../../common/random.rs"]
@@ -31,6 +34,8 @@ mod tools;
 pub use client::*;
 pub use layout::*;
 pub use net::*;
+#[cfg(feature = "tls")]
+pub use pki::*;
 pub use random::*;
 pub use s3::*;
 pub use server::*;
