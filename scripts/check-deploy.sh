@@ -47,6 +47,11 @@ grep -q 'BERTH_GC_UNTAGGED_AFTER: "720h"' "$OUT/eks-values.yaml"
 grep -q 'BERTH_GC_GRACE_PERIOD: "24h"' "$OUT/minimal-values.yaml"
 grep -q '"helm.sh/hook": pre-install,pre-upgrade' "$OUT/minimal-values.yaml"
 grep -q "checksum/config" "$OUT/minimal-values.yaml"
+grep -q 'BERTH_TLS_CERT: /etc/berth/tls/tls.crt' "$OUT/filesystem-values.yaml"
+grep -q 'BERTH_TLS_CLIENT_CA: /etc/berth/client-ca/ca.crt' "$OUT/filesystem-values.yaml"
+grep -q 'secretName: berth-tls' "$OUT/filesystem-values.yaml"
+grep -q 'scheme: HTTPS' "$OUT/filesystem-values.yaml"
+! grep -q 'BERTH_TLS_CERT' "$OUT/minimal-values.yaml"
 
 echo "helm: contradictory values are refused with a message"
 check_refused() { # values-file expected-message
