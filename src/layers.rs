@@ -10,8 +10,8 @@ use std::path::Path;
 const FLOORS: &[&[&str]] = &[
     // Vocabulary and mechanisms that know nothing of a registry.
     &["oci", "glob", "buffers", "instruments", "client"],
-    // Bytes, and who may do what.
-    &["storage", "auth"],
+    // Bytes, who may do what, and the registries a mirror reads through.
+    &["storage", "auth", "upstream"],
     // Everything but bytes.
     &["metadata"],
     // The error every layer above returns, and its one mapping to HTTP.

@@ -84,6 +84,8 @@ pub mod metadata;
 pub mod oci;
 pub mod registry;
 pub mod storage;
+#[cfg(feature = "mirror")]
+pub mod upstream;
 
 pub use error::{Condition, ErrorCode, RegistryError, RegistryResult};
 pub use registry::{Registry, RegistryBuilder, RegistryOptions};

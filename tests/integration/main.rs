@@ -51,6 +51,8 @@ mod stress;
 mod telemetry;
 #[cfg(feature = "tls")]
 mod tls;
+#[cfg(feature = "mirror")]
+mod upstream;
 mod util;
 
 fn main() {
@@ -77,5 +79,7 @@ fn main() {
     tests.extend(telemetry::trials());
     #[cfg(feature = "tls")]
     tests.extend(tls::trials());
+    #[cfg(feature = "mirror")]
+    tests.extend(upstream::trials());
     harness::run(args, tests).exit();
 }

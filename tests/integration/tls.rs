@@ -17,7 +17,7 @@ use crate::auth_fixtures::AuthFiles;
 use crate::util::*;
 
 /// A TLS deployment's files: the CA clients trust, the server's chain and key.
-struct TlsSetup {
+pub(crate) struct TlsSetup {
     work: tempfile::TempDir,
     pki: Pki,
     cert: PathBuf,
@@ -26,7 +26,7 @@ struct TlsSetup {
 }
 
 impl TlsSetup {
-    fn new(names: &[&str]) -> TlsSetup {
+    pub(crate) fn new(names: &[&str]) -> TlsSetup {
         let work = tempfile::tempdir().unwrap();
         let pki = Pki::new(work.path(), "server");
         let cert = work.path().join("tls.crt");
@@ -41,7 +41,7 @@ impl TlsSetup {
         }
     }
 
-    fn ca(&self) -> PathBuf {
+    pub(crate) fn ca(&self) -> PathBuf {
         self.work.path().join("server-ca.crt")
     }
 
@@ -61,7 +61,7 @@ impl TlsSetup {
         Server::spawn_on(Deployment::new(&env), addr)
     }
 
-    fn start(&self, extra: &[(&str, &str)]) -> Server {
+    pub(crate) fn start(&self, extra: &[(&str, &str)]) -> Server {
         self.start_on(SocketAddr::from(([127, 0, 0, 1], 0)), extra)
     }
 }
