@@ -72,6 +72,15 @@ fn push_image(dest: &str, certs: Option<&std::path::Path>) -> (tempfile::TempDir
     (work, format!("sha256:{}", built.manifest))
 }
 
+/// How a client with `settings` fails to read alice/app:v1.
+async fn refusal(settings: UpstreamSettings) -> UpstreamError {
+    UpstreamClient::new(settings)
+        .unwrap()
+        .manifest("alice/app", "v1", ACCEPT, ManifestRequest::Get)
+        .await
+        .unwrap_err()
+}
+
 async fn the_upstream_client_follows_token_challenges_over_tls_with_a_private_ca() {
     let files = AuthFiles::new();
     let setup = TlsSetup::new(&["127.0.0.1"]);
@@ -129,21 +138,18 @@ async fn the_upstream_client_follows_token_challenges_over_tls_with_a_private_ca
     assert_eq!(client.blob_size("alice/app", &missing).await.unwrap(), None);
 
     // Anonymous: the token endpoint issues a token without pull rights, which is refused.
-    let anonymous = UpstreamClient::new(UpstreamSettings {
+    let anonymous = settings(url.clone());
+    let refused = refusal(UpstreamSettings {
         ca_file: Some(setup.ca()),
-        ..settings(url.clone())
+        ..anonymous
     })
-    .unwrap();
-    let refused = anonymous
-        .manifest("alice/app", "v1", ACCEPT, ManifestRequest::Get)
-        .await
-        .unwrap_err();
+    .await;
     assert!(
         matches!(refused, UpstreamError::Unauthorized { .. }),
         "{refused}"
     );
     // A wrong password is refused by the token endpoint.
-    let wrong = UpstreamClient::new(UpstreamSettings {
+    let refused = refusal(UpstreamSettings {
         credentials: Some(Credentials {
             username: "alice".into(),
             password: "wrong".into(),
@@ -151,25 +157,17 @@ async fn the_upstream_client_follows_token_challenges_over_tls_with_a_private_ca
         ca_file: Some(setup.ca()),
         ..settings(url.clone())
     })
-    .unwrap();
-    let refused = wrong
-        .manifest("alice/app", "v1", ACCEPT, ManifestRequest::Get)
-        .await
-        .unwrap_err();
+    .await;
     assert!(
         matches!(refused, UpstreamError::Unauthorized { .. }),
         "{refused}"
     );
     // Without the CA, the upstream's certificate is not trusted.
-    let untrusting = UpstreamClient::new(UpstreamSettings {
+    let refused = refusal(UpstreamSettings {
         credentials: alice(),
         ..settings(url)
     })
-    .unwrap();
-    let refused = untrusting
-        .manifest("alice/app", "v1", ACCEPT, ManifestRequest::Get)
-        .await
-        .unwrap_err();
+    .await;
     let message = refused.to_string();
     assert!(
         matches!(refused, UpstreamError::Unreachable { .. }),
