@@ -95,17 +95,21 @@ impl Pki {
 }
 
 /// This machine's first IPv4 address that is not loopback, for clients (Docker) that treat
-/// loopback registries as insecure and would not check the certificate there.
+/// loopback registries as insecure and would not check the certificate there. Read from the
+/// kernel's routing table (`/proc/net/fib_trie`: an address followed by `/32 host LOCAL` is
+/// one of this machine's), so no network tool is needed.
 pub fn non_loopback_ipv4() -> std::net::Ipv4Addr {
-    let out = std::process::Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "scope", "global"])
-        .output()
-        .expect("ip (iproute2) runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|word| *word != "inet")
-        .nth(1)
-        .and_then(|cidr| cidr.split('/').next())
-        .and_then(|ip| ip.parse().ok())
-        .unwrap_or_else(|| panic!("no global IPv4 address on this machine:\n{text}"))
+    let table = std::fs::read_to_string("/proc/net/fib_trie").expect("/proc/net/fib_trie");
+    let mut last: Option<std::net::Ipv4Addr> = None;
+    for line in table.lines() {
+        let line = line.trim();
+        if let Some(address) = line.strip_prefix("|-- ") {
+            last = address.parse().ok();
+        } else if line.starts_with("/32 host LOCAL")
+            && let Some(ip) = last.filter(|ip| !ip.is_loopback())
+        {
+            return ip;
+        }
+    }
+    panic!("no IPv4 address but loopback on this machine:\n{table}")
 }
