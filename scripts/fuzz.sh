@@ -25,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 TARGETS=(digest name manifest range query route bearer basic acl htpasswd scope trusted_proxies
-  immutable_tags config)
+  immutable_tags config challenge)
 
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2

@@ -84,7 +84,6 @@ pub mod metadata;
 pub mod oci;
 pub mod registry;
 pub mod storage;
-#[cfg(feature = "mirror")]
 pub mod upstream;
 
 pub use error::{Condition, ErrorCode, RegistryError, RegistryResult};

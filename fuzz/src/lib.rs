@@ -30,4 +30,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("trusted_proxies", targets::trusted_proxies::run),
     ("immutable_tags", targets::immutable_tags::run),
     ("config", targets::config::run),
+    ("challenge", targets::challenge::run),
 ];

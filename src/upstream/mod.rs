@@ -1,6 +1,6 @@
 //! Upstream registries a mirror reads through: which local names map to which upstream, and
-//! the client that speaks to them ([`UpstreamClient`]: certificates checked against the
-//! system roots plus a configured CA, Basic credentials and Docker's token flow).
+//! (feature `mirror`) the client that speaks to them (`UpstreamClient`: certificates checked
+//! against the system roots plus a configured CA, Basic credentials and Docker's token flow).
 //!
 //! A name maps to an upstream in one of three ways, tried in this order:
 //! 1. containerd's `ns` query parameter (its `hosts.toml` mirrors add `?ns=docker.io`) names
@@ -9,13 +9,15 @@
 //! 3. the default upstream takes every other name (Docker's `registry-mirrors`, which sends
 //!    `library/alpine` as it is).
 
-mod challenge;
+pub mod challenge;
+#[cfg(feature = "mirror")]
 mod client;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use challenge::{Challenge, parse as parse_challenge};
+#[cfg(feature = "mirror")]
 pub use client::{ManifestRequest, UpstreamBlob, UpstreamClient, UpstreamManifest};
 
 /// One upstream registry as configured.

@@ -3,6 +3,7 @@
 pub mod acl;
 pub mod basic;
 pub mod bearer;
+pub mod challenge;
 pub mod config;
 pub mod digest;
 pub mod htpasswd;
