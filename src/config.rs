@@ -16,6 +16,7 @@ use berth::client::TrustedProxies;
 use berth::http::{HttpOptions, ServeOptions};
 use berth::metadata::sql::SqlOptions;
 use berth::registry::gc::ImmutableTags;
+use berth::upstream::{Credentials, UpstreamSettings, Upstreams};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
@@ -227,6 +228,11 @@ macro_rules! settings {
                 #[arg(long, env = $env, global = true, value_name = $vn)]
                 pub $field: Option<$ty>,
             )*
+            /// `[[upstream]]` entries: registries whose names this one mirrors (config file
+            /// only).
+            #[arg(skip)]
+            #[serde(default, rename = "upstream")]
+            pub upstreams: Vec<UpstreamEntry>,
         }
 
         impl Settings {
@@ -235,6 +241,11 @@ macro_rules! settings {
                 Settings {
                     config: self.config.or(lower.config),
                     $( $field: self.$field.or(lower.$field), )*
+                    upstreams: if self.upstreams.is_empty() {
+                        lower.upstreams
+                    } else {
+                        self.upstreams
+                    },
                 }
             }
         }
@@ -376,6 +387,98 @@ settings! {
     trusted_proxies: String, env = "BERTH_TRUSTED_PROXIES", value_name = "NETWORKS",
 }
 
+/// One `[[upstream]]` of the config file: a registry whose names are read through to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamEntry {
+    /// A short name, for logs, metrics, errors and containerd's `ns`.
+    pub name: String,
+    /// Its base URL (`https://registry-1.docker.io`).
+    pub url: String,
+    /// The local namespace mapped to it (`dockerhub` maps `dockerhub/library/alpine`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Whether names under no upstream's prefix map to it (Docker's `registry-mirrors`).
+    #[serde(default)]
+    pub default: bool,
+    /// User name for Basic authentication and the token flow.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password or access token (one line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password or access token.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// PEM CA certificates trusted for it besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How long a tag is served before it is checked again [default: 5m].
+    #[serde(default)]
+    pub tag_ttl: Option<Span>,
+    /// Longest wait to connect [default: 5s].
+    #[serde(default)]
+    pub connect_timeout: Option<Span>,
+    /// Longest wait for an answer, and between two chunks of a body [default: 60s].
+    #[serde(default)]
+    pub timeout: Option<Span>,
+    /// Accept pushes and deletes into the names mapped to it [default: false].
+    #[serde(default)]
+    pub allow_push: bool,
+}
+
+impl UpstreamEntry {
+    fn resolve(&self) -> anyhow::Result<UpstreamSettings> {
+        let who = &self.name;
+        let password = match (&self.password_file, &self.password_env) {
+            (Some(_), Some(_)) => {
+                bail!("upstream {who}: set password_file or password_env, not both")
+            }
+            (Some(file), None) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| {
+                        format!("upstream {who}: reading password_file {}", file.display())
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            (None, Some(var)) => Some(std::env::var(var).with_context(|| {
+                format!("upstream {who}: password_env names {var}, which is not set")
+            })?),
+            (None, None) => None,
+        };
+        let credentials = match (&self.username, password) {
+            (Some(username), Some(password)) => Some(Credentials {
+                username: username.clone(),
+                password,
+            }),
+            (None, None) => None,
+            (Some(_), None) => bail!(
+                "upstream {who}: username is set without a password: set password_file or password_env"
+            ),
+            (None, Some(_)) => bail!("upstream {who}: a password is set without a username"),
+        };
+        Ok(UpstreamSettings {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            prefix: self.prefix.clone(),
+            default: self.default,
+            credentials,
+            ca_file: self.ca_file.clone(),
+            tag_ttl: self.tag_ttl.map_or(Duration::from_secs(300), |s| s.0),
+            connect_timeout: self
+                .connect_timeout
+                .map_or(Duration::from_secs(5), |s| s.0)
+                .max(Duration::from_millis(10)),
+            timeout: self
+                .timeout
+                .map_or(Duration::from_secs(60), |s| s.0)
+                .max(Duration::from_millis(100)),
+            allow_push: self.allow_push,
+        })
+    }
+}
+
 /// Resolved settings of a `berth` process.
 // Builds without some backends leave their settings unread.
 #[cfg_attr(
@@ -409,6 +512,8 @@ pub struct Config {
     pub http_idle_timeout: Duration,
     pub max_connections: usize,
     pub auth: AuthSettings,
+    /// Upstream registries read through (none: no mirror).
+    pub upstreams: Upstreams,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -497,6 +602,12 @@ impl Settings {
         }
         let auth = self.auth_settings()?;
         let tls = self.tls_settings()?;
+        let upstreams = Upstreams::new(
+            self.upstreams
+                .iter()
+                .map(UpstreamEntry::resolve)
+                .collect::<anyhow::Result<_>>()?,
+        )?;
         let fs_part_size = self.fs_part_size.map_or(16 * MIB, |b| b.0);
         if !(64 * 1024..=1024 * MIB).contains(&fs_part_size) {
             bail!("fs_part_size must be between 64KiB and 1GiB, got {fs_part_size} bytes");
@@ -628,6 +739,7 @@ impl Settings {
                 .max_connections
                 .unwrap_or(serve_defaults.max_connections),
             auth,
+            upstreams,
             log: self.log.unwrap_or_else(|| "info".to_owned()),
             log_format: self.log_format.unwrap_or(LogFormat::Text),
         })
@@ -803,6 +915,78 @@ mod tests {
         assert_eq!(config.registry.upload_ttl, Duration::from_secs(7200));
         assert_eq!(config.s3.part_size, 8 << 20);
         assert!(!config.registry.referrers_api);
+    }
+
+    #[test]
+    fn upstreams_come_from_the_file_with_their_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("token");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let file: Settings = toml::from_str(&format!(
+            r#"
+[[upstream]]
+name = "dockerhub"
+url = "https://registry-1.docker.io"
+prefix = "dockerhub"
+default = true
+username = "me"
+password_file = "{}"
+tag_ttl = "10m"
+
+[[upstream]]
+name = "internal"
+url = "http://10.0.0.5:5000"
+prefix = "internal"
+allow_push = true
+"#,
+            password.display()
+        ))
+        .unwrap();
+        let config = Settings::default().or(file).resolve().unwrap();
+        let upstreams: Vec<_> = config.upstreams.iter().collect();
+        assert_eq!(upstreams.len(), 2);
+        let hub = upstreams[0];
+        let credentials = hub.credentials.as_ref().unwrap();
+        assert_eq!(
+            (credentials.username.as_str(), credentials.password.as_str()),
+            ("me", "s3cret")
+        );
+        assert_eq!(hub.tag_ttl, Duration::from_secs(600));
+        assert!(hub.default && !hub.allow_push);
+        assert!(upstreams[1].allow_push && upstreams[1].credentials.is_none());
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "the password is not printed"
+        );
+    }
+
+    #[test]
+    fn contradictory_upstreams_are_refused() {
+        let refusal = |toml: &str| {
+            let file: Settings = toml::from_str(toml).unwrap();
+            format!("{:#}", Settings::default().or(file).resolve().unwrap_err())
+        };
+        let message = refusal(
+            "[[upstream]]\nname = \"a\"\nurl = \"https://a.example\"\nprefix = \"a\"\nusername = \"me\"\n",
+        );
+        assert!(message.contains("without a password"), "{message}");
+        let message = refusal(
+            "[[upstream]]\nname = \"a\"\nurl = \"https://a.example\"\ndefault = true\n\
+             [[upstream]]\nname = \"b\"\nurl = \"https://b.example\"\ndefault = true\n",
+        );
+        assert!(message.contains("both the default"), "{message}");
+        let message = refusal(
+            "[[upstream]]\nname = \"a\"\nurl = \"https://a.example\"\nprefix = \"a\"\n\
+             password_env = \"BERTH_TEST_UNSET_VARIABLE\"\nusername = \"me\"\n",
+        );
+        assert!(message.contains("not set"), "{message}");
+        assert!(
+            toml::from_str::<Settings>(
+                "[[upstream]]\nname = \"a\"\nurl = \"https://a.example\"\npasword_file = \"x\"\n"
+            )
+            .is_err(),
+            "a misspelt upstream key is refused"
+        );
     }
 
     #[test]

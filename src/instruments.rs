@@ -68,6 +68,14 @@ pub const STORAGE_RESERVE: &str = "berth_storage_reserve_bytes";
 pub const STORAGE_LOW: &str = "berth_storage_low";
 /// Uploads refused with 507 for want of space.
 pub const UPLOADS_REFUSED_FOR_SPACE: &str = "berth_uploads_refused_for_space_total";
+/// Manifest reads through a mirror, by upstream and outcome.
+pub const MIRROR_MANIFESTS: &str = "berth_mirror_manifest_reads_total";
+/// Blob fetches from upstreams, by upstream and outcome.
+pub const MIRROR_BLOB_FETCHES: &str = "berth_mirror_blob_fetches_total";
+/// Bytes fetched from upstreams into storage, by upstream.
+pub const MIRROR_FETCHED_BYTES: &str = "berth_mirror_fetched_bytes_total";
+/// Pulls that waited for another request's (or replica's) fetch instead of fetching.
+pub const MIRROR_FETCH_WAITS: &str = "berth_mirror_fetch_waits_total";
 
 /// Registers units and help texts with the installed recorder.
 pub fn describe() {
@@ -92,6 +100,23 @@ pub fn describe() {
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,
         "TLS connections refused during the handshake, by reason (timeout, handshake)"
+    );
+    describe_counter!(
+        MIRROR_MANIFESTS,
+        "Manifest reads of mirrored names, by upstream and outcome (cached, revalidated, fetched, stale, missing, failed)"
+    );
+    describe_counter!(
+        MIRROR_BLOB_FETCHES,
+        "Blob fetches from upstreams, by upstream and outcome (stored, failed)"
+    );
+    describe_counter!(
+        MIRROR_FETCHED_BYTES,
+        Unit::Bytes,
+        "Bytes read from upstreams into storage, by upstream"
+    );
+    describe_counter!(
+        MIRROR_FETCH_WAITS,
+        "Blob pulls that waited for a fetch already running (on any replica), by upstream"
     );
     describe_counter!(
         TLS_RELOADS,

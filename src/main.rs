@@ -219,6 +219,37 @@ fn metrics_router(registry: Registry, handle: PrometheusHandle) -> axum::Router 
     )
 }
 
+/// The upstreams read through, when the build can (feature `mirror`).
+#[cfg(feature = "mirror")]
+fn with_mirror(
+    builder: berth::registry::RegistryBuilder,
+    config: &Config,
+) -> anyhow::Result<berth::registry::RegistryBuilder> {
+    for upstream in config.upstreams.iter() {
+        tracing::info!(
+            upstream = %upstream.name,
+            url = %upstream.url,
+            prefix = upstream.prefix.as_deref().unwrap_or(""),
+            default = upstream.default,
+            "mirroring an upstream"
+        );
+    }
+    Ok(builder.mirror(config.upstreams.clone())?)
+}
+
+#[cfg(not(feature = "mirror"))]
+fn with_mirror(
+    builder: berth::registry::RegistryBuilder,
+    config: &Config,
+) -> anyhow::Result<berth::registry::RegistryBuilder> {
+    if !config.upstreams.is_empty() {
+        anyhow::bail!(
+            "[[upstream]] entries are configured, but this build of berth has no mirror (build with the mirror feature)"
+        );
+    }
+    Ok(builder)
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     raise_open_file_limit(config.max_connections);
     let metrics = PrometheusBuilder::new()
@@ -238,6 +269,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             format!("mapping the manifest change counter {}", counter.display())
         })?;
     }
+    builder = with_mirror(builder, &config)?;
     let auth = auth_setup(&config.auth, &config.http.trusted_proxies)?;
     let tls = server_tls(config.tls.as_ref())?;
     let registry = builder.build();
@@ -612,7 +644,8 @@ async fn scrub(config: Config, args: ScrubArgs) -> anyhow::Result<()> {
         sample_percent: args.sample,
         repair: args.repair,
         check_references: true,
-        sparse_manifests: config.registry.sparse_manifests,
+        // Mirrored names keep manifests whose blobs nobody has pulled yet.
+        sparse_manifests: config.registry.sparse_manifests || !config.upstreams.is_empty(),
     };
     let bar = progress_bar(
         "{spinner} scrubbing [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",

@@ -34,6 +34,9 @@ struct State {
     /// queues as the SQL stores').
     link_reviews: HashMap<(String, Digest), i64>,
     blob_reviews: HashMap<Digest, i64>,
+    /// A mirror's tag checks, by (repository, tag), and its fetch claims: (owner, lease end).
+    mirror_tag_checks: HashMap<(String, String), i64>,
+    mirror_fetches: HashMap<Digest, (String, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -893,5 +896,58 @@ impl MetadataStore for MemoryMetadataStore {
                 annotations: m.annotations.clone(),
             })
             .collect())
+    }
+
+    async fn mirror_tag_checked(
+        &self,
+        repository: &RepositoryName,
+        tag: &Tag,
+    ) -> MetadataResult<Option<i64>> {
+        let key = (repository.as_str().to_owned(), tag.as_str().to_owned());
+        Ok(self.state().mirror_tag_checks.get(&key).copied())
+    }
+
+    async fn record_mirror_tag_check(
+        &self,
+        repository: &RepositoryName,
+        tag: &Tag,
+        at: i64,
+    ) -> MetadataResult<()> {
+        let key = (repository.as_str().to_owned(), tag.as_str().to_owned());
+        self.state().mirror_tag_checks.insert(key, at);
+        Ok(())
+    }
+
+    async fn claim_mirror_fetch(
+        &self,
+        digest: &Digest,
+        _repository: &RepositoryName,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> MetadataResult<bool> {
+        let mut state = self.state();
+        let free = match state.mirror_fetches.get(digest) {
+            Some((holder, until)) => holder == owner || *until < now,
+            None => true,
+        };
+        if free {
+            state
+                .mirror_fetches
+                .insert(digest.clone(), (owner.to_owned(), lease_until));
+        }
+        Ok(free)
+    }
+
+    async fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> MetadataResult<()> {
+        let mut state = self.state();
+        if state
+            .mirror_fetches
+            .get(digest)
+            .is_some_and(|(holder, _)| holder == owner)
+        {
+            state.mirror_fetches.remove(digest);
+        }
+        Ok(())
     }
 }

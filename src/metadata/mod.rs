@@ -541,6 +541,37 @@ pub trait MetadataStore: Send + Sync + 'static {
         cutoff: i64,
         untagged_cutoff: Option<i64>,
     ) -> MetadataResult<Collected>;
+
+    // A mirror's shared state.
+    /// When `repository:tag` was last checked against its upstream, if ever.
+    async fn mirror_tag_checked(
+        &self,
+        repository: &RepositoryName,
+        tag: &Tag,
+    ) -> MetadataResult<Option<i64>>;
+
+    /// Records that `repository:tag` was checked against its upstream at `at`.
+    async fn record_mirror_tag_check(
+        &self,
+        repository: &RepositoryName,
+        tag: &Tag,
+        at: i64,
+    ) -> MetadataResult<()>;
+
+    /// Claims the fetch of `digest` from an upstream for `owner` until `lease_until`: true
+    /// when no one held it, its lease ran out before `now`, or `owner` already held it (a
+    /// renewal); false while another owner's lease runs.
+    async fn claim_mirror_fetch(
+        &self,
+        digest: &Digest,
+        repository: &RepositoryName,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> MetadataResult<bool>;
+
+    /// Gives up `owner`'s claim on fetching `digest` (done, or failed).
+    async fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> MetadataResult<()>;
 }
 
 /// Unix time in milliseconds.

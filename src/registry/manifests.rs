@@ -58,6 +58,22 @@ impl Registry {
         content_type: Option<&str>,
         body: &[u8],
     ) -> RegistryResult<PushedManifest> {
+        let sparse = self.inner.options.sparse_manifests;
+        self.store_manifest(repository, reference, tags, content_type, body, sparse)
+            .await
+    }
+
+    /// [`Registry::put_manifest_tagged`], requiring the manifest's blobs and children in the
+    /// repository unless `sparse` (a mirror stores manifests before anyone pulls their blobs).
+    pub(crate) async fn store_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        tags: &[Tag],
+        content_type: Option<&str>,
+        body: &[u8],
+        sparse: bool,
+    ) -> RegistryResult<PushedManifest> {
         let max = self.inner.options.max_manifest_size;
         if body.len() > max {
             return Err(RegistryError::new(
@@ -122,7 +138,7 @@ impl Registry {
                 content: body,
                 tags: &all_tags,
                 immutable: &immutable,
-                require_references: !self.inner.options.sparse_manifests,
+                require_references: !sparse,
                 now: self.now(),
             })
             .await;

@@ -20,6 +20,7 @@ mod hashing;
 pub mod maintenance;
 pub mod manifest_cache;
 pub mod manifests;
+pub mod mirror;
 pub mod scrub;
 mod space;
 pub mod uploads;
@@ -123,6 +124,8 @@ pub(crate) struct Inner {
     pub(crate) manifest_reads: manifests::ManifestReads,
     pub(crate) manifest_cache: Option<manifest_cache::ManifestCache>,
     pub(crate) clock: Clock,
+    #[cfg(feature = "mirror")]
+    pub(crate) mirror: Option<mirror::Mirror>,
 }
 
 /// A registry: the state the HTTP layer serves.
@@ -155,6 +158,8 @@ impl Registry {
             options: RegistryOptions::default(),
             manifest_cache: None,
             clock: Arc::new(crate::metadata::now_millis),
+            #[cfg(feature = "mirror")]
+            mirror: None,
         }
     }
 
@@ -271,9 +276,26 @@ pub struct RegistryBuilder {
     options: RegistryOptions,
     manifest_cache: Option<manifest_cache::ManifestCache>,
     clock: Clock,
+    #[cfg(feature = "mirror")]
+    mirror: Option<mirror::Mirror>,
 }
 
 impl RegistryBuilder {
+    /// Reads the names the upstreams map to through to them (see [`mirror`]). No upstreams,
+    /// no mirror.
+    #[cfg(feature = "mirror")]
+    pub fn mirror(
+        mut self,
+        upstreams: crate::upstream::Upstreams,
+    ) -> Result<Self, crate::upstream::UpstreamError> {
+        self.mirror = if upstreams.is_empty() {
+            None
+        } else {
+            Some(mirror::Mirror::new(upstreams)?)
+        };
+        Ok(self)
+    }
+
     /// Reads the time from `clock` instead of the system clock (tests that replay a schedule
     /// exactly).
     pub fn clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
@@ -369,6 +391,8 @@ impl RegistryBuilder {
                 manifest_reads: manifests::ManifestReads::new(),
                 manifest_cache: self.manifest_cache,
                 clock: self.clock,
+                #[cfg(feature = "mirror")]
+                mirror: self.mirror,
             }),
         }
     }

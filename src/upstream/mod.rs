@@ -41,6 +41,9 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Longest wait for an answer's head, and between two chunks of a body.
     pub timeout: Duration,
+    /// Whether pushes into the names mapped here are accepted (refused by default: a mirror
+    /// holds the upstream's content, not anyone's own).
+    pub allow_push: bool,
 }
 
 impl std::fmt::Debug for UpstreamSettings {
@@ -53,6 +56,7 @@ impl std::fmt::Debug for UpstreamSettings {
             .field("credentials", &self.credentials)
             .field("ca_file", &self.ca_file)
             .field("tag_ttl", &self.tag_ttl)
+            .field("allow_push", &self.allow_push)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +127,10 @@ pub struct Mirrored<'a> {
     pub upstream: &'a UpstreamSettings,
     /// The name as the upstream knows it.
     pub remote_name: String,
+    /// The name its content is kept under here: the request's name, or for a name routed by
+    /// containerd's `ns` to an upstream with a prefix, the name under that prefix (so that
+    /// `library/alpine` of two upstreams are kept apart).
+    pub local_name: String,
 }
 
 /// Every configured upstream, checked to map each name to at most one.
@@ -205,9 +213,14 @@ impl Upstreams {
                 u.name == ns || host_of(&u.url).is_some_and(|host| same_registry_host(host, ns))
             });
             if let Some(upstream) = upstream {
+                let local_name = match &upstream.prefix {
+                    Some(prefix) if !upstream.default => format!("{prefix}/{name}"),
+                    _ => name.to_owned(),
+                };
                 return Some(Mirrored {
                     upstream,
                     remote_name: name.to_owned(),
+                    local_name,
                 });
             }
         }
@@ -221,6 +234,7 @@ impl Upstreams {
                 return Some(Mirrored {
                     upstream,
                     remote_name: rest.to_owned(),
+                    local_name: name.to_owned(),
                 });
             }
         }
@@ -232,6 +246,7 @@ impl Upstreams {
         Some(Mirrored {
             upstream,
             remote_name: name.to_owned(),
+            local_name: name.to_owned(),
         })
     }
 }
@@ -267,6 +282,7 @@ mod tests {
             tag_ttl: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
+            allow_push: false,
         }
     }
 
@@ -332,6 +348,27 @@ mod tests {
         assert_eq!(
             routed(&u, "mirrorsx/ghcr/a", None),
             pair("dockerhub", "mirrorsx/ghcr/a")
+        );
+    }
+
+    #[test]
+    fn names_routed_by_ns_are_kept_under_their_upstreams_prefix() {
+        let u = mirrors();
+        let local = |name: &str, ns: Option<&str>| u.route(name, ns).map(|m| m.local_name);
+        // The default upstream keeps unprefixed names as they are, whichever way they came.
+        assert_eq!(
+            local("library/alpine", Some("docker.io")).as_deref(),
+            Some("library/alpine")
+        );
+        // Another upstream's names reached through ns= live under its prefix, apart from the
+        // default upstream's names of the same spelling.
+        assert_eq!(
+            local("org/tool", Some("ghcr.io")).as_deref(),
+            Some("mirrors/ghcr/org/tool")
+        );
+        assert_eq!(
+            local("mirrors/ghcr/org/tool", None).as_deref(),
+            Some("mirrors/ghcr/org/tool")
         );
     }
 

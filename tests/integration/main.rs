@@ -38,6 +38,8 @@ mod hardening;
 mod harness;
 mod image;
 mod library;
+#[cfg(feature = "mirror")]
+mod mirror;
 mod next_spec;
 mod observability;
 mod options;
@@ -68,6 +70,8 @@ fn main() {
     tests.extend(hardening::trials());
     tests.extend(image::trials());
     tests.extend(library::trials());
+    #[cfg(feature = "mirror")]
+    tests.extend(mirror::trials());
     tests.extend(next_spec::trials());
     tests.extend(observability::trials());
     tests.extend(options::trials());

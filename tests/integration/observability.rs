@@ -8,7 +8,7 @@ use reqwest::Method;
 use crate::util::*;
 
 /// A server with an admin listener, and a client for that listener.
-fn observed_server(extra: &[(&str, &str)]) -> (Server, Client) {
+pub(crate) fn observed_server(extra: &[(&str, &str)]) -> (Server, Client) {
     let admin = format!("127.0.0.1:{}", free_port());
     let mut settings = vec![("BERTH_ADMIN_LISTEN", admin.as_str())];
     settings.extend_from_slice(extra);

@@ -25,6 +25,7 @@ fn settings(url: String) -> UpstreamSettings {
         tag_ttl: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(5),
         timeout: Duration::from_secs(30),
+        allow_push: false,
     }
 }
 
@@ -52,7 +53,10 @@ async fn read_all(client: &UpstreamClient, remote: &str, digest: &Digest) -> Vec
 
 /// Pushes an image with skopeo (signed in as alice, trusting `certs`); its layout's blobs
 /// and manifest digest.
-fn push_image(dest: &str, certs: Option<&std::path::Path>) -> (tempfile::TempDir, String) {
+pub(crate) fn push_image(
+    dest: &str,
+    certs: Option<&std::path::Path>,
+) -> (tempfile::TempDir, String) {
     let work = tempfile::tempdir().unwrap();
     let layout = Layout::new(work.path());
     let built = layout.image(work.path(), "amd64", unique_seed());

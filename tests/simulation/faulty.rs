@@ -417,6 +417,10 @@ faulty_calls! {
     fn collect_blobs(&self, cutoff: i64, limit: u32, now: i64) -> Collected;
     fn collect_untagged_manifests(&self, cutoff: i64, limit: u32, now: i64) -> Collected;
     fn collect_preview(&self, cutoff: i64, untagged_cutoff: Option<i64>) -> Collected;
+    fn mirror_tag_checked(&self, repository: &RepositoryName, tag: &Tag) -> Option<i64>;
+    fn record_mirror_tag_check(&self, repository: &RepositoryName, tag: &Tag, at: i64) -> ();
+    fn claim_mirror_fetch(&self, digest: &Digest, repository: &RepositoryName, owner: &str, now: i64, lease_until: i64) -> bool;
+    fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> ();
 }
 
 /// A blob store that fails on purpose; its upload writers do too.

@@ -9,26 +9,42 @@ use crate::error::ErrorCode;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::headers::{RangeRequest, parse_range};
 use crate::oci::{Descriptor, media_type};
+use crate::registry::mirror::{BlobRead, PulledBlob};
 
 pub(super) async fn get_blob(call: &Call) -> ApiResult<Response> {
     let name = repository(call)?;
     let digest = target_digest(call)?;
-    let blob = call.registry.blob(&name, &digest).await?;
-    let digest_header = (docker_content_digest(), value(blob.digest.as_str())?);
-    if call.parts.method == Method::HEAD {
-        return Ok(response(
-            StatusCode::OK,
-            vec![
-                (header::CONTENT_LENGTH, HeaderValue::from(blob.size)),
+    let read = if call.parts.method == Method::HEAD {
+        BlobRead::Head
+    } else {
+        BlobRead::Get
+    };
+    let digest_header = (docker_content_digest(), value(digest.as_str())?);
+    let blob = match call
+        .registry
+        .pull_blob(&name, &digest, containerd_ns(call), read)
+        .await?
+    {
+        PulledBlob::Stored(blob) => blob,
+        PulledBlob::Upstream { size } => return Ok(blob_head(size, digest_header)),
+        // A fetch streams whole: ranges are for stored blobs (RFC 9110 lets a server answer
+        // a range request with the whole representation).
+        PulledBlob::Fetching { size, body } => {
+            let mut headers = vec![
                 (
                     header::CONTENT_TYPE,
                     HeaderValue::from_static(media_type::OCTET_STREAM),
                 ),
-                (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
                 digest_header,
-            ],
-            Body::empty(),
-        ));
+            ];
+            if let Some(size) = size {
+                headers.push((header::CONTENT_LENGTH, HeaderValue::from(size)));
+            }
+            return Ok(response(StatusCode::OK, headers, Body::from_stream(body)));
+        }
+    };
+    if call.parts.method == Method::HEAD {
+        return Ok(blob_head(blob.size, digest_header));
     }
     let options = &call.api.options;
     let redirect = match &options.blob_location {
@@ -106,6 +122,22 @@ pub(super) async fn get_blob(call: &Call) -> ApiResult<Response> {
         digest_header,
     ]);
     Ok(response(status, headers, Body::from_stream(stream)))
+}
+
+fn blob_head(size: u64, digest_header: (http::HeaderName, HeaderValue)) -> Response {
+    response(
+        StatusCode::OK,
+        vec![
+            (header::CONTENT_LENGTH, HeaderValue::from(size)),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(media_type::OCTET_STREAM),
+            ),
+            (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+            digest_header,
+        ],
+        Body::empty(),
+    )
 }
 
 pub(super) async fn delete_blob(call: &Call) -> ApiResult<Response> {

@@ -85,6 +85,15 @@ pub(super) fn repository(call: &Call) -> ApiResult<RepositoryName> {
         .ok_or_else(|| ApiError::internal("an operation without a repository asked for one"))
 }
 
+/// containerd's `ns` query parameter: the registry a `hosts.toml` mirror request was meant
+/// for (`?ns=docker.io`).
+pub(super) fn containerd_ns(call: &Call) -> Option<&str> {
+    call.query
+        .iter()
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.as_str())
+}
+
 pub(super) fn target_digest(call: &Call) -> ApiResult<Digest> {
     Ok(call.route.target.digest()?.clone())
 }

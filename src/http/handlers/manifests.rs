@@ -36,7 +36,11 @@ pub(super) async fn existing_manifest_reference(
 pub(super) async fn get_manifest(call: &Call) -> ApiResult<Response> {
     let name = repository(call)?;
     let reference = existing_manifest_reference(call, &name).await?;
-    let manifest = call.registry.manifest(&name, &reference).await?;
+    let pulled = call
+        .registry
+        .pull_manifest(&name, &reference, containerd_ns(call))
+        .await?;
+    let manifest = pulled.record;
     let mut headers = vec![
         (header::CONTENT_TYPE, value(&manifest.media_type)?),
         (
@@ -48,6 +52,14 @@ pub(super) async fn get_manifest(call: &Call) -> ApiResult<Response> {
     let by_tag = matches!(reference, Reference::Tag(_));
     if !by_tag || call.api.options.tag_digest_header {
         headers.push((docker_content_digest(), value(manifest.digest.as_str())?));
+    }
+    if let Some(why) = pulled.stale {
+        // RFC 9111's "response is stale" warning, with why in its text.
+        let text = why.replace(['"', '\\'], "'");
+        headers.push((
+            header::WARNING,
+            value(&format!("110 berth \"Response is stale: {text}\""))?,
+        ));
     }
     let body = if call.parts.method == Method::HEAD {
         Body::empty()

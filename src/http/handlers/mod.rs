@@ -123,6 +123,9 @@ async fn serve(
         query,
         grant,
     };
+    if let Some(refusal) = mirror_refusal(&call) {
+        return refusal.into_response();
+    }
     let result = match operation {
         Operation::ApiVersion => Ok(api_version()),
         Operation::Catalog => catalog(&call).await,
@@ -163,6 +166,29 @@ async fn serve(
             error.into_response()
         }
     }
+}
+
+/// The refusal of a write into a name an upstream is mirrored into (unless the upstream
+/// takes pushes): what is kept there is the upstream's content.
+fn mirror_refusal(call: &Call) -> Option<ApiError> {
+    if !matches!(
+        call.route.operation.action(),
+        EndpointAction::Push | EndpointAction::Delete
+    ) {
+        return None;
+    }
+    let name = call.route.name.as_ref()?;
+    let (upstream, allow_push) = call.registry.mirrored(name.as_str(), containerd_ns(call))?;
+    (!allow_push).then(|| {
+        ApiError::new(
+            ErrorCode::Denied,
+            format!(
+                "{name} is a mirror of upstream {upstream}: pushes and deletes are refused \
+                 (push under a name no upstream maps, or set allow_push on the upstream)"
+            ),
+        )
+        .with_status(StatusCode::FORBIDDEN)
+    })
 }
 
 /// Bytes of a refused request's body read before answering (so the client reads the answer),

@@ -16,7 +16,7 @@
 //! - `repositories.rs`, `uploads.rs` (sessions, checkpoints, staged bytes, parts), `blobs.rs`
 //!   (blob rows, links, mounts, an upload's commit), `manifests.rs` (manifests, their
 //!   references, tags, referrers), `gc.rs` (reviews, collection passes, the storage garbage
-//!   queue, the census);
+//!   queue, the census), `mirror.rs` (a mirror's tag checks and fetch claims);
 //! - `options.rs`: [`SqlOptions`], built with or without a SQL backend.
 //!
 //! Every method of the trait is one transaction.
@@ -38,6 +38,7 @@ mod dialect;
 mod errors;
 mod gc;
 mod manifests;
+mod mirror;
 mod options;
 mod repositories;
 mod rows;
@@ -444,6 +445,40 @@ impl MetadataStore for SqlMetadataStore {
         untagged_cutoff: Option<i64>,
     ) -> MetadataResult<Collected> {
         self.collect_preview(cutoff, untagged_cutoff).await
+    }
+
+    // mirror.rs
+    async fn mirror_tag_checked(
+        &self,
+        repository: &RepositoryName,
+        tag: &Tag,
+    ) -> MetadataResult<Option<i64>> {
+        self.mirror_tag_checked(repository, tag).await
+    }
+
+    async fn record_mirror_tag_check(
+        &self,
+        repository: &RepositoryName,
+        tag: &Tag,
+        at: i64,
+    ) -> MetadataResult<()> {
+        self.record_mirror_tag_check(repository, tag, at).await
+    }
+
+    async fn claim_mirror_fetch(
+        &self,
+        digest: &Digest,
+        repository: &RepositoryName,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> MetadataResult<bool> {
+        self.claim_mirror_fetch(digest, repository, owner, now, lease_until)
+            .await
+    }
+
+    async fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> MetadataResult<()> {
+        self.release_mirror_fetch(digest, owner).await
     }
 }
 

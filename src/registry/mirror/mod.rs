@@ -1,0 +1,105 @@
+//! Pulls of mirrored names: what a pull is answered with, whichever way it was found. Names
+//! that map to an upstream ([`crate::upstream::Upstreams::route`]) are served from what is
+//! kept here, and what is not kept yet is fetched, stored and served at once (`through.rs`,
+//! feature `mirror`); every other name, and every name in a build without the feature, is
+//! read from the stores alone.
+
+use super::Registry;
+use crate::error::RegistryResult;
+use crate::metadata::{BlobRecord, ManifestRecord};
+use crate::oci::{Digest, Reference, RepositoryName};
+use crate::storage::ByteStream;
+
+#[cfg(feature = "mirror")]
+mod through;
+#[cfg(feature = "mirror")]
+pub use through::Mirror;
+
+/// A manifest served for a pull, and whether it may be out of date.
+#[derive(Debug)]
+pub struct PulledManifest {
+    /// The manifest.
+    pub record: ManifestRecord,
+    /// Set when the manifest was served from what is kept because its upstream could not be
+    /// asked: why.
+    pub stale: Option<String>,
+}
+
+/// Where a pulled blob's bytes come from.
+pub enum PulledBlob {
+    /// Storage (kept, or stored by a fetch that finished).
+    Stored(BlobRecord),
+    /// A fetch this request started: the bytes as they arrive from the upstream, `size` as
+    /// the upstream announced it.
+    Fetching {
+        /// The blob's size, when the upstream said.
+        size: Option<u64>,
+        /// The bytes; the stream fails rather than end if the fetch fails.
+        body: ByteStream,
+    },
+    /// Not kept, and the upstream has it with this size (a `HEAD` is answered without
+    /// fetching).
+    Upstream {
+        /// The blob's size.
+        size: u64,
+    },
+}
+
+/// Whether a blob pull wants the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobRead {
+    /// `HEAD`: the size will do.
+    Head,
+    /// `GET`.
+    Get,
+}
+
+impl Registry {
+    /// The upstream `name` maps to, if this registry mirrors any (`ns` is containerd's
+    /// parameter naming the registry the client meant): its name, and whether pushes into
+    /// the name are accepted.
+    pub fn mirrored(&self, name: &str, ns: Option<&str>) -> Option<(String, bool)> {
+        #[cfg(feature = "mirror")]
+        if let Some((_, mirrored)) = self.mirror_route(name, ns) {
+            return Some((mirrored.upstream.name.clone(), mirrored.upstream.allow_push));
+        }
+        let _ = (name, ns);
+        None
+    }
+
+    /// A manifest for a pull: read through to the upstream `repository` maps to, if any.
+    pub async fn pull_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        ns: Option<&str>,
+    ) -> RegistryResult<PulledManifest> {
+        #[cfg(feature = "mirror")]
+        if let Some((mirror, mirrored)) = self.mirror_route(repository.as_str(), ns) {
+            return self
+                .pull_manifest_through(mirror, mirrored, reference)
+                .await;
+        }
+        let _ = ns;
+        Ok(PulledManifest {
+            record: self.manifest(repository, reference).await?,
+            stale: None,
+        })
+    }
+
+    /// A blob for a pull: kept, or fetched once from the upstream `repository` maps to.
+    pub async fn pull_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        ns: Option<&str>,
+        read: BlobRead,
+    ) -> RegistryResult<PulledBlob> {
+        #[cfg(feature = "mirror")]
+        if let Some((mirror, mirrored)) = self.mirror_route(repository.as_str(), ns) {
+            return self.pull_blob_through(mirror, mirrored, digest, read).await;
+        }
+        let _ = (ns, read);
+        Ok(PulledBlob::Stored(self.blob(repository, digest).await?))
+    }
+}

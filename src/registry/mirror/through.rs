@@ -1,0 +1,591 @@
+//! Reading through to upstream registries (feature `mirror`).
+//!
+//! - **Manifests by digest** are immutable: fetched once, kept.
+//! - **Manifests by tag** are served from here for the upstream's tag TTL after the last check
+//!   (recorded in the metadata store, so every replica shares it); after it, a `HEAD` asks the
+//!   upstream for the tag's digest and the manifest is fetched again only when it moved. When
+//!   the upstream cannot be asked, the kept manifest is served and marked stale.
+//! - **Blobs**: one fetch per digest across every request on every replica. The fetcher
+//!   claims the digest in the metadata store with a lease it renews while it fetches; the
+//!   others wait for the blob to be stored (or for the lease to run out, and then fetch it
+//!   themselves). The fetch runs in a task of its own, so the client that started it can
+//!   leave without cancelling it for the others; it streams into an upload session, which
+//!   verifies the digest before the blob is committed, and tees the bytes to that client,
+//!   holding the last chunk back until the commit, so no client ever receives a whole body
+//!   whose digest did not verify.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{BlobRead, PulledBlob, PulledManifest};
+use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::instruments;
+use crate::metadata::{BlobRecord, ManifestRecord};
+use crate::oci::{Digest, Reference, RepositoryName, media_type};
+use crate::registry::Registry;
+use crate::registry::uploads::{BodyStream, ChunkSpec};
+use crate::upstream::{
+    ManifestRequest, Mirrored, UpstreamClient, UpstreamError, UpstreamManifest, Upstreams,
+};
+
+/// How long a fetch claim lasts unless renewed; a fetcher renews it every third of this.
+const FETCH_LEASE: Duration = Duration::from_secs(30);
+/// How often a pull waiting for another fetch looks whether the blob has been stored.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+/// Longest a pull waits for someone else's fetch before answering 503.
+const LONGEST_WAIT: Duration = Duration::from_secs(3600);
+/// Chunks of a fetch queued for the client that started it; a client that stays this far
+/// behind for [`SLOW_CLIENT`] is let go (it can pull again from storage), and the fetch goes on.
+const TEE_CHUNKS: usize = 32;
+const SLOW_CLIENT: Duration = Duration::from_secs(30);
+
+/// What a fetch hands the client that started it: a chunk, the end (`None`, sent once the
+/// blob is committed), or why it failed. A channel closed without either means the client
+/// was let go, and its body fails rather than end short.
+type Teed = Result<Option<Bytes>, String>;
+
+/// The media types a mirror asks upstreams for: every manifest and index kind it serves.
+const ACCEPT: &[&str] = &[
+    media_type::OCI_INDEX,
+    media_type::OCI_MANIFEST,
+    media_type::DOCKER_MANIFEST_LIST,
+    media_type::DOCKER_MANIFEST,
+];
+
+/// The configured upstreams and a client for each.
+pub struct Mirror {
+    upstreams: Upstreams,
+    clients: HashMap<String, UpstreamClient>,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror")
+            .field("upstreams", &self.upstreams)
+            .finish()
+    }
+}
+
+impl Mirror {
+    /// A client for each upstream (CA files are read now: a bad one stops the start).
+    pub fn new(upstreams: Upstreams) -> Result<Mirror, UpstreamError> {
+        let clients = upstreams
+            .iter()
+            .map(|u| Ok((u.name.clone(), UpstreamClient::new(u.clone())?)))
+            .collect::<Result<_, UpstreamError>>()?;
+        Ok(Mirror { upstreams, clients })
+    }
+
+    fn client(&self, mirrored: &Mirrored<'_>) -> RegistryResult<&UpstreamClient> {
+        self.clients
+            .get(&mirrored.upstream.name)
+            .ok_or_else(|| RegistryError::internal("an upstream without a client"))
+    }
+}
+
+fn unavailable(mirrored: &Mirrored<'_>, error: &UpstreamError) -> RegistryError {
+    RegistryError::unavailable(format!(
+        "{} is mirrored from upstream {} and is not kept here: {error}",
+        mirrored.local_name, mirrored.upstream.name
+    ))
+}
+
+fn counted(metric: &'static str, upstream: &str, outcome: &'static str) {
+    metrics::counter!(metric, "upstream" => upstream.to_owned(), "outcome" => outcome).increment(1);
+}
+
+impl Registry {
+    /// The mirror and the upstream `name` maps to, if any (see [`Upstreams::route`]).
+    pub(super) fn mirror_route(
+        &self,
+        name: &str,
+        ns: Option<&str>,
+    ) -> Option<(&Mirror, Mirrored<'_>)> {
+        let mirror = self.inner.mirror.as_ref()?;
+        Some((mirror, mirror.upstreams.route(name, ns)?))
+    }
+
+    /// [`Registry::pull_manifest`] with the mirror in this build.
+    pub(super) async fn pull_manifest_through(
+        &self,
+        mirror: &Mirror,
+        mirrored: Mirrored<'_>,
+        reference: &Reference,
+    ) -> RegistryResult<PulledManifest> {
+        let local = RepositoryName::parse(&mirrored.local_name)?;
+        let client = mirror.client(&mirrored)?;
+        let upstream = mirrored.upstream.name.as_str();
+        let kept = self.inner.metadata.manifest(&local, reference).await?;
+        let tag = match reference {
+            Reference::Digest(_) => {
+                if let Some(record) = kept {
+                    counted(instruments::MIRROR_MANIFESTS, upstream, "cached");
+                    return Ok(PulledManifest {
+                        record,
+                        stale: None,
+                    });
+                }
+                None
+            }
+            Reference::Tag(tag) => {
+                let ttl = i64::try_from(mirrored.upstream.tag_ttl.as_millis()).unwrap_or(i64::MAX);
+                let checked = self.inner.metadata.mirror_tag_checked(&local, tag).await?;
+                if let Some(record) = &kept
+                    && checked.is_some_and(|at| self.now().saturating_sub(at) < ttl)
+                {
+                    counted(instruments::MIRROR_MANIFESTS, upstream, "cached");
+                    return Ok(PulledManifest {
+                        record: record.clone(),
+                        stale: None,
+                    });
+                }
+                Some(tag)
+            }
+        };
+        let reference_text = reference.to_string();
+        if let (Some(tag), Some(record)) = (tag, &kept) {
+            // Revalidate with a HEAD, which Docker Hub does not count as a pull.
+            match client
+                .manifest(
+                    &mirrored.remote_name,
+                    &reference_text,
+                    ACCEPT,
+                    ManifestRequest::Head,
+                )
+                .await
+            {
+                Ok(head) if head.digest == record.digest => {
+                    self.inner
+                        .metadata
+                        .record_mirror_tag_check(&local, tag, self.now())
+                        .await?;
+                    counted(instruments::MIRROR_MANIFESTS, upstream, "revalidated");
+                    return Ok(PulledManifest {
+                        record: record.clone(),
+                        stale: None,
+                    });
+                }
+                // Moved, or the upstream's HEAD said too little: fetch it.
+                Ok(_) | Err(UpstreamError::Invalid { .. }) => {}
+                Err(UpstreamError::NotFound { .. }) => {
+                    counted(instruments::MIRROR_MANIFESTS, upstream, "missing");
+                    return Err(self.upstream_lacks(&mirrored, reference));
+                }
+                Err(e) => return Ok(self.stale(&mirrored, record.clone(), e)),
+            }
+        }
+        let fetched = client
+            .manifest(
+                &mirrored.remote_name,
+                &reference_text,
+                ACCEPT,
+                ManifestRequest::Get,
+            )
+            .await;
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(UpstreamError::NotFound { .. }) => {
+                counted(instruments::MIRROR_MANIFESTS, upstream, "missing");
+                return Err(self.upstream_lacks(&mirrored, reference));
+            }
+            Err(e) => {
+                return match kept {
+                    Some(record) => Ok(self.stale(&mirrored, record, e)),
+                    None => {
+                        counted(instruments::MIRROR_MANIFESTS, upstream, "failed");
+                        tracing::warn!(upstream, repository = %local, %reference, error = %e, "a mirrored manifest could not be fetched");
+                        Err(unavailable(&mirrored, &e))
+                    }
+                };
+            }
+        };
+        let record = self.keep_manifest(&local, reference, fetched).await?;
+        if let Some(tag) = tag {
+            self.inner
+                .metadata
+                .record_mirror_tag_check(&local, tag, self.now())
+                .await?;
+        }
+        counted(instruments::MIRROR_MANIFESTS, upstream, "fetched");
+        Ok(PulledManifest {
+            record,
+            stale: None,
+        })
+    }
+
+    /// Stores a manifest read from an upstream under `reference` (its tag, if by tag).
+    async fn keep_manifest(
+        &self,
+        local: &RepositoryName,
+        reference: &Reference,
+        fetched: UpstreamManifest,
+    ) -> RegistryResult<ManifestRecord> {
+        let content = fetched
+            .body
+            .ok_or_else(|| RegistryError::internal("a manifest GET without a body"))?;
+        let reference = match reference {
+            Reference::Tag(_) => reference.clone(),
+            Reference::Digest(_) => Reference::Digest(fetched.digest.clone()),
+        };
+        let pushed = self
+            .store_manifest(
+                local,
+                &reference,
+                &[],
+                Some(&fetched.media_type),
+                &content,
+                true,
+            )
+            .await?;
+        Ok(ManifestRecord {
+            digest: pushed.digest,
+            media_type: fetched.media_type,
+            content,
+            subject: pushed.parsed.subject,
+        })
+    }
+
+    fn stale(
+        &self,
+        mirrored: &Mirrored<'_>,
+        record: ManifestRecord,
+        error: UpstreamError,
+    ) -> PulledManifest {
+        let upstream = mirrored.upstream.name.as_str();
+        counted(instruments::MIRROR_MANIFESTS, upstream, "stale");
+        tracing::warn!(upstream, repository = %mirrored.local_name, digest = %record.digest, error = %error, "serving a kept manifest: its upstream could not be asked");
+        PulledManifest {
+            record,
+            stale: Some(format!("upstream {upstream} could not be asked: {error}")),
+        }
+    }
+
+    fn upstream_lacks(
+        &self,
+        mirrored: &Mirrored<'_>,
+        what: &dyn std::fmt::Display,
+    ) -> RegistryError {
+        RegistryError::new(
+            ErrorCode::ManifestUnknown,
+            format!(
+                "upstream {} has no manifest {what} in {}",
+                mirrored.upstream.name, mirrored.remote_name
+            ),
+        )
+    }
+
+    /// [`Registry::pull_blob`] with the mirror in this build.
+    pub(super) async fn pull_blob_through(
+        &self,
+        mirror: &Mirror,
+        mirrored: Mirrored<'_>,
+        digest: &Digest,
+        read: BlobRead,
+    ) -> RegistryResult<PulledBlob> {
+        let local = RepositoryName::parse(&mirrored.local_name)?;
+        if let Some(blob) = self.kept_blob(&local, digest).await? {
+            return Ok(PulledBlob::Stored(blob));
+        }
+        if digest.algorithm().is_none() {
+            return Err(RegistryError::new(
+                ErrorCode::DigestInvalid,
+                format!(
+                    "digest algorithm {:?} is not supported; use sha256 or sha512",
+                    digest.algorithm_name()
+                ),
+            ));
+        }
+        let client = mirror.client(&mirrored)?;
+        if read == BlobRead::Head {
+            match client.blob_size(&mirrored.remote_name, digest).await {
+                Ok(Some(size)) => return Ok(PulledBlob::Upstream { size }),
+                // A chained cache answers a HEAD for what it has not fetched yet with 404:
+                // only a GET makes it fetch. Fetch, and answer once it is stored.
+                Ok(None) => {}
+                Err(e) => return Err(self.blob_unavailable(&mirrored, digest, e)),
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut waited = false;
+        loop {
+            let owner = uuid::Uuid::new_v4().to_string();
+            let now = self.now();
+            let lease = i64::try_from(FETCH_LEASE.as_millis()).unwrap_or(i64::MAX);
+            if self
+                .inner
+                .metadata
+                .claim_mirror_fetch(digest, &local, &owner, now, now.saturating_add(lease))
+                .await?
+            {
+                // Someone may have finished between the look above and the claim.
+                if let Some(blob) = self.kept_blob(&local, digest).await? {
+                    self.release_fetch(digest, &owner).await;
+                    return Ok(PulledBlob::Stored(blob));
+                }
+                let fetching = self
+                    .start_fetch(client, &mirrored, local.clone(), digest, owner)
+                    .await?;
+                if read == BlobRead::Head {
+                    // Only reached when the upstream's HEAD did not know it; answer once
+                    // stored, the body going to storage alone.
+                    if let PulledBlob::Fetching { mut body, .. } = fetching {
+                        while let Some(chunk) = body.next().await {
+                            chunk?;
+                        }
+                    }
+                    return match self.kept_blob(&local, digest).await? {
+                        Some(blob) => Ok(PulledBlob::Stored(blob)),
+                        None => Err(RegistryError::unavailable(format!(
+                            "blob {digest} from upstream {} was not stored",
+                            mirrored.upstream.name
+                        ))),
+                    };
+                }
+                return Ok(fetching);
+            }
+            if !waited {
+                waited = true;
+                metrics::counter!(instruments::MIRROR_FETCH_WAITS, "upstream" => mirrored.upstream.name.clone())
+                    .increment(1);
+            }
+            if started.elapsed() > LONGEST_WAIT {
+                return Err(RegistryError::unavailable(format!(
+                    "blob {digest} is still being fetched from upstream {}; try again later",
+                    mirrored.upstream.name
+                )));
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+            if let Some(blob) = self.kept_blob(&local, digest).await? {
+                return Ok(PulledBlob::Stored(blob));
+            }
+        }
+    }
+
+    /// `digest` linked into `local`, linking it from another repository if it is stored
+    /// under another name only.
+    async fn kept_blob(
+        &self,
+        local: &RepositoryName,
+        digest: &Digest,
+    ) -> RegistryResult<Option<BlobRecord>> {
+        if let Some(blob) = self.inner.metadata.blob(local, digest).await? {
+            return Ok(Some(blob));
+        }
+        if self.inner.metadata.stored_blob(digest).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .inner
+            .metadata
+            .mount_blob(local, digest, None, self.now())
+            .await?)
+    }
+
+    fn blob_unavailable(
+        &self,
+        mirrored: &Mirrored<'_>,
+        digest: &Digest,
+        error: UpstreamError,
+    ) -> RegistryError {
+        match error {
+            UpstreamError::NotFound { .. } => RegistryError::new(
+                ErrorCode::BlobUnknown,
+                format!(
+                    "upstream {} has no blob {digest} in {}",
+                    mirrored.upstream.name, mirrored.remote_name
+                ),
+            ),
+            error => {
+                tracing::warn!(upstream = %mirrored.upstream.name, %digest, %error, "a mirrored blob could not be fetched");
+                unavailable(mirrored, &error)
+            }
+        }
+    }
+
+    async fn release_fetch(&self, digest: &Digest, owner: &str) {
+        // A release that fails leaves a lease that runs out by itself.
+        if let Err(e) = self
+            .inner
+            .metadata
+            .release_mirror_fetch(digest, owner)
+            .await
+        {
+            tracing::warn!(%digest, error = %e, "could not release a mirror fetch claim");
+        }
+    }
+
+    /// Opens the upstream GET (its failure is this request's answer) and runs the rest of the
+    /// fetch in a task of its own.
+    async fn start_fetch(
+        &self,
+        client: &UpstreamClient,
+        mirrored: &Mirrored<'_>,
+        local: RepositoryName,
+        digest: &Digest,
+        owner: String,
+    ) -> RegistryResult<PulledBlob> {
+        let upstream = mirrored.upstream.name.clone();
+        let blob = match client.blob(&mirrored.remote_name, digest).await {
+            Ok(blob) => blob,
+            Err(e) => {
+                self.release_fetch(digest, &owner).await;
+                counted(instruments::MIRROR_BLOB_FETCHES, &upstream, "failed");
+                return Err(self.blob_unavailable(mirrored, digest, e));
+            }
+        };
+        let size = blob.size;
+        let (tee, teed) = mpsc::channel::<Teed>(TEE_CHUNKS);
+        let registry = self.clone();
+        let digest = digest.clone();
+        tokio::spawn(async move {
+            registry
+                .fetch(&upstream, local, &digest, &owner, blob, tee)
+                .await;
+            registry.release_fetch(&digest, &owner).await;
+        });
+        let failed = |why: String| crate::storage::StorageError::Io(std::io::Error::other(why));
+        let body = futures::stream::unfold(Some(teed), move |teed| async move {
+            let mut teed = teed?;
+            match teed.recv().await {
+                Some(Ok(Some(chunk))) => Some((Ok(chunk), Some(teed))),
+                Some(Ok(None)) => None,
+                Some(Err(why)) => Some((Err(failed(why)), None)),
+                None => Some((
+                    Err(failed(
+                        "this client fell too far behind the upstream fetch; pull again".into(),
+                    )),
+                    None,
+                )),
+            }
+        });
+        Ok(PulledBlob::Fetching {
+            size,
+            body: body.boxed(),
+        })
+    }
+
+    /// Streams `blob` into storage as `digest` of `local`, renewing the claim meanwhile and
+    /// teeing the bytes to `tee` (its last chunk only once the blob is committed).
+    async fn fetch(
+        &self,
+        upstream: &str,
+        local: RepositoryName,
+        digest: &Digest,
+        owner: &str,
+        blob: crate::upstream::UpstreamBlob,
+        tee: mpsc::Sender<Teed>,
+    ) {
+        let tee = std::sync::Arc::new(tokio::sync::Mutex::new(Tee {
+            client: Some(tee),
+            held: None,
+        }));
+        let fetched_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut body: BodyStream = {
+            let tee = std::sync::Arc::clone(&tee);
+            let fetched_bytes = std::sync::Arc::clone(&fetched_bytes);
+            blob.body
+                .then(move |chunk| {
+                    let tee = std::sync::Arc::clone(&tee);
+                    let fetched_bytes = std::sync::Arc::clone(&fetched_bytes);
+                    async move {
+                        let chunk = chunk.map_err(std::io::Error::other)?;
+                        fetched_bytes
+                            .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        tee.lock().await.pass(chunk.clone()).await;
+                        Ok(chunk)
+                    }
+                })
+                .boxed()
+        };
+        let stored = self.upload_blob(
+            &local,
+            digest,
+            ChunkSpec {
+                start: None,
+                length: blob.size,
+            },
+            &mut body,
+        );
+        tokio::pin!(stored);
+        let mut renewal = tokio::time::interval(FETCH_LEASE / 3);
+        renewal.tick().await;
+        let lease = i64::try_from(FETCH_LEASE.as_millis()).unwrap_or(i64::MAX);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut stored => break outcome,
+                _ = renewal.tick() => {
+                    let now = self.now();
+                    if let Err(e) = self.inner.metadata
+                        .claim_mirror_fetch(digest, &local, owner, now, now.saturating_add(lease))
+                        .await
+                    {
+                        tracing::warn!(%digest, error = %e, "could not renew a mirror fetch claim");
+                    }
+                }
+            }
+        };
+        let bytes = fetched_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(instruments::MIRROR_FETCHED_BYTES, "upstream" => upstream.to_owned())
+            .increment(bytes);
+        let mut tee = tee.lock().await;
+        match outcome {
+            Ok(_) => {
+                counted(instruments::MIRROR_BLOB_FETCHES, upstream, "stored");
+                tracing::info!(upstream, repository = %local, %digest, bytes, "fetched a blob from upstream");
+                tee.finish().await;
+            }
+            Err(e) => {
+                counted(instruments::MIRROR_BLOB_FETCHES, upstream, "failed");
+                tracing::warn!(upstream, repository = %local, %digest, error = %e, "a blob fetch from upstream failed");
+                tee.fail(format!(
+                    "fetching {digest} from upstream {upstream} failed: {e}"
+                ))
+                .await;
+            }
+        }
+    }
+}
+
+/// The client side of a fetch: chunks pass one behind, so the last is held until the blob is
+/// committed.
+struct Tee {
+    client: Option<mpsc::Sender<Teed>>,
+    held: Option<Bytes>,
+}
+
+impl Tee {
+    async fn pass(&mut self, chunk: Bytes) {
+        if let Some(previous) = self.held.replace(chunk) {
+            self.send(Ok(Some(previous))).await;
+        }
+    }
+
+    async fn finish(&mut self) {
+        if let Some(last) = self.held.take() {
+            self.send(Ok(Some(last))).await;
+        }
+        self.send(Ok(None)).await;
+        self.client = None;
+    }
+
+    async fn fail(&mut self, why: String) {
+        self.held = None;
+        self.send(Err(why)).await;
+        self.client = None;
+    }
+
+    async fn send(&mut self, item: Teed) {
+        let Some(client) = &self.client else {
+            return;
+        };
+        match tokio::time::timeout(SLOW_CLIENT, client.send(item)).await {
+            Ok(Ok(())) => {}
+            // Gone, or too slow: the fetch goes on for the others without it.
+            Ok(Err(_)) | Err(_) => self.client = None,
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Berth as a pull-through cache of real registries: an upstream Berth with Basic
+//! credentials read through by skopeo, a mirror of the mirror (chained caches), what is kept
+//! served while the upstream is down (stale tags marked), the 503 that names the upstream for
+//! what is not kept, pushes into mirrored names refused, and one upstream fetch per blob for
+//! concurrent cold pulls on two replicas.
+
+use std::path::Path;
+
+use reqwest::Method;
+
+use crate::auth_fixtures::{AuthFiles, USERS};
+use crate::observability::observed_server;
+use crate::upstream::push_image;
+use crate::util::*;
+
+/// A process of a fresh deployment reading through the `[[upstream]]` entries in `upstreams`
+/// (TOML), written into `dir`.
+fn mirror(dir: &Path, upstreams: &str, extra: &[(&str, &str)]) -> Server {
+    let config = dir.join(format!("mirror-{}.toml", unique_seed()));
+    std::fs::write(&config, upstreams).unwrap();
+    let config = config.display().to_string();
+    let mut settings = vec![
+        ("BERTH_CONFIG", config.as_str()),
+        ("BERTH_REDIRECT", "false"),
+    ];
+    settings.extend_from_slice(extra);
+    Server::start_with(&settings)
+}
+
+const MANIFEST_TYPES: &str =
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+
+async fn manifest(c: &Client, path: &str) -> Answer {
+    c.send(
+        c.request(Method::GET, path)
+            .header("accept", MANIFEST_TYPES),
+    )
+    .await
+}
+
+/// Copies `source` with skopeo into a fresh layout; its blobs by name.
+fn pulled(source: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let into = tempfile::tempdir().unwrap();
+    ok(skopeo()
+        .args(["copy", "-q", "--src-tls-verify=false", source])
+        .arg(format!("oci:{}:pulled", into.path().display())));
+    blobs_of(into.path())
+}
+
+async fn a_mirror_reads_through_with_credentials_and_serves_what_it_kept_when_the_upstream_is_down()
+{
+    let files = AuthFiles::new();
+    let auth = files.basic_settings();
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut origin = Server::start_with(&auth);
+    let (work, manifest_digest) =
+        push_image(&format!("docker://{}/alice/app:v1", origin.addr), None);
+    let pushed = blobs_of(&work.path().join("layout"));
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("origin-password");
+    std::fs::write(&password, format!("{}\n", USERS[0].1)).unwrap();
+    let near = mirror(
+        dir.path(),
+        &format!(
+            r#"
+[[upstream]]
+name = "origin"
+url = "http://{}"
+prefix = "origin"
+username = "alice"
+password_file = "{}"
+tag_ttl = "1s"
+"#,
+            origin.addr,
+            password.display()
+        ),
+        &[],
+    );
+    // A cache of the cache: its every unprefixed name goes to the first mirror as it is.
+    let far = mirror(
+        dir.path(),
+        &format!(
+            "[[upstream]]\nname = \"near\"\nurl = \"http://{}\"\ndefault = true\n",
+            near.addr
+        ),
+        &[],
+    );
+
+    // skopeo through the chain: the far mirror asks the near one, which asks the origin.
+    let through_far = pulled(&format!("docker://{}/origin/alice/app:v1", far.addr));
+    for (name, bytes) in &through_far {
+        assert_eq!(
+            pushed.get(name),
+            Some(bytes),
+            "blob {name} comes through both mirrors as pushed"
+        );
+    }
+    assert!(through_far.len() >= 3, "{:?}", through_far.keys());
+    let c = near.client();
+    let by_tag = manifest(&c, "/v2/origin/alice/app/manifests/v1").await;
+    by_tag.expect(200, None);
+    assert_eq!(sha256(&by_tag.body), manifest_digest);
+    assert!(by_tag.header("warning").is_none());
+
+    // Mirrored names take no pushes; other names are the registry's own.
+    let refused = c
+        .call(Method::POST, "/v2/origin/alice/app/blobs/uploads/")
+        .await;
+    refused.expect(403, Some("DENIED"));
+    assert!(
+        String::from_utf8_lossy(&refused.body).contains("mirror of upstream origin"),
+        "{:?}",
+        refused.body
+    );
+    c.push_image("own/app", "v1", unique_seed()).await;
+
+    // The origin goes away: what was kept is still served, the tag (past its TTL) marked
+    // stale, and what was never fetched is a 503 naming the upstream.
+    origin.kill();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let stale = manifest(&c, "/v2/origin/alice/app/manifests/v1").await;
+    stale.expect(200, None);
+    assert_eq!(sha256(&stale.body), manifest_digest);
+    let warning = stale.header("warning").unwrap_or_default();
+    assert!(
+        warning.starts_with("110 ") && warning.contains("upstream origin"),
+        "{warning}"
+    );
+    manifest(
+        &c,
+        &format!("/v2/origin/alice/app/manifests/{manifest_digest}"),
+    )
+    .await
+    .expect(200, None);
+    let manifest_hex = manifest_digest.trim_start_matches("sha256:");
+    for name in pushed.keys() {
+        // The layout keeps the manifest among its blobs; the registry keeps it as a manifest.
+        if through_far.contains_key(name) && name != manifest_hex {
+            let blob = c
+                .get_following(&format!("/v2/origin/alice/app/blobs/sha256:{name}"))
+                .await;
+            blob.expect(200, None);
+            assert_eq!(Some(&blob.body.to_vec()), pushed.get(name));
+        }
+    }
+    let missing = manifest(&c, "/v2/origin/alice/app/manifests/v2").await;
+    missing.expect(503, Some("UNAVAILABLE"));
+    assert!(
+        String::from_utf8_lossy(&missing.body).contains("upstream origin"),
+        "{:?}",
+        missing.body
+    );
+    // The far mirror still serves the chain's kept image from its own store.
+    let again = pulled(&format!("docker://{}/origin/alice/app:v1", far.addr));
+    assert_eq!(again, through_far);
+}
+
+async fn concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_once() {
+    let (origin, origin_admin) = observed_server(&[("BERTH_REDIRECT", "false")]);
+    let oc = origin.client();
+    let layer = random_bytes(24 << 20, unique_seed());
+    let digest = oc.push_blob("library/big", &layer).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Docker's registry-mirrors shape: unprefixed names go to the default upstream.
+    let a = mirror(
+        dir.path(),
+        &format!(
+            "[[upstream]]\nname = \"origin\"\nurl = \"http://{}\"\ndefault = true\n",
+            origin.addr
+        ),
+        &[],
+    );
+    let b = a.sibling();
+    let before = scrape(&origin_admin).await;
+    let pulls = (0..16).map(|i| {
+        let c = if i % 2 == 0 { a.client() } else { b.client() };
+        let path = format!("/v2/library/big/blobs/{digest}");
+        async move { c.get(&path).await }
+    });
+    let answers = futures::future::join_all(pulls).await;
+    for answer in &answers {
+        answer.expect(200, None);
+        assert_eq!(
+            sha256(&answer.body),
+            digest,
+            "every pull gets the blob whole"
+        );
+    }
+    let after = scrape(&origin_admin).await;
+    let fetched = |exposition: &str| {
+        metric_sum(
+            exposition,
+            "berth_http_requests_total",
+            &[("operation", "get_blob"), ("status", "200")],
+        )
+    };
+    assert_eq!(
+        fetched(&after) - fetched(&before),
+        1.0,
+        "sixteen pulls on two replicas fetched the blob from the upstream once"
+    );
+    // Kept now: more pulls do not reach the upstream.
+    b.client()
+        .get(&format!("/v2/library/big/blobs/{digest}"))
+        .await
+        .expect(200, None);
+    assert_eq!(fetched(&scrape(&origin_admin).await), fetched(&after));
+}
+
+crate::harness::trials! {
+    a_mirror_reads_through_with_credentials_and_serves_what_it_kept_when_the_upstream_is_down;
+    concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_once.needs(SharedState);
+}
