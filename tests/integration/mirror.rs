@@ -205,9 +205,89 @@ async fn concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_on
         .await
         .expect(200, None);
     assert_eq!(fetched(&scrape(&origin_admin).await), fetched(&after));
+
+    // The client that starts a fetch leaves after its first bytes: the fetch goes on, and the
+    // next pull (on the other replica) reads what it stored.
+    let other = random_bytes(24 << 20, unique_seed());
+    let other_digest = oc.push_blob("library/other", &other).await;
+    let before = scrape(&origin_admin).await;
+    let path = format!("/v2/library/other/blobs/{other_digest}");
+    let mut leaving = a.client().request(Method::GET, &path).send().await.unwrap();
+    assert_eq!(leaving.status(), 200);
+    assert!(leaving.chunk().await.unwrap().is_some());
+    drop(leaving);
+    let whole = b.client().get(&path).await;
+    whole.expect(200, None);
+    assert_eq!(sha256(&whole.body), other_digest);
+    assert_eq!(
+        fetched(&scrape(&origin_admin).await) - fetched(&before),
+        1.0,
+        "the fetch the leaving client started was not abandoned and fetched again"
+    );
+}
+
+/// podman with Docker Hub mirrored by Berth in `registries.conf` (what Docker's
+/// `registry-mirrors` does too): `docker.io/library/NAME` is asked of the mirror as
+/// `library/NAME`, which the default upstream serves. Docker Hub is not reachable here, so the
+/// pull succeeds only through the mirror.
+async fn podman_pulls_docker_hub_names_through_a_registries_conf_mirror() {
+    let origin = Server::start();
+    let (_work, manifest_digest) = push_image(
+        &format!("docker://{}/library/mirrored:v1", origin.addr),
+        None,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let near = mirror(
+        dir.path(),
+        &format!(
+            "[[upstream]]\nname = \"dockerhub\"\nurl = \"http://{}\"\nprefix = \"dockerhub\"\ndefault = true\n",
+            origin.addr
+        ),
+        &[],
+    );
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n\
+             [[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n",
+            near.addr
+        ),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let podman = || {
+        let mut c = podman(&store, dir.path());
+        c.env("CONTAINERS_REGISTRIES_CONF", &conf);
+        c
+    };
+    ok(podman().args(["pull", "-q", "docker.io/library/mirrored:v1"]));
+    let digest = ok(podman()
+        .args(["image", "inspect", "--format", "{{.Digest}}"])
+        .arg("docker.io/library/mirrored:v1"));
+    assert_eq!(
+        digest.trim(),
+        manifest_digest,
+        "podman got the image as pushed"
+    );
+    assert!(
+        !near
+            .deployment
+            .log_lines("fetched a blob from upstream")
+            .is_empty(),
+        "the mirror fetched the blobs"
+    );
+    // The same upstream answers under its prefix too.
+    manifest(
+        &near.client(),
+        &format!("/v2/dockerhub/library/mirrored/manifests/{manifest_digest}"),
+    )
+    .await
+    .expect(200, None);
 }
 
 crate::harness::trials! {
+    podman_pulls_docker_hub_names_through_a_registries_conf_mirror;
     a_mirror_reads_through_with_credentials_and_serves_what_it_kept_when_the_upstream_is_down;
     concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_once.needs(SharedState);
 }

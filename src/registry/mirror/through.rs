@@ -39,9 +39,10 @@ const WAIT_POLL: Duration = Duration::from_millis(200);
 /// Longest a pull waits for someone else's fetch before answering 503.
 const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 /// Chunks of a fetch queued for the client that started it; a client that stays this far
-/// behind for [`SLOW_CLIENT`] is let go (it can pull again from storage), and the fetch goes on.
-const TEE_CHUNKS: usize = 32;
-const SLOW_CLIENT: Duration = Duration::from_secs(30);
+/// behind for [`SLOW_CLIENT`] is let go (its body fails, and it can pull again from storage),
+/// so that one stalled client holds the fetch others wait for only that long.
+const TEE_CHUNKS: usize = 64;
+const SLOW_CLIENT: Duration = Duration::from_secs(5);
 
 /// What a fetch hands the client that started it: a chunk, the end (`None`, sent once the
 /// blob is committed), or why it failed. A channel closed without either means the client
