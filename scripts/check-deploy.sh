@@ -29,7 +29,8 @@ trap 'rm -rf "$OUT"' EXIT
 
 echo "helm: lint and render"
 for values in "$CHART"/ci/minimal-values.yaml "$CHART"/ci/eks-values.yaml \
-              "$CHART"/ci/filesystem-values.yaml "$CHART"/values-dev.yaml; do
+              "$CHART"/ci/filesystem-values.yaml "$CHART"/ci/mirror-values.yaml \
+              "$CHART"/values-dev.yaml; do
   "$HELM" lint --strict "$CHART" -f "$values" >/dev/null
   name="$(basename "$values" .yaml)"
   "$HELM" template berth "$CHART" -f "$values" --namespace registry > "$OUT/$name.yaml"
@@ -51,7 +52,46 @@ grep -q 'BERTH_TLS_CERT: /etc/berth/tls/tls.crt' "$OUT/filesystem-values.yaml"
 grep -q 'BERTH_TLS_CLIENT_CA: /etc/berth/client-ca/ca.crt' "$OUT/filesystem-values.yaml"
 grep -q 'secretName: berth-tls' "$OUT/filesystem-values.yaml"
 grep -q 'scheme: HTTPS' "$OUT/filesystem-values.yaml"
-! grep -q 'BERTH_TLS_CERT' "$OUT/minimal-values.yaml"
+# (Not `! grep`: set -e ignores a negated command's status.)
+refute() { # pattern rendered-file
+  if grep -q "$1" "$2"; then echo "  $(basename "$2"): unexpected $1" >&2; exit 1; fi
+}
+refute 'BERTH_TLS_CERT' "$OUT/minimal-values.yaml"
+# Upstreams: a config file of [[upstream]] tables named by BERTH_CONFIG, each Secret mounted as
+# a directory the file's password_file / ca_file point into.
+grep -q '^    \[\[upstream\]\]$' "$OUT/mirror-values.yaml"
+grep -q 'password_file = "/etc/berth/upstreams/dockerhub/credentials/password"' "$OUT/mirror-values.yaml"
+grep -q 'ca_file = "/etc/berth/upstreams/internal/ca/ca.crt"' "$OUT/mirror-values.yaml"
+grep -q 'BERTH_CONFIG: /etc/berth/config/berth.toml' "$OUT/mirror-values.yaml"
+grep -q 'mountPath: /etc/berth/upstreams/dockerhub/credentials' "$OUT/mirror-values.yaml"
+grep -q 'secretName: dockerhub-credentials' "$OUT/mirror-values.yaml"
+grep -q 'checksum/config-file' "$OUT/mirror-values.yaml"
+refute 'BERTH_CONFIG' "$OUT/minimal-values.yaml"
+refute 'upstream' "$OUT/minimal-values.yaml"
+python - "$OUT/mirror-values.yaml" <<'PY'
+import posixpath, sys, tomllib, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "berth-config")
+env = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "berth")
+pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+volumes = {v["name"]: v for v in pod["volumes"]}
+mounts = {m["mountPath"]: volumes[m["name"]] for m in pod["containers"][0]["volumeMounts"]}
+def mounted(path, kind):  # the volume of kind mounted at path's directory, holding its file
+    volume = mounts.get(posixpath.dirname(path))
+    assert volume and kind in volume, f"{path}: no {kind} volume mounted at its directory"
+    items = [i["path"] for i in volume[kind].get("items", [])]
+    assert not items or posixpath.basename(path) in items, f"{path}: not among {items}"
+    return volume[kind]
+mounted(env["data"]["BERTH_CONFIG"], "configMap")
+upstreams = tomllib.loads(config["data"]["berth.toml"])["upstream"]
+assert [u["name"] for u in upstreams] == ["dockerhub", "internal"], upstreams
+hub, internal = upstreams
+assert hub["default"] is True and hub["prefix"] == "dockerhub" and hub["tag_ttl"] == "10m", hub
+assert mounted(hub["password_file"], "secret")["secretName"] == "dockerhub-credentials"
+assert mounted(internal["ca_file"], "secret")["secretName"] == "internal-registry-ca"
+assert "default" not in internal and "password_file" not in internal, internal
+PY
+echo "  mirror-values: [[upstream]] tables parse as TOML; BERTH_CONFIG, password_file and ca_file are mounted"
 
 echo "helm: contradictory values are refused with a message"
 check_refused() { # values-file expected-message
@@ -64,6 +104,9 @@ check_refused() { # values-file expected-message
 check_refused "$CHART"/ci/invalid/s3-without-bucket.yaml "config.s3.bucket is empty"
 check_refused "$CHART"/ci/invalid/filesystem-with-replicas.yaml "keeps blobs on one pod's volume"
 check_refused "$CHART"/ci/invalid/replicas-without-postgres.yaml "needs a shared Postgres"
+check_refused "$CHART"/ci/invalid/upstream-without-url.yaml "has no url"
+check_refused "$CHART"/ci/invalid/two-default-upstreams.yaml "are all default: true"
+check_refused "$CHART"/ci/invalid/upstream-mapping-nothing.yaml "maps no names"
 
 echo "terraform: formatting and parsing"
 python - <<'PY'
@@ -125,7 +168,8 @@ checkov -d terraform --framework terraform --skip-download --quiet --compact --c
 echo "  terraform: $(tr ',' '\n' <<<"$TF_CHECKS" | wc -l) checks passed"
 K8S_CHECKS=CKV_K8S_8,CKV_K8S_9,CKV_K8S_10,CKV_K8S_12,CKV_K8S_13,CKV_K8S_14,CKV_K8S_16,CKV_K8S_17,CKV_K8S_18,CKV_K8S_19,CKV_K8S_20,CKV_K8S_22,CKV_K8S_23,CKV_K8S_25,CKV_K8S_28,CKV_K8S_29,CKV_K8S_30,CKV_K8S_31,CKV_K8S_37,CKV_K8S_40,CKV_K8S_41
 # With networkPolicy.enabled (the EKS values), every pod is also covered by a NetworkPolicy.
-for scan in "eks-values.yaml:$K8S_CHECKS,CKV2_K8S_6" "minimal-values.yaml:$K8S_CHECKS"; do
+for scan in "eks-values.yaml:$K8S_CHECKS,CKV2_K8S_6" "minimal-values.yaml:$K8S_CHECKS" \
+            "mirror-values.yaml:$K8S_CHECKS"; do
   rendered="$OUT/${scan%%:*}" checks="${scan#*:}"
   checkov -f "$rendered" --framework kubernetes --skip-download --quiet --compact --check "$checks" >/dev/null \
     || { checkov -f "$rendered" --framework kubernetes --skip-download --quiet --compact --check "$checks"; exit 1; }

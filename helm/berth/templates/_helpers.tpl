@@ -77,6 +77,62 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.migrations.enabled (not (or $c.database.url $c.database.existingSecret.name)) }}
 {{- fail "migrations.enabled runs against Postgres: set config.database, or disable migrations (SQLite migrates on start)" }}
 {{- end }}
+{{- include "berth.validateUpstreams" . }}
+{{- end }}
+
+{{/* config.upstreams: what Berth would refuse at start, refused here with the item named. */}}
+{{- define "berth.validateUpstreams" -}}
+{{- $names := list }}
+{{- $prefixes := list }}
+{{- $defaults := list }}
+{{- range $i, $u := .Values.config.upstreams }}
+{{- if not $u.name }}
+{{- fail (printf "config.upstreams[%d] has no name: every upstream needs a name and a url" $i) }}
+{{- end }}
+{{- $at := printf "config.upstreams[%d] (%s)" $i $u.name }}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]*$" $u.name) }}
+{{- fail (printf "%s: the name may hold only letters, digits, '.', '_' and '-' (it names the directory its Secrets are mounted in)" $at) }}
+{{- end }}
+{{- if has $u.name $names }}
+{{- fail (printf "config.upstreams: two upstreams are named %s" $u.name) }}
+{{- end }}
+{{- $names = append $names $u.name }}
+{{- if not $u.url }}
+{{- fail (printf "%s has no url: every upstream needs a name and a url" $at) }}
+{{- end }}
+{{- if not (regexMatch "^https?://[^/?#@ ]+/?$" $u.url) }}
+{{- fail (printf "%s: url %q is not http(s)://HOST[:PORT]" $at $u.url) }}
+{{- end }}
+{{- if and (not $u.prefix) (not $u.default) }}
+{{- fail (printf "%s maps no names: give it a prefix, or default: true" $at) }}
+{{- end }}
+{{- if $u.default }}
+{{- $defaults = append $defaults $u.name }}
+{{- end }}
+{{- with $u.prefix }}
+{{- $prefix := . }}
+{{- range $prefixes }}
+{{- if or (eq . $prefix) (hasPrefix (printf "%s/" .) $prefix) (hasPrefix (printf "%s/" $prefix) .) }}
+{{- fail (printf "%s: prefix %s overlaps another upstream's prefix %s" $at $prefix .) }}
+{{- end }}
+{{- end }}
+{{- $prefixes = append $prefixes $prefix }}
+{{- end }}
+{{- if and $u.username (not $u.existingSecret) }}
+{{- fail (printf "%s has a username but no password: set existingSecret, a Secret holding it" $at) }}
+{{- end }}
+{{- if and $u.existingSecret (not $u.username) }}
+{{- fail (printf "%s: existingSecret gives the password; set username too" $at) }}
+{{- end }}
+{{- end }}
+{{- if gt (len $defaults) 1 }}
+{{- fail (printf "config.upstreams: %s are all default: true; one upstream at most takes the names under no prefix" (join ", " $defaults)) }}
+{{- end }}
+{{- end }}
+
+{{/* Where an upstream's Secrets are mounted (credentials/password, ca/ca.crt under it). */}}
+{{- define "berth.upstreamDir" -}}
+/etc/berth/upstreams/{{ .name }}
 {{- end }}
 
 {{/* The environment every Berth container gets (the migrations Job too). */}}
