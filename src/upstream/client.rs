@@ -21,6 +21,8 @@ use crate::oci::{Digest, DigestAlgorithm};
 
 /// The largest manifest read from an upstream (the registry's own default limit).
 const MAX_MANIFEST: usize = 4 << 20;
+/// The largest tag list read from an upstream in one page.
+const MAX_TAG_LIST: usize = 16 << 20;
 /// Tokens are renewed this long before the upstream says they expire.
 const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 /// A token's lifetime when the token endpoint does not say (the token spec's default).
@@ -218,6 +220,36 @@ impl UpstreamClient {
             })
             .boxed();
         Ok(UpstreamBlob { size, body })
+    }
+
+    /// A page of `remote`'s tags: at most `n` (the upstream's own limit if it has a smaller
+    /// one), after `last`.
+    pub async fn tags(
+        &self,
+        remote: &str,
+        n: Option<u32>,
+        last: Option<&str>,
+    ) -> Result<Vec<String>, UpstreamError> {
+        let url = format!("{}/v2/{remote}/tags/list", self.base);
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(n) = n {
+            query.push(("n", n.to_string()));
+        }
+        if let Some(last) = last {
+            query.push(("last", last.to_owned()));
+        }
+        let response = self
+            .send(remote, |http| http.get(&url).query(&query))
+            .await?;
+        let response = self.expect_ok(response, &format!("tag list of {remote}"))?;
+        let body = self.read_bounded(response, MAX_TAG_LIST).await?;
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            tags: Option<Vec<String>>,
+        }
+        let list: TagList = serde_json::from_slice(&body)
+            .map_err(|e| self.invalid(format!("tag list of {remote}: {e}")))?;
+        Ok(list.tags.unwrap_or_default())
     }
 
     /// Sends a request for `remote`'s content, answering the upstream's challenge once.

@@ -47,6 +47,20 @@ fn pulled(source: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
     blobs_of(into.path())
 }
 
+/// `skopeo list-tags` of `repository` (a `docker://` reference), sorted.
+fn list_tags(repository: &str) -> Vec<String> {
+    let listed = ok(skopeo().args(["list-tags", "--tls-verify=false", repository]));
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let mut tags: Vec<String> = listed["Tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    tags.sort();
+    tags
+}
+
 async fn a_mirror_reads_through_with_credentials_and_serves_what_it_kept_when_the_upstream_is_down()
 {
     let files = AuthFiles::new();
@@ -56,6 +70,18 @@ async fn a_mirror_reads_through_with_credentials_and_serves_what_it_kept_when_th
     let (work, manifest_digest) =
         push_image(&format!("docker://{}/alice/app:v1", origin.addr), None);
     let pushed = blobs_of(&work.path().join("layout"));
+    // A second tag upstream, never pulled through the mirror.
+    let creds = format!("alice:{}", USERS[0].1);
+    ok(skopeo()
+        .args([
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .args(["--src-creds", &creds, "--dest-creds", &creds])
+        .arg(format!("docker://{}/alice/app:v1", origin.addr))
+        .arg(format!("docker://{}/alice/app:v2", origin.addr)));
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("origin-password");
     std::fs::write(&password, format!("{}\n", USERS[0].1)).unwrap();
@@ -102,6 +128,12 @@ tag_ttl = "1s"
     assert_eq!(sha256(&by_tag.body), manifest_digest);
     assert!(by_tag.header("warning").is_none());
 
+    // Tag lists are the upstream's, through both mirrors.
+    for via in [&near, &far] {
+        let tags = list_tags(&format!("docker://{}/origin/alice/app", via.addr));
+        assert_eq!(tags, ["v1", "v2"], "tags through {}", via.addr);
+    }
+
     // Mirrored names take no pushes; other names are the registry's own.
     let refused = c
         .call(Method::POST, "/v2/origin/alice/app/blobs/uploads/")
@@ -143,6 +175,11 @@ tag_ttl = "1s"
             assert_eq!(Some(&blob.body.to_vec()), pushed.get(name));
         }
     }
+    // Tags: what is kept, when the upstream cannot be asked.
+    assert_eq!(
+        list_tags(&format!("docker://{}/origin/alice/app", near.addr)),
+        ["v1"]
+    );
     let missing = manifest(&c, "/v2/origin/alice/app/manifests/v2").await;
     missing.expect(503, Some("UNAVAILABLE"));
     assert!(
@@ -286,7 +323,73 @@ async fn podman_pulls_docker_hub_names_through_a_registries_conf_mirror() {
     .expect(200, None);
 }
 
+/// The socket of the containerd that the Docker engine runs.
+const CONTAINERD_SOCKET: &str = "/var/run/docker/containerd/containerd.sock";
+
+/// containerd with a `hosts.toml` mirror for docker.io: it asks the mirror with
+/// `?ns=docker.io`, which routes the name to the upstream named `docker.io` (here one that
+/// maps nothing else but its prefix: only the `ns` parameter can reach it), and the content
+/// is kept under that upstream's prefix.
+async fn containerd_pulls_through_a_hosts_toml_mirror_routed_by_ns() {
+    require("ctr");
+    assert!(
+        Path::new(CONTAINERD_SOCKET).exists(),
+        "the Docker engine's containerd answers at {CONTAINERD_SOCKET}"
+    );
+    let origin = Server::start();
+    let (_work, manifest_digest) =
+        push_image(&format!("docker://{}/library/hosted:v1", origin.addr), None);
+    let dir = tempfile::tempdir().unwrap();
+    let near = mirror(
+        dir.path(),
+        &format!(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"http://{}\"\nprefix = \"hub\"\n",
+            origin.addr
+        ),
+        &[],
+    );
+    let hosts = dir.path().join("hosts");
+    std::fs::create_dir_all(hosts.join("docker.io")).unwrap();
+    std::fs::write(
+        hosts.join("docker.io/hosts.toml"),
+        format!(
+            "server = \"https://registry-1.docker.io\"\n\
+             [host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            near.addr
+        ),
+    )
+    .unwrap();
+    let namespace = format!("berth-test-{}", unique_seed());
+    let ctr = || {
+        let mut c = std::process::Command::new("ctr");
+        c.args(["--address", CONTAINERD_SOCKET, "--namespace", &namespace]);
+        c
+    };
+    let image = "docker.io/library/hosted:v1";
+    ok(ctr()
+        .args(["images", "pull", "--hosts-dir"])
+        .arg(&hosts)
+        .arg(image));
+    let listed = ok(ctr().args(["images", "list", "--quiet"]));
+    let checked = ok(ctr().args(["images", "check"]));
+    ok(ctr().args(["images", "rm", "--sync", image]));
+    assert!(listed.contains(image), "{listed}");
+    assert!(
+        checked.contains(manifest_digest.as_str()) && checked.contains("complete"),
+        "{checked}"
+    );
+    // Kept under the upstream's prefix: served with the upstream gone.
+    drop(origin);
+    manifest(
+        &near.client(),
+        &format!("/v2/hub/library/hosted/manifests/{manifest_digest}"),
+    )
+    .await
+    .expect(200, None);
+}
+
 crate::harness::trials! {
+    containerd_pulls_through_a_hosts_toml_mirror_routed_by_ns.needs(Docker);
     podman_pulls_docker_hub_names_through_a_registries_conf_mirror;
     a_mirror_reads_through_with_credentials_and_serves_what_it_kept_when_the_upstream_is_down;
     concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_once.needs(SharedState);

@@ -164,16 +164,21 @@ pub(super) async fn list_tags(call: &Call) -> ApiResult<Response> {
         Some(0) => {
             // Still answers 404 for an unknown repository.
             call.registry
-                .tags(
+                .pull_tags(
                     &name,
                     Page {
                         limit: Some(0),
                         after: None,
                     },
+                    containerd_ns(call),
                 )
                 .await?
         }
-        _ => call.registry.tags(&name, page_plus_one(&listing)).await?,
+        _ => {
+            call.registry
+                .pull_tags(&name, page_plus_one(&listing), containerd_ns(call))
+                .await?
+        }
     };
     let more = truncate_page(&mut tags, &listing);
     let mut r = json(

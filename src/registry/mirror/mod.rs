@@ -6,7 +6,7 @@
 
 use super::Registry;
 use crate::error::RegistryResult;
-use crate::metadata::{BlobRecord, ManifestRecord};
+use crate::metadata::{BlobRecord, ManifestRecord, Page};
 use crate::oci::{Digest, Reference, RepositoryName};
 use crate::storage::ByteStream;
 
@@ -101,5 +101,21 @@ impl Registry {
         }
         let _ = (ns, read);
         Ok(PulledBlob::Stored(self.blob(repository, digest).await?))
+    }
+
+    /// The tags of `repository` for a listing: the upstream's when it maps to one (what is
+    /// kept here when the upstream cannot be asked).
+    pub async fn pull_tags(
+        &self,
+        repository: &RepositoryName,
+        page: Page<'_>,
+        ns: Option<&str>,
+    ) -> RegistryResult<Vec<String>> {
+        #[cfg(feature = "mirror")]
+        if let Some((mirror, mirrored)) = self.mirror_route(repository.as_str(), ns) {
+            return self.pull_tags_through(mirror, mirrored, page).await;
+        }
+        let _ = ns;
+        self.tags(repository, page).await
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use super::{BlobRead, PulledBlob, PulledManifest};
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::instruments;
-use crate::metadata::{BlobRecord, ManifestRecord};
+use crate::metadata::{BlobRecord, ManifestRecord, Page};
 use crate::oci::{Digest, Reference, RepositoryName, media_type};
 use crate::registry::Registry;
 use crate::registry::uploads::{BodyStream, ChunkSpec};
@@ -216,6 +216,36 @@ impl Registry {
             record,
             stale: None,
         })
+    }
+
+    /// [`Registry::pull_tags`] with the mirror in this build.
+    pub(super) async fn pull_tags_through(
+        &self,
+        mirror: &Mirror,
+        mirrored: Mirrored<'_>,
+        page: Page<'_>,
+    ) -> RegistryResult<Vec<String>> {
+        let client = mirror.client(&mirrored)?;
+        match client
+            .tags(&mirrored.remote_name, page.limit, page.after)
+            .await
+        {
+            Ok(tags) => Ok(tags),
+            Err(UpstreamError::NotFound { .. }) => Err(RegistryError::new(
+                ErrorCode::NameUnknown,
+                format!(
+                    "upstream {} has no repository {}",
+                    mirrored.upstream.name, mirrored.remote_name
+                ),
+            )),
+            Err(e) => {
+                tracing::warn!(upstream = %mirrored.upstream.name, repository = %mirrored.local_name, error = %e, "listing the tags kept here: the upstream could not be asked");
+                let local = RepositoryName::parse(&mirrored.local_name)?;
+                self.tags(&local, page)
+                    .await
+                    .map_err(|_| unavailable(&mirrored, &e))
+            }
+        }
     }
 
     /// Stores a manifest read from an upstream under `reference` (its tag, if by tag).
