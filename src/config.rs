@@ -351,6 +351,8 @@ settings! {
     sparse_manifests: bool, env = "BERTH_SPARSE_MANIFESTS", value_name = "BOOL",
     /// Refuse tag and catalog pages with n above this [default: no limit].
     max_page_size: u32, env = "BERTH_MAX_PAGE_SIZE", value_name = "N",
+    /// How long a mirror's claim on fetching a blob lasts unless renewed (others take over a dead fetcher's after it) [default: 30s].
+    mirror_fetch_lease: Span, env = "BERTH_MIRROR_FETCH_LEASE", value_name = "DURATION",
     /// Send Docker-Content-Digest on manifest GETs by tag [default: true].
     tag_digest_header: bool, env = "BERTH_TAG_DIGEST_HEADER", value_name = "BOOL",
     /// Send Link headers for further pages [default: true].
@@ -652,6 +654,10 @@ impl Settings {
                 .unwrap_or(defaults.single_request_uploads),
             sparse_manifests: self.sparse_manifests.unwrap_or(defaults.sparse_manifests),
             max_page_size: self.max_page_size,
+            mirror_fetch_lease: self
+                .mirror_fetch_lease
+                .map_or(defaults.mirror_fetch_lease, |s| s.0)
+                .max(Duration::from_secs(1)),
         };
         let http_defaults = HttpOptions::default();
         let http = HttpOptions {

@@ -69,6 +69,9 @@ pub struct RegistryOptions {
     pub sparse_manifests: bool,
     /// Refuse tag and catalog pages larger than this (`n` above it gets 400).
     pub max_page_size: Option<u32>,
+    /// How long a mirror's claim on fetching a blob lasts unless renewed: when its holder
+    /// dies, pulls waiting for it take the fetch over this long after its last renewal.
+    pub mirror_fetch_lease: Duration,
 }
 
 impl Default for RegistryOptions {
@@ -88,6 +91,7 @@ impl Default for RegistryOptions {
             single_request_uploads: true,
             sparse_manifests: false,
             max_page_size: None,
+            mirror_fetch_lease: Duration::from_secs(30),
         }
     }
 }
@@ -109,6 +113,7 @@ impl std::fmt::Debug for RegistryOptions {
             .field("single_request_uploads", &self.single_request_uploads)
             .field("sparse_manifests", &self.sparse_manifests)
             .field("max_page_size", &self.max_page_size)
+            .field("mirror_fetch_lease", &self.mirror_fetch_lease)
             .finish()
     }
 }

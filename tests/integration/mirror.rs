@@ -263,6 +263,61 @@ async fn concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_on
     );
 }
 
+/// A replica killed while it holds a fetch claim (its upstream GET unanswered) leaves a lease
+/// that runs out; a pull waiting on another replica then takes the fetch over, and gets the
+/// blob whole.
+async fn a_fetch_whose_replica_died_is_taken_over_when_its_lease_runs_out() {
+    let (origin, origin_admin) = observed_server(&[("BERTH_REDIRECT", "false")]);
+    let layer = random_bytes(4 << 20, unique_seed());
+    let digest = origin.client().push_blob("library/taken", &layer).await;
+    let proxy = TcpProxy::start(origin.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = mirror(
+        dir.path(),
+        &format!(
+            "[[upstream]]\nname = \"origin\"\nurl = \"http://127.0.0.1:{}\"\ndefault = true\n",
+            proxy.port
+        ),
+        &[("BERTH_MIRROR_FETCH_LEASE", "2s")],
+    );
+    let b = a.sibling();
+    let before = scrape(&origin_admin).await;
+    let path = format!("/v2/library/taken/blobs/{digest}");
+    // A claims the fetch; its GET reaches a proxy that never answers.
+    proxy.stall();
+    let stuck = {
+        let request = a.client().request(Method::GET, &path);
+        // Cut when A is killed: its outcome is no answer.
+        tokio::spawn(async move { request.send().await.is_err() })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    a.kill();
+    assert!(
+        stuck.await.unwrap(),
+        "A answered nothing: it died holding the claim"
+    );
+    proxy.enable();
+    let started = std::time::Instant::now();
+    let taken = b.client().get(&path).await;
+    taken.expect(200, None);
+    assert_eq!(sha256(&taken.body), digest, "the blob comes whole");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(800),
+        "B waited for A's lease instead of fetching at once ({:?})",
+        started.elapsed()
+    );
+    let fetched = metric_sum(
+        &scrape(&origin_admin).await,
+        "berth_http_requests_total",
+        &[("operation", "get_blob"), ("status", "200")],
+    ) - metric_sum(
+        &before,
+        "berth_http_requests_total",
+        &[("operation", "get_blob"), ("status", "200")],
+    );
+    assert_eq!(fetched, 1.0, "only B's fetch reached the upstream");
+}
+
 /// podman with Docker Hub mirrored by Berth in `registries.conf` (what Docker's
 /// `registry-mirrors` does too): `docker.io/library/NAME` is asked of the mirror as
 /// `library/NAME`, which the default upstream serves. Docker Hub is not reachable here, so the
@@ -393,4 +448,5 @@ crate::harness::trials! {
     podman_pulls_docker_hub_names_through_a_registries_conf_mirror;
     a_mirror_reads_through_with_credentials_and_serves_what_it_kept_when_the_upstream_is_down;
     concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_once.needs(SharedState);
+    a_fetch_whose_replica_died_is_taken_over_when_its_lease_runs_out.needs(SharedState);
 }

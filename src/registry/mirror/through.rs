@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use std::future::Future;
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::{BlobRead, PulledBlob, PulledManifest};
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
@@ -32,8 +34,6 @@ use crate::upstream::{
     ManifestRequest, Mirrored, UpstreamClient, UpstreamError, UpstreamManifest, Upstreams,
 };
 
-/// How long a fetch claim lasts unless renewed; a fetcher renews it every third of this.
-const FETCH_LEASE: Duration = Duration::from_secs(30);
 /// How often a pull waiting for another fetch looks whether the blob has been stored.
 const WAIT_POLL: Duration = Duration::from_millis(200);
 /// Longest a pull waits for someone else's fetch before answering 503.
@@ -345,7 +345,7 @@ impl Registry {
         loop {
             let owner = uuid::Uuid::new_v4().to_string();
             let now = self.now();
-            let lease = i64::try_from(FETCH_LEASE.as_millis()).unwrap_or(i64::MAX);
+            let lease = self.fetch_lease_millis();
             if self
                 .inner
                 .metadata
@@ -394,6 +394,10 @@ impl Registry {
                 return Ok(PulledBlob::Stored(blob));
             }
         }
+    }
+
+    fn fetch_lease_millis(&self) -> i64 {
+        i64::try_from(self.inner.options.mirror_fetch_lease.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// `digest` linked into `local`, linking it from another repository if it is stored
@@ -449,8 +453,9 @@ impl Registry {
         }
     }
 
-    /// Opens the upstream GET (its failure is this request's answer) and runs the rest of the
-    /// fetch in a task of its own.
+    /// Runs the fetch `owner` claimed in a task of its own, renewing the claim from now on;
+    /// the upstream's answer to the GET (its failure is this request's answer) comes back
+    /// here, and then the bytes as they arrive.
     async fn start_fetch(
         &self,
         client: &UpstreamClient,
@@ -459,25 +464,34 @@ impl Registry {
         digest: &Digest,
         owner: String,
     ) -> RegistryResult<PulledBlob> {
-        let upstream = mirrored.upstream.name.clone();
-        let blob = match client.blob(&mirrored.remote_name, digest).await {
-            Ok(blob) => blob,
-            Err(e) => {
-                self.release_fetch(digest, &owner).await;
-                counted(instruments::MIRROR_BLOB_FETCHES, &upstream, "failed");
-                return Err(self.blob_unavailable(mirrored, digest, e));
-            }
-        };
-        let size = blob.size;
+        let (opened, opening) = oneshot::channel();
         let (tee, teed) = mpsc::channel::<Teed>(TEE_CHUNKS);
+        let fetch = Fetch {
+            client: client.clone(),
+            remote: mirrored.remote_name.clone(),
+            local,
+            digest: digest.clone(),
+            owner,
+        };
         let registry = self.clone();
-        let digest = digest.clone();
         tokio::spawn(async move {
             registry
-                .fetch(&upstream, local, &digest, &owner, blob, tee)
+                .renewing_claim(&fetch, registry.fetch(&fetch, opened, tee))
                 .await;
-            registry.release_fetch(&digest, &owner).await;
+            registry.release_fetch(&fetch.digest, &fetch.owner).await;
         });
+        let size = match opening.await {
+            Ok(Ok(size)) => size,
+            Ok(Err(e)) => {
+                counted(
+                    instruments::MIRROR_BLOB_FETCHES,
+                    &mirrored.upstream.name,
+                    "failed",
+                );
+                return Err(self.blob_unavailable(mirrored, digest, e));
+            }
+            Err(_) => return Err(RegistryError::internal("a mirror fetch ended unopened")),
+        };
         let failed = |why: String| crate::storage::StorageError::Io(std::io::Error::other(why));
         let body = futures::stream::unfold(Some(teed), move |teed| async move {
             let mut teed = teed?;
@@ -499,17 +513,49 @@ impl Registry {
         })
     }
 
-    /// Streams `blob` into storage as `digest` of `local`, renewing the claim meanwhile and
-    /// teeing the bytes to `tee` (its last chunk only once the blob is committed).
+    /// Runs `work` while renewing `fetch`'s claim every third of the lease (two renewals can
+    /// fail before it runs out).
+    async fn renewing_claim<T>(&self, fetch: &Fetch, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut renewal = tokio::time::interval(self.inner.options.mirror_fetch_lease / 3);
+        renewal.tick().await;
+        let lease = self.fetch_lease_millis();
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = renewal.tick() => {
+                    let now = self.now();
+                    if let Err(e) = self.inner.metadata
+                        .claim_mirror_fetch(&fetch.digest, &fetch.local, &fetch.owner, now, now.saturating_add(lease))
+                        .await
+                    {
+                        tracing::warn!(digest = %fetch.digest, error = %e, "could not renew a mirror fetch claim");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the upstream for the blob (telling `opened` how that went), streams it into
+    /// storage and tees the bytes to `tee` (its last chunk only once the blob is committed).
     async fn fetch(
         &self,
-        upstream: &str,
-        local: RepositoryName,
-        digest: &Digest,
-        owner: &str,
-        blob: crate::upstream::UpstreamBlob,
+        fetch: &Fetch,
+        opened: oneshot::Sender<Result<Option<u64>, UpstreamError>>,
         tee: mpsc::Sender<Teed>,
     ) {
+        let upstream = fetch.client.settings().name.as_str();
+        let (local, digest) = (&fetch.local, &fetch.digest);
+        let blob = match fetch.client.blob(&fetch.remote, digest).await {
+            Ok(blob) => {
+                let _ = opened.send(Ok(blob.size));
+                blob
+            }
+            Err(e) => {
+                let _ = opened.send(Err(e));
+                return;
+            }
+        };
         let tee = std::sync::Arc::new(tokio::sync::Mutex::new(Tee {
             client: Some(tee),
             held: None,
@@ -532,33 +578,17 @@ impl Registry {
                 })
                 .boxed()
         };
-        let stored = self.upload_blob(
-            &local,
-            digest,
-            ChunkSpec {
-                start: None,
-                length: blob.size,
-            },
-            &mut body,
-        );
-        tokio::pin!(stored);
-        let mut renewal = tokio::time::interval(FETCH_LEASE / 3);
-        renewal.tick().await;
-        let lease = i64::try_from(FETCH_LEASE.as_millis()).unwrap_or(i64::MAX);
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut stored => break outcome,
-                _ = renewal.tick() => {
-                    let now = self.now();
-                    if let Err(e) = self.inner.metadata
-                        .claim_mirror_fetch(digest, &local, owner, now, now.saturating_add(lease))
-                        .await
-                    {
-                        tracing::warn!(%digest, error = %e, "could not renew a mirror fetch claim");
-                    }
-                }
-            }
-        };
+        let outcome = self
+            .upload_blob(
+                local,
+                digest,
+                ChunkSpec {
+                    start: None,
+                    length: blob.size,
+                },
+                &mut body,
+            )
+            .await;
         let bytes = fetched_bytes.load(std::sync::atomic::Ordering::Relaxed);
         metrics::counter!(instruments::MIRROR_FETCHED_BYTES, "upstream" => upstream.to_owned())
             .increment(bytes);
@@ -579,6 +609,15 @@ impl Registry {
             }
         }
     }
+}
+
+/// One blob fetch: what to ask which upstream for, where to keep it, and who claimed it.
+struct Fetch {
+    client: UpstreamClient,
+    remote: String,
+    local: RepositoryName,
+    digest: Digest,
+    owner: String,
 }
 
 /// The client side of a fetch: chunks pass one behind, so the last is held until the blob is
