@@ -10,7 +10,7 @@
 berth_services_start() {
   local need=()
   for tool in skopeo podman buildah busybox haproxy curl psql tar gzip dockerd ctr runuser \
-              debootstrap docker-compose objcopy; do
+              debootstrap docker-compose objcopy docker-registry; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
   done
   if [ "${#need[@]}" -gt 0 ]; then
@@ -20,7 +20,7 @@ berth_services_start() {
     apt-get install -y -qq --no-install-recommends \
       skopeo podman buildah busybox-static haproxy uidmap fuse-overlayfs slirp4netns curl \
       postgresql-client tar gzip ca-certificates docker.io containerd util-linux \
-      debootstrap docker-compose binutils >/dev/null
+      debootstrap docker-compose binutils docker-registry >/dev/null
   fi
   if ! python3 -c 'import oras.client, helm_python' >/dev/null 2>&1; then
     echo "installing oras-py and helm-python-sdk" >&2

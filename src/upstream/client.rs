@@ -199,7 +199,17 @@ impl UpstreamClient {
             return Ok(None);
         }
         let response = self.expect_ok(response, &format!("blob {digest} of {remote}"))?;
-        Ok(response.content_length())
+        // The header, not `content_length()`: that is the body's length, none for a HEAD.
+        let size = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        size.map(Some).ok_or_else(|| {
+            self.invalid(format!(
+                "HEAD of blob {digest} of {remote} named no Content-Length"
+            ))
+        })
     }
 
     /// A blob's bytes as they arrive (redirects to storage followed, credentials not sent

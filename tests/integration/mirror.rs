@@ -263,6 +263,83 @@ async fn concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_on
     );
 }
 
+/// CNCF Distribution (Debian's `docker-registry`) as the upstream, behind htpasswd: Basic
+/// credentials from a file, manifests and blobs read through, and a blob `HEAD` answered from
+/// the upstream's `HEAD` without fetching.
+async fn a_mirror_reads_through_a_distribution_upstream_with_htpasswd() {
+    require("docker-registry");
+    let files = AuthFiles::new();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("distribution.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: error}}\n\
+             storage: {{filesystem: {{rootdirectory: {}}}}}\n\
+             auth: {{htpasswd: {{realm: distribution, path: {}}}}}\n\
+             http: {{addr: {addr}}}\n",
+            dir.path().join("storage").display(),
+            files.path("htpasswd"),
+        ),
+    )
+    .unwrap();
+    let mut distribution = std::process::Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .env_remove("AWS_CA_BUNDLE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("distribution.log")).unwrap())
+        .spawn()
+        .unwrap();
+    eventually(
+        "docker-registry listens",
+        std::time::Duration::from_secs(10),
+        async || std::net::TcpStream::connect(&addr).is_ok(),
+    )
+    .await;
+    let (work, manifest_digest) = push_image(&format!("docker://{addr}/alice/app:v1"), None);
+    let pushed = blobs_of(&work.path().join("layout"));
+    let password = dir.path().join("password");
+    std::fs::write(&password, USERS[0].1).unwrap();
+    let near = mirror(
+        dir.path(),
+        &format!(
+            "[[upstream]]\nname = \"distribution\"\nurl = \"http://{addr}\"\nprefix = \"dist\"\n\
+             username = \"alice\"\npassword_file = \"{}\"\n",
+            password.display()
+        ),
+        &[],
+    );
+    let c = near.client();
+    let by_tag = manifest(&c, "/v2/dist/alice/app/manifests/v1").await;
+    by_tag.expect(200, None);
+    assert_eq!(sha256(&by_tag.body), manifest_digest);
+    let parsed: serde_json::Value = serde_json::from_slice(&by_tag.body).unwrap();
+    let layer = parsed["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let head = c
+        .call(Method::HEAD, &format!("/v2/dist/alice/app/blobs/{layer}"))
+        .await;
+    head.expect(200, None);
+    let hex = layer.trim_start_matches("sha256:");
+    assert_eq!(
+        head.header("content-length"),
+        Some(pushed[hex].len().to_string().as_str())
+    );
+    assert!(
+        near.deployment
+            .log_lines("fetched a blob from upstream")
+            .is_empty(),
+        "a HEAD fetched nothing"
+    );
+    let through = pulled(&format!("docker://{}/dist/alice/app:v1", near.addr));
+    for (name, bytes) in &through {
+        assert_eq!(pushed.get(name), Some(bytes), "blob {name} as pushed");
+    }
+    let _ = distribution.kill();
+    let _ = distribution.wait();
+}
+
 /// A replica killed while it holds a fetch claim (its upstream GET unanswered) leaves a lease
 /// that runs out; a pull waiting on another replica then takes the fetch over, and gets the
 /// blob whole.
@@ -444,6 +521,7 @@ async fn containerd_pulls_through_a_hosts_toml_mirror_routed_by_ns() {
 }
 
 crate::harness::trials! {
+    a_mirror_reads_through_a_distribution_upstream_with_htpasswd;
     containerd_pulls_through_a_hosts_toml_mirror_routed_by_ns.needs(Docker);
     podman_pulls_docker_hub_names_through_a_registries_conf_mirror;
     a_mirror_reads_through_with_credentials_and_serves_what_it_kept_when_the_upstream_is_down;
