@@ -144,7 +144,15 @@ tag_ttl = "1s"
         "{:?}",
         refused.body
     );
-    c.push_image("own/app", "v1", unique_seed()).await;
+    let own = c.push_image("own/app", "v1", unique_seed()).await;
+    // A digest asked through a mirrored name does not reach the registry's own blobs when
+    // the upstream does not have it.
+    c.get(&format!(
+        "/v2/origin/alice/app/blobs/{}",
+        sha256(&own.layer)
+    ))
+    .await
+    .expect(404, Some("BLOB_UNKNOWN"));
 
     // The origin goes away: what was kept is still served, the tag (past its TTL) marked
     // stale, and what was never fetched is a 503 naming the upstream.

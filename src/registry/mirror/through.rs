@@ -318,7 +318,7 @@ impl Registry {
         read: BlobRead,
     ) -> RegistryResult<PulledBlob> {
         let local = RepositoryName::parse(&mirrored.local_name)?;
-        if let Some(blob) = self.kept_blob(&local, digest).await? {
+        if let Some(blob) = self.inner.metadata.blob(&local, digest).await? {
             return Ok(PulledBlob::Stored(blob));
         }
         if digest.algorithm().is_none() {
@@ -352,8 +352,9 @@ impl Registry {
                 .claim_mirror_fetch(digest, &local, &owner, now, now.saturating_add(lease))
                 .await?
             {
-                // Someone may have finished between the look above and the claim.
-                if let Some(blob) = self.kept_blob(&local, digest).await? {
+                // Someone may have finished between the look above and the claim, or the
+                // bytes may be here under another name.
+                if let Some(blob) = self.kept_blob(client, &mirrored, &local, digest).await? {
                     self.release_fetch(digest, &owner).await;
                     return Ok(PulledBlob::Stored(blob));
                 }
@@ -368,7 +369,7 @@ impl Registry {
                             chunk?;
                         }
                     }
-                    return match self.kept_blob(&local, digest).await? {
+                    return match self.inner.metadata.blob(&local, digest).await? {
                         Some(blob) => Ok(PulledBlob::Stored(blob)),
                         None => Err(RegistryError::unavailable(format!(
                             "blob {digest} from upstream {} was not stored",
@@ -390,7 +391,7 @@ impl Registry {
                 )));
             }
             tokio::time::sleep(WAIT_POLL).await;
-            if let Some(blob) = self.kept_blob(&local, digest).await? {
+            if let Some(blob) = self.inner.metadata.blob(&local, digest).await? {
                 return Ok(PulledBlob::Stored(blob));
             }
         }
@@ -400,10 +401,14 @@ impl Registry {
         i64::try_from(self.inner.options.mirror_fetch_lease.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// `digest` linked into `local`, linking it from another repository if it is stored
-    /// under another name only.
+    /// `digest` linked into `local`; or, when its bytes are stored under another name and
+    /// the upstream confirms it has the blob, linked now without fetching. Only with that
+    /// confirmation: a digest pulled through a mirrored name must not reach bytes that only
+    /// the registry's own (perhaps private) repositories hold.
     async fn kept_blob(
         &self,
+        client: &UpstreamClient,
+        mirrored: &Mirrored<'_>,
         local: &RepositoryName,
         digest: &Digest,
     ) -> RegistryResult<Option<BlobRecord>> {
@@ -413,11 +418,16 @@ impl Registry {
         if self.inner.metadata.stored_blob(digest).await?.is_none() {
             return Ok(None);
         }
-        Ok(self
-            .inner
-            .metadata
-            .mount_blob(local, digest, None, self.now())
-            .await?)
+        // Unknown or unanswered: fetch it (a fetch of bytes already stored costs the
+        // transfer, not the space: the commit finds the stored blob).
+        match client.blob_size(&mirrored.remote_name, digest).await {
+            Ok(Some(_)) => Ok(self
+                .inner
+                .metadata
+                .mount_blob(local, digest, None, self.now())
+                .await?),
+            Ok(None) | Err(_) => Ok(None),
+        }
     }
 
     fn blob_unavailable(
