@@ -154,13 +154,27 @@ tag_ttl = "1s"
     .await
     .expect(404, Some("BLOB_UNKNOWN"));
 
+    // The tag moves upstream: after its TTL, the next pull sees the new manifest (and the old
+    // one stays kept by digest).
+    let (_moved_work, moved_digest) =
+        push_image(&format!("docker://{}/alice/app:v1", origin.addr), None);
+    assert_ne!(moved_digest, manifest_digest);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let moved = manifest(&c, "/v2/origin/alice/app/manifests/v1").await;
+    moved.expect(200, None);
+    assert_eq!(
+        sha256(&moved.body),
+        moved_digest,
+        "the moved tag is seen after its TTL"
+    );
+
     // The origin goes away: what was kept is still served, the tag (past its TTL) marked
     // stale, and what was never fetched is a 503 naming the upstream.
     origin.kill();
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     let stale = manifest(&c, "/v2/origin/alice/app/manifests/v1").await;
     stale.expect(200, None);
-    assert_eq!(sha256(&stale.body), manifest_digest);
+    assert_eq!(sha256(&stale.body), moved_digest);
     let warning = stale.header("warning").unwrap_or_default();
     assert!(
         warning.starts_with("110 ") && warning.contains("upstream origin"),
@@ -271,6 +285,44 @@ async fn concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_on
     );
 }
 
+/// A Berth serving TLS with a private CA in token mode as the upstream (Docker Hub's
+/// challenge flow): the mirror trusts the CA from `ca_file`, gets tokens with the
+/// credentials, and skopeo pulls the image through it whole.
+async fn a_mirror_reads_through_a_tls_upstream_in_token_mode() {
+    let files = AuthFiles::new();
+    let setup = crate::tls::TlsSetup::new(&["127.0.0.1"]);
+    let auth = files.token_settings();
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let origin = setup.start(&auth);
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::copy(setup.ca(), certs.path().join("ca.crt")).unwrap();
+    let (work, manifest_digest) = push_image(
+        &format!("docker://{}/alice/app:v1", origin.addr),
+        Some(certs.path()),
+    );
+    let pushed = blobs_of(&work.path().join("layout"));
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, USERS[0].1).unwrap();
+    let near = mirror(
+        dir.path(),
+        &format!(
+            "[[upstream]]\nname = \"secure\"\nurl = \"https://{}\"\nprefix = \"secure\"\n\
+             username = \"alice\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
+            origin.addr,
+            password.display(),
+            setup.ca().display()
+        ),
+        &[],
+    );
+    let through = pulled(&format!("docker://{}/secure/alice/app:v1", near.addr));
+    assert!(through.len() >= 3, "{:?}", through.keys());
+    for (name, bytes) in &through {
+        assert_eq!(pushed.get(name), Some(bytes), "blob {name} as pushed");
+    }
+    assert!(through.contains_key(manifest_digest.trim_start_matches("sha256:")));
+}
+
 /// CNCF Distribution (Debian's `docker-registry`) as the upstream, behind htpasswd: Basic
 /// credentials from a file, manifests and blobs read through, and a blob `HEAD` answered from
 /// the upstream's `HEAD` without fetching.
@@ -346,6 +398,155 @@ async fn a_mirror_reads_through_a_distribution_upstream_with_htpasswd() {
     }
     let _ = distribution.kill();
     let _ = distribution.wait();
+}
+
+/// What the garbage upstream answers for a path: status, extra headers, the body, and how
+/// many of its bytes are sent before the connection is closed.
+struct Canned {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    sent: usize,
+}
+
+/// An upstream that answers each request with what `routes` holds for its path (404 for
+/// others), one request per connection.
+async fn canned_upstream(
+    routes: std::collections::HashMap<String, Canned>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let routes = std::sync::Arc::new(routes);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let routes = std::sync::Arc::clone(&routes);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let mut words = head.split_whitespace();
+                let method = words.next().unwrap_or_default().to_owned();
+                let path = words.next().unwrap_or_default();
+                let path = path.split('?').next().unwrap_or_default();
+                let missing = Canned {
+                    status: 404,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    sent: 0,
+                };
+                let canned = routes.get(path).unwrap_or(&missing);
+                let mut answer = format!(
+                    "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    canned.status,
+                    canned.body.len()
+                );
+                for (name, value) in &canned.headers {
+                    answer.push_str(&format!("{name}: {value}\r\n"));
+                }
+                answer.push_str("\r\n");
+                let _ = socket.write_all(answer.as_bytes()).await;
+                if method != "HEAD" {
+                    let _ = socket.write_all(&canned.body[..canned.sent]).await;
+                }
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream answering garbage — a blob whose bytes are not its digest, a body cut short,
+/// a manifest that is not the one asked for — gets no client a whole wrong body, commits
+/// nothing, and is answered as unavailable.
+async fn an_upstream_answering_garbage_never_gets_a_wrong_blob_committed_or_served() {
+    let right = random_bytes(3 << 20, unique_seed());
+    let wrong_digest = sha256(&right);
+    let short = random_bytes(3 << 20, unique_seed());
+    let short_digest = sha256(&short);
+    let manifest_digest = sha256(b"the manifest that was asked for");
+    let blob = |body: Vec<u8>, sent: usize| Canned {
+        status: 200,
+        headers: vec![("Content-Type", "application/octet-stream".into())],
+        body,
+        sent,
+    };
+    let mut routes = std::collections::HashMap::new();
+    routes.insert(
+        "/v2/".to_owned(),
+        Canned {
+            status: 200,
+            headers: Vec::new(),
+            body: b"{}".to_vec(),
+            sent: 2,
+        },
+    );
+    // Other bytes of the same length under the digest.
+    let other = random_bytes(right.len(), unique_seed());
+    routes.insert(
+        format!("/v2/library/bad/blobs/{wrong_digest}"),
+        blob(other.clone(), other.len()),
+    );
+    // Half the bytes, then the connection closes.
+    routes.insert(
+        format!("/v2/library/bad/blobs/{short_digest}"),
+        blob(short.clone(), short.len() / 2),
+    );
+    let not_it = b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a\",\"size\":2},\"layers\":[]}".to_vec();
+    routes.insert(
+        format!("/v2/library/bad/manifests/{manifest_digest}"),
+        Canned {
+            status: 200,
+            headers: vec![(
+                "Content-Type",
+                "application/vnd.oci.image.manifest.v1+json".into(),
+            )],
+            sent: not_it.len(),
+            body: not_it,
+        },
+    );
+    let upstream = canned_upstream(routes).await;
+    let dir = tempfile::tempdir().unwrap();
+    let near = mirror(
+        dir.path(),
+        &format!("[[upstream]]\nname = \"garbage\"\nurl = \"http://{upstream}\"\ndefault = true\n"),
+        &[],
+    );
+    let c = near.client();
+    for digest in [&wrong_digest, &short_digest] {
+        let path = format!("/v2/library/bad/blobs/{digest}");
+        for attempt in 0..2 {
+            let answer = c.request(Method::GET, &path).send().await.unwrap();
+            if answer.status() == 200 {
+                let body = answer.bytes().await;
+                assert!(
+                    body.is_err(),
+                    "attempt {attempt}: a whole body was answered for {digest}"
+                );
+            } else {
+                assert!(answer.status().is_server_error(), "{}", answer.status());
+            }
+        }
+    }
+    assert!(
+        near.deployment
+            .log_lines("fetched a blob from upstream")
+            .is_empty(),
+        "nothing was committed"
+    );
+    let answer = manifest(&c, &format!("/v2/library/bad/manifests/{manifest_digest}")).await;
+    answer.expect(503, Some("UNAVAILABLE"));
+    assert!(
+        String::from_utf8_lossy(&answer.body).contains("upstream garbage"),
+        "{:?}",
+        answer.body
+    );
 }
 
 /// A replica killed while it holds a fetch claim (its upstream GET unanswered) leaves a lease
@@ -529,6 +730,8 @@ async fn containerd_pulls_through_a_hosts_toml_mirror_routed_by_ns() {
 }
 
 crate::harness::trials! {
+    a_mirror_reads_through_a_tls_upstream_in_token_mode;
+    an_upstream_answering_garbage_never_gets_a_wrong_blob_committed_or_served;
     a_mirror_reads_through_a_distribution_upstream_with_htpasswd;
     containerd_pulls_through_a_hosts_toml_mirror_routed_by_ns.needs(Docker);
     podman_pulls_docker_hub_names_through_a_registries_conf_mirror;
