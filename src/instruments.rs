@@ -70,6 +70,8 @@ pub const STORAGE_LOW: &str = "berth_storage_low";
 pub const UPLOADS_REFUSED_FOR_SPACE: &str = "berth_uploads_refused_for_space_total";
 /// Manifest reads through a mirror, by upstream and outcome.
 pub const MIRROR_MANIFESTS: &str = "berth_mirror_manifest_reads_total";
+/// Blob pulls of mirrored names answered from what is kept, by upstream.
+pub const MIRROR_BLOB_HITS: &str = "berth_mirror_blob_hits_total";
 /// Blob fetches from upstreams, by upstream and outcome.
 pub const MIRROR_BLOB_FETCHES: &str = "berth_mirror_blob_fetches_total";
 /// Bytes fetched from upstreams into storage, by upstream.
@@ -104,6 +106,10 @@ pub fn describe() {
     describe_counter!(
         MIRROR_MANIFESTS,
         "Manifest reads of mirrored names, by upstream and outcome (cached, revalidated, fetched, stale, missing, failed)"
+    );
+    describe_counter!(
+        MIRROR_BLOB_HITS,
+        "Blob pulls of mirrored names answered from what is kept, by upstream"
     );
     describe_counter!(
         MIRROR_BLOB_FETCHES,

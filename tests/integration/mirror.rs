@@ -83,6 +83,7 @@ async fn a_mirror_reads_through_with_credentials_and_serves_what_it_kept_when_th
         .arg(format!("docker://{}/alice/app:v1", origin.addr))
         .arg(format!("docker://{}/alice/app:v2", origin.addr)));
     let dir = tempfile::tempdir().unwrap();
+    let near_admin = format!("127.0.0.1:{}", free_port());
     let password = dir.path().join("origin-password");
     std::fs::write(&password, format!("{}\n", USERS[0].1)).unwrap();
     let near = mirror(
@@ -100,7 +101,7 @@ tag_ttl = "1s"
             origin.addr,
             password.display()
         ),
-        &[],
+        &[("BERTH_ADMIN_LISTEN", &near_admin)],
     );
     // A cache of the cache: its every unprefixed name goes to the first mirror as it is.
     let far = mirror(
@@ -153,6 +154,12 @@ tag_ttl = "1s"
     ))
     .await
     .expect(404, Some("BLOB_UNKNOWN"));
+
+    // Past its TTL, an unmoved tag is revalidated with a HEAD and served as kept.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let revalidated = manifest(&c, "/v2/origin/alice/app/manifests/v1").await;
+    revalidated.expect(200, None);
+    assert_eq!(sha256(&revalidated.body), manifest_digest);
 
     // The tag moves upstream: after its TTL, the next pull sees the new manifest (and the old
     // one stays kept by digest).
@@ -209,6 +216,23 @@ tag_ttl = "1s"
         "{:?}",
         missing.body
     );
+    // What the metrics say of all this.
+    let exposition = scrape(&Client::new(&format!("http://{near_admin}"))).await;
+    let counted = |name: &str, labels: &[(&str, &str)]| {
+        metric_sum(
+            &exposition,
+            name,
+            &[&[("upstream", "origin")], labels].concat(),
+        )
+    };
+    let reads = "berth_mirror_manifest_reads_total";
+    for outcome in ["fetched", "revalidated", "stale"] {
+        assert!(counted(reads, &[("outcome", outcome)]) >= 1.0, "{outcome}");
+    }
+    let stored = counted("berth_mirror_blob_fetches_total", &[("outcome", "stored")]);
+    assert!(stored >= 2.0, "{stored} blobs fetched");
+    assert!(counted("berth_mirror_blob_hits_total", &[]) >= 2.0);
+    assert!(counted("berth_mirror_fetched_bytes_total", &[]) > 0.0);
     // The far mirror still serves the chain's kept image from its own store.
     let again = pulled(&format!("docker://{}/origin/alice/app:v1", far.addr));
     assert_eq!(again, through_far);
@@ -655,6 +679,23 @@ async fn podman_pulls_docker_hub_names_through_a_registries_conf_mirror() {
             .is_empty(),
         "the mirror fetched the blobs"
     );
+    // With allow_push, a name of the upstream's takes pushes, and a tag the upstream lacks
+    // is the registry's own.
+    let open = mirror(
+        dir.path(),
+        &format!(
+            "[[upstream]]\nname = \"open\"\nurl = \"http://{}\"\nprefix = \"open\"\nallow_push = true\ntag_ttl = \"0s\"\n",
+            origin.addr
+        ),
+        &[],
+    );
+    let own = open
+        .client()
+        .push_image("open/library/mirrored", "ours", unique_seed())
+        .await;
+    let ours = manifest(&open.client(), "/v2/open/library/mirrored/manifests/ours").await;
+    ours.expect(200, None);
+    assert_eq!(sha256(&ours.body), own.digest);
     // The same upstream answers under its prefix too.
     manifest(
         &near.client(),

@@ -172,6 +172,13 @@ impl Registry {
                 }
                 // Moved, or the upstream's HEAD said too little: fetch it.
                 Ok(_) | Err(UpstreamError::Invalid { .. }) => {}
+                // Where pushes are allowed, a tag the upstream lacks is the registry's own.
+                Err(UpstreamError::NotFound { .. }) if mirrored.upstream.allow_push => {
+                    return Ok(PulledManifest {
+                        record: record.clone(),
+                        stale: None,
+                    });
+                }
                 Err(UpstreamError::NotFound { .. }) => {
                     counted(instruments::MIRROR_MANIFESTS, upstream, "missing");
                     return Err(self.upstream_lacks(&mirrored, reference));
@@ -319,6 +326,8 @@ impl Registry {
     ) -> RegistryResult<PulledBlob> {
         let local = RepositoryName::parse(&mirrored.local_name)?;
         if let Some(blob) = self.inner.metadata.blob(&local, digest).await? {
+            metrics::counter!(instruments::MIRROR_BLOB_HITS, "upstream" => mirrored.upstream.name.clone())
+                .increment(1);
             return Ok(PulledBlob::Stored(blob));
         }
         if digest.algorithm().is_none() {
