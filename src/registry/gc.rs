@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::Registry;
+use super::{Registry, millis};
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::glob::glob_match;
 use crate::instruments;
@@ -119,7 +119,6 @@ pub enum GcProgress {
 
 impl Registry {
     fn gc_cutoffs(&self, now: i64) -> (i64, Option<i64>) {
-        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let options = &self.inner.options;
         (
             now.saturating_sub(millis(options.gc_grace_period)),
@@ -142,7 +141,7 @@ impl Registry {
             .await?;
         let mut report = GcReport::default();
         report.add(collected);
-        let ttl = i64::try_from(self.inner.options.upload_ttl.as_millis()).unwrap_or(i64::MAX);
+        let ttl = millis(self.inner.options.upload_ttl);
         report.expired_uploads = self
             .inner
             .metadata

@@ -31,8 +31,7 @@ impl Registry {
     pub async fn run_maintenance_once(&self) -> RegistryResult<MaintenanceReport> {
         let mut report = MaintenanceReport::default();
         let now = self.now();
-        let cutoff =
-            now - i64::try_from(self.inner.options.upload_ttl.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now - super::millis(self.inner.options.upload_ttl);
         loop {
             let expired = self
                 .inner

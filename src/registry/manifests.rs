@@ -85,15 +85,9 @@ impl Registry {
         let parsed = ParsedManifest::parse(content_type, body)?;
         let digest = match reference {
             Reference::Digest(expected) => {
-                let algorithm = expected.algorithm().ok_or_else(|| {
-                    RegistryError::new(
-                        ErrorCode::DigestInvalid,
-                        format!(
-                            "digest algorithm {:?} is not supported; use sha256 or sha512",
-                            expected.algorithm_name()
-                        ),
-                    )
-                })?;
+                let algorithm = expected
+                    .algorithm()
+                    .ok_or_else(|| super::unsupported_digest_algorithm(expected))?;
                 let computed = algorithm.digest(body);
                 if computed != *expected {
                     return Err(RegistryError::new(

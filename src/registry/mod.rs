@@ -25,6 +25,25 @@ pub mod scrub;
 mod space;
 pub mod uploads;
 
+/// A duration in the milliseconds rows are stamped with (saturating: an unbounded duration
+/// is `i64::MAX`).
+pub(crate) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The refusal of a digest whose algorithm Berth does not compute.
+pub(crate) fn unsupported_digest_algorithm(
+    digest: &crate::oci::Digest,
+) -> crate::error::RegistryError {
+    crate::error::RegistryError::new(
+        crate::error::ErrorCode::DigestInvalid,
+        format!(
+            "digest algorithm {:?} is not supported; use sha256 or sha512",
+            digest.algorithm_name()
+        ),
+    )
+}
+
 /// The largest manifest the spec asks registries to accept, and Berth's default limit.
 pub const DEFAULT_MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 

@@ -10,7 +10,7 @@ use reqwest::Method;
 
 use crate::auth_fixtures::{AuthFiles, USERS};
 use crate::observability::observed_server;
-use crate::upstream::push_image;
+use crate::upstream::{TokenOrigin, push_image};
 use crate::util::*;
 
 /// A process of a fresh deployment reading through the `[[upstream]]` entries in `upstreams`
@@ -313,18 +313,8 @@ async fn concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_on
 /// challenge flow): the mirror trusts the CA from `ca_file`, gets tokens with the
 /// credentials, and skopeo pulls the image through it whole.
 async fn a_mirror_reads_through_a_tls_upstream_in_token_mode() {
-    let files = AuthFiles::new();
-    let setup = crate::tls::TlsSetup::new(&["127.0.0.1"]);
-    let auth = files.token_settings();
-    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let origin = setup.start(&auth);
-    let certs = tempfile::tempdir().unwrap();
-    std::fs::copy(setup.ca(), certs.path().join("ca.crt")).unwrap();
-    let (work, manifest_digest) = push_image(
-        &format!("docker://{}/alice/app:v1", origin.addr),
-        Some(certs.path()),
-    );
-    let pushed = blobs_of(&work.path().join("layout"));
+    let origin = TokenOrigin::start();
+    let pushed = blobs_of(&origin.work.path().join("layout"));
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("password");
     std::fs::write(&password, USERS[0].1).unwrap();
@@ -333,9 +323,9 @@ async fn a_mirror_reads_through_a_tls_upstream_in_token_mode() {
         &format!(
             "[[upstream]]\nname = \"secure\"\nurl = \"https://{}\"\nprefix = \"secure\"\n\
              username = \"alice\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
-            origin.addr,
+            origin.server.addr,
             password.display(),
-            setup.ca().display()
+            origin.setup.ca().display()
         ),
         &[],
     );
@@ -344,7 +334,7 @@ async fn a_mirror_reads_through_a_tls_upstream_in_token_mode() {
     for (name, bytes) in &through {
         assert_eq!(pushed.get(name), Some(bytes), "blob {name} as pushed");
     }
-    assert!(through.contains_key(manifest_digest.trim_start_matches("sha256:")));
+    assert!(through.contains_key(origin.manifest_digest.trim_start_matches("sha256:")));
 }
 
 /// CNCF Distribution (Debian's `docker-registry`) as the upstream, behind htpasswd: Basic

@@ -85,18 +85,48 @@ async fn refusal(settings: UpstreamSettings) -> UpstreamError {
         .unwrap_err()
 }
 
+/// A Berth serving TLS with a private CA in token mode (Docker Hub's challenge flow), holding
+/// alice/app:v1 pushed by skopeo.
+pub(crate) struct TokenOrigin {
+    pub(crate) files: AuthFiles,
+    pub(crate) setup: TlsSetup,
+    pub(crate) server: Server,
+    /// The pushed image's layout directory (under `layout/`).
+    pub(crate) work: tempfile::TempDir,
+    pub(crate) manifest_digest: String,
+}
+
+impl TokenOrigin {
+    pub(crate) fn start() -> TokenOrigin {
+        let files = AuthFiles::new();
+        let setup = TlsSetup::new(&["127.0.0.1"]);
+        let auth = files.token_settings();
+        let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let server = setup.start(&auth);
+        let certs = tempfile::tempdir().unwrap();
+        std::fs::copy(setup.ca(), certs.path().join("ca.crt")).unwrap();
+        let (work, manifest_digest) = push_image(
+            &format!("docker://{}/alice/app:v1", server.addr),
+            Some(certs.path()),
+        );
+        TokenOrigin {
+            files,
+            setup,
+            server,
+            work,
+            manifest_digest,
+        }
+    }
+}
+
 async fn the_upstream_client_follows_token_challenges_over_tls_with_a_private_ca() {
-    let files = AuthFiles::new();
-    let setup = TlsSetup::new(&["127.0.0.1"]);
-    let auth = files.token_settings();
-    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let origin = setup.start(&auth);
-    let certs = tempfile::tempdir().unwrap();
-    std::fs::copy(setup.ca(), certs.path().join("ca.crt")).unwrap();
-    let (work, manifest_digest) = push_image(
-        &format!("docker://{}/alice/app:v1", origin.addr),
-        Some(certs.path()),
-    );
+    let TokenOrigin {
+        files: _files,
+        setup,
+        server: origin,
+        work,
+        manifest_digest,
+    } = TokenOrigin::start();
     let url = format!("https://{}", origin.addr);
 
     let client = UpstreamClient::new(UpstreamSettings {

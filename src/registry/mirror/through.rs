@@ -28,8 +28,8 @@ use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::instruments;
 use crate::metadata::{BlobRecord, ManifestRecord, Page};
 use crate::oci::{Digest, Reference, RepositoryName, media_type};
-use crate::registry::Registry;
 use crate::registry::uploads::{BodyStream, ChunkSpec};
+use crate::registry::{Registry, millis};
 use crate::upstream::{
     ManifestRequest, Mirrored, UpstreamClient, UpstreamError, UpstreamManifest, Upstreams,
 };
@@ -133,7 +133,7 @@ impl Registry {
                 None
             }
             Reference::Tag(tag) => {
-                let ttl = i64::try_from(mirrored.upstream.tag_ttl.as_millis()).unwrap_or(i64::MAX);
+                let ttl = millis(mirrored.upstream.tag_ttl);
                 let checked = self.inner.metadata.mirror_tag_checked(&local, tag).await?;
                 if let Some(record) = &kept
                     && checked.is_some_and(|at| self.now().saturating_sub(at) < ttl)
@@ -331,13 +331,7 @@ impl Registry {
             return Ok(PulledBlob::Stored(blob));
         }
         if digest.algorithm().is_none() {
-            return Err(RegistryError::new(
-                ErrorCode::DigestInvalid,
-                format!(
-                    "digest algorithm {:?} is not supported; use sha256 or sha512",
-                    digest.algorithm_name()
-                ),
-            ));
+            return Err(crate::registry::unsupported_digest_algorithm(digest));
         }
         let client = mirror.client(&mirrored)?;
         if read == BlobRead::Head {
@@ -354,7 +348,7 @@ impl Registry {
         loop {
             let owner = uuid::Uuid::new_v4().to_string();
             let now = self.now();
-            let lease = self.fetch_lease_millis();
+            let lease = millis(self.inner.options.mirror_fetch_lease);
             if self
                 .inner
                 .metadata
@@ -404,10 +398,6 @@ impl Registry {
                 return Ok(PulledBlob::Stored(blob));
             }
         }
-    }
-
-    fn fetch_lease_millis(&self) -> i64 {
-        i64::try_from(self.inner.options.mirror_fetch_lease.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// `digest` linked into `local`; or, when its bytes are stored under another name and
@@ -538,7 +528,7 @@ impl Registry {
         tokio::pin!(work);
         let mut renewal = tokio::time::interval(self.inner.options.mirror_fetch_lease / 3);
         renewal.tick().await;
-        let lease = self.fetch_lease_millis();
+        let lease = millis(self.inner.options.mirror_fetch_lease);
         loop {
             tokio::select! {
                 done = &mut work => return done,
@@ -578,19 +568,15 @@ impl Registry {
         let tee = std::sync::Arc::new(tokio::sync::Mutex::new(Tee {
             client: Some(tee),
             held: None,
+            bytes: 0,
         }));
-        let fetched_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut body: BodyStream = {
             let tee = std::sync::Arc::clone(&tee);
-            let fetched_bytes = std::sync::Arc::clone(&fetched_bytes);
             blob.body
                 .then(move |chunk| {
                     let tee = std::sync::Arc::clone(&tee);
-                    let fetched_bytes = std::sync::Arc::clone(&fetched_bytes);
                     async move {
                         let chunk = chunk.map_err(std::io::Error::other)?;
-                        fetched_bytes
-                            .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         tee.lock().await.pass(chunk.clone()).await;
                         Ok(chunk)
                     }
@@ -608,10 +594,10 @@ impl Registry {
                 &mut body,
             )
             .await;
-        let bytes = fetched_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let mut tee = tee.lock().await;
+        let bytes = tee.bytes;
         metrics::counter!(instruments::MIRROR_FETCHED_BYTES, "upstream" => upstream.to_owned())
             .increment(bytes);
-        let mut tee = tee.lock().await;
         match outcome {
             Ok(_) => {
                 counted(instruments::MIRROR_BLOB_FETCHES, upstream, "stored");
@@ -639,15 +625,18 @@ struct Fetch {
     owner: String,
 }
 
-/// The client side of a fetch: chunks pass one behind, so the last is held until the blob is
-/// committed.
+/// The client side of a fetch, and its byte count: chunks pass one behind, so the last is
+/// held until the blob is committed.
 struct Tee {
     client: Option<mpsc::Sender<Teed>>,
     held: Option<Bytes>,
+    /// Bytes read from the upstream so far.
+    bytes: u64,
 }
 
 impl Tee {
     async fn pass(&mut self, chunk: Bytes) {
+        self.bytes += chunk.len() as u64;
         if let Some(previous) = self.held.replace(chunk) {
             self.send(Ok(Some(previous))).await;
         }
