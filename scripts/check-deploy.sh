@@ -66,6 +66,7 @@ grep -q 'BERTH_CONFIG: /etc/berth/config/berth.toml' "$OUT/mirror-values.yaml"
 grep -q 'mountPath: /etc/berth/upstreams/dockerhub/credentials' "$OUT/mirror-values.yaml"
 grep -q 'secretName: dockerhub-credentials' "$OUT/mirror-values.yaml"
 grep -q 'checksum/config-file' "$OUT/mirror-values.yaml"
+grep -q 'evict_after = "168h"' "$OUT/mirror-values.yaml"
 refute 'BERTH_CONFIG' "$OUT/minimal-values.yaml"
 refute 'upstream' "$OUT/minimal-values.yaml"
 python - "$OUT/mirror-values.yaml" <<'PY'

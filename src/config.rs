@@ -427,6 +427,10 @@ pub struct UpstreamEntry {
     /// Accept pushes and deletes into the names mapped to it [default: false].
     #[serde(default)]
     pub allow_push: bool,
+    /// Manifests kept from it that nobody pulled for this long are removed by the garbage
+    /// collector, and their blobs after the grace period [default: kept forever].
+    #[serde(default)]
+    pub evict_after: Option<Span>,
 }
 
 impl UpstreamEntry {
@@ -477,6 +481,7 @@ impl UpstreamEntry {
                 .map_or(Duration::from_secs(60), |s| s.0)
                 .max(Duration::from_millis(100)),
             allow_push: self.allow_push,
+            evict_after: self.evict_after.map(|s| s.0),
         })
     }
 }
@@ -938,6 +943,7 @@ default = true
 username = "me"
 password_file = "{}"
 tag_ttl = "10m"
+evict_after = "7d"
 
 [[upstream]]
 name = "internal"
@@ -958,6 +964,11 @@ allow_push = true
             ("me", "s3cret")
         );
         assert_eq!(hub.tag_ttl, Duration::from_secs(600));
+        assert_eq!(hub.evict_after, Some(Duration::from_secs(7 * 24 * 3600)));
+        assert_eq!(
+            upstreams[1].evict_after, None,
+            "kept forever unless configured"
+        );
         assert!(hub.default && !hub.allow_push);
         assert!(upstreams[1].allow_push && upstreams[1].credentials.is_none());
         assert!(

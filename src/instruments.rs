@@ -55,7 +55,8 @@ pub const MAINTENANCE_FAILED: &str = "berth_maintenance_failures_total";
 
 /// Garbage collection passes, by `outcome` (`ok`, `error`).
 pub const GC_RUNS: &str = "berth_gc_runs_total";
-/// What garbage collection deleted, by `what` (`manifests`, `links`, `blobs`).
+/// What garbage collection deleted, by `what` (`manifests` untagged, `mirrored_manifests`
+/// nobody pulled, `links`, `blobs`).
 pub const GC_REMOVED: &str = "berth_gc_removed_total";
 /// Bytes of the blobs garbage collection deleted.
 pub const GC_FREED_BYTES: &str = "berth_gc_freed_bytes_total";
@@ -78,6 +79,11 @@ pub const MIRROR_BLOB_FETCHES: &str = "berth_mirror_blob_fetches_total";
 pub const MIRROR_FETCHED_BYTES: &str = "berth_mirror_fetched_bytes_total";
 /// Pulls that waited for another request's (or replica's) fetch instead of fetching.
 pub const MIRROR_FETCH_WAITS: &str = "berth_mirror_fetch_waits_total";
+/// Requests sent to upstreams (token requests included), by `upstream`, `method` and
+/// `status` (`error` when no answer came).
+pub const MIRROR_UPSTREAM_REQUESTS: &str = "berth_mirror_upstream_requests_total";
+/// Writes of the pulls of kept manifests (for eviction), by `outcome` (`ok`, `error`).
+pub const MIRROR_PULL_FLUSHES: &str = "berth_mirror_pull_flushes_total";
 
 /// Registers units and help texts with the installed recorder.
 pub fn describe() {
@@ -125,6 +131,14 @@ pub fn describe() {
         "Blob pulls that waited for a fetch already running (on any replica), by upstream"
     );
     describe_counter!(
+        MIRROR_UPSTREAM_REQUESTS,
+        "Requests sent to upstreams, token requests included, by upstream, method and status"
+    );
+    describe_counter!(
+        MIRROR_PULL_FLUSHES,
+        "Batched writes of the pulls of mirrored manifests (for eviction), by outcome"
+    );
+    describe_counter!(
         TLS_RELOADS,
         "Reloads of changed TLS files, by outcome (loaded, failed)"
     );
@@ -167,7 +181,7 @@ pub fn describe() {
     describe_counter!(GC_RUNS, "Garbage collection passes, by outcome");
     describe_counter!(
         GC_REMOVED,
-        "Untagged manifests, blob links and blobs garbage collection deleted"
+        "Untagged manifests, mirrored manifests nobody pulled, blob links and blobs garbage collection deleted"
     );
     describe_counter!(
         GC_FREED_BYTES,

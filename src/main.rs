@@ -294,6 +294,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     tokio::spawn(registry.clone().run_maintenance(stopped()));
     tokio::spawn(registry.clone().run_gc(stopped()));
+    tokio::spawn(registry.clone().run_mirror_pull_flush(stopped()));
     if let Some(admin) = config.admin_listen {
         let listener = tokio::net::TcpListener::bind(admin)
             .await
@@ -531,9 +532,12 @@ async fn gc(config: Config, args: GcArgs) -> anyhow::Result<()> {
     }
     let metadata = metadata_store(&config).await?;
     let blobs = blob_store(&config).await?;
-    let registry = Registry::builder(blobs, metadata)
-        .options(config.registry.clone())
-        .build();
+    // The upstreams too: what nobody pulled from them for their `evict_after` is evicted.
+    let registry = with_mirror(
+        Registry::builder(blobs, metadata).options(config.registry.clone()),
+        &config,
+    )?
+    .build();
     let grace = humantime_secs(config.registry.gc_grace_period);
     let mut out = std::io::stdout().lock();
     if args.dry_run {
@@ -541,13 +545,14 @@ async fn gc(config: Config, args: GcArgs) -> anyhow::Result<()> {
         writeln!(
             out,
             "gc --dry-run (grace period {grace}): {} review(s) due; would delete {} blob link(s) \
-             and {} blob(s) ({}), {} untagged manifest(s) and {} expired upload session(s); \
-             nothing was changed",
+             and {} blob(s) ({}), {} untagged manifest(s), {} mirrored manifest(s) nobody pulled \
+             and {} expired upload session(s); nothing was changed",
             preview.reviewed,
             preview.links,
             preview.blobs,
             mebibytes(preview.bytes),
             preview.manifests,
+            preview.evicted,
             preview.expired_uploads
         )?;
         return Ok(());
@@ -564,11 +569,12 @@ async fn gc(config: Config, args: GcArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "gc (grace period {grace}): reviewed {} in {:.1} s; deleted {} untagged manifest(s), \
-         {} blob link(s) and {} blob(s), freeing {}; expired {} upload session(s); \
-         removed {} stored object(s)",
+         {} mirrored manifest(s) nobody pulled, {} blob link(s) and {} blob(s), freeing {}; \
+         expired {} upload session(s); removed {} stored object(s)",
         report.reviewed,
         started.elapsed().as_secs_f64(),
         report.manifests,
+        report.evicted,
         report.links,
         report.blobs,
         mebibytes(report.bytes),

@@ -9,8 +9,9 @@ use async_trait::async_trait;
 
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
-    ManifestRecord, MetadataError, MetadataResult, MetadataStore, NewManifest, Page, PoolUsage,
-    PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
+    ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorPull, NewManifest, Page,
+    PoolUsage, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint,
+    UploadSession,
 };
 use crate::instruments;
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
@@ -117,4 +118,7 @@ measured_calls! {
     fn record_mirror_tag_check(&self, repository: &RepositoryName, tag: &Tag, at: i64) -> ();
     fn claim_mirror_fetch(&self, digest: &Digest, repository: &RepositoryName, owner: &str, now: i64, lease_until: i64) -> bool;
     fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> ();
+    fn keep_mirrored_manifest(&self, repository: &RepositoryName, digest: &Digest, upstream: &str, at: i64) -> ();
+    fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> ();
+    fn evict_unpulled_manifests(&self, upstream: &str, cutoff: i64, limit: u32, now: i64, apply: bool) -> u64;
 }

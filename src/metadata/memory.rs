@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingKind, DanglingReference, Garbage,
-    ManifestDeletion, ManifestRecord, MetadataResult, MetadataStore, NewManifest, Page,
+    ManifestDeletion, ManifestRecord, MetadataResult, MetadataStore, MirrorPull, NewManifest, Page,
     PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
 };
 use crate::oci::{Digest, ParsedManifest, Reference, RepositoryName, Tag};
@@ -37,6 +37,8 @@ struct State {
     /// A mirror's tag checks, by (repository, tag), and its fetch claims: (owner, lease end).
     mirror_tag_checks: HashMap<(String, String), i64>,
     mirror_fetches: HashMap<Digest, (String, i64)>,
+    /// Manifests kept from an upstream, by (repository, digest): (upstream, last pull).
+    mirror_pulls: HashMap<(String, Digest), (String, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -949,5 +951,79 @@ impl MetadataStore for MemoryMetadataStore {
             state.mirror_fetches.remove(digest);
         }
         Ok(())
+    }
+
+    async fn keep_mirrored_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        upstream: &str,
+        at: i64,
+    ) -> MetadataResult<()> {
+        let key = (repository.as_str().to_owned(), digest.clone());
+        let mut state = self.state();
+        let kept = state
+            .mirror_pulls
+            .entry(key)
+            .or_insert_with(|| (upstream.to_owned(), at));
+        *kept = (upstream.to_owned(), kept.1.max(at));
+        Ok(())
+    }
+
+    async fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> MetadataResult<()> {
+        let mut state = self.state();
+        for pull in pulls {
+            let key = (pull.repository.clone(), pull.digest.clone());
+            if let Some((_, at)) = state.mirror_pulls.get_mut(&key) {
+                *at = (*at).max(pull.at);
+            }
+        }
+        Ok(())
+    }
+
+    async fn evict_unpulled_manifests(
+        &self,
+        upstream: &str,
+        cutoff: i64,
+        limit: u32,
+        now: i64,
+        apply: bool,
+    ) -> MetadataResult<u64> {
+        let mut state = self.state();
+        let state = &mut *state;
+        // Rows whose manifest went another way are forgotten with the evicted ones.
+        state.mirror_pulls.retain(|(repository, digest), _| {
+            state
+                .repositories
+                .get(repository)
+                .is_some_and(|r| r.manifests.contains_key(digest))
+        });
+        let due: Vec<(String, Digest)> = state
+            .mirror_pulls
+            .iter()
+            .filter(|((repository, digest), (from, at))| {
+                from == upstream
+                    && *at <= cutoff
+                    && state
+                        .repositories
+                        .get(repository)
+                        .is_some_and(|r| !r.manifests.values().any(|p| p.children.contains(digest)))
+            })
+            .map(|(key, _)| key.clone())
+            .take(limit as usize)
+            .collect();
+        if !apply {
+            return Ok(due.len() as u64);
+        }
+        let mut evicted = 0;
+        for (repository, digest) in due {
+            state
+                .mirror_pulls
+                .remove(&(repository.clone(), digest.clone()));
+            if state.forget_manifest(&repository, &digest, now) {
+                evicted += 1;
+            }
+        }
+        Ok(evicted)
     }
 }

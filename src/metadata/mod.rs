@@ -138,6 +138,17 @@ pub enum ManifestDeletion {
 /// makes the answer final.
 pub type TagGuard<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
 
+/// A pull of a manifest kept from an upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MirrorPull {
+    /// The repository it was pulled from (the local name).
+    pub repository: String,
+    /// The manifest.
+    pub digest: Digest,
+    /// When (Unix milliseconds).
+    pub at: i64,
+}
+
 /// What one step of garbage collection removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Collected {
@@ -572,6 +583,34 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Gives up `owner`'s claim on fetching `digest` (done, or failed).
     async fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> MetadataResult<()>;
+
+    /// Records that `digest` in `repository` was kept from `upstream` at `at` (its first
+    /// pull): from now on it is evicted when nothing pulled it for the upstream's
+    /// `evict_after`.
+    async fn keep_mirrored_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        upstream: &str,
+        at: i64,
+    ) -> MetadataResult<()>;
+
+    /// Moves the last pull of each kept manifest in `pulls` forward to its time (never back;
+    /// manifests not kept from an upstream are left alone).
+    async fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> MetadataResult<()>;
+
+    /// Deletes up to `limit` manifests kept from `upstream` that nothing pulled since
+    /// `cutoff` and no index of their repository lists (their tags go with them; their
+    /// blobs are reviewed by the collector as for any deleted manifest). With `apply` false,
+    /// only counts them.
+    async fn evict_unpulled_manifests(
+        &self,
+        upstream: &str,
+        cutoff: i64,
+        limit: u32,
+        now: i64,
+        apply: bool,
+    ) -> MetadataResult<u64>;
 }
 
 /// Unix time in milliseconds.

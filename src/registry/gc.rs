@@ -78,6 +78,9 @@ pub struct GcReport {
     pub reviewed: u64,
     /// Untagged manifests deleted (with `gc_untagged_after`).
     pub manifests: u64,
+    /// Manifests kept from upstreams that nobody pulled for their `evict_after` (a preview
+    /// counts those due now, not the children they would free).
+    pub evicted: u64,
     /// Blob links deleted from repositories.
     pub links: u64,
     /// Blobs deleted.
@@ -141,6 +144,7 @@ impl Registry {
             .await?;
         let mut report = GcReport::default();
         report.add(collected);
+        report.evicted = self.evict_unpulled(now, false).await?;
         let ttl = millis(self.inner.options.upload_ttl);
         report.expired_uploads = self
             .inner
@@ -161,7 +165,10 @@ impl Registry {
         let now = self.now();
         let (cutoff, untagged_cutoff) = self.gc_cutoffs(now);
         let metadata = &self.inner.metadata;
-        let mut report = GcReport::default();
+        let mut report = GcReport {
+            evicted: self.evict_unpulled(now, true).await?,
+            ..GcReport::default()
+        };
         if let Some(untagged_cutoff) = untagged_cutoff {
             loop {
                 let done = metadata
@@ -203,16 +210,18 @@ impl Registry {
 
         for (what, count) in [
             ("manifests", report.manifests),
+            ("mirrored_manifests", report.evicted),
             ("links", report.links),
             ("blobs", report.blobs),
         ] {
             metrics::counter!(instruments::GC_REMOVED, "what" => what).increment(count);
         }
         metrics::counter!(instruments::GC_FREED_BYTES).increment(report.bytes);
-        if report.manifests + report.links + report.blobs > 0 {
+        if report.manifests + report.evicted + report.links + report.blobs > 0 {
             tracing::info!(
                 reviewed = report.reviewed,
                 manifests = report.manifests,
+                evicted = report.evicted,
                 links = report.links,
                 blobs = report.blobs,
                 bytes = report.bytes,

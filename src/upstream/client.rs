@@ -271,10 +271,8 @@ impl UpstreamClient {
         let scope = format!("repository:{remote}:pull");
         let known = self.authorization(&scope);
         let response = self
-            .authorize(build(&self.http), known.as_ref())
-            .send()
-            .await;
-        let response = response.map_err(|e| self.unreachable(&e))?;
+            .counted_send(self.authorize(build(&self.http), known.as_ref()))
+            .await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -313,10 +311,8 @@ impl UpstreamClient {
             self.forget(&scope);
         }
         let response = self
-            .authorize(build(&self.http), Some(&authorization))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
+            .counted_send(self.authorize(build(&self.http), Some(&authorization)))
+            .await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             return Err(self.unauthorized(match authorization {
                 Authorization::Basic => "the configured credentials were refused".into(),
@@ -325,6 +321,29 @@ impl UpstreamClient {
         }
         self.remember(&scope, authorization);
         Ok(response)
+    }
+
+    /// Sends `request`, counting it in `berth_mirror_upstream_requests_total` by method and
+    /// status (`error` when no answer came).
+    async fn counted_send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let request = request.build().map_err(|e| self.unreachable(&e))?;
+        let method = request.method().as_str().to_owned();
+        let response = self.http.execute(request).await;
+        let status = match &response {
+            Ok(response) => response.status().as_u16().to_string(),
+            Err(_) => "error".to_owned(),
+        };
+        metrics::counter!(
+            crate::instruments::MIRROR_UPSTREAM_REQUESTS,
+            "upstream" => self.settings.name.clone(),
+            "method" => method,
+            "status" => status
+        )
+        .increment(1);
+        response.map_err(|e| self.unreachable(&e))
     }
 
     fn authorize(
@@ -361,7 +380,7 @@ impl UpstreamClient {
             request = request.basic_auth(&credentials.username, Some(&credentials.password));
         }
         let started = Instant::now();
-        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
+        let response = self.counted_send(request).await?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {

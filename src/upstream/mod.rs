@@ -44,6 +44,9 @@ pub struct UpstreamSettings {
     /// Whether pushes into the names mapped here are accepted (refused by default: a mirror
     /// holds the upstream's content, not anyone's own).
     pub allow_push: bool,
+    /// Manifests kept from this upstream that nobody pulled for this long are evicted by the
+    /// garbage collector (never, when unset).
+    pub evict_after: Option<Duration>,
 }
 
 impl std::fmt::Debug for UpstreamSettings {
@@ -57,6 +60,7 @@ impl std::fmt::Debug for UpstreamSettings {
             .field("ca_file", &self.ca_file)
             .field("tag_ttl", &self.tag_ttl)
             .field("allow_push", &self.allow_push)
+            .field("evict_after", &self.evict_after)
             .finish_non_exhaustive()
     }
 }
@@ -283,6 +287,7 @@ mod tests {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
             allow_push: false,
+            evict_after: None,
         }
     }
 

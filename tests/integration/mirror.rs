@@ -233,6 +233,20 @@ tag_ttl = "1s"
     assert!(stored >= 2.0, "{stored} blobs fetched");
     assert!(counted("berth_mirror_blob_hits_total", &[]) >= 2.0);
     assert!(counted("berth_mirror_fetched_bytes_total", &[]) > 0.0);
+    for (method, status) in [("HEAD", "200"), ("GET", "200")] {
+        let sent = counted(
+            "berth_mirror_upstream_requests_total",
+            &[("method", method), ("status", status)],
+        );
+        assert!(sent >= 1.0, "{method} {status} sent upstream");
+    }
+    assert!(
+        counted(
+            "berth_mirror_upstream_requests_total",
+            &[("method", "GET"), ("status", "error")]
+        ) >= 1.0,
+        "requests the dead origin never answered"
+    );
     // The far mirror still serves the chain's kept image from its own store.
     let again = pulled(&format!("docker://{}/origin/alice/app:v1", far.addr));
     assert_eq!(again, through_far);
@@ -760,7 +774,275 @@ async fn containerd_pulls_through_a_hosts_toml_mirror_routed_by_ns() {
     .expect(200, None);
 }
 
+/// What nobody pulls is evicted: a mirror with `evict_after` keeps pulling one of two names
+/// that share every blob and stops pulling the other. The unpulled manifest is removed by the
+/// collector and its links after the grace period, while the shared blobs stay whole for the
+/// name still pulled, even with the upstream gone.
+async fn a_mirror_evicts_what_nobody_pulled_and_keeps_blobs_another_name_shares() {
+    let origin = Server::start_with(&[("BERTH_REDIRECT", "false")]);
+    let oc = origin.client();
+    let image = oc.push_image("library/app", "v1", unique_seed()).await;
+    // The same image under a second name: every blob shared.
+    for blob in [&image.config, &image.layer] {
+        oc.push_blob("library/twin", blob).await;
+    }
+    oc.put_manifest(
+        "library/twin",
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        &image.manifest,
+    )
+    .await
+    .expect(201, None);
+    let dir = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mirror = mirror(
+        dir.path(),
+        &format!(
+            "[[upstream]]\nname = \"origin\"\nurl = \"http://{}\"\nprefix = \"origin\"\n\
+             tag_ttl = \"1h\"\nevict_after = \"3s\"\n",
+            origin.addr
+        ),
+        &[
+            ("BERTH_ADMIN_LISTEN", &admin),
+            ("BERTH_GC_INTERVAL", "1s"),
+            ("BERTH_GC_GRACE_PERIOD", "2s"),
+        ],
+    );
+    let c = mirror.client();
+    let layer_digest = sha256(&image.layer);
+    for name in ["app", "twin"] {
+        manifest(&c, &format!("/v2/origin/library/{name}/manifests/v1"))
+            .await
+            .expect(200, None);
+        for blob in [&image.config, &image.layer] {
+            let got = c
+                .get(&format!("/v2/origin/library/{name}/blobs/{}", sha256(blob)))
+                .await;
+            got.expect(200, None);
+            assert_eq!(&got.body.to_vec(), blob);
+        }
+    }
+    drop(origin);
+
+    // twin is pulled (by digest, as clients do after the tag) every half second; app never
+    // again. app's manifest goes, then its links; twin keeps everything.
+    let evicted = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            manifest(
+                &c,
+                &format!("/v2/origin/library/twin/manifests/{}", image.digest),
+            )
+            .await
+            .expect(200, None);
+            // Not app's manifest: reading it would be a pull. Its blob links go last.
+            let layer = c
+                .get(&format!("/v2/origin/library/app/blobs/{layer_digest}"))
+                .await;
+            if layer.status == 503 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), evicted)
+        .await
+        .expect("app's manifest and links are evicted within a minute");
+    // Not kept, and the upstream gone: the 503 says so, naming it.
+    for reference in ["v1", image.digest.as_str()] {
+        let gone = manifest(&c, &format!("/v2/origin/library/app/manifests/{reference}")).await;
+        gone.expect(503, Some("UNAVAILABLE"));
+        assert!(String::from_utf8_lossy(&gone.body).contains("upstream origin"));
+    }
+    // twin: still whole, by tag (the tag stays kept for its TTL) and every blob.
+    let twin = manifest(&c, "/v2/origin/library/twin/manifests/v1").await;
+    twin.expect(200, None);
+    assert_eq!(twin.body.to_vec(), image.manifest);
+    for blob in [&image.config, &image.layer] {
+        let got = c
+            .get(&format!("/v2/origin/library/twin/blobs/{}", sha256(blob)))
+            .await;
+        got.expect(200, None);
+        assert_eq!(&got.body.to_vec(), blob, "a shared blob stays whole");
+    }
+    let exposition = scrape(&Client::new(&format!("http://{admin}"))).await;
+    assert!(
+        metric_sum(
+            &exposition,
+            "berth_gc_removed_total",
+            &[("what", "mirrored_manifests")]
+        ) >= 1.0
+    );
+}
+
+/// A second Docker engine of its own (data, sockets and containerd namespace apart from the
+/// one the other tests use) started with `--registry-mirror`, so that a pull of a Docker Hub
+/// name asks the mirror first; stopped and cleaned up when dropped.
+struct MirroredEngine {
+    dir: tempfile::TempDir,
+    daemon: std::process::Child,
+}
+
+impl MirroredEngine {
+    fn start(mirror: &str) -> MirroredEngine {
+        require("dockerd");
+        let dir = tempfile::Builder::new()
+            .prefix("bm")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let namespace = format!("berth-mirror-{}", unique_seed() % 1_000_000);
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let daemon = std::process::Command::new("dockerd")
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("x"))
+            .arg("--pidfile")
+            .arg(dir.path().join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", dir.path().join("d.sock").display()))
+            .args(["--containerd", CONTAINERD_SOCKET])
+            .args(["--containerd-namespace", &namespace])
+            .args([
+                "--containerd-plugins-namespace",
+                &format!("{namespace}-plugins"),
+            ])
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .args(["--storage-driver", "overlay2"])
+            .args(["--registry-mirror", &format!("http://{mirror}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd starts");
+        let engine = MirroredEngine { dir, daemon };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !engine
+            .docker()
+            .arg("info")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second dockerd did not answer: {}",
+                std::fs::read_to_string(engine.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        engine
+    }
+
+    fn docker(&self) -> std::process::Command {
+        let mut c = std::process::Command::new("docker");
+        c.arg("-H")
+            .arg(format!(
+                "unix://{}",
+                self.dir.path().join("d.sock").display()
+            ))
+            .env("DOCKER_CONFIG", self.dir.path().join("client"));
+        c
+    }
+}
+
+impl Drop for MirroredEngine {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.daemon.id().to_string())
+            .status();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// Docker's `registry-mirrors`: an engine configured with the mirror pulls a Docker Hub name
+/// (`library/…`, resolved against docker.io) through it from the upstream standing in for
+/// Docker Hub, gets the manifest digest pushed there, and runs the image.
+async fn dockerd_pulls_docker_hub_names_through_its_registry_mirrors() {
+    let origin = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed (.ci/run installs it)");
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    let tar = work.path().join("busybox.tar");
+    tar_dir(&root, &tar);
+    // Built on the tests' main engine and pushed to the origin as Docker Hub's library name.
+    let tag = format!("v{}", unique_seed() % 1_000_000);
+    let pushed_name = format!("{}/library/mirrored-busybox:{tag}", origin.addr);
+    let main_docker = || {
+        let mut c = std::process::Command::new("docker");
+        c.env("DOCKER_CONFIG", work.path().join("client"));
+        c
+    };
+    ok(main_docker()
+        .args(["import", "--change", "ENTRYPOINT [\"/bin/busybox\"]"])
+        .arg(&tar)
+        .arg(&pushed_name));
+    ok(main_docker().args(["push", &pushed_name]));
+    ok(main_docker().args(["rmi", &pushed_name]));
+    let pushed_digest = ok(skopeo()
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{pushed_name}")));
+
+    let dir = tempfile::tempdir().unwrap();
+    let near = mirror(
+        dir.path(),
+        &format!(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"http://{}\"\nprefix = \"hub\"\ndefault = true\n",
+            origin.addr
+        ),
+        &[],
+    );
+    let engine = MirroredEngine::start(&near.addr.to_string());
+    let hub_name = format!("mirrored-busybox:{tag}");
+    ok(engine.docker().args(["pull", &hub_name]));
+    let digests = ok(engine.docker().args([
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}}",
+        &hub_name,
+    ]));
+    assert!(
+        digests.contains(pushed_digest.trim()),
+        "the engine got the image as pushed: {digests} vs {pushed_digest}"
+    );
+    let said = ok(engine.docker().args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &hub_name,
+        "echo",
+        "hello through the mirror",
+    ]));
+    assert_eq!(said.trim(), "hello through the mirror");
+    assert!(
+        !near
+            .deployment
+            .log_lines("fetched a blob from upstream")
+            .is_empty(),
+        "the engine's pull went through the mirror"
+    );
+    ok(engine.docker().args(["rmi", &hub_name]));
+    // Kept: served with the upstream gone.
+    drop(origin);
+    manifest(
+        &near.client(),
+        &format!(
+            "/v2/library/mirrored-busybox/manifests/{}",
+            pushed_digest.trim()
+        ),
+    )
+    .await
+    .expect(200, None);
+}
+
 crate::harness::trials! {
+    dockerd_pulls_docker_hub_names_through_its_registry_mirrors.needs(Docker);
+    a_mirror_evicts_what_nobody_pulled_and_keeps_blobs_another_name_shares;
     a_mirror_reads_through_a_tls_upstream_in_token_mode;
     an_upstream_answering_garbage_never_gets_a_wrong_blob_committed_or_served;
     a_mirror_reads_through_a_distribution_upstream_with_htpasswd;

@@ -26,6 +26,7 @@ fn settings(url: String) -> UpstreamSettings {
         connect_timeout: Duration::from_secs(5),
         timeout: Duration::from_secs(30),
         allow_push: false,
+        evict_after: None,
     }
 }
 

@@ -1,13 +1,16 @@
 //! A mirror's state shared by every replica: when each tag read through was last checked
-//! against its upstream, and which process is fetching which blob. Each call is one statement,
-//! so each is atomic on its own: a claim is an upsert whose `WHERE` lets it replace only an
-//! expired lease or the caller's own.
+//! against its upstream, which process is fetching which blob, and when each manifest kept
+//! from an upstream was last pulled. A fetch claim is one upsert whose `WHERE` lets it replace
+//! only an expired lease or the caller's own; an eviction is one transaction that locks what it
+//! evicts and deletes it as the collector deletes untagged manifests.
 
 use sqlx::Row;
 
 use super::SqlMetadataStore;
+use super::dialect::{built, json_pairs};
+use super::rows::{pairs_of, u64_of};
 use super::transactions::retrying;
-use crate::metadata::MetadataResult;
+use crate::metadata::{MetadataResult, MirrorPull};
 use crate::oci::{Digest, RepositoryName, Tag};
 
 impl SqlMetadataStore {
@@ -89,5 +92,128 @@ impl SqlMetadataStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+/// The manifests kept from upstream `$1` that nothing pulled since `$2` and that no index of
+/// their repository lists (an index goes first; its children may follow in the next batch).
+const UNPULLED: &str = "FROM mirror_pulls p \
+    JOIN repositories r ON r.name = p.repository \
+    JOIN manifests m ON m.repository_id = r.id AND m.digest = p.digest \
+    WHERE p.upstream = $1 AND p.pulled_at <= $2 \
+    AND NOT EXISTS (SELECT 1 FROM manifest_children c \
+        WHERE c.repository_id = m.repository_id AND c.child_digest = m.digest)";
+
+impl SqlMetadataStore {
+    pub(super) async fn keep_mirrored_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        upstream: &str,
+        at: i64,
+    ) -> MetadataResult<()> {
+        sqlx::query(
+            "INSERT INTO mirror_pulls (repository, digest, upstream, pulled_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (repository, digest) DO UPDATE SET upstream = excluded.upstream, \
+             pulled_at = excluded.pulled_at WHERE mirror_pulls.pulled_at < excluded.pulled_at",
+        )
+        .bind(repository.as_str())
+        .bind(digest.as_str())
+        .bind(upstream)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> MetadataResult<()> {
+        if pulls.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        for pull in pulls {
+            // Only rows a keep made: the registry's own manifests are never evicted.
+            sqlx::query(
+                "UPDATE mirror_pulls SET pulled_at = $3 \
+                 WHERE repository = $1 AND digest = $2 AND pulled_at < $3",
+            )
+            .bind(pull.repository.as_str())
+            .bind(pull.digest.as_str())
+            .bind(pull.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn evict_unpulled_manifests(
+        &self,
+        upstream: &str,
+        cutoff: i64,
+        limit: u32,
+        now: i64,
+        apply: bool,
+    ) -> MetadataResult<u64> {
+        if !apply {
+            return retrying!(
+                async {
+                    let row = sqlx::query(built(format!(
+                        "SELECT COUNT(*) AS due FROM (SELECT m.digest {UNPULLED} LIMIT $3) d"
+                    )))
+                    .bind(upstream)
+                    .bind(cutoff)
+                    .bind(i64::from(limit))
+                    .fetch_one(&self.pool)
+                    .await?;
+                    u64_of(&row, "due")
+                }
+                .await
+            );
+        }
+        let mut tx = self.write_tx().await?;
+        let candidates = sqlx::query(built(format!(
+            "SELECT m.repository_id, m.digest {UNPULLED} ORDER BY p.pulled_at LIMIT $3 {}",
+            self.dialect.lock("FOR UPDATE OF m, p SKIP LOCKED")
+        )))
+        .bind(upstream)
+        .bind(cutoff)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut pairs = pairs_of(&candidates)?;
+        if self.dialect.concurrent_writes() && !pairs.is_empty() {
+            // Checked again now that they are locked: a pull recorded or an index kept while
+            // the candidates were chosen keeps its manifest.
+            let still = sqlx::query(built(format!(
+                "SELECT m.repository_id, m.digest {UNPULLED} AND (m.repository_id, m.digest) IN {}",
+                self.dialect.pairs(3)
+            )))
+            .bind(upstream)
+            .bind(cutoff)
+            .bind(json_pairs(&pairs))
+            .fetch_all(&mut *tx)
+            .await?;
+            pairs = pairs_of(&still)?;
+        }
+        let evicted = if pairs.is_empty() {
+            0
+        } else {
+            self.forget_manifests(&mut tx, &json_pairs(&pairs), now)
+                .await?
+        };
+        // The evicted ones' rows, and those of manifests deleted some other way.
+        sqlx::query(
+            "DELETE FROM mirror_pulls WHERE upstream = $1 AND pulled_at <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM repositories r JOIN manifests m ON m.repository_id = r.id \
+                 WHERE r.name = mirror_pulls.repository AND m.digest = mirror_pulls.digest)",
+        )
+        .bind(upstream)
+        .bind(cutoff)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(evicted)
     }
 }

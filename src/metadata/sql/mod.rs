@@ -27,8 +27,9 @@ use sqlx::any::AnyPoolOptions;
 
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
-    ManifestRecord, MetadataError, MetadataResult, MetadataStore, NewManifest, Page, PoolUsage,
-    PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
+    ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorPull, NewManifest, Page,
+    PoolUsage, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint,
+    UploadSession,
 };
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::storage::PartRecord;
@@ -479,6 +480,33 @@ impl MetadataStore for SqlMetadataStore {
 
     async fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> MetadataResult<()> {
         self.release_mirror_fetch(digest, owner).await
+    }
+
+    async fn keep_mirrored_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        upstream: &str,
+        at: i64,
+    ) -> MetadataResult<()> {
+        self.keep_mirrored_manifest(repository, digest, upstream, at)
+            .await
+    }
+
+    async fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> MetadataResult<()> {
+        self.record_mirror_pulls(pulls).await
+    }
+
+    async fn evict_unpulled_manifests(
+        &self,
+        upstream: &str,
+        cutoff: i64,
+        limit: u32,
+        now: i64,
+        apply: bool,
+    ) -> MetadataResult<u64> {
+        self.evict_unpulled_manifests(upstream, cutoff, limit, now, apply)
+            .await
     }
 }
 

@@ -67,6 +67,37 @@ impl Registry {
         None
     }
 
+    /// Evicts (with `apply`; else counts) the manifests kept from upstreams that nobody
+    /// pulled for their `evict_after`, after writing down this process's pulls; part of every
+    /// garbage collection pass.
+    pub(crate) async fn evict_unpulled(&self, now: i64, apply: bool) -> RegistryResult<u64> {
+        #[cfg(feature = "mirror")]
+        if let Some(mirror) = &self.inner.mirror {
+            return self.evict_unpulled_through(mirror, now, apply).await;
+        }
+        let _ = (now, apply);
+        Ok(0)
+    }
+
+    /// Writes down this process's pulls of kept manifests every few seconds (batched: not
+    /// one write per pull) until `shutdown` resolves; nothing to do without upstreams.
+    pub async fn run_mirror_pull_flush(self, shutdown: impl std::future::Future<Output = ()>) {
+        #[cfg(feature = "mirror")]
+        if self.inner.mirror.is_some() {
+            super::maintenance::every(
+                through::PULL_FLUSH,
+                through::PULL_FLUSH,
+                shutdown,
+                "writing down mirrored pulls",
+                crate::instruments::MIRROR_PULL_FLUSHES,
+                || self.flush_mirror_pulls(),
+            )
+            .await;
+            return;
+        }
+        drop(shutdown);
+    }
+
     /// A manifest for a pull: read through to the upstream `repository` maps to, if any.
     pub async fn pull_manifest(
         &self,

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{BlobRead, PulledBlob, PulledManifest};
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::instruments;
-use crate::metadata::{BlobRecord, ManifestRecord, Page};
+use crate::metadata::{BlobRecord, ManifestRecord, MirrorPull, Page};
 use crate::oci::{Digest, Reference, RepositoryName, media_type};
 use crate::registry::uploads::{BodyStream, ChunkSpec};
 use crate::registry::{Registry, millis};
@@ -43,6 +43,8 @@ const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 /// so that one stalled client holds the fetch others wait for only that long.
 const TEE_CHUNKS: usize = 64;
 const SLOW_CLIENT: Duration = Duration::from_secs(5);
+/// Manifests one eviction transaction deletes.
+const EVICTION_BATCH: u32 = 500;
 
 /// What a fetch hands the client that started it: a chunk, the end (`None`, sent once the
 /// blob is committed), or why it failed. A channel closed without either means the client
@@ -57,10 +59,16 @@ const ACCEPT: &[&str] = &[
     media_type::DOCKER_MANIFEST,
 ];
 
-/// The configured upstreams and a client for each.
+/// How often a process writes down its pulls of kept manifests: a pull counts for eviction
+/// at most this late on other replicas.
+pub(super) const PULL_FLUSH: Duration = Duration::from_secs(10);
+
+/// The configured upstreams, a client for each, and the pulls of kept manifests not written
+/// down yet (by local name and digest: the latest time).
 pub struct Mirror {
     upstreams: Upstreams,
     clients: HashMap<String, UpstreamClient>,
+    pulls: std::sync::Mutex<HashMap<(String, Digest), i64>>,
 }
 
 impl std::fmt::Debug for Mirror {
@@ -78,7 +86,31 @@ impl Mirror {
             .iter()
             .map(|u| Ok((u.name.clone(), UpstreamClient::new(u.clone())?)))
             .collect::<Result<_, UpstreamError>>()?;
-        Ok(Mirror { upstreams, clients })
+        Ok(Mirror {
+            upstreams,
+            clients,
+            pulls: std::sync::Mutex::default(),
+        })
+    }
+
+    fn note_pull(&self, pull: MirrorPull) {
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        let last = pulls
+            .entry((pull.repository, pull.digest))
+            .or_insert(pull.at);
+        *last = (*last).max(pull.at);
+    }
+
+    fn take_pulls(&self) -> Vec<MirrorPull> {
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *pulls)
+            .into_iter()
+            .map(|((repository, digest), at)| MirrorPull {
+                repository,
+                digest,
+                at,
+            })
+            .collect()
     }
 
     fn client(&self, mirrored: &Mirrored<'_>) -> RegistryResult<&UpstreamClient> {
@@ -110,8 +142,86 @@ impl Registry {
         Some((mirror, mirror.upstreams.route(name, ns)?))
     }
 
-    /// [`Registry::pull_manifest`] with the mirror in this build.
+    /// [`Registry::pull_manifest`] with the mirror in this build; the pull is noted for
+    /// eviction.
     pub(super) async fn pull_manifest_through(
+        &self,
+        mirror: &Mirror,
+        mirrored: Mirrored<'_>,
+        reference: &Reference,
+    ) -> RegistryResult<PulledManifest> {
+        let local = RepositoryName::parse(&mirrored.local_name)?;
+        let pulled = self
+            .read_manifest_through(mirror, mirrored, reference)
+            .await?;
+        mirror.note_pull(MirrorPull {
+            repository: local.as_str().to_owned(),
+            digest: pulled.record.digest.clone(),
+            at: self.now(),
+        });
+        Ok(pulled)
+    }
+
+    /// Writes down the pulls noted since the last time (kept for the next time if that fails).
+    pub(super) async fn flush_mirror_pulls(&self) -> RegistryResult<()> {
+        let Some(mirror) = &self.inner.mirror else {
+            return Ok(());
+        };
+        let pulls = mirror.take_pulls();
+        if let Err(e) = self.inner.metadata.record_mirror_pulls(&pulls).await {
+            for pull in pulls {
+                mirror.note_pull(pull);
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// [`Registry::evict_unpulled`] with the mirror in this build.
+    pub(super) async fn evict_unpulled_through(
+        &self,
+        mirror: &Mirror,
+        now: i64,
+        apply: bool,
+    ) -> RegistryResult<u64> {
+        if apply {
+            // This process's own pulls count too.
+            self.flush_mirror_pulls().await?;
+        }
+        let mut evicted = 0;
+        for upstream in mirror.upstreams.iter() {
+            let Some(after) = upstream.evict_after else {
+                continue;
+            };
+            let cutoff = now.saturating_sub(millis(after));
+            if !apply {
+                evicted += self
+                    .inner
+                    .metadata
+                    .evict_unpulled_manifests(&upstream.name, cutoff, u32::MAX, now, false)
+                    .await?;
+                continue;
+            }
+            // An index goes before its children, which the next batch may then take.
+            loop {
+                let batch = self
+                    .inner
+                    .metadata
+                    .evict_unpulled_manifests(&upstream.name, cutoff, EVICTION_BATCH, now, true)
+                    .await?;
+                evicted += batch;
+                if batch == 0 {
+                    break;
+                }
+            }
+            if evicted > 0 {
+                tracing::info!(upstream = %upstream.name, evicted, "evicted mirrored manifests nobody pulled");
+            }
+        }
+        Ok(evicted)
+    }
+
+    async fn read_manifest_through(
         &self,
         mirror: &Mirror,
         mirrored: Mirrored<'_>,
@@ -211,7 +321,9 @@ impl Registry {
                 };
             }
         };
-        let record = self.keep_manifest(&local, reference, fetched).await?;
+        let record = self
+            .keep_manifest(&local, reference, fetched, upstream)
+            .await?;
         if let Some(tag) = tag {
             self.inner
                 .metadata
@@ -261,6 +373,7 @@ impl Registry {
         local: &RepositoryName,
         reference: &Reference,
         fetched: UpstreamManifest,
+        upstream: &str,
     ) -> RegistryResult<ManifestRecord> {
         let content = fetched
             .body
@@ -278,6 +391,10 @@ impl Registry {
                 &content,
                 true,
             )
+            .await?;
+        self.inner
+            .metadata
+            .keep_mirrored_manifest(local, &pushed.digest, upstream, self.now())
             .await?;
         Ok(ManifestRecord {
             digest: pushed.digest,
