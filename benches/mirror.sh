@@ -2,9 +2,12 @@
 # Pull-through caches side by side: CLIENTS concurrent cold pulls of one blob through Berth's
 # mirror and through CNCF Distribution 2.8's proxy mode (docker-registry), both in front of
 # the same upstream (a Berth on the filesystem, whose metrics count the upstream fetches),
-# then the same pulls warm. Each repetition uses a fresh blob per target, targets in shuffled
+# then the same pulls warm; and, as the yardstick, the same pulls straight from the upstream
+# (`direct`: a normal Berth pull, what the mirror's cold pull is held to within 0.9x and its
+# warm pull equal to). Each repetition uses a fresh blob per target, targets in shuffled
 # order. Prints, per target: wall time of the cold and the warm pulls (median), aggregate
-# MB/s, and how many times the upstream served the blob for one cold round.
+# MB/s, and how many GETs of the blob the upstream served for one cold round (for `direct`,
+# the clients' own).
 #
 #   benches/mirror.sh                          # 128 MiB, 16 clients, 3 repetitions
 #   SIZE_MIB=512 CLIENTS=32 REPS=5 benches/mirror.sh
@@ -40,6 +43,8 @@ wait_port() {
 BERTH_LOG=warn BERTH_ADMIN_LISTEN=127.0.0.1:5310 "$BERTH_BIN" serve --listen 127.0.0.1:5301 \
   --data-dir "$work/origin" >"$work/origin.log" 2>&1 &
 pids+=($!)
+# Distribution's proxy asks the upstream at start and exits if it does not answer.
+wait_port 5301
 cat >"$work/mirror.toml" <<TOML
 [[upstream]]
 name = "origin"
@@ -59,9 +64,9 @@ proxy: {remoteurl: "http://127.0.0.1:5301"}
 YML
 docker-registry serve "$work/distribution-proxy.yml" >"$work/distribution-proxy.log" 2>&1 &
 pids+=($!)
-for p in 5301 5302 5303; do wait_port $p; done
+for p in 5302 5303; do wait_port $p; done
 
-declare -A port=([berth-mirror]=5302 [distribution-proxy]=5303)
+declare -A port=([direct]=5301 [berth-mirror]=5302 [distribution-proxy]=5303)
 upstream_gets() {
   curl -s http://127.0.0.1:5310/metrics \
     | awk '/^berth_http_requests_total\{/ && /operation="get_blob"/ && /status="200"/ {s += $NF} END {print s + 0}'
@@ -98,7 +103,7 @@ pull_all() {  # port digest: CLIENTS concurrent pulls, each checked; prints wall
 
 results="$work/results.tsv"
 for rep in $(seq 1 "$REPS"); do
-  for target in $(printf '%s\n' berth-mirror distribution-proxy | shuf); do
+  for target in $(printf '%s\n' direct berth-mirror distribution-proxy | shuf); do
     digest=$(push_blob)
     before=$(upstream_gets)
     cold=$(pull_all "${port[$target]}" "$digest")
@@ -109,8 +114,8 @@ for rep in $(seq 1 "$REPS"); do
 done
 
 echo
-printf '%-20s %12s %14s %12s %14s %18s\n' target "cold s" "cold MB/s" "warm s" "warm MB/s" "upstream fetches"
-for target in berth-mirror distribution-proxy; do
+printf '%-20s %12s %14s %12s %14s %18s\n' target "cold s" "cold MB/s" "warm s" "warm MB/s" "upstream GETs"
+for target in direct berth-mirror distribution-proxy; do
   awk -F'\t' -v t="$target" -v mib="$SIZE_MIB" -v n="$CLIENTS" '
     $1 == t { c[++k] = $2; w[k] = $3; f[k] = $4 }
     function median(a, m,   i, j, x) {

@@ -47,6 +47,25 @@ fn pulled(source: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
     blobs_of(into.path())
 }
 
+/// GETs `path`, following no redirect and hashing the body as it streams: the status, the
+/// body's digest and its length.
+async fn streamed_sha256(c: &Client, path: &str) -> (u16, String, u64) {
+    use sha2::Digest as _;
+    let mut answer = c.request(Method::GET, path).send().await.unwrap();
+    let status = answer.status().as_u16();
+    let mut hasher = sha2::Sha256::new();
+    let mut bytes = 0;
+    while let Some(chunk) = answer.chunk().await.unwrap() {
+        bytes += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    (
+        status,
+        format!("sha256:{}", hex::encode(hasher.finalize())),
+        bytes,
+    )
+}
+
 /// `skopeo list-tags` of `repository` (a `docker://` reference), sorted.
 fn list_tags(repository: &str) -> Vec<String> {
     let listed = ok(skopeo().args(["list-tags", "--tls-verify=false", repository]));
@@ -255,8 +274,9 @@ tag_ttl = "1s"
 async fn concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_once() {
     let (origin, origin_admin) = observed_server(&[("BERTH_REDIRECT", "false")]);
     let oc = origin.client();
-    let layer = random_bytes(24 << 20, unique_seed());
+    let layer = random_bytes(256 << 20, unique_seed());
     let digest = oc.push_blob("library/big", &layer).await;
+    drop(layer);
     let dir = tempfile::tempdir().unwrap();
     // Docker's registry-mirrors shape: unprefixed names go to the default upstream.
     let a = mirror(
@@ -268,18 +288,22 @@ async fn concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_on
         &[],
     );
     let b = a.sibling();
+    let balancer = crate::cluster::Haproxy::start(&[a.addr, b.addr]);
+    let through_balancer = Client::new(&format!("http://127.0.0.1:{}", balancer.port));
     let before = scrape(&origin_admin).await;
-    let pulls = (0..16).map(|i| {
-        let c = if i % 2 == 0 { a.client() } else { b.client() };
+    // 32 cold pulls of one 256 MiB blob at once, spread over both replicas by the balancer;
+    // each client hashes what it reads as it streams.
+    let pulls = (0..32).map(|_| {
+        let c = through_balancer.clone();
         let path = format!("/v2/library/big/blobs/{digest}");
-        async move { c.get(&path).await }
+        async move { streamed_sha256(&c, &path).await }
     });
     let answers = futures::future::join_all(pulls).await;
-    for answer in &answers {
-        answer.expect(200, None);
+    for (status, read, bytes) in &answers {
+        assert_eq!(*status, 200);
         assert_eq!(
-            sha256(&answer.body),
-            digest,
+            (read.as_str(), *bytes),
+            (digest.as_str(), 256 << 20),
             "every pull gets the blob whole"
         );
     }
@@ -294,7 +318,7 @@ async fn concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_on
     assert_eq!(
         fetched(&after) - fetched(&before),
         1.0,
-        "sixteen pulls on two replicas fetched the blob from the upstream once"
+        "32 pulls on two replicas fetched the blob from the upstream once"
     );
     // Kept now: more pulls do not reach the upstream.
     b.client()
