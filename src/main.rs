@@ -569,15 +569,15 @@ async fn gc(config: Config, args: GcArgs) -> anyhow::Result<()> {
     writeln!(
         out,
         "gc (grace period {grace}): reviewed {} in {:.1} s; deleted {} untagged manifest(s), \
-         {} mirrored manifest(s) nobody pulled, {} blob link(s) and {} blob(s), freeing {}; \
-         expired {} upload session(s); removed {} stored object(s)",
+         {} blob link(s) and {} blob(s), freeing {}; evicted {} mirrored manifest(s) nobody \
+         pulled; expired {} upload session(s); removed {} stored object(s)",
         report.reviewed,
         started.elapsed().as_secs_f64(),
         report.manifests,
-        report.evicted,
         report.links,
         report.blobs,
         mebibytes(report.bytes),
+        report.evicted,
         report.expired_uploads,
         report.removed_objects
     )?;

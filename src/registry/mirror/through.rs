@@ -203,20 +203,22 @@ impl Registry {
                 continue;
             }
             // An index goes before its children, which the next batch may then take.
+            let mut from_upstream = 0;
             loop {
                 let batch = self
                     .inner
                     .metadata
                     .evict_unpulled_manifests(&upstream.name, cutoff, EVICTION_BATCH, now, true)
                     .await?;
-                evicted += batch;
+                from_upstream += batch;
                 if batch == 0 {
                     break;
                 }
             }
-            if evicted > 0 {
-                tracing::info!(upstream = %upstream.name, evicted, "evicted mirrored manifests nobody pulled");
+            if from_upstream > 0 {
+                tracing::info!(upstream = %upstream.name, evicted = from_upstream, "evicted mirrored manifests nobody pulled");
             }
+            evicted += from_upstream;
         }
         Ok(evicted)
     }
@@ -382,6 +384,12 @@ impl Registry {
             Reference::Tag(_) => reference.clone(),
             Reference::Digest(_) => Reference::Digest(fetched.digest.clone()),
         };
+        // Recorded as kept before it is stored: a crash between the two leaves a row without
+        // a manifest, which eviction forgets, and never a kept manifest eviction cannot see.
+        self.inner
+            .metadata
+            .keep_mirrored_manifest(local, &fetched.digest, upstream, self.now())
+            .await?;
         let pushed = self
             .store_manifest(
                 local,
@@ -392,10 +400,12 @@ impl Registry {
                 true,
             )
             .await?;
-        self.inner
-            .metadata
-            .keep_mirrored_manifest(local, &pushed.digest, upstream, self.now())
-            .await?;
+        if pushed.digest != fetched.digest {
+            self.inner
+                .metadata
+                .keep_mirrored_manifest(local, &pushed.digest, upstream, self.now())
+                .await?;
+        }
         Ok(ManifestRecord {
             digest: pushed.digest,
             media_type: fetched.media_type,
