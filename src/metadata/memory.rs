@@ -154,6 +154,8 @@ impl State {
             return false;
         };
         repo.tags.retain(|_, d| d != digest);
+        self.mirror_pulls
+            .remove(&(repository.to_owned(), digest.clone()));
         for blob in stored.blobs {
             // A blob unlinked while the manifest kept it has no link to review: the blob is.
             if !repo.blobs.contains_key(&blob) {
@@ -962,11 +964,24 @@ impl MetadataStore for MemoryMetadataStore {
     ) -> MetadataResult<()> {
         let key = (repository.as_str().to_owned(), digest.clone());
         let mut state = self.state();
-        let kept = state
+        match state.mirror_pulls.get_mut(&key) {
+            Some(kept) if kept.1 < at => *kept = (upstream.to_owned(), at),
+            Some(_) => {}
+            None => {
+                state.mirror_pulls.insert(key, (upstream.to_owned(), at));
+            }
+        }
+        Ok(())
+    }
+
+    async fn disown_mirrored_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<()> {
+        self.state()
             .mirror_pulls
-            .entry(key)
-            .or_insert_with(|| (upstream.to_owned(), at));
-        *kept = (upstream.to_owned(), kept.1.max(at));
+            .remove(&(repository.as_str().to_owned(), digest.clone()));
         Ok(())
     }
 
@@ -991,39 +1006,42 @@ impl MetadataStore for MemoryMetadataStore {
     ) -> MetadataResult<u64> {
         let mut state = self.state();
         let state = &mut *state;
-        // Rows whose manifest went another way are forgotten with the evicted ones.
-        state.mirror_pulls.retain(|(repository, digest), _| {
-            state
-                .repositories
-                .get(repository)
-                .is_some_and(|r| r.manifests.contains_key(digest))
-        });
-        let due: Vec<(String, Digest)> = state
+        let mut due: Vec<(i64, String, Digest)> = state
             .mirror_pulls
             .iter()
             .filter(|((repository, digest), (from, at))| {
                 from == upstream
                     && *at <= cutoff
-                    && state
-                        .repositories
-                        .get(repository)
-                        .is_some_and(|r| !r.manifests.values().any(|p| p.children.contains(digest)))
+                    && state.repositories.get(repository).is_some_and(|r| {
+                        r.manifests.contains_key(digest)
+                            && !r.manifests.values().any(|p| p.children.contains(digest))
+                    })
             })
-            .map(|(key, _)| key.clone())
-            .take(limit as usize)
+            .map(|((repository, digest), (_, at))| (*at, repository.clone(), digest.clone()))
             .collect();
+        due.sort();
+        due.truncate(limit as usize);
         if !apply {
             return Ok(due.len() as u64);
         }
         let mut evicted = 0;
-        for (repository, digest) in due {
-            state
-                .mirror_pulls
-                .remove(&(repository.clone(), digest.clone()));
+        for (_, repository, digest) in due {
             if state.forget_manifest(&repository, &digest, now) {
                 evicted += 1;
             }
         }
+        // Rows of this upstream's whose manifest went another way (a crash between keeping
+        // and storing it).
+        state
+            .mirror_pulls
+            .retain(|(repository, digest), (from, at)| {
+                from != upstream
+                    || *at > cutoff
+                    || state
+                        .repositories
+                        .get(repository)
+                        .is_some_and(|r| r.manifests.contains_key(digest))
+            });
         Ok(evicted)
     }
 }

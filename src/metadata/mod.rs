@@ -595,6 +595,14 @@ pub trait MetadataStore: Send + Sync + 'static {
         at: i64,
     ) -> MetadataResult<()>;
 
+    /// Forgets that `digest` in `repository` was kept from an upstream: a client pushed it,
+    /// so it is the registry's own and never evicted.
+    async fn disown_mirrored_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<()>;
+
     /// Moves the last pull of each kept manifest in `pulls` forward to its time (never back;
     /// manifests not kept from an upstream are left alone).
     async fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> MetadataResult<()>;

@@ -165,8 +165,17 @@ impl Registry {
         let now = self.now();
         let (cutoff, untagged_cutoff) = self.gc_cutoffs(now);
         let metadata = &self.inner.metadata;
+        // Eviction failing (a deadlock, a lost connection) must not hold up the rest of the
+        // pass: it is logged and tried again next pass.
+        let evicted = match self.evict_unpulled(now, true).await {
+            Ok(evicted) => evicted,
+            Err(e) => {
+                tracing::warn!(error = %e, "evicting mirrored manifests nobody pulled failed");
+                0
+            }
+        };
         let mut report = GcReport {
-            evicted: self.evict_unpulled(now, true).await?,
+            evicted,
             ..GcReport::default()
         };
         if let Some(untagged_cutoff) = untagged_cutoff {

@@ -59,6 +59,11 @@ impl Registry {
         body: &[u8],
     ) -> RegistryResult<PushedManifest> {
         let sparse = self.inner.options.sparse_manifests;
+        let digest = match reference {
+            Reference::Digest(digest) => digest.clone(),
+            Reference::Tag(_) => DigestAlgorithm::Sha256.digest(body),
+        };
+        self.disown_pushed_manifest(repository, &digest).await?;
         self.store_manifest(repository, reference, tags, content_type, body, sparse)
             .await
     }

@@ -293,12 +293,17 @@ async fn concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_on
     let before = scrape(&origin_admin).await;
     // 32 cold pulls of one 256 MiB blob at once, spread over both replicas by the balancer;
     // each client hashes what it reads as it streams.
+    // Tasks of their own, so that the clients' hashing spreads over the runtime's threads.
     let pulls = (0..32).map(|_| {
         let c = through_balancer.clone();
         let path = format!("/v2/library/big/blobs/{digest}");
-        async move { streamed_sha256(&c, &path).await }
+        tokio::spawn(async move { streamed_sha256(&c, &path).await })
     });
-    let answers = futures::future::join_all(pulls).await;
+    let answers: Vec<_> = futures::future::join_all(pulls)
+        .await
+        .into_iter()
+        .map(|joined| joined.expect("a pull's task"))
+        .collect();
     for (status, read, bytes) in &answers {
         assert_eq!(*status, 200);
         assert_eq!(
@@ -320,6 +325,19 @@ async fn concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_on
         1.0,
         "32 pulls on two replicas fetched the blob from the upstream once"
     );
+    // The balancer spread them: both replicas answered pulls of the blob.
+    for replica in [&a, &b] {
+        let served = replica
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("operation=\"get_blob\"") && l.contains("status=200"))
+            .count();
+        assert!(
+            served >= 1,
+            "replica {} served {served} pulls",
+            replica.addr
+        );
+    }
     // Kept now: more pulls do not reach the upstream.
     b.client()
         .get(&format!("/v2/library/big/blobs/{digest}"))
@@ -798,33 +816,36 @@ async fn containerd_pulls_through_a_hosts_toml_mirror_routed_by_ns() {
     .expect(200, None);
 }
 
-/// What nobody pulls is evicted: a mirror with `evict_after` keeps pulling one of two names
-/// that share every blob and stops pulling the other. The unpulled manifest is removed by the
+/// What nobody pulls is evicted: a mirror with `evict_after` keeps pulling one of three names
+/// that share every blob and stops pulling the others. The unpulled manifest is removed by the
 /// collector and its links after the grace period, while the shared blobs stay whole for the
-/// name still pulled, even with the upstream gone.
+/// name still pulled, even with the upstream gone; a manifest a client pushed over what the
+/// mirror fetched (`allow_push`) is the registry's own and stays unpulled.
 async fn a_mirror_evicts_what_nobody_pulled_and_keeps_blobs_another_name_shares() {
     let origin = Server::start_with(&[("BERTH_REDIRECT", "false")]);
     let oc = origin.client();
     let image = oc.push_image("library/app", "v1", unique_seed()).await;
-    // The same image under a second name: every blob shared.
-    for blob in [&image.config, &image.layer] {
-        oc.push_blob("library/twin", blob).await;
+    // The same image under two more names: every blob shared.
+    for name in ["library/twin", "library/claimed"] {
+        for blob in [&image.config, &image.layer] {
+            oc.push_blob(name, blob).await;
+        }
+        oc.put_manifest(
+            name,
+            "v1",
+            "application/vnd.oci.image.manifest.v1+json",
+            &image.manifest,
+        )
+        .await
+        .expect(201, None);
     }
-    oc.put_manifest(
-        "library/twin",
-        "v1",
-        "application/vnd.oci.image.manifest.v1+json",
-        &image.manifest,
-    )
-    .await
-    .expect(201, None);
     let dir = tempfile::tempdir().unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
     let mirror = mirror(
         dir.path(),
         &format!(
             "[[upstream]]\nname = \"origin\"\nurl = \"http://{}\"\nprefix = \"origin\"\n\
-             tag_ttl = \"1h\"\nevict_after = \"3s\"\n",
+             tag_ttl = \"1h\"\nevict_after = \"4s\"\nallow_push = true\n",
             origin.addr
         ),
         &[
@@ -835,7 +856,7 @@ async fn a_mirror_evicts_what_nobody_pulled_and_keeps_blobs_another_name_shares(
     );
     let c = mirror.client();
     let layer_digest = sha256(&image.layer);
-    for name in ["app", "twin"] {
+    for name in ["app", "twin", "claimed"] {
         manifest(&c, &format!("/v2/origin/library/{name}/manifests/v1"))
             .await
             .expect(200, None);
@@ -847,6 +868,16 @@ async fn a_mirror_evicts_what_nobody_pulled_and_keeps_blobs_another_name_shares(
             assert_eq!(&got.body.to_vec(), blob);
         }
     }
+    // A client pushes the manifest claimed's mirror fetched (allow_push lets it): from now
+    // on it is the registry's own, and nobody pulling it does not evict it.
+    c.put_manifest(
+        "origin/library/claimed",
+        "mine",
+        "application/vnd.oci.image.manifest.v1+json",
+        &image.manifest,
+    )
+    .await
+    .expect(201, None);
     drop(origin);
 
     // twin is pulled (by digest, as clients do after the tag) every half second; app never
@@ -889,6 +920,19 @@ async fn a_mirror_evicts_what_nobody_pulled_and_keeps_blobs_another_name_shares(
         got.expect(200, None);
         assert_eq!(&got.body.to_vec(), blob, "a shared blob stays whole");
     }
+    // The pushed manifest was never pulled again, and stays with its blobs.
+    let claimed = manifest(
+        &c,
+        &format!("/v2/origin/library/claimed/manifests/{}", image.digest),
+    )
+    .await;
+    claimed.expect(200, None);
+    assert_eq!(claimed.body.to_vec(), image.manifest);
+    let got = c
+        .get(&format!("/v2/origin/library/claimed/blobs/{layer_digest}"))
+        .await;
+    got.expect(200, None);
+    assert_eq!(got.body.to_vec(), image.layer);
     let exposition = scrape(&Client::new(&format!("http://{admin}"))).await;
     assert!(
         metric_sum(

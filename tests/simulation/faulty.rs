@@ -423,6 +423,7 @@ faulty_calls! {
     fn claim_mirror_fetch(&self, digest: &Digest, repository: &RepositoryName, owner: &str, now: i64, lease_until: i64) -> bool;
     fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> ();
     fn keep_mirrored_manifest(&self, repository: &RepositoryName, digest: &Digest, upstream: &str, at: i64) -> ();
+    fn disown_mirrored_manifest(&self, repository: &RepositoryName, digest: &Digest) -> ();
     fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> ();
     fn evict_unpulled_manifests(&self, upstream: &str, cutoff: i64, limit: u32, now: i64, apply: bool) -> u64;
 }

@@ -327,7 +327,13 @@ impl SqlMetadataStore {
         .execute(&mut **tx)
         .await?;
         // Explicit deletes of the dependent rows keep this independent of cascade settings.
+        // A mirror's record of a kept manifest goes with it, however it is deleted, so that
+        // the same digest pushed again later is the registry's own and never evicted.
         for sql in [
+            format!(
+                "DELETE FROM mirror_pulls WHERE EXISTS (SELECT 1 FROM repositories r \
+                 WHERE r.name = mirror_pulls.repository AND (r.id, mirror_pulls.digest) IN {list})"
+            ),
             format!("DELETE FROM tags WHERE (repository_id, manifest_digest) IN {list}"),
             format!("DELETE FROM manifest_blobs WHERE (repository_id, manifest_digest) IN {list}"),
             format!("DELETE FROM manifest_children WHERE (repository_id, parent_digest) IN {list}"),

@@ -127,6 +127,19 @@ impl SqlMetadataStore {
         Ok(())
     }
 
+    pub(super) async fn disown_mirrored_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<()> {
+        sqlx::query("DELETE FROM mirror_pulls WHERE repository = $1 AND digest = $2")
+            .bind(repository.as_str())
+            .bind(digest.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub(super) async fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> MetadataResult<()> {
         if pulls.is_empty() {
             return Ok(());

@@ -493,6 +493,14 @@ impl MetadataStore for SqlMetadataStore {
             .await
     }
 
+    async fn disown_mirrored_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<()> {
+        self.disown_mirrored_manifest(repository, digest).await
+    }
+
     async fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> MetadataResult<()> {
         self.record_mirror_pulls(pulls).await
     }

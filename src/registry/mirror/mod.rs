@@ -67,6 +67,28 @@ impl Registry {
         None
     }
 
+    /// Makes a manifest a client pushes into a mirrored name (where `allow_push` lets it) the
+    /// registry's own: never evicted, even if a mirror fetched the same digest before. Done
+    /// before the push is stored, so a crash between leaves a kept manifest unevictable
+    /// rather than a pushed one evictable.
+    pub(crate) async fn disown_pushed_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> RegistryResult<()> {
+        #[cfg(feature = "mirror")]
+        if let Some((_, mirrored)) = self.mirror_route(repository.as_str(), None)
+            && mirrored.upstream.evict_after.is_some()
+        {
+            self.inner
+                .metadata
+                .disown_mirrored_manifest(repository, digest)
+                .await?;
+        }
+        let _ = (repository, digest);
+        Ok(())
+    }
+
     /// Evicts (with `apply`; else counts) the manifests kept from upstreams that nobody
     /// pulled for their `evict_after`, after writing down this process's pulls; part of every
     /// garbage collection pass.
@@ -93,6 +115,10 @@ impl Registry {
                 || self.flush_mirror_pulls(),
             )
             .await;
+            // What was noted since the last write, while the process drains (best effort).
+            if let Err(e) = self.flush_mirror_pulls().await {
+                tracing::warn!(error = %e, "writing down mirrored pulls at shutdown failed");
+            }
             return;
         }
         drop(shutdown);

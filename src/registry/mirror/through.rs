@@ -103,14 +103,20 @@ impl Mirror {
 
     fn take_pulls(&self) -> Vec<MirrorPull> {
         let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::take(&mut *pulls)
+        let mut taken: Vec<MirrorPull> = std::mem::take(&mut *pulls)
             .into_iter()
             .map(|((repository, digest), at)| MirrorPull {
                 repository,
                 digest,
                 at,
             })
-            .collect()
+            .collect();
+        // Rows are locked in key order, as every writer does, so that two replicas writing
+        // the same pulls never wait on each other in opposite orders.
+        taken.sort_by(|a, b| {
+            (&a.repository, a.digest.as_str()).cmp(&(&b.repository, b.digest.as_str()))
+        });
+        taken
     }
 
     fn client(&self, mirrored: &Mirrored<'_>) -> RegistryResult<&UpstreamClient> {
@@ -150,15 +156,18 @@ impl Registry {
         mirrored: Mirrored<'_>,
         reference: &Reference,
     ) -> RegistryResult<PulledManifest> {
-        let local = RepositoryName::parse(&mirrored.local_name)?;
+        let evicts = mirrored.upstream.evict_after.is_some();
+        let local = mirrored.local_name.clone();
         let pulled = self
             .read_manifest_through(mirror, mirrored, reference)
             .await?;
-        mirror.note_pull(MirrorPull {
-            repository: local.as_str().to_owned(),
-            digest: pulled.record.digest.clone(),
-            at: self.now(),
-        });
+        if evicts {
+            mirror.note_pull(MirrorPull {
+                repository: local,
+                digest: pulled.record.digest.clone(),
+                at: self.now(),
+            });
+        }
         Ok(pulled)
     }
 
@@ -184,6 +193,9 @@ impl Registry {
         now: i64,
         apply: bool,
     ) -> RegistryResult<u64> {
+        if !mirror.upstreams.iter().any(|u| u.evict_after.is_some()) {
+            return Ok(0);
+        }
         if apply {
             // This process's own pulls count too.
             self.flush_mirror_pulls().await?;
@@ -323,8 +335,9 @@ impl Registry {
                 };
             }
         };
+        let evicted_from = mirrored.upstream.evict_after.map(|_| upstream);
         let record = self
-            .keep_manifest(&local, reference, fetched, upstream)
+            .keep_manifest(&local, reference, fetched, evicted_from)
             .await?;
         if let Some(tag) = tag {
             self.inner
@@ -369,13 +382,14 @@ impl Registry {
         }
     }
 
-    /// Stores a manifest read from an upstream under `reference` (its tag, if by tag).
+    /// Stores a manifest read from an upstream under `reference` (its tag, if by tag), recorded
+    /// for eviction when its upstream (`evicted_from`) evicts what nobody pulls.
     async fn keep_manifest(
         &self,
         local: &RepositoryName,
         reference: &Reference,
         fetched: UpstreamManifest,
-        upstream: &str,
+        evicted_from: Option<&str>,
     ) -> RegistryResult<ManifestRecord> {
         let content = fetched
             .body
@@ -386,10 +400,13 @@ impl Registry {
         };
         // Recorded as kept before it is stored: a crash between the two leaves a row without
         // a manifest, which eviction forgets, and never a kept manifest eviction cannot see.
-        self.inner
-            .metadata
-            .keep_mirrored_manifest(local, &fetched.digest, upstream, self.now())
-            .await?;
+        // (The digest of a GET is computed from its bytes, which are what is stored.)
+        if let Some(upstream) = evicted_from {
+            self.inner
+                .metadata
+                .keep_mirrored_manifest(local, &fetched.digest, upstream, self.now())
+                .await?;
+        }
         let pushed = self
             .store_manifest(
                 local,
@@ -400,12 +417,7 @@ impl Registry {
                 true,
             )
             .await?;
-        if pushed.digest != fetched.digest {
-            self.inner
-                .metadata
-                .keep_mirrored_manifest(local, &pushed.digest, upstream, self.now())
-                .await?;
-        }
+
         Ok(ManifestRecord {
             digest: pushed.digest,
             media_type: fetched.media_type,
