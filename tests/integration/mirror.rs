@@ -949,6 +949,7 @@ async fn a_mirror_evicts_what_nobody_pulled_and_keeps_blobs_another_name_shares(
 struct MirroredEngine {
     dir: tempfile::TempDir,
     daemon: std::process::Child,
+    bridge: String,
 }
 
 impl MirroredEngine {
@@ -960,6 +961,16 @@ impl MirroredEngine {
             .unwrap();
         let namespace = format!("berth-mirror-{}", unique_seed() % 1_000_000);
         let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        // A bridge of its own: started with `--bridge=none`, dockerd deletes `docker0`, the
+        // bridge of the engine every other test (and the image build) uses.
+        let bridge = format!("bm{}", unique_seed() % 1_000_000);
+        for args in [
+            vec!["link", "add", "name", &bridge, "type", "bridge"],
+            vec!["addr", "add", "172.30.213.1/24", "dev", &bridge],
+            vec!["link", "set", &bridge, "up"],
+        ] {
+            ok(std::process::Command::new("ip").args(args));
+        }
         let daemon = std::process::Command::new("dockerd")
             .arg("--data-root")
             .arg(dir.path().join("data"))
@@ -975,14 +986,18 @@ impl MirroredEngine {
                 "--containerd-plugins-namespace",
                 &format!("{namespace}-plugins"),
             ])
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .args(["--bridge", &bridge, "--iptables=false", "--ip6tables=false"])
             .args(["--storage-driver", "overlay2"])
             .args(["--registry-mirror", &format!("http://{mirror}")])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("dockerd starts");
-        let engine = MirroredEngine { dir, daemon };
+        let engine = MirroredEngine {
+            dir,
+            daemon,
+            bridge,
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !engine
             .docker()
@@ -1018,7 +1033,15 @@ impl Drop for MirroredEngine {
             .arg(self.daemon.id().to_string())
             .status();
         let _ = self.daemon.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .status();
     }
+}
+
+/// Whether the network interface `name` exists.
+fn interface_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
 }
 
 /// Docker's `registry-mirrors`: an engine configured with the mirror pulls a Docker Hub name
@@ -1063,6 +1086,7 @@ async fn dockerd_pulls_docker_hub_names_through_its_registry_mirrors() {
         ),
         &[],
     );
+    let main_bridge = interface_exists("docker0");
     let engine = MirroredEngine::start(&near.addr.to_string());
     let hub_name = format!("mirrored-busybox:{tag}");
     ok(engine.docker().args(["pull", &hub_name]));
@@ -1095,6 +1119,12 @@ async fn dockerd_pulls_docker_hub_names_through_its_registry_mirrors() {
         "the engine's pull went through the mirror"
     );
     ok(engine.docker().args(["rmi", &hub_name]));
+    drop(engine);
+    assert_eq!(
+        interface_exists("docker0"),
+        main_bridge,
+        "the second engine leaves the main engine's bridge as it was"
+    );
     // Kept: served with the upstream gone.
     drop(origin);
     manifest(
