@@ -67,6 +67,10 @@ grep -q 'mountPath: /etc/berth/upstreams/dockerhub/credentials' "$OUT/mirror-val
 grep -q 'secretName: dockerhub-credentials' "$OUT/mirror-values.yaml"
 grep -q 'checksum/config-file' "$OUT/mirror-values.yaml"
 grep -q 'evict_after = "168h"' "$OUT/mirror-values.yaml"
+# Replicas of a mirror follow each other's fetches at their pod IPs.
+grep -q 'value: "http://$(POD_IP):5000"' "$OUT/mirror-values.yaml"
+grep -q 'fieldPath: status.podIP' "$OUT/mirror-values.yaml"
+refute 'BERTH_ADVERTISE_URL' "$OUT/minimal-values.yaml"
 refute 'BERTH_CONFIG' "$OUT/minimal-values.yaml"
 refute 'upstream' "$OUT/minimal-values.yaml"
 python - "$OUT/mirror-values.yaml" <<'PY'

@@ -353,6 +353,8 @@ settings! {
     max_page_size: u32, env = "BERTH_MAX_PAGE_SIZE", value_name = "N",
     /// How long a mirror's claim on fetching a blob lasts unless renewed (others take over a dead fetcher's after it) [default: 30s].
     mirror_fetch_lease: Span, env = "BERTH_MIRROR_FETCH_LEASE", value_name = "DURATION",
+    /// The URL other replicas reach this one at (http://POD_IP:5000): pulls on them follow this replica's upstream fetches through it instead of waiting for the blobs to be stored [default: none].
+    advertise_url: String, env = "BERTH_ADVERTISE_URL", value_name = "URL",
     /// Send Docker-Content-Digest on manifest GETs by tag [default: true].
     tag_digest_header: bool, env = "BERTH_TAG_DIGEST_HEADER", value_name = "BOOL",
     /// Send Link headers for further pages [default: true].
@@ -607,6 +609,7 @@ impl Settings {
                 "storage = memory keeps metadata in memory too; unset database_url or choose filesystem or s3 storage"
             );
         }
+        let advertise_url = advertise_url(self.advertise_url.as_deref())?;
         let auth = self.auth_settings()?;
         let tls = self.tls_settings()?;
         let upstreams = Upstreams::new(
@@ -663,6 +666,7 @@ impl Settings {
                 .mirror_fetch_lease
                 .map_or(defaults.mirror_fetch_lease, |s| s.0)
                 .max(Duration::from_secs(1)),
+            advertise_url,
         };
         let http_defaults = HttpOptions::default();
         let http = HttpOptions {
@@ -892,6 +896,32 @@ impl Config {
     }
 }
 
+/// The advertised URL, checked: absolute http(s) with a host, no path, query or fragment (the
+/// relay path is appended to it); a trailing `/` is dropped. Empty means none.
+fn advertise_url(url: Option<&str>) -> anyhow::Result<Option<String>> {
+    let Some(url) = url
+        .map(|u| u.trim_end_matches('/'))
+        .filter(|u| !u.is_empty())
+    else {
+        return Ok(None);
+    };
+    let authority = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match authority {
+        Some(authority)
+            if !authority.is_empty()
+                && !authority.contains(['/', '?', '#', ' '])
+                && !authority.starts_with(':') =>
+        {
+            Ok(Some(url.to_owned()))
+        }
+        _ => bail!(
+            "advertise_url must be http://HOST:PORT or https://HOST:PORT with no path, got {url:?}"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1009,6 +1039,25 @@ allow_push = true
     #[test]
     fn unknown_file_keys_are_refused() {
         assert!(toml::from_str::<Settings>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn advertised_urls_are_checked() {
+        assert_eq!(advertise_url(None).expect("none"), None);
+        assert_eq!(advertise_url(Some("")).expect("empty"), None);
+        assert_eq!(
+            advertise_url(Some("http://10.0.0.7:5000/")).expect("valid"),
+            Some("http://10.0.0.7:5000".to_owned())
+        );
+        for bad in [
+            "10.0.0.7:5000",
+            "ftp://h",
+            "http://",
+            "http://h/v2",
+            "http://:5000",
+        ] {
+            assert!(advertise_url(Some(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -339,7 +339,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(authorizer) = auth.authorizer {
         api = api.authorizer(authorizer);
     }
-    let mut app = api.router().merge(berth::http::health_router(registry));
+    let mut app = api
+        .router()
+        .merge(berth::http::health_router(registry.clone()));
+    #[cfg(feature = "mirror")]
+    {
+        app = app.merge(berth::http::relay_router(registry));
+    }
     if let Some(tokens) = auth.token_router {
         app = app.merge(tokens);
     }

@@ -19,6 +19,8 @@ pub mod error;
 mod handlers;
 pub mod headers;
 pub mod observe;
+#[cfg(feature = "mirror")]
+mod relay;
 mod server;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -29,6 +31,8 @@ pub use api::{API_VERSION, Api, BlobLocationHook, HttpOptions, UploadLocationHoo
 pub use endpoint::{Action, Operation, Route, RouteError, Target, TargetError, route};
 pub use error::{ApiError, ApiResult};
 pub use observe::{RequestId, observed};
+#[cfg(feature = "mirror")]
+pub use relay::relay_router;
 #[cfg(feature = "tls")]
 pub use server::serve_tls;
 pub use server::{ServeOptions, serve, serve_with};

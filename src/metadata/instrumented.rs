@@ -9,9 +9,9 @@ use async_trait::async_trait;
 
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
-    ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorPull, NewManifest, Page,
-    PoolUsage, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint,
-    UploadSession,
+    ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
+    NewManifest, Page, PoolUsage, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard,
+    UploadCheckpoint, UploadSession,
 };
 use crate::instruments;
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
@@ -116,7 +116,8 @@ measured_calls! {
     fn collect_preview(&self, cutoff: i64, untagged_cutoff: Option<i64>) -> Collected;
     fn mirror_tag_checked(&self, repository: &RepositoryName, tag: &Tag) -> Option<i64>;
     fn record_mirror_tag_check(&self, repository: &RepositoryName, tag: &Tag, at: i64) -> ();
-    fn claim_mirror_fetch(&self, digest: &Digest, repository: &RepositoryName, owner: &str, now: i64, lease_until: i64) -> bool;
+    fn claim_mirror_fetch(&self, digest: &Digest, claim: &MirrorFetchClaim, now: i64) -> bool;
+    fn mirror_fetch_claim(&self, digest: &Digest) -> Option<MirrorFetchClaim>;
     fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> ();
     fn keep_mirrored_manifest(&self, repository: &RepositoryName, digest: &Digest, upstream: &str, at: i64) -> ();
     fn disown_mirrored_manifest(&self, repository: &RepositoryName, digest: &Digest) -> ();

@@ -11,8 +11,9 @@ use async_trait::async_trait;
 
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingKind, DanglingReference, Garbage,
-    ManifestDeletion, ManifestRecord, MetadataResult, MetadataStore, MirrorPull, NewManifest, Page,
-    PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
+    ManifestDeletion, ManifestRecord, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
+    NewManifest, Page, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard,
+    UploadCheckpoint, UploadSession,
 };
 use crate::oci::{Digest, ParsedManifest, Reference, RepositoryName, Tag};
 use crate::storage::PartRecord;
@@ -36,7 +37,7 @@ struct State {
     blob_reviews: HashMap<Digest, i64>,
     /// A mirror's tag checks, by (repository, tag), and its fetch claims: (owner, lease end).
     mirror_tag_checks: HashMap<(String, String), i64>,
-    mirror_fetches: HashMap<Digest, (String, i64)>,
+    mirror_fetches: HashMap<Digest, MirrorFetchClaim>,
     /// Manifests kept from an upstream, by (repository, digest): (upstream, last pull).
     mirror_pulls: HashMap<(String, Digest), (String, i64)>,
 }
@@ -925,22 +926,25 @@ impl MetadataStore for MemoryMetadataStore {
     async fn claim_mirror_fetch(
         &self,
         digest: &Digest,
-        _repository: &RepositoryName,
-        owner: &str,
+        claim: &MirrorFetchClaim,
         now: i64,
-        lease_until: i64,
     ) -> MetadataResult<bool> {
         let mut state = self.state();
         let free = match state.mirror_fetches.get(digest) {
-            Some((holder, until)) => holder == owner || *until < now,
+            Some(held) => held.owner == claim.owner || held.lease_until < now,
             None => true,
         };
         if free {
-            state
-                .mirror_fetches
-                .insert(digest.clone(), (owner.to_owned(), lease_until));
+            state.mirror_fetches.insert(digest.clone(), claim.clone());
         }
         Ok(free)
+    }
+
+    async fn mirror_fetch_claim(
+        &self,
+        digest: &Digest,
+    ) -> MetadataResult<Option<MirrorFetchClaim>> {
+        Ok(self.state().mirror_fetches.get(digest).cloned())
     }
 
     async fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> MetadataResult<()> {
@@ -948,7 +952,7 @@ impl MetadataStore for MemoryMetadataStore {
         if state
             .mirror_fetches
             .get(digest)
-            .is_some_and(|(holder, _)| holder == owner)
+            .is_some_and(|held| held.owner == owner)
         {
             state.mirror_fetches.remove(digest);
         }

@@ -149,6 +149,20 @@ pub struct MirrorPull {
     pub at: i64,
 }
 
+/// A claim on fetching one blob from an upstream (see [`MetadataStore::claim_mirror_fetch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorFetchClaim {
+    /// The repository (local name) the blob is fetched into.
+    pub repository: RepositoryName,
+    /// Who holds it: a random id per fetch, known only to the holder and to whoever reads
+    /// the claim from this store.
+    pub owner: String,
+    /// Where the holder serves the bytes it has read so far, if it says.
+    pub relay: Option<String>,
+    /// When the claim runs out unless renewed (Unix milliseconds).
+    pub lease_until: i64,
+}
+
 /// What one step of garbage collection removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Collected {
@@ -569,17 +583,19 @@ pub trait MetadataStore: Send + Sync + 'static {
         at: i64,
     ) -> MetadataResult<()>;
 
-    /// Claims the fetch of `digest` from an upstream for `owner` until `lease_until`: true
-    /// when no one held it, its lease ran out before `now`, or `owner` already held it (a
-    /// renewal); false while another owner's lease runs.
+    /// Claims the fetch of `digest` from an upstream for `claim.owner` until
+    /// `claim.lease_until`: true when no one held it, its lease ran out before `now`, or the
+    /// same owner already held it (a renewal); false while another owner's lease runs.
     async fn claim_mirror_fetch(
         &self,
         digest: &Digest,
-        repository: &RepositoryName,
-        owner: &str,
+        claim: &MirrorFetchClaim,
         now: i64,
-        lease_until: i64,
     ) -> MetadataResult<bool>;
+
+    /// The claim on fetching `digest`, if any (its lease may have run out).
+    async fn mirror_fetch_claim(&self, digest: &Digest)
+    -> MetadataResult<Option<MirrorFetchClaim>>;
 
     /// Gives up `owner`'s claim on fetching `digest` (done, or failed).
     async fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> MetadataResult<()>;

@@ -91,6 +91,10 @@ pub struct RegistryOptions {
     /// How long a mirror's claim on fetching a blob lasts unless renewed: when its holder
     /// dies, pulls waiting for it take the fetch over this long after its last renewal.
     pub mirror_fetch_lease: Duration,
+    /// The URL other replicas reach this process at (`http://POD_IP:5000`): pulls on them
+    /// follow this process's upstream fetches through it while they run, instead of waiting
+    /// for the blobs to be stored. `None`: they wait.
+    pub advertise_url: Option<String>,
 }
 
 impl Default for RegistryOptions {
@@ -111,6 +115,7 @@ impl Default for RegistryOptions {
             sparse_manifests: false,
             max_page_size: None,
             mirror_fetch_lease: Duration::from_secs(30),
+            advertise_url: None,
         }
     }
 }
@@ -133,6 +138,7 @@ impl std::fmt::Debug for RegistryOptions {
             .field("sparse_manifests", &self.sparse_manifests)
             .field("max_page_size", &self.max_page_size)
             .field("mirror_fetch_lease", &self.mirror_fetch_lease)
+            .field("advertise_url", &self.advertise_url)
             .finish()
     }
 }

@@ -1138,6 +1138,233 @@ async fn dockerd_pulls_docker_hub_names_through_its_registry_mirrors() {
     .expect(200, None);
 }
 
+/// How a gated upstream goes on after the first part of a blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gate {
+    Closed,
+    Open,
+    Cut,
+}
+
+/// An upstream serving `blobs` (path → bytes) that sends the first `gate_at` bytes of each,
+/// then holds the rest until `gate` opens (or closes the connection when it says `Cut`); it
+/// counts the blob GETs it answers.
+async fn gated_upstream(
+    blobs: std::collections::HashMap<String, Vec<u8>>,
+    gate_at: usize,
+    gate: tokio::sync::watch::Receiver<Gate>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let blobs = std::sync::Arc::new(blobs);
+    let gets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&gets);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (blobs, gets, mut gate) = (
+                std::sync::Arc::clone(&blobs),
+                std::sync::Arc::clone(&counted),
+                gate.clone(),
+            );
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let mut words = head.split_whitespace();
+                let method = words.next().unwrap_or_default().to_owned();
+                let path = words.next().unwrap_or_default().to_owned();
+                let Some(body) = blobs.get(&path) else {
+                    let status = if path == "/v2/" {
+                        "200 OK"
+                    } else {
+                        "404 Not Found"
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                    return;
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                if method != "GET" {
+                    return;
+                }
+                gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = socket.write_all(&body[..gate_at]).await;
+                let went_on = gate.wait_for(|g| *g != Gate::Closed).await.map(|g| *g);
+                if matches!(went_on, Ok(Gate::Open)) {
+                    let _ = socket.write_all(&body[gate_at..]).await;
+                }
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (addr, gets)
+}
+
+/// A pull streaming a blob: its status, and a task collecting its bytes whose count so far
+/// is in the returned counter.
+async fn streaming_pull(
+    c: &Client,
+    path: &str,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<Result<Vec<u8>, String>>,
+) {
+    let mut answer = c.request(Method::GET, path).send().await.unwrap();
+    assert_eq!(answer.status(), 200, "{path}");
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&read);
+    let body = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(chunk) = answer.chunk().await.map_err(|e| e.to_string())? {
+            all.extend_from_slice(&chunk);
+            counter.store(all.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(all)
+    });
+    (read, body)
+}
+
+/// Waits until `read` holds at least `bytes`, for a few seconds.
+async fn has_read(read: &std::sync::atomic::AtomicUsize, bytes: usize, who: &str) {
+    for _ in 0..300 {
+        if read.load(std::sync::atomic::Ordering::SeqCst) >= bytes {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{who} read {} bytes of a running fetch, expected at least {bytes}",
+        read.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+/// Pulls that join a fetch already running — on the replica running it, and on another
+/// replica, through the first — read the bytes fetched so far at once and then follow the
+/// fetch; the upstream serves the blob once. When the upstream then cuts the body short,
+/// every one of them gets a failed body, never a whole one, and nothing is committed.
+async fn pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replica() {
+    let whole = random_bytes(16 << 20, unique_seed());
+    let cut = random_bytes(16 << 20, unique_seed());
+    let (whole_digest, cut_digest) = (sha256(&whole), sha256(&cut));
+    let gate_at = 8 << 20;
+    let mut blobs = std::collections::HashMap::new();
+    blobs.insert(
+        format!("/v2/library/slow/blobs/{whole_digest}"),
+        whole.clone(),
+    );
+    blobs.insert(format!("/v2/library/slow/blobs/{cut_digest}"), cut);
+    let (gate, gated) = tokio::sync::watch::channel(Gate::Closed);
+    let (upstream, gets) = gated_upstream(blobs, gate_at, gated).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = mirror(
+        dir.path(),
+        &format!("[[upstream]]\nname = \"slow\"\nurl = \"http://{upstream}\"\ndefault = true\n"),
+        &[],
+    );
+    // Both replicas advertise where they can be reached.
+    let a = first.advertised_sibling();
+    let b = first.advertised_sibling();
+    drop(first);
+    // Half the blob goes through at once; what the pulls read before the gate opens cannot
+    // have come from storage (nothing is stored before the whole blob is).
+    let joined_by = gate_at / 2;
+    let path = format!("/v2/library/slow/blobs/{whole_digest}");
+    let (starter_read, starter) = streaming_pull(&a.client(), &path).await;
+    has_read(&starter_read, joined_by, "the pull that started the fetch").await;
+    let (late_read, late) = streaming_pull(&a.client(), &path).await;
+    has_read(&late_read, joined_by, "a late pull on the same replica").await;
+    let (other_read, other) = streaming_pull(&b.client(), &path).await;
+    has_read(&other_read, joined_by, "a late pull on another replica").await;
+    for read in [&starter_read, &late_read, &other_read] {
+        assert!(
+            read.load(std::sync::atomic::Ordering::SeqCst) < whole.len(),
+            "no pull has the whole blob before the fetch is committed"
+        );
+    }
+    gate.send_replace(Gate::Open);
+    for (who, pull) in [
+        ("starter", starter),
+        ("late", late),
+        ("other replica", other),
+    ] {
+        let bytes = pull.await.unwrap().unwrap_or_else(|e| panic!("{who}: {e}"));
+        assert_eq!(
+            (bytes.len(), sha256(&bytes)),
+            (whole.len(), whole_digest.clone()),
+            "{who}"
+        );
+    }
+    assert_eq!(
+        gets.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "fetched once"
+    );
+    let stored = b.client().get(&path).await;
+    stored.expect(200, None);
+    assert_eq!(sha256(&stored.body), whole_digest);
+    assert_eq!(
+        gets.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "then kept"
+    );
+
+    // The same, and the upstream cuts the body after the gate: every follower fails.
+    gate.send_replace(Gate::Closed);
+    let path = format!("/v2/library/slow/blobs/{cut_digest}");
+    let (starter_read, starter) = streaming_pull(&a.client(), &path).await;
+    has_read(
+        &starter_read,
+        joined_by,
+        "the pull that started the doomed fetch",
+    )
+    .await;
+    let (late_read, late) = streaming_pull(&a.client(), &path).await;
+    has_read(&late_read, joined_by, "a late pull of the doomed fetch").await;
+    let (other_read, other) = streaming_pull(&b.client(), &path).await;
+    has_read(
+        &other_read,
+        joined_by,
+        "a late pull of the doomed fetch elsewhere",
+    )
+    .await;
+    gate.send_replace(Gate::Cut);
+    for (who, pull) in [
+        ("starter", starter),
+        ("late", late),
+        ("other replica", other),
+    ] {
+        let outcome = pull.await.unwrap();
+        assert!(
+            outcome.is_err(),
+            "{who} got a whole body from a fetch that failed ({} bytes)",
+            outcome.map(|b| b.len()).unwrap_or_default()
+        );
+    }
+    assert!(
+        a.deployment
+            .log_lines("fetched a blob from upstream")
+            .iter()
+            .all(|l| !l.contains(cut_digest.as_str())),
+        "the cut blob was not committed"
+    );
+}
+
 crate::harness::trials! {
     dockerd_pulls_docker_hub_names_through_its_registry_mirrors.needs(Docker);
     a_mirror_evicts_what_nobody_pulled_and_keeps_blobs_another_name_shares;
@@ -1149,4 +1376,5 @@ crate::harness::trials! {
     a_mirror_reads_through_with_credentials_and_serves_what_it_kept_when_the_upstream_is_down;
     concurrent_cold_pulls_on_two_replicas_fetch_a_blob_from_the_upstream_once.needs(SharedState);
     a_fetch_whose_replica_died_is_taken_over_when_its_lease_runs_out.needs(SharedState);
+    pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replica.needs(SharedState);
 }

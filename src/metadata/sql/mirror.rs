@@ -10,7 +10,7 @@ use super::SqlMetadataStore;
 use super::dialect::{built, json_pairs};
 use super::rows::{pairs_of, u64_of};
 use super::transactions::retrying;
-use crate::metadata::{MetadataResult, MirrorPull};
+use crate::metadata::{MetadataError, MetadataResult, MirrorFetchClaim, MirrorPull};
 use crate::oci::{Digest, RepositoryName, Tag};
 
 impl SqlMetadataStore {
@@ -58,27 +58,48 @@ impl SqlMetadataStore {
     pub(super) async fn claim_mirror_fetch(
         &self,
         digest: &Digest,
-        repository: &RepositoryName,
-        owner: &str,
+        claim: &MirrorFetchClaim,
         now: i64,
-        lease_until: i64,
     ) -> MetadataResult<bool> {
         let claimed = sqlx::query(
-            "INSERT INTO mirror_fetches (digest, repository, owner, lease_until) \
-             VALUES ($1, $2, $3, $4) \
+            "INSERT INTO mirror_fetches (digest, repository, owner, lease_until, relay) \
+             VALUES ($1, $2, $3, $4, $6) \
              ON CONFLICT (digest) DO UPDATE SET repository = excluded.repository, \
-             owner = excluded.owner, lease_until = excluded.lease_until \
+             owner = excluded.owner, lease_until = excluded.lease_until, relay = excluded.relay \
              WHERE mirror_fetches.owner = excluded.owner OR mirror_fetches.lease_until < $5",
         )
         .bind(digest.as_str())
-        .bind(repository.as_str())
-        .bind(owner)
-        .bind(lease_until)
+        .bind(claim.repository.as_str())
+        .bind(&claim.owner)
+        .bind(claim.lease_until)
         .bind(now)
+        .bind(claim.relay.as_deref())
         .execute(&self.pool)
         .await?
         .rows_affected();
         Ok(claimed == 1)
+    }
+
+    pub(super) async fn mirror_fetch_claim(
+        &self,
+        digest: &Digest,
+    ) -> MetadataResult<Option<MirrorFetchClaim>> {
+        let row: Option<(String, String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT repository, owner, relay, lease_until FROM mirror_fetches WHERE digest = $1",
+        )
+        .bind(digest.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(repository, owner, relay, lease_until)| {
+            Ok(MirrorFetchClaim {
+                repository: RepositoryName::parse(&repository)
+                    .map_err(|e| MetadataError::Corrupt(e.to_string()))?,
+                owner,
+                relay,
+                lease_until,
+            })
+        })
+        .transpose()
     }
 
     pub(super) async fn release_mirror_fetch(

@@ -27,9 +27,9 @@ use sqlx::any::AnyPoolOptions;
 
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
-    ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorPull, NewManifest, Page,
-    PoolUsage, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint,
-    UploadSession,
+    ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
+    NewManifest, Page, PoolUsage, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard,
+    UploadCheckpoint, UploadSession,
 };
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::storage::PartRecord;
@@ -469,13 +469,17 @@ impl MetadataStore for SqlMetadataStore {
     async fn claim_mirror_fetch(
         &self,
         digest: &Digest,
-        repository: &RepositoryName,
-        owner: &str,
+        claim: &MirrorFetchClaim,
         now: i64,
-        lease_until: i64,
     ) -> MetadataResult<bool> {
-        self.claim_mirror_fetch(digest, repository, owner, now, lease_until)
-            .await
+        self.claim_mirror_fetch(digest, claim, now).await
+    }
+
+    async fn mirror_fetch_claim(
+        &self,
+        digest: &Digest,
+    ) -> MetadataResult<Option<MirrorFetchClaim>> {
+        self.mirror_fetch_claim(digest).await
     }
 
     async fn release_mirror_fetch(&self, digest: &Digest, owner: &str) -> MetadataResult<()> {

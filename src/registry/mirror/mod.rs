@@ -11,9 +11,11 @@ use crate::oci::{Digest, Reference, RepositoryName};
 use crate::storage::ByteStream;
 
 #[cfg(feature = "mirror")]
+mod follow;
+#[cfg(feature = "mirror")]
 mod through;
 #[cfg(feature = "mirror")]
-pub use through::Mirror;
+pub use through::{Mirror, RELAY_OWNER_HEADER, RELAY_PATH};
 
 /// A manifest served for a pull, and whether it may be out of date.
 #[derive(Debug)]
@@ -174,5 +176,22 @@ impl Registry {
         }
         let _ = ns;
         self.tags(repository, page).await
+    }
+
+    /// The bytes of the upstream fetch of `digest` that this process runs under the claim
+    /// `owner`, for another replica's pull to follow (see `follow.rs`): the size the upstream
+    /// announced, and the bytes from the start. `None` when no such fetch runs here (it
+    /// finished, failed, or runs elsewhere).
+    pub fn relay_mirror_fetch(
+        &self,
+        digest: &Digest,
+        owner: &str,
+    ) -> Option<(Option<u64>, ByteStream)> {
+        #[cfg(feature = "mirror")]
+        if let Some(mirror) = &self.inner.mirror {
+            return self.relay_mirror_fetch_through(mirror, digest, owner);
+        }
+        let _ = (digest, owner);
+        None
     }
 }

@@ -15,18 +15,19 @@
 //!   whose digest did not verify.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use std::future::Future;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use super::follow::{RunningFetches, Spill, SpillWriter};
 use super::{BlobRead, PulledBlob, PulledManifest};
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::instruments;
-use crate::metadata::{BlobRecord, ManifestRecord, MirrorPull, Page};
+use crate::metadata::{BlobRecord, ManifestRecord, MirrorFetchClaim, MirrorPull, Page};
 use crate::oci::{Digest, Reference, RepositoryName, media_type};
 use crate::registry::uploads::{BodyStream, ChunkSpec};
 use crate::registry::{Registry, millis};
@@ -38,18 +39,19 @@ use crate::upstream::{
 const WAIT_POLL: Duration = Duration::from_millis(200);
 /// Longest a pull waits for someone else's fetch before answering 503.
 const LONGEST_WAIT: Duration = Duration::from_secs(3600);
-/// Chunks of a fetch queued for the client that started it; a client that stays this far
-/// behind for [`SLOW_CLIENT`] is let go (its body fails, and it can pull again from storage),
-/// so that one stalled client holds the fetch others wait for only that long.
-const TEE_CHUNKS: usize = 64;
-const SLOW_CLIENT: Duration = Duration::from_secs(5);
+/// Where a replica serves its running fetches to the others (followed by the digest); the
+/// request names the fetch's claim owner in [`RELAY_OWNER_HEADER`].
+pub const RELAY_PATH: &str = "/_berth/mirror-fetches/";
+/// The header naming the claim owner of the fetch a relay request follows.
+pub const RELAY_OWNER_HEADER: &str = "berth-fetch-owner";
+/// How long a replica gets to accept a relay connection before the pull waits for the
+/// stored blob instead.
+const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a relayed body may go quiet (the relaying replica's own upstream read times out
+/// first).
+const RELAY_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Manifests one eviction transaction deletes.
 const EVICTION_BATCH: u32 = 500;
-
-/// What a fetch hands the client that started it: a chunk, the end (`None`, sent once the
-/// blob is committed), or why it failed. A channel closed without either means the client
-/// was let go, and its body fails rather than end short.
-type Teed = Result<Option<Bytes>, String>;
 
 /// The media types a mirror asks upstreams for: every manifest and index kind it serves.
 const ACCEPT: &[&str] = &[
@@ -69,6 +71,9 @@ pub struct Mirror {
     upstreams: Upstreams,
     clients: HashMap<String, UpstreamClient>,
     pulls: std::sync::Mutex<HashMap<(String, Digest), i64>>,
+    running: RunningFetches,
+    /// Reads other replicas' running fetches.
+    relay_http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Mirror {
@@ -86,10 +91,19 @@ impl Mirror {
             .iter()
             .map(|u| Ok((u.name.clone(), UpstreamClient::new(u.clone())?)))
             .collect::<Result<_, UpstreamError>>()?;
+        let relay_http = reqwest::Client::builder()
+            .connect_timeout(RELAY_CONNECT_TIMEOUT)
+            .read_timeout(RELAY_READ_TIMEOUT)
+            .build()
+            .map_err(|e| {
+                UpstreamError::Settings(format!("the client for other replicas' fetches: {e}"))
+            })?;
         Ok(Mirror {
             upstreams,
             clients,
             pulls: std::sync::Mutex::default(),
+            running: RunningFetches::default(),
+            relay_http,
         })
     }
 
@@ -483,33 +497,44 @@ impl Registry {
             }
         }
         let started = std::time::Instant::now();
+        let mut asked_relay = false;
         let mut waited = false;
         loop {
-            let owner = uuid::Uuid::new_v4().to_string();
+            if read == BlobRead::Get
+                && let Some(spill) = mirror.running.fetching_into(digest, &local)
+            {
+                joined(&mirrored, "followed");
+                return Ok(followed(&spill));
+            }
             let now = self.now();
-            let lease = millis(self.inner.options.mirror_fetch_lease);
+            let claim = MirrorFetchClaim {
+                repository: local.clone(),
+                owner: uuid::Uuid::new_v4().to_string(),
+                relay: self.inner.options.advertise_url.clone(),
+                lease_until: now.saturating_add(millis(self.inner.options.mirror_fetch_lease)),
+            };
             if self
                 .inner
                 .metadata
-                .claim_mirror_fetch(digest, &local, &owner, now, now.saturating_add(lease))
+                .claim_mirror_fetch(digest, &claim, now)
                 .await?
             {
                 // Someone may have finished between the look above and the claim, or the
                 // bytes may be here under another name.
                 if let Some(blob) = self.kept_blob(client, &mirrored, &local, digest).await? {
-                    self.release_fetch(digest, &owner).await;
+                    self.release_fetch(digest, &claim.owner).await;
                     return Ok(PulledBlob::Stored(blob));
                 }
-                let fetching = self
-                    .start_fetch(client, &mirrored, local.clone(), digest, owner)
-                    .await?;
-                if read == BlobRead::Head {
-                    // Only reached when the upstream's HEAD did not know it; answer once
-                    // stored, the body going to storage alone.
-                    if let PulledBlob::Fetching { mut body, .. } = fetching {
-                        while let Some(chunk) = body.next().await {
-                            chunk?;
-                        }
+                // Without a spill (none could be created) this pull waits for the commit
+                // like the others.
+                if let Some(spill) = self.start_fetch(client, &mirrored, claim, digest).await? {
+                    if read == BlobRead::Get {
+                        return Ok(followed(&spill));
+                    }
+                    // Only reached when the upstream's HEAD did not know it: answer once
+                    // stored.
+                    if let Err(why) = spill.settled().await {
+                        return Err(RegistryError::unavailable(why));
                     }
                     return match self.inner.metadata.blob(&local, digest).await? {
                         Some(blob) => Ok(PulledBlob::Stored(blob)),
@@ -519,12 +544,16 @@ impl Registry {
                         ))),
                     };
                 }
-                return Ok(fetching);
+            } else if read == BlobRead::Get && !asked_relay {
+                asked_relay = true;
+                if let Some(relayed) = self.follow_relay(mirror, &local, digest).await? {
+                    joined(&mirrored, "relayed");
+                    return Ok(relayed);
+                }
             }
             if !waited {
                 waited = true;
-                metrics::counter!(instruments::MIRROR_FETCH_WAITS, "upstream" => mirrored.upstream.name.clone())
-                    .increment(1);
+                joined(&mirrored, "stored");
             }
             if started.elapsed() > LONGEST_WAIT {
                 return Err(RegistryError::unavailable(format!(
@@ -537,6 +566,72 @@ impl Registry {
                 return Ok(PulledBlob::Stored(blob));
             }
         }
+    }
+
+    /// The bytes of another replica's running fetch of `digest` into `local`, read through
+    /// that replica, when it advertises where; `None` when there is no such fetch or the
+    /// replica cannot be reached (the pull then waits for the blob to be stored).
+    async fn follow_relay(
+        &self,
+        mirror: &Mirror,
+        local: &RepositoryName,
+        digest: &Digest,
+    ) -> RegistryResult<Option<PulledBlob>> {
+        let Some(claim) = self.inner.metadata.mirror_fetch_claim(digest).await? else {
+            return Ok(None);
+        };
+        let Some(relay) = claim.relay.as_deref() else {
+            return Ok(None);
+        };
+        if &claim.repository != local
+            || claim.lease_until < self.now()
+            || self.inner.options.advertise_url.as_deref() == Some(relay)
+        {
+            return Ok(None);
+        }
+        let url = format!("{relay}{RELAY_PATH}{digest}");
+        let answer = mirror
+            .relay_http
+            .get(&url)
+            .header(RELAY_OWNER_HEADER, &claim.owner)
+            .send()
+            .await;
+        let answer = match answer {
+            Ok(answer) if answer.status() == reqwest::StatusCode::OK => answer,
+            // Finished (or failed) in the meantime: the stored blob answers.
+            Ok(answer) if answer.status() == reqwest::StatusCode::NOT_FOUND => return Ok(None),
+            Ok(answer) => {
+                tracing::warn!(%url, status = %answer.status(), "a replica's mirror fetch could not be followed; waiting for it to be stored");
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::warn!(%url, error = %e, "a replica's mirror fetch could not be followed; waiting for it to be stored");
+                return Ok(None);
+            }
+        };
+        let size = answer.content_length();
+        let body = answer
+            .bytes_stream()
+            .map(|chunk| {
+                chunk.map_err(|e| {
+                    crate::storage::StorageError::Io(std::io::Error::other(format!(
+                        "following a replica's upstream fetch failed: {e}"
+                    )))
+                })
+            })
+            .boxed();
+        Ok(Some(PulledBlob::Fetching { size, body }))
+    }
+
+    /// [`Registry::relay_mirror_fetch`] with the mirror in this build.
+    pub(super) fn relay_mirror_fetch_through(
+        &self,
+        mirror: &Mirror,
+        digest: &Digest,
+        owner: &str,
+    ) -> Option<(Option<u64>, crate::storage::ByteStream)> {
+        let spill = mirror.running.owned_by(digest, owner)?;
+        Some((spill.size, spill.follow()))
     }
 
     /// `digest` linked into `local`; or, when its bytes are stored under another name and
@@ -601,64 +696,47 @@ impl Registry {
         }
     }
 
-    /// Runs the fetch `owner` claimed in a task of its own, renewing the claim from now on;
-    /// the upstream's answer to the GET (its failure is this request's answer) comes back
-    /// here, and then the bytes as they arrive.
+    /// Runs the fetch `claim` won in a task of its own, renewing the claim from now on; the
+    /// upstream's answer to the GET (its failure is this request's answer) comes back here,
+    /// and with it the spill the fetch writes to, which every pull of the blob reads.
     async fn start_fetch(
         &self,
         client: &UpstreamClient,
         mirrored: &Mirrored<'_>,
-        local: RepositoryName,
+        claim: MirrorFetchClaim,
         digest: &Digest,
-        owner: String,
-    ) -> RegistryResult<PulledBlob> {
+    ) -> RegistryResult<Option<Arc<Spill>>> {
         let (opened, opening) = oneshot::channel();
-        let (tee, teed) = mpsc::channel::<Teed>(TEE_CHUNKS);
         let fetch = Fetch {
             client: client.clone(),
             remote: mirrored.remote_name.clone(),
-            local,
+            local: claim.repository,
             digest: digest.clone(),
-            owner,
+            owner: claim.owner,
+            relay: claim.relay,
         };
         let registry = self.clone();
         tokio::spawn(async move {
             registry
-                .renewing_claim(&fetch, registry.fetch(&fetch, opened, tee))
+                .renewing_claim(&fetch, registry.fetch(&fetch, opened))
                 .await;
+            if let Some(mirror) = &registry.inner.mirror {
+                mirror.running.remove(&fetch.digest, &fetch.owner);
+            }
             registry.release_fetch(&fetch.digest, &fetch.owner).await;
         });
-        let size = match opening.await {
-            Ok(Ok(size)) => size,
+        match opening.await {
+            Ok(Ok(spill)) => Ok(spill),
             Ok(Err(e)) => {
                 counted(
                     instruments::MIRROR_BLOB_FETCHES,
                     &mirrored.upstream.name,
                     "failed",
                 );
-                return Err(self.blob_unavailable(mirrored, digest, e));
+                Err(self.blob_unavailable(mirrored, digest, e))
             }
-            Err(_) => return Err(RegistryError::internal("a mirror fetch ended unopened")),
-        };
-        let failed = |why: String| crate::storage::StorageError::Io(std::io::Error::other(why));
-        let body = futures::stream::unfold(Some(teed), move |teed| async move {
-            let mut teed = teed?;
-            match teed.recv().await {
-                Some(Ok(Some(chunk))) => Some((Ok(chunk), Some(teed))),
-                Some(Ok(None)) => None,
-                Some(Err(why)) => Some((Err(failed(why)), None)),
-                None => Some((
-                    Err(failed(
-                        "this client fell too far behind the upstream fetch; pull again".into(),
-                    )),
-                    None,
-                )),
-            }
-        });
-        Ok(PulledBlob::Fetching {
-            size,
-            body: body.boxed(),
-        })
+            Err(_) => Err(RegistryError::internal("a mirror fetch ended unopened")),
+        }
     }
 
     /// Runs `work` while renewing `fetch`'s claim every third of the lease (two renewals can
@@ -673,8 +751,14 @@ impl Registry {
                 done = &mut work => return done,
                 _ = renewal.tick() => {
                     let now = self.now();
+                    let claim = MirrorFetchClaim {
+                        repository: fetch.local.clone(),
+                        owner: fetch.owner.clone(),
+                        relay: fetch.relay.clone(),
+                        lease_until: now.saturating_add(lease),
+                    };
                     if let Err(e) = self.inner.metadata
-                        .claim_mirror_fetch(&fetch.digest, &fetch.local, &fetch.owner, now, now.saturating_add(lease))
+                        .claim_mirror_fetch(&fetch.digest, &claim, now)
                         .await
                     {
                         tracing::warn!(digest = %fetch.digest, error = %e, "could not renew a mirror fetch claim");
@@ -684,39 +768,54 @@ impl Registry {
         }
     }
 
-    /// Asks the upstream for the blob (telling `opened` how that went), streams it into
-    /// storage and tees the bytes to `tee` (its last chunk only once the blob is committed).
+    /// Asks the upstream for the blob (telling `opened` how that went, with the spill its
+    /// readers follow) and streams it into storage and the spill.
     async fn fetch(
         &self,
         fetch: &Fetch,
-        opened: oneshot::Sender<Result<Option<u64>, UpstreamError>>,
-        tee: mpsc::Sender<Teed>,
+        opened: oneshot::Sender<Result<Option<Arc<Spill>>, UpstreamError>>,
     ) {
         let upstream = fetch.client.settings().name.as_str();
         let (local, digest) = (&fetch.local, &fetch.digest);
         let blob = match fetch.client.blob(&fetch.remote, digest).await {
-            Ok(blob) => {
-                let _ = opened.send(Ok(blob.size));
-                blob
-            }
+            Ok(blob) => blob,
             Err(e) => {
                 let _ = opened.send(Err(e));
                 return;
             }
         };
-        let tee = std::sync::Arc::new(tokio::sync::Mutex::new(Tee {
-            client: Some(tee),
-            held: None,
-            bytes: 0,
-        }));
+        let spill = match Spill::create(
+            &std::env::temp_dir(),
+            local.clone(),
+            fetch.owner.clone(),
+            blob.size,
+        ) {
+            Ok(spill) => {
+                let spill = Arc::new(spill);
+                if let Some(mirror) = &self.inner.mirror {
+                    mirror.running.insert(digest, Arc::clone(&spill));
+                }
+                Some(spill)
+            }
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "no spill for a mirror fetch: its pulls wait for the blob to be stored");
+                None
+            }
+        };
+        let _ = opened.send(Ok(spill.clone()));
+        let writer = Arc::new(tokio::sync::Mutex::new(spill.map(SpillWriter::new)));
+        let fetched = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut body: BodyStream = {
-            let tee = std::sync::Arc::clone(&tee);
+            let (writer, fetched) = (Arc::clone(&writer), Arc::clone(&fetched));
             blob.body
                 .then(move |chunk| {
-                    let tee = std::sync::Arc::clone(&tee);
+                    let (writer, fetched) = (Arc::clone(&writer), Arc::clone(&fetched));
                     async move {
                         let chunk = chunk.map_err(std::io::Error::other)?;
-                        tee.lock().await.pass(chunk.clone()).await;
+                        fetched.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        if let Some(writer) = writer.lock().await.as_mut() {
+                            writer.pass(chunk.clone()).await;
+                        }
                         Ok(chunk)
                     }
                 })
@@ -733,23 +832,27 @@ impl Registry {
                 &mut body,
             )
             .await;
-        let mut tee = tee.lock().await;
-        let bytes = tee.bytes;
+        drop(body);
+        let writer = writer.lock().await.take();
+        let bytes = fetched.load(std::sync::atomic::Ordering::Relaxed);
         metrics::counter!(instruments::MIRROR_FETCHED_BYTES, "upstream" => upstream.to_owned())
             .increment(bytes);
         match outcome {
             Ok(_) => {
                 counted(instruments::MIRROR_BLOB_FETCHES, upstream, "stored");
                 tracing::info!(upstream, repository = %local, %digest, bytes, "fetched a blob from upstream");
-                tee.finish().await;
+                if let Some(writer) = writer {
+                    writer.stored().await;
+                }
             }
             Err(e) => {
                 counted(instruments::MIRROR_BLOB_FETCHES, upstream, "failed");
                 tracing::warn!(upstream, repository = %local, %digest, error = %e, "a blob fetch from upstream failed");
-                tee.fail(format!(
-                    "fetching {digest} from upstream {upstream} failed: {e}"
-                ))
-                .await;
+                if let Some(writer) = writer {
+                    writer.failed(format!(
+                        "fetching {digest} from upstream {upstream} failed: {e}"
+                    ));
+                }
             }
         }
     }
@@ -762,47 +865,20 @@ struct Fetch {
     local: RepositoryName,
     digest: Digest,
     owner: String,
+    relay: Option<String>,
 }
 
-/// The client side of a fetch, and its byte count: chunks pass one behind, so the last is
-/// held until the blob is committed.
-struct Tee {
-    client: Option<mpsc::Sender<Teed>>,
-    held: Option<Bytes>,
-    /// Bytes read from the upstream so far.
-    bytes: u64,
+/// A pull answered with a running fetch's bytes.
+fn followed(spill: &Arc<Spill>) -> PulledBlob {
+    PulledBlob::Fetching {
+        size: spill.size,
+        body: spill.follow(),
+    }
 }
 
-impl Tee {
-    async fn pass(&mut self, chunk: Bytes) {
-        self.bytes += chunk.len() as u64;
-        if let Some(previous) = self.held.replace(chunk) {
-            self.send(Ok(Some(previous))).await;
-        }
-    }
-
-    async fn finish(&mut self) {
-        if let Some(last) = self.held.take() {
-            self.send(Ok(Some(last))).await;
-        }
-        self.send(Ok(None)).await;
-        self.client = None;
-    }
-
-    async fn fail(&mut self, why: String) {
-        self.held = None;
-        self.send(Err(why)).await;
-        self.client = None;
-    }
-
-    async fn send(&mut self, item: Teed) {
-        let Some(client) = &self.client else {
-            return;
-        };
-        match tokio::time::timeout(SLOW_CLIENT, client.send(item)).await {
-            Ok(Ok(())) => {}
-            // Gone, or too slow: the fetch goes on for the others without it.
-            Ok(Err(_)) | Err(_) => self.client = None,
-        }
-    }
+/// Counts a pull that joined a fetch already running, by how: reading its spill here
+/// (`followed`), through the replica running it (`relayed`), or waiting for it to be stored.
+fn joined(mirrored: &Mirrored<'_>, how: &'static str) {
+    metrics::counter!(instruments::MIRROR_FETCH_WAITS, "upstream" => mirrored.upstream.name.clone(), "how" => how)
+        .increment(1);
 }

@@ -233,12 +233,30 @@ impl Server {
 
     /// A process on `deployment` listening on `addr`.
     pub fn spawn_on(deployment: Arc<Deployment>, addr: SocketAddr) -> Server {
+        Server::spawn_with_args(deployment, addr, &[])
+    }
+
+    /// Another process on this deployment that advertises its own URL to the others
+    /// (`--advertise-url`), as a replica in a cluster does.
+    pub fn advertised_sibling(&self) -> Server {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let url = format!("http://{addr}");
+        Server::spawn_with_args(
+            Arc::clone(&self.deployment),
+            addr,
+            &["--advertise-url", &url],
+        )
+    }
+
+    /// A process on `deployment` listening on `addr`, with more `serve` flags.
+    fn spawn_with_args(deployment: Arc<Deployment>, addr: SocketAddr, args: &[&str]) -> Server {
         let n = deployment
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = deployment.dir.path().join(format!("server-{n}.log"));
         let mut child = Command::new(binary())
             .args(["serve", "--listen", &addr.to_string()])
+            .args(args)
             .envs(deployment.env())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
