@@ -35,6 +35,17 @@ pub struct PushedManifest {
     pub tags: Vec<Tag>,
 }
 
+/// Where a stored manifest comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ManifestOrigin {
+    /// A client's push: its blobs and children must be in the repository (unless
+    /// `sparse_manifests`), and in a mirrored name it becomes the registry's own.
+    Client,
+    /// A mirror keeping what it fetched.
+    #[cfg_attr(not(feature = "mirror"), allow(dead_code))]
+    Mirror,
+}
+
 impl Registry {
     /// Validates and stores a manifest pushed to `reference` (`PUT`).
     pub async fn put_manifest(
@@ -58,18 +69,18 @@ impl Registry {
         content_type: Option<&str>,
         body: &[u8],
     ) -> RegistryResult<PushedManifest> {
-        let sparse = self.inner.options.sparse_manifests;
-        let digest = match reference {
-            Reference::Digest(digest) => digest.clone(),
-            Reference::Tag(_) => DigestAlgorithm::Sha256.digest(body),
-        };
-        self.disown_pushed_manifest(repository, &digest).await?;
-        self.store_manifest(repository, reference, tags, content_type, body, sparse)
-            .await
+        self.store_manifest(
+            repository,
+            reference,
+            tags,
+            content_type,
+            body,
+            ManifestOrigin::Client,
+        )
+        .await
     }
 
-    /// [`Registry::put_manifest_tagged`], requiring the manifest's blobs and children in the
-    /// repository unless `sparse` (a mirror stores manifests before anyone pulls their blobs).
+    /// [`Registry::put_manifest_tagged`] for a manifest from `origin`.
     pub(crate) async fn store_manifest(
         &self,
         repository: &RepositoryName,
@@ -77,7 +88,7 @@ impl Registry {
         tags: &[Tag],
         content_type: Option<&str>,
         body: &[u8],
-        sparse: bool,
+        origin: ManifestOrigin,
     ) -> RegistryResult<PushedManifest> {
         let max = self.inner.options.max_manifest_size;
         if body.len() > max {
@@ -103,6 +114,14 @@ impl Registry {
                 computed
             }
             Reference::Tag(_) => DigestAlgorithm::Sha256.digest(body),
+        };
+        // A mirror stores manifests before anyone pulls their blobs.
+        let sparse = match origin {
+            ManifestOrigin::Client => {
+                self.disown_pushed_manifest(repository, &digest).await?;
+                self.inner.options.sparse_manifests
+            }
+            ManifestOrigin::Mirror => true,
         };
         let mut all_tags: Vec<Tag> = Vec::with_capacity(tags.len() + 1);
         if let Reference::Tag(tag) = reference {

@@ -28,6 +28,36 @@ const UNTAGGED: &str = "m.created_at <= $1 \
     AND (m.subject IS NULL OR NOT EXISTS \
          (SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id AND s.digest = m.subject))";
 
+/// Manifests a pass deletes: `from` is a `FROM … WHERE …` over `manifests m` whose
+/// parameters are `params` ($1, $2, …), taken in `order`, at most `limit`, locked with `lock`.
+pub(super) struct DueManifests<'a> {
+    pub(super) from: &'a str,
+    pub(super) params: &'a [Param<'a>],
+    pub(super) order: &'a str,
+    pub(super) lock: &'static str,
+    pub(super) limit: u32,
+}
+
+/// A parameter of a [`DueManifests`] query.
+#[derive(Clone, Copy)]
+pub(super) enum Param<'a> {
+    Int(i64),
+    Text(&'a str),
+}
+
+fn bound<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    params: &[Param<'q>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for param in params {
+        query = match *param {
+            Param::Int(value) => query.bind(value),
+            Param::Text(value) => query.bind(value),
+        };
+    }
+    query
+}
+
 impl SqlMetadataStore {
     /// Asks the collector to look at a link again (`queued_at` = `now`): made by an upload or
     /// a mount, it may never be referenced. Taken first in every transaction that makes a
@@ -242,42 +272,69 @@ impl SqlMetadataStore {
         now: i64,
     ) -> MetadataResult<Collected> {
         let mut tx = self.write_tx().await?;
-        let candidates = sqlx::query(built(format!(
-            "SELECT m.repository_id, m.digest FROM manifests m WHERE {UNTAGGED} \
-             ORDER BY m.created_at LIMIT $2 {}",
-            self.dialect.lock("FOR UPDATE OF m SKIP LOCKED")
-        )))
-        .bind(cutoff)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut pairs = pairs_of(&candidates)?;
-        if self.dialect.concurrent_writes() && !pairs.is_empty() {
-            // Checked again now that they are locked: a tag or an index that committed while
-            // the candidates were chosen keeps its manifest.
-            let still = sqlx::query(built(format!(
-                "SELECT m.repository_id, m.digest FROM manifests m WHERE {UNTAGGED} \
-                 AND (m.repository_id, m.digest) IN {}",
-                self.dialect.pairs(2)
-            )))
-            .bind(cutoff)
-            .bind(json_pairs(&pairs))
-            .fetch_all(&mut *tx)
+        let manifests = self
+            .forget_due_manifests(
+                &mut tx,
+                DueManifests {
+                    from: &format!("FROM manifests m WHERE {UNTAGGED}"),
+                    params: &[Param::Int(cutoff)],
+                    order: "m.created_at",
+                    lock: "FOR UPDATE OF m SKIP LOCKED",
+                    limit,
+                },
+                now,
+            )
             .await?;
-            pairs = pairs_of(&still)?;
-        }
-        if pairs.is_empty() {
+        if manifests == 0 {
             tx.rollback().await?;
             return Ok(Collected::default());
         }
-        let manifests = self
-            .forget_manifests(&mut tx, &json_pairs(&pairs), now)
-            .await?;
         tx.commit().await?;
         Ok(Collected {
             manifests,
             ..Collected::default()
         })
+    }
+
+    /// Deletes, in `tx`, the manifests `due` selects: chosen and locked (skipping those
+    /// another pass holds), then, where writers run concurrently, checked again now that they
+    /// are locked — a tag, an index or a pull that committed while they were chosen keeps its
+    /// manifest — and forgotten. Returns how many.
+    pub(super) async fn forget_due_manifests(
+        &self,
+        tx: &mut WriteTx,
+        due: DueManifests<'_>,
+        now: i64,
+    ) -> MetadataResult<u64> {
+        // The parameter after `params` (a handful).
+        let next = due.params.len() as u8 + 1;
+        let choose = format!(
+            "SELECT m.repository_id, m.digest {} ORDER BY {} LIMIT ${next} {}",
+            due.from,
+            due.order,
+            self.dialect.lock(due.lock)
+        );
+        let candidates = bound(sqlx::query(built(choose)), due.params)
+            .bind(i64::from(due.limit))
+            .fetch_all(&mut **tx)
+            .await?;
+        let mut pairs = pairs_of(&candidates)?;
+        if self.dialect.concurrent_writes() && !pairs.is_empty() {
+            let recheck = format!(
+                "SELECT m.repository_id, m.digest {} AND (m.repository_id, m.digest) IN {}",
+                due.from,
+                self.dialect.pairs(next)
+            );
+            let still = bound(sqlx::query(built(recheck)), due.params)
+                .bind(json_pairs(&pairs))
+                .fetch_all(&mut **tx)
+                .await?;
+            pairs = pairs_of(&still)?;
+        }
+        if pairs.is_empty() {
+            return Ok(0);
+        }
+        self.forget_manifests(tx, &json_pairs(&pairs), now).await
     }
 
     pub(super) async fn collect_preview(

@@ -7,8 +7,9 @@
 use sqlx::Row;
 
 use super::SqlMetadataStore;
-use super::dialect::{built, json_pairs};
-use super::rows::{pairs_of, u64_of};
+use super::dialect::built;
+use super::gc::{DueManifests, Param};
+use super::rows::u64_of;
 use super::transactions::retrying;
 use crate::metadata::{MetadataError, MetadataResult, MirrorFetchClaim, MirrorPull};
 use crate::oci::{Digest, RepositoryName, Tag};
@@ -207,36 +208,19 @@ impl SqlMetadataStore {
             );
         }
         let mut tx = self.write_tx().await?;
-        let candidates = sqlx::query(built(format!(
-            "SELECT m.repository_id, m.digest {UNPULLED} ORDER BY p.pulled_at LIMIT $3 {}",
-            self.dialect.lock("FOR UPDATE OF m, p SKIP LOCKED")
-        )))
-        .bind(upstream)
-        .bind(cutoff)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut pairs = pairs_of(&candidates)?;
-        if self.dialect.concurrent_writes() && !pairs.is_empty() {
-            // Checked again now that they are locked: a pull recorded or an index kept while
-            // the candidates were chosen keeps its manifest.
-            let still = sqlx::query(built(format!(
-                "SELECT m.repository_id, m.digest {UNPULLED} AND (m.repository_id, m.digest) IN {}",
-                self.dialect.pairs(3)
-            )))
-            .bind(upstream)
-            .bind(cutoff)
-            .bind(json_pairs(&pairs))
-            .fetch_all(&mut *tx)
+        let evicted = self
+            .forget_due_manifests(
+                &mut tx,
+                DueManifests {
+                    from: UNPULLED,
+                    params: &[Param::Text(upstream), Param::Int(cutoff)],
+                    order: "p.pulled_at",
+                    lock: "FOR UPDATE OF m, p SKIP LOCKED",
+                    limit,
+                },
+                now,
+            )
             .await?;
-            pairs = pairs_of(&still)?;
-        }
-        let evicted = if pairs.is_empty() {
-            0
-        } else {
-            self.forget_manifests(&mut tx, &json_pairs(&pairs), now)
-                .await?
-        };
         // The evicted ones' rows, and those of manifests deleted some other way.
         sqlx::query(
             "DELETE FROM mirror_pulls WHERE upstream = $1 AND pulled_at <= $2 \

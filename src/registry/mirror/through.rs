@@ -29,6 +29,7 @@ use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::instruments;
 use crate::metadata::{BlobRecord, ManifestRecord, MirrorFetchClaim, MirrorPull, Page};
 use crate::oci::{Digest, Reference, RepositoryName, media_type};
+use crate::registry::manifests::ManifestOrigin;
 use crate::registry::uploads::{BodyStream, ChunkSpec};
 use crate::registry::{Registry, millis};
 use crate::upstream::{
@@ -428,7 +429,7 @@ impl Registry {
                 &[],
                 Some(&fetched.media_type),
                 &content,
-                true,
+                ManifestOrigin::Mirror,
             )
             .await?;
 
