@@ -1291,6 +1291,15 @@ async fn pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replic
     has_read(&late_read, joined_by, "a late pull on the same replica").await;
     let (other_read, other) = streaming_pull(&b.client(), &path).await;
     has_read(&other_read, joined_by, "a late pull on another replica").await;
+    // The relay route hands a running fetch only to a caller naming its claim's owner id.
+    let relay = format!("/_berth/mirror-fetches/{whole_digest}");
+    for owner in [None, Some("not-the-owner")] {
+        let mut request = a.client().request(Method::GET, &relay);
+        if let Some(owner) = owner {
+            request = request.header("berth-fetch-owner", owner);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 404, "owner {owner:?}");
+    }
     for read in [&starter_read, &late_read, &other_read] {
         assert!(
             read.load(std::sync::atomic::Ordering::SeqCst) < whole.len(),
