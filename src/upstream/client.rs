@@ -248,18 +248,56 @@ impl UpstreamClient {
         if let Some(last) = last {
             query.push(("last", last.to_owned()));
         }
-        let response = self
+        let mut response = self
             .send(remote, |http| http.get(&url).query(&query))
             .await?;
-        let response = self.expect_ok(response, &format!("tag list of {remote}"))?;
-        let body = self.read_bounded(response, MAX_TAG_LIST).await?;
-        #[derive(serde::Deserialize)]
-        struct TagList {
-            tags: Option<Vec<String>>,
+        let mut tags = Vec::new();
+        let mut read = 0;
+        loop {
+            let page = self.expect_ok(response, &format!("tag list of {remote}"))?;
+            // Asked for a page, the client pages on; asked for everything, it gets every page
+            // the upstream has (registries that page by default say so in a Link header).
+            let next = match n {
+                Some(_) => None,
+                None => self.next_page(&page),
+            };
+            // Every page together is bounded as one answer is.
+            let body = self.read_bounded(page, MAX_TAG_LIST - read).await?;
+            read += body.len();
+            #[derive(serde::Deserialize)]
+            struct TagList {
+                tags: Option<Vec<String>>,
+            }
+            let list: TagList = serde_json::from_slice(&body)
+                .map_err(|e| self.invalid(format!("tag list of {remote}: {e}")))?;
+            tags.extend(list.tags.unwrap_or_default());
+            let Some(next) = next else {
+                return Ok(tags);
+            };
+            response = self.send(remote, |http| http.get(&next)).await?;
         }
-        let list: TagList = serde_json::from_slice(&body)
-            .map_err(|e| self.invalid(format!("tag list of {remote}: {e}")))?;
-        Ok(list.tags.unwrap_or_default())
+    }
+
+    /// The next page a tag list answer links to (`Link: <…>; rel="next"`), on this upstream
+    /// only: credentials are never sent elsewhere.
+    fn next_page(&self, response: &reqwest::Response) -> Option<String> {
+        let link = response
+            .headers()
+            .get(reqwest::header::LINK)?
+            .to_str()
+            .ok()?;
+        let next = link
+            .split(',')
+            .find(|l| l.contains("rel=\"next\"") || l.contains("rel=next"))?;
+        let target = next.split_once('<')?.1.split_once('>')?.0.trim();
+        if target.starts_with('/') {
+            Some(format!("{}{target}", self.base))
+        } else if target.starts_with(&format!("{}/", self.base)) {
+            Some(target.to_owned())
+        } else {
+            tracing::warn!(upstream = %self.settings.name, %target, "a tag list links to another origin; not followed");
+            None
+        }
     }
 
     /// Sends a request for `remote`'s content, answering the upstream's challenge once.

@@ -479,12 +479,32 @@ struct Canned {
     sent: usize,
 }
 
+/// Reads a request's head from `socket`: its method and its path without the query; `None`
+/// when the connection ends first.
+async fn request_line(socket: &mut tokio::net::TcpStream) -> Option<(String, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut words = head.split_whitespace();
+    let method = words.next().unwrap_or_default().to_owned();
+    let path = words.next().unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default().to_owned();
+    Some((method, path))
+}
+
 /// An upstream that answers each request with what `routes` holds for its path (404 for
 /// others), one request per connection.
 async fn canned_upstream(
     routes: std::collections::HashMap<String, Canned>,
 ) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let routes = std::sync::Arc::new(routes);
@@ -492,19 +512,10 @@ async fn canned_upstream(
         while let Ok((mut socket, _)) = listener.accept().await {
             let routes = std::sync::Arc::clone(&routes);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let mut words = head.split_whitespace();
-                let method = words.next().unwrap_or_default().to_owned();
-                let path = words.next().unwrap_or_default();
-                let path = path.split('?').next().unwrap_or_default();
+                let Some((method, path)) = request_line(&mut socket).await else {
+                    return;
+                };
+                let path = path.as_str();
                 let missing = Canned {
                     status: 404,
                     headers: Vec::new(),
@@ -1157,7 +1168,7 @@ async fn gated_upstream(
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let blobs = std::sync::Arc::new(blobs);
@@ -1171,18 +1182,9 @@ async fn gated_upstream(
                 gate.clone(),
             );
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let mut words = head.split_whitespace();
-                let method = words.next().unwrap_or_default().to_owned();
-                let path = words.next().unwrap_or_default().to_owned();
+                let Some((method, path)) = request_line(&mut socket).await else {
+                    return;
+                };
                 let Some(body) = blobs.get(&path) else {
                     let status = if path == "/v2/" {
                         "200 OK"
@@ -1298,7 +1300,11 @@ async fn pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replic
         if let Some(owner) = owner {
             request = request.header("berth-fetch-owner", owner);
         }
-        assert_eq!(request.send().await.unwrap().status(), 404, "owner {owner:?}");
+        assert_eq!(
+            request.send().await.unwrap().status(),
+            404,
+            "owner {owner:?}"
+        );
     }
     for read in [&starter_read, &late_read, &other_read] {
         assert!(
@@ -1374,11 +1380,79 @@ async fn pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replic
     );
 }
 
+/// A tag list asked for whole is read whole from an upstream that pages it by default
+/// (following its `Link` header, on the upstream only); a page asked for is passed through.
+async fn a_mirror_lists_every_page_of_an_upstream_tag_list() {
+    let list = |tags: &[&str], next: Option<&str>| Canned {
+        status: 200,
+        headers: next
+            .map(|n| vec![("Link", format!("<{n}>; rel=\"next\""))])
+            .unwrap_or_default(),
+        body: serde_json::to_vec(&serde_json::json!({"name": "library/many", "tags": tags}))
+            .unwrap(),
+        sent: usize::MAX,
+    };
+    let mut routes = std::collections::HashMap::new();
+    routes.insert("/v2/".to_owned(), list(&[], None));
+    routes.insert(
+        "/v2/library/many/tags/list".to_owned(),
+        list(&["a", "b"], Some("/v2/library/many/tags/list-2?n=2&last=b")),
+    );
+    routes.insert(
+        "/v2/library/many/tags/list-2".to_owned(),
+        list(&["c", "d"], Some("/v2/library/many/tags/list-3?n=2&last=d")),
+    );
+    routes.insert(
+        "/v2/library/many/tags/list-3".to_owned(),
+        list(&["e"], None),
+    );
+    routes.insert(
+        "/v2/library/elsewhere/tags/list".to_owned(),
+        list(
+            &["x"],
+            Some("http://elsewhere.invalid/v2/library/elsewhere/tags/list?last=x"),
+        ),
+    );
+    for canned in routes.values_mut() {
+        canned.sent = canned.body.len();
+    }
+    let upstream = canned_upstream(routes).await;
+    let dir = tempfile::tempdir().unwrap();
+    let near = mirror(
+        dir.path(),
+        &format!("[[upstream]]\nname = \"paged\"\nurl = \"http://{upstream}\"\ndefault = true\n"),
+        &[],
+    );
+    let c = near.client();
+    let tags = |answer: &Answer| -> Vec<String> {
+        let listed: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        serde_json::from_value(listed["tags"].clone()).unwrap()
+    };
+    let whole = c.get("/v2/library/many/tags/list").await;
+    whole.expect(200, None);
+    assert_eq!(tags(&whole), ["a", "b", "c", "d", "e"]);
+    let page = c.get("/v2/library/many/tags/list?n=2").await;
+    page.expect(200, None);
+    assert_eq!(
+        tags(&page),
+        ["a", "b"],
+        "a page asked for is one upstream page"
+    );
+    let elsewhere = c.get("/v2/library/elsewhere/tags/list").await;
+    elsewhere.expect(200, None);
+    assert_eq!(
+        tags(&elsewhere),
+        ["x"],
+        "a link to another origin is not followed"
+    );
+}
+
 crate::harness::trials! {
     dockerd_pulls_docker_hub_names_through_its_registry_mirrors.needs(Docker);
     a_mirror_evicts_what_nobody_pulled_and_keeps_blobs_another_name_shares;
     a_mirror_reads_through_a_tls_upstream_in_token_mode;
     an_upstream_answering_garbage_never_gets_a_wrong_blob_committed_or_served;
+    a_mirror_lists_every_page_of_an_upstream_tag_list;
     a_mirror_reads_through_a_distribution_upstream_with_htpasswd;
     containerd_pulls_through_a_hosts_toml_mirror_routed_by_ns.needs(Docker);
     podman_pulls_docker_hub_names_through_a_registries_conf_mirror;
