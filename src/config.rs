@@ -905,16 +905,25 @@ fn advertise_url(url: Option<&str>) -> anyhow::Result<Option<String>> {
     else {
         return Ok(None);
     };
-    let authority = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
-    match authority {
-        Some(authority)
+    let split = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| Some((*scheme, url.strip_prefix(scheme)?)));
+    match split {
+        Some((scheme, authority))
             if !authority.is_empty()
                 && !authority.contains(['/', '?', '#', ' '])
                 && !authority.starts_with(':') =>
         {
-            Ok(Some(url.to_owned()))
+            // A bare IPv6 address with a port (`fd00::7:5000`, what `$(POD_IP):PORT` gives
+            // on an IPv6 pod) is bracketed, as a URL needs it.
+            match authority.rsplit_once(':') {
+                Some((host, port))
+                    if host.contains(':') && !host.starts_with('[') && !port.is_empty() =>
+                {
+                    Ok(Some(format!("{scheme}[{host}]:{port}")))
+                }
+                _ => Ok(Some(url.to_owned())),
+            }
         }
         _ => bail!(
             "advertise_url must be http://HOST:PORT or https://HOST:PORT with no path, got {url:?}"
@@ -1048,6 +1057,14 @@ allow_push = true
         assert_eq!(
             advertise_url(Some("http://10.0.0.7:5000/")).expect("valid"),
             Some("http://10.0.0.7:5000".to_owned())
+        );
+        assert_eq!(
+            advertise_url(Some("http://fd00::7:5000")).expect("valid"),
+            Some("http://[fd00::7]:5000".to_owned())
+        );
+        assert_eq!(
+            advertise_url(Some("https://[fd00::7]:5000")).expect("valid"),
+            Some("https://[fd00::7]:5000".to_owned())
         );
         for bad in [
             "10.0.0.7:5000",

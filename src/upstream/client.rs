@@ -23,6 +23,8 @@ use crate::oci::{Digest, DigestAlgorithm};
 const MAX_MANIFEST: usize = 4 << 20;
 /// The largest tag list read from an upstream in one page.
 const MAX_TAG_LIST: usize = 16 << 20;
+/// The most pages of one tag list followed.
+const MAX_TAG_PAGES: usize = 1000;
 /// Tokens are renewed this long before the upstream says they expire.
 const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 /// A token's lifetime when the token endpoint does not say (the token spec's default).
@@ -253,6 +255,7 @@ impl UpstreamClient {
             .await?;
         let mut tags = Vec::new();
         let mut read = 0;
+        let mut visited = std::collections::HashSet::new();
         loop {
             let page = self.expect_ok(response, &format!("tag list of {remote}"))?;
             // Asked for a page, the client pages on; asked for everything, it gets every page
@@ -274,6 +277,12 @@ impl UpstreamClient {
             let Some(next) = next else {
                 return Ok(tags);
             };
+            // A link back to a page already read, or pages without end, is the upstream's
+            // mistake: what was read is the answer.
+            if !visited.insert(next.clone()) || visited.len() > MAX_TAG_PAGES {
+                tracing::warn!(upstream = %self.settings.name, %remote, pages = visited.len(), "a tag list's pages loop or do not end; listing what was read");
+                return Ok(tags);
+            }
             response = self.send(remote, |http| http.get(&next)).await?;
         }
     }
@@ -290,9 +299,15 @@ impl UpstreamClient {
             .split(',')
             .find(|l| l.contains("rel=\"next\"") || l.contains("rel=next"))?;
         let target = next.split_once('<')?.1.split_once('>')?.0.trim();
-        if target.starts_with('/') {
-            Some(format!("{}{target}", self.base))
-        } else if target.starts_with(&format!("{}/", self.base)) {
+        // The upstream's origin: scheme and authority, without any path its URL has.
+        let authority_at = self.base.find("://").map_or(0, |i| i + 3);
+        let origin = match self.base[authority_at..].find('/') {
+            Some(path_at) => &self.base[..authority_at + path_at],
+            None => self.base.as_str(),
+        };
+        if target.starts_with('/') && !target.starts_with("//") {
+            Some(format!("{origin}{target}"))
+        } else if target.starts_with(&format!("{origin}/")) {
             Some(target.to_owned())
         } else {
             tracing::warn!(upstream = %self.settings.name, %target, "a tag list links to another origin; not followed");

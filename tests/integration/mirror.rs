@@ -1264,6 +1264,8 @@ async fn pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replic
     let whole = random_bytes(16 << 20, unique_seed());
     let cut = random_bytes(16 << 20, unique_seed());
     let (whole_digest, cut_digest) = (sha256(&whole), sha256(&cut));
+    // Served under a digest that is not theirs: right length, wrong bytes.
+    let wrong_digest = sha256(&random_bytes(16 << 20, unique_seed()));
     let gate_at = 8 << 20;
     let mut blobs = std::collections::HashMap::new();
     blobs.insert(
@@ -1271,6 +1273,10 @@ async fn pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replic
         whole.clone(),
     );
     blobs.insert(format!("/v2/library/slow/blobs/{cut_digest}"), cut);
+    blobs.insert(
+        format!("/v2/library/slow/blobs/{wrong_digest}"),
+        random_bytes(16 << 20, unique_seed()),
+    );
     let (gate, gated) = tokio::sync::watch::channel(Gate::Closed);
     let (upstream, gets) = gated_upstream(blobs, gate_at, gated).await;
     let dir = tempfile::tempdir().unwrap();
@@ -1304,12 +1310,6 @@ async fn pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replic
             request.send().await.unwrap().status(),
             404,
             "owner {owner:?}"
-        );
-    }
-    for read in [&starter_read, &late_read, &other_read] {
-        assert!(
-            read.load(std::sync::atomic::Ordering::SeqCst) < whole.len(),
-            "no pull has the whole blob before the fetch is committed"
         );
     }
     gate.send_replace(Gate::Open);
@@ -1371,12 +1371,49 @@ async fn pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replic
             outcome.map(|b| b.len()).unwrap_or_default()
         );
     }
+
+    // Whole but wrong: the last chunk is held back from every follower until the digest
+    // verifies, which it never does.
+    gate.send_replace(Gate::Closed);
+    let path = format!("/v2/library/slow/blobs/{wrong_digest}");
+    let (starter_read, starter) = streaming_pull(&a.client(), &path).await;
+    has_read(
+        &starter_read,
+        joined_by,
+        "the pull that started the wrong fetch",
+    )
+    .await;
+    let (late_read, late) = streaming_pull(&a.client(), &path).await;
+    has_read(&late_read, joined_by, "a late pull of the wrong fetch").await;
+    let (other_read, other) = streaming_pull(&b.client(), &path).await;
+    has_read(
+        &other_read,
+        joined_by,
+        "a late pull of the wrong fetch elsewhere",
+    )
+    .await;
+    gate.send_replace(Gate::Open);
+    for (who, pull) in [
+        ("starter", starter),
+        ("late", late),
+        ("other replica", other),
+    ] {
+        let outcome = pull.await.unwrap();
+        assert!(
+            outcome.is_err(),
+            "{who} got a whole body whose digest did not verify ({} bytes)",
+            outcome.map(|b| b.len()).unwrap_or_default()
+        );
+    }
+    let committed = a.deployment.log_lines("fetched a blob from upstream");
+    assert_eq!(
+        committed.len(),
+        1,
+        "only the whole blob was committed: {committed:?}"
+    );
     assert!(
-        a.deployment
-            .log_lines("fetched a blob from upstream")
-            .iter()
-            .all(|l| !l.contains(cut_digest.as_str())),
-        "the cut blob was not committed"
+        committed[0].contains(whole_digest.as_str()),
+        "{committed:?}"
     );
 }
 
@@ -1405,6 +1442,10 @@ async fn a_mirror_lists_every_page_of_an_upstream_tag_list() {
     routes.insert(
         "/v2/library/many/tags/list-3".to_owned(),
         list(&["e"], None),
+    );
+    routes.insert(
+        "/v2/library/loop/tags/list".to_owned(),
+        list(&["z"], Some("/v2/library/loop/tags/list?last=z")),
     );
     routes.insert(
         "/v2/library/elsewhere/tags/list".to_owned(),

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -58,11 +58,14 @@ impl Spill {
         owner: String,
         size: Option<u64>,
     ) -> std::io::Result<Spill> {
-        let path = dir.join(format!("berth-mirror-fetch-{owner}"));
+        // Readable by this user only for the instant it has a name, and named at random (not
+        // by the owner id, which is what a relay request must know).
+        let path = dir.join(format!("berth-mirror-fetch-{}", uuid::Uuid::new_v4()));
         let file = File::options()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)?;
         std::fs::remove_file(&path)?;
         Ok(Spill {
@@ -93,17 +96,9 @@ impl Spill {
         .boxed()
     }
 
-    /// Waits for the fetch to end: the blob's size once committed, or why it failed.
-    pub(super) async fn settled(&self) -> Result<u64, String> {
-        let mut progress = self.progress.subscribe();
-        let settled = progress
-            .wait_for(|p| !matches!(p, Progress::Reading { .. }))
-            .await;
-        match settled.as_deref() {
-            Ok(Progress::Stored { size }) => Ok(*size),
-            Ok(Progress::Failed(why)) => Err(why.clone()),
-            _ => Err("the fetch ended without a word".to_owned()),
-        }
+    /// Whether the fetch failed (or its spill could not be written): nothing more to follow.
+    fn failed(&self) -> bool {
+        matches!(*self.progress.borrow(), Progress::Failed(_))
     }
 }
 
@@ -150,7 +145,8 @@ impl Reader {
 }
 
 /// The fetch's side of a spill: chunks are collected into batches and written one chunk
-/// behind, so that the last chunk waits for the commit.
+/// behind, so that the last chunk waits for the commit. Dropped unfinished (the fetch
+/// panicked or was dropped), it fails its readers.
 pub(super) struct SpillWriter {
     spill: Arc<Spill>,
     held: Option<Bytes>,
@@ -158,6 +154,17 @@ pub(super) struct SpillWriter {
     batched: usize,
     written: u64,
     broken: bool,
+    ended: bool,
+}
+
+impl Drop for SpillWriter {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.spill.progress.send_replace(Progress::Failed(
+                "the upstream fetch ended unfinished; pull again".to_owned(),
+            ));
+        }
+    }
 }
 
 impl SpillWriter {
@@ -169,11 +176,16 @@ impl SpillWriter {
             batched: 0,
             written: 0,
             broken: false,
+            ended: false,
         }
     }
 
-    /// One more chunk read from the upstream.
+    /// One more chunk read from the upstream. Empty ones are skipped: what is held back must
+    /// be bytes, or the hold-back would hold back nothing.
     pub(super) async fn pass(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
         if let Some(previous) = self.held.replace(chunk) {
             self.batched += previous.len();
             self.batch.push(previous);
@@ -195,11 +207,13 @@ impl SpillWriter {
                 .progress
                 .send_replace(Progress::Stored { size: self.written });
         }
+        self.ended = true;
     }
 
     /// The fetch failed: every reader's body fails.
-    pub(super) fn failed(self, why: String) {
+    pub(super) fn failed(mut self, why: String) {
         self.spill.progress.send_replace(Progress::Failed(why));
+        self.ended = true;
     }
 
     async fn write_batch(&mut self) {
@@ -263,7 +277,8 @@ impl RunningFetches {
         }
     }
 
-    /// The running fetch of `digest` into `repository`, if this process runs one.
+    /// The running fetch of `digest` into `repository`, if this process runs one that has
+    /// not failed.
     pub(super) fn fetching_into(
         &self,
         digest: &Digest,
@@ -271,15 +286,16 @@ impl RunningFetches {
     ) -> Option<Arc<Spill>> {
         self.spills()
             .get(digest)
-            .filter(|s| &s.repository == repository)
+            .filter(|s| &s.repository == repository && !s.failed())
             .cloned()
     }
 
-    /// The running fetch of `digest` claimed by `owner`, if this process runs it.
+    /// The running fetch of `digest` claimed by `owner`, if this process runs it and it has
+    /// not failed.
     pub(super) fn owned_by(&self, digest: &Digest, owner: &str) -> Option<Arc<Spill>> {
         self.spills()
             .get(digest)
-            .filter(|s| s.owner == owner)
+            .filter(|s| s.owner == owner && !s.failed())
             .cloned()
     }
 }
@@ -330,7 +346,12 @@ mod tests {
         writer.stored().await;
         let bytes = late.await.expect("joined").expect("whole");
         assert_eq!(bytes.len(), 10 * (100 << 10));
-        assert_eq!(spill.settled().await, Ok(10 * (100 << 10)));
+        assert_eq!(
+            *spill.progress.borrow(),
+            Progress::Stored {
+                size: 10 * (100 << 10)
+            }
+        );
         // A reader arriving after the commit reads it all from the spill.
         assert_eq!(
             read_all(spill.follow()).await.expect("whole").len(),
@@ -359,7 +380,30 @@ mod tests {
                 .is_err_and(|e| e.contains("digest mismatch")),
             "{outcome:?}"
         );
-        assert_eq!(spill.settled().await, Err("digest mismatch".to_owned()));
+        assert_eq!(
+            *spill.progress.borrow(),
+            Progress::Failed("digest mismatch".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_last_chunk_holds_back_nothing_and_a_dropped_writer_fails_readers() {
+        let spill = spill();
+        let mut writer = SpillWriter::new(Arc::clone(&spill));
+        writer.pass(Bytes::from(vec![1u8; SPILL_BATCH])).await;
+        writer.pass(Bytes::from(vec![2u8; SPILL_BATCH])).await;
+        writer.pass(Bytes::new()).await;
+        // The second batch is still held back: an empty chunk did not push it out.
+        assert_eq!(
+            *spill.progress.borrow(),
+            Progress::Reading {
+                readable: SPILL_BATCH as u64
+            }
+        );
+        let reader = tokio::spawn(read_all(spill.follow()));
+        drop(writer);
+        assert!(reader.await.expect("joined").is_err());
+        assert!(spill.failed());
     }
 
     #[test]

@@ -6,13 +6,14 @@
 //!   upstream for the tag's digest and the manifest is fetched again only when it moved. When
 //!   the upstream cannot be asked, the kept manifest is served and marked stale.
 //! - **Blobs**: one fetch per digest across every request on every replica. The fetcher
-//!   claims the digest in the metadata store with a lease it renews while it fetches; the
-//!   others wait for the blob to be stored (or for the lease to run out, and then fetch it
-//!   themselves). The fetch runs in a task of its own, so the client that started it can
-//!   leave without cancelling it for the others; it streams into an upload session, which
-//!   verifies the digest before the blob is committed, and tees the bytes to that client,
-//!   holding the last chunk back until the commit, so no client ever receives a whole body
-//!   whose digest did not verify.
+//!   claims the digest in the metadata store with a lease it renews while it fetches (or
+//!   the others take it over once the lease runs out). The fetch runs in a task of its own,
+//!   so the client that started it can leave without cancelling it for the others; it
+//!   streams into an upload session, which verifies the digest before the blob is
+//!   committed, and into a spill file that every pull of the blob reads and follows — here,
+//!   or on another replica through this one's advertised URL — with the last chunk held
+//!   back until the commit, so no client ever receives a whole body whose digest did not
+//!   verify (`follow.rs`). Pulls that cannot follow wait for the blob to be stored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,7 +93,10 @@ impl Mirror {
             .iter()
             .map(|u| Ok((u.name.clone(), UpstreamClient::new(u.clone())?)))
             .collect::<Result<_, UpstreamError>>()?;
+        // Straight to the peer: its owner header must not reach a proxy or a redirect target.
         let relay_http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(RELAY_CONNECT_TIMEOUT)
             .read_timeout(RELAY_READ_TIMEOUT)
             .build()
@@ -498,7 +502,6 @@ impl Registry {
             }
         }
         let started = std::time::Instant::now();
-        let mut asked_relay = false;
         let mut waited = false;
         loop {
             if read == BlobRead::Get
@@ -526,27 +529,29 @@ impl Registry {
                     self.release_fetch(digest, &claim.owner).await;
                     return Ok(PulledBlob::Stored(blob));
                 }
-                // Without a spill (none could be created) this pull waits for the commit
-                // like the others.
-                if let Some(spill) = self.start_fetch(client, &mirrored, claim, digest).await? {
-                    if read == BlobRead::Get {
-                        return Ok(followed(&spill));
-                    }
-                    // Only reached when the upstream's HEAD did not know it: answer once
-                    // stored.
-                    if let Err(why) = spill.settled().await {
-                        return Err(RegistryError::unavailable(why));
-                    }
-                    return match self.inner.metadata.blob(&local, digest).await? {
-                        Some(blob) => Ok(PulledBlob::Stored(blob)),
-                        None => Err(RegistryError::unavailable(format!(
-                            "blob {digest} from upstream {} was not stored",
-                            mirrored.upstream.name
-                        ))),
-                    };
+                let started = self.start_fetch(client, &mirrored, claim, digest).await?;
+                if read == BlobRead::Get
+                    && let Some(spill) = &started.spill
+                {
+                    return Ok(followed(spill));
                 }
-            } else if read == BlobRead::Get && !asked_relay {
-                asked_relay = true;
+                // A HEAD (only reached when the upstream's HEAD did not know the blob), or a
+                // fetch without a spill (none could be written): answered once it is stored.
+                let outcome = started
+                    .finished
+                    .await
+                    .unwrap_or_else(|_| Err("the fetch ended without a word".to_owned()));
+                return match self.inner.metadata.blob(&local, digest).await? {
+                    Some(blob) => Ok(PulledBlob::Stored(blob)),
+                    None => Err(RegistryError::unavailable(format!(
+                        "blob {digest} from upstream {} was not stored: {}",
+                        mirrored.upstream.name,
+                        outcome.err().unwrap_or_default()
+                    ))),
+                };
+            } else if read == BlobRead::Get {
+                // Asked again on every round: the fetcher's spill appears only once its
+                // upstream has answered.
                 if let Some(relayed) = self.follow_relay(mirror, &local, digest).await? {
                     joined(&mirrored, "relayed");
                     return Ok(relayed);
@@ -706,8 +711,9 @@ impl Registry {
         mirrored: &Mirrored<'_>,
         claim: MirrorFetchClaim,
         digest: &Digest,
-    ) -> RegistryResult<Option<Arc<Spill>>> {
+    ) -> RegistryResult<StartedFetch> {
         let (opened, opening) = oneshot::channel();
+        let (ended, finished) = oneshot::channel();
         let fetch = Fetch {
             client: client.clone(),
             remote: mirrored.remote_name.clone(),
@@ -718,16 +724,22 @@ impl Registry {
         };
         let registry = self.clone();
         tokio::spawn(async move {
-            registry
+            // Unlisted however the fetch ends, a panic included, so that no pull follows a
+            // spill nobody writes any more.
+            let listed = Listed {
+                registry: registry.clone(),
+                digest: fetch.digest.clone(),
+                owner: fetch.owner.clone(),
+            };
+            let outcome = registry
                 .renewing_claim(&fetch, registry.fetch(&fetch, opened))
                 .await;
-            if let Some(mirror) = &registry.inner.mirror {
-                mirror.running.remove(&fetch.digest, &fetch.owner);
-            }
+            let _ = ended.send(outcome);
+            drop(listed);
             registry.release_fetch(&fetch.digest, &fetch.owner).await;
         });
         match opening.await {
-            Ok(Ok(spill)) => Ok(spill),
+            Ok(Ok(spill)) => Ok(StartedFetch { spill, finished }),
             Ok(Err(e)) => {
                 counted(
                     instruments::MIRROR_BLOB_FETCHES,
@@ -775,14 +787,15 @@ impl Registry {
         &self,
         fetch: &Fetch,
         opened: oneshot::Sender<Result<Option<Arc<Spill>>, UpstreamError>>,
-    ) {
+    ) -> Result<(), String> {
         let upstream = fetch.client.settings().name.as_str();
         let (local, digest) = (&fetch.local, &fetch.digest);
         let blob = match fetch.client.blob(&fetch.remote, digest).await {
             Ok(blob) => blob,
             Err(e) => {
+                let why = e.to_string();
                 let _ = opened.send(Err(e));
-                return;
+                return Err(why);
             }
         };
         let spill = match Spill::create(
@@ -845,16 +858,39 @@ impl Registry {
                 if let Some(writer) = writer {
                     writer.stored().await;
                 }
+                Ok(())
             }
             Err(e) => {
                 counted(instruments::MIRROR_BLOB_FETCHES, upstream, "failed");
                 tracing::warn!(upstream, repository = %local, %digest, error = %e, "a blob fetch from upstream failed");
+                let why = format!("fetching {digest} from upstream {upstream} failed: {e}");
                 if let Some(writer) = writer {
-                    writer.failed(format!(
-                        "fetching {digest} from upstream {upstream} failed: {e}"
-                    ));
+                    writer.failed(why.clone());
                 }
+                Err(why)
             }
+        }
+    }
+}
+
+/// A fetch just started: the spill its pulls read (none when it could not be written), and
+/// its outcome once it ends.
+struct StartedFetch {
+    spill: Option<Arc<Spill>>,
+    finished: oneshot::Receiver<Result<(), String>>,
+}
+
+/// A fetch listed among the running ones, unlisted when this is dropped.
+struct Listed {
+    registry: Registry,
+    digest: Digest,
+    owner: String,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if let Some(mirror) = &self.registry.inner.mirror {
+            mirror.running.remove(&self.digest, &self.owner);
         }
     }
 }
