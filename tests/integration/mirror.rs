@@ -1256,6 +1256,28 @@ async fn has_read(read: &std::sync::atomic::AtomicUsize, bytes: usize, who: &str
     );
 }
 
+/// Three pulls of `path` that each have read `joined_by` bytes: the one that starts the
+/// fetch and a late one on replica `a`, and a late one on replica `b`.
+async fn joined_pulls(
+    a: &Server,
+    b: &Server,
+    path: &str,
+    joined_by: usize,
+) -> [(
+    &'static str,
+    tokio::task::JoinHandle<Result<Vec<u8>, String>>,
+); 3] {
+    let mut pulls = Vec::new();
+    for (who, replica) in [("starter", a), ("late", a), ("other replica", b)] {
+        let (read, pull) = streaming_pull(&replica.client(), path).await;
+        has_read(&read, joined_by, who).await;
+        pulls.push((who, pull));
+    }
+    pulls
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("three pulls"))
+}
+
 /// Pulls that join a fetch already running — on the replica running it, and on another
 /// replica, through the first — read the bytes fetched so far at once and then follow the
 /// fetch; the upstream serves the blob once. When the upstream then cuts the body short,
@@ -1293,12 +1315,7 @@ async fn pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replic
     // have come from storage (nothing is stored before the whole blob is).
     let joined_by = gate_at / 2;
     let path = format!("/v2/library/slow/blobs/{whole_digest}");
-    let (starter_read, starter) = streaming_pull(&a.client(), &path).await;
-    has_read(&starter_read, joined_by, "the pull that started the fetch").await;
-    let (late_read, late) = streaming_pull(&a.client(), &path).await;
-    has_read(&late_read, joined_by, "a late pull on the same replica").await;
-    let (other_read, other) = streaming_pull(&b.client(), &path).await;
-    has_read(&other_read, joined_by, "a late pull on another replica").await;
+    let pulls = joined_pulls(&a, &b, &path, joined_by).await;
     // The relay route hands a running fetch only to a caller naming its claim's owner id.
     let relay = format!("/_berth/mirror-fetches/{whole_digest}");
     for owner in [None, Some("not-the-owner")] {
@@ -1313,11 +1330,7 @@ async fn pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replic
         );
     }
     gate.send_replace(Gate::Open);
-    for (who, pull) in [
-        ("starter", starter),
-        ("late", late),
-        ("other replica", other),
-    ] {
+    for (who, pull) in pulls {
         let bytes = pull.await.unwrap().unwrap_or_else(|e| panic!("{who}: {e}"));
         assert_eq!(
             (bytes.len(), sha256(&bytes)),
@@ -1339,71 +1352,22 @@ async fn pulls_joining_a_running_fetch_read_what_it_has_and_follow_on_any_replic
         "then kept"
     );
 
-    // The same, and the upstream cuts the body after the gate: every follower fails.
-    gate.send_replace(Gate::Closed);
-    let path = format!("/v2/library/slow/blobs/{cut_digest}");
-    let (starter_read, starter) = streaming_pull(&a.client(), &path).await;
-    has_read(
-        &starter_read,
-        joined_by,
-        "the pull that started the doomed fetch",
-    )
-    .await;
-    let (late_read, late) = streaming_pull(&a.client(), &path).await;
-    has_read(&late_read, joined_by, "a late pull of the doomed fetch").await;
-    let (other_read, other) = streaming_pull(&b.client(), &path).await;
-    has_read(
-        &other_read,
-        joined_by,
-        "a late pull of the doomed fetch elsewhere",
-    )
-    .await;
-    gate.send_replace(Gate::Cut);
-    for (who, pull) in [
-        ("starter", starter),
-        ("late", late),
-        ("other replica", other),
-    ] {
-        let outcome = pull.await.unwrap();
-        assert!(
-            outcome.is_err(),
-            "{who} got a whole body from a fetch that failed ({} bytes)",
-            outcome.map(|b| b.len()).unwrap_or_default()
-        );
-    }
-
-    // Whole but wrong: the last chunk is held back from every follower until the digest
-    // verifies, which it never does.
-    gate.send_replace(Gate::Closed);
-    let path = format!("/v2/library/slow/blobs/{wrong_digest}");
-    let (starter_read, starter) = streaming_pull(&a.client(), &path).await;
-    has_read(
-        &starter_read,
-        joined_by,
-        "the pull that started the wrong fetch",
-    )
-    .await;
-    let (late_read, late) = streaming_pull(&a.client(), &path).await;
-    has_read(&late_read, joined_by, "a late pull of the wrong fetch").await;
-    let (other_read, other) = streaming_pull(&b.client(), &path).await;
-    has_read(
-        &other_read,
-        joined_by,
-        "a late pull of the wrong fetch elsewhere",
-    )
-    .await;
-    gate.send_replace(Gate::Open);
-    for (who, pull) in [
-        ("starter", starter),
-        ("late", late),
-        ("other replica", other),
-    ] {
-        let outcome = pull.await.unwrap();
-        assert!(
-            outcome.is_err(),
-            "{who} got a whole body whose digest did not verify ({} bytes)",
-            outcome.map(|b| b.len()).unwrap_or_default()
-        );
+    // The same, and the upstream cuts the body after the gate; then whole but wrong bytes
+    // (the last chunk is held back from every follower until the digest verifies, which it
+    // never does): every follower's body fails.
+    for (digest, then) in [(&cut_digest, Gate::Cut), (&wrong_digest, Gate::Open)] {
+        gate.send_replace(Gate::Closed);
+        let path = format!("/v2/library/slow/blobs/{digest}");
+        let pulls = joined_pulls(&a, &b, &path, joined_by).await;
+        gate.send_replace(then);
+        for (who, pull) in pulls {
+            let outcome = pull.await.unwrap();
+            assert!(
+                outcome.is_err(),
+                "{who} got a whole body from a fetch that failed ({then:?}, {} bytes)",
+                outcome.map(|b| b.len()).unwrap_or_default()
+            );
+        }
     }
     let committed = a.deployment.log_lines("fetched a blob from upstream");
     assert_eq!(
