@@ -10,10 +10,22 @@ cd "$(dirname "$0")/.."
 # them: a restrictive umask (077) on the runner would make them root-only.
 umask 022
 
+# Each step's wall time is printed when the next one starts, and all of them at the end, so
+# that what CI's time budget goes to is on record in every run's log.
+STEP_NAME=""
+STEP_START=$SECONDS
+STEP_TIMES=()
+step_done() {
+  [ -n "$STEP_NAME" ] && STEP_TIMES+=("$(printf '%5d s  %s' $((SECONDS - STEP_START)) "$STEP_NAME")")
+  STEP_NAME="$*"
+  STEP_START=$SECONDS
+}
+step() { step_done "$*"; printf '\n==> %s\n' "$*"; }
+SUITE_START=$SECONDS
+step "install and start services"
 source scripts/services.sh
 trap '[ "$BERTH_STARTED_GARAGE" = 1 ] && scripts/garage.sh stop >/dev/null 2>&1; true' EXIT
 
-step() { printf '\n==> %s\n' "$*"; }
 # The services scripts/services.sh started; a test that needs one it cannot find fails.
 export BERTH_TEST_DATABASE_URL="${BERTH_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export BERTH_TEST_REQUIRE_SERVICES=1
@@ -68,5 +80,9 @@ env -u BERTH_TEST_DATABASE_URL -u AWS_ENDPOINT_URL -u S3_BUCKET \
 step "the development compose stack, with local images"
 scripts/check-compose.sh
 
+step_done ""
 echo
+echo "time per step:"
+printf '%s\n' "${STEP_TIMES[@]}"
+printf '%5d s  in all\n' $((SECONDS - SUITE_START))
 echo "all tests passed"
