@@ -30,7 +30,7 @@ trap 'rm -rf "$OUT"' EXIT
 echo "helm: lint and render"
 for values in "$CHART"/ci/minimal-values.yaml "$CHART"/ci/eks-values.yaml \
               "$CHART"/ci/filesystem-values.yaml "$CHART"/ci/mirror-values.yaml \
-              "$CHART"/values-dev.yaml; do
+              "$CHART"/ci/webhook-values.yaml "$CHART"/values-dev.yaml; do
   "$HELM" lint --strict "$CHART" -f "$values" >/dev/null
   name="$(basename "$values" .yaml)"
   "$HELM" template berth "$CHART" -f "$values" --namespace registry > "$OUT/$name.yaml"
@@ -73,30 +73,68 @@ grep -q 'fieldPath: status.podIP' "$OUT/mirror-values.yaml"
 refute 'BERTH_ADVERTISE_URL' "$OUT/minimal-values.yaml"
 refute 'BERTH_CONFIG' "$OUT/minimal-values.yaml"
 refute 'upstream' "$OUT/minimal-values.yaml"
-python - "$OUT/mirror-values.yaml" <<'PY'
+# Webhooks: [[webhook]] tables in the same config file, each signing key's Secret mounted as a
+# directory secret_file points into.
+grep -q '^    \[\[webhook\]\]$' "$OUT/webhook-values.yaml"
+grep -q 'secret_file = "/etc/berth/webhooks/ci/secret"' "$OUT/webhook-values.yaml"
+grep -q 'format = "cloudevents"' "$OUT/webhook-values.yaml"
+grep -q 'format = "distribution"' "$OUT/webhook-values.yaml"
+grep -qF 'headers = { "X-Source" = "berth \"prod\"", "X-Team" = "platform" }' "$OUT/webhook-values.yaml"
+grep -q 'mountPath: /etc/berth/webhooks/ci$' "$OUT/webhook-values.yaml"
+grep -q 'secretName: ci-webhook' "$OUT/webhook-values.yaml"
+grep -q 'BERTH_CONFIG: /etc/berth/config/berth.toml' "$OUT/webhook-values.yaml"
+grep -q 'checksum/config-file' "$OUT/webhook-values.yaml"
+grep -q 'BERTH_PUBLIC_URL: "https://registry.example.com"' "$OUT/webhook-values.yaml"
+grep -q 'BERTH_EVENT_POLL_INTERVAL: "500ms"' "$OUT/webhook-values.yaml"
+grep -q 'BERTH_EVENT_RETENTION: "48h"' "$OUT/webhook-values.yaml"
+grep -q 'BERTH_EVENT_DEAD_LETTER_RETENTION: "30d"' "$OUT/webhook-values.yaml"
+# Replicas follow each other's fetches only for upstreams.
+refute 'BERTH_ADVERTISE_URL' "$OUT/webhook-values.yaml"
+refute '^    \[\[upstream\]\]$' "$OUT/webhook-values.yaml"
+refute 'webhook' "$OUT/minimal-values.yaml"
+refute 'BERTH_PUBLIC_URL' "$OUT/minimal-values.yaml"
+refute 'BERTH_EVENT_' "$OUT/minimal-values.yaml"
+python - "$OUT/mirror-values.yaml" "$OUT/webhook-values.yaml" <<'PY'
 import posixpath, sys, tomllib, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "berth-config")
-env = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "berth")
-pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
-volumes = {v["name"]: v for v in pod["volumes"]}
-mounts = {m["mountPath"]: volumes[m["name"]] for m in pod["containers"][0]["volumeMounts"]}
-def mounted(path, kind):  # the volume of kind mounted at path's directory, holding its file
-    volume = mounts.get(posixpath.dirname(path))
-    assert volume and kind in volume, f"{path}: no {kind} volume mounted at its directory"
-    items = [i["path"] for i in volume[kind].get("items", [])]
-    assert not items or posixpath.basename(path) in items, f"{path}: not among {items}"
-    return volume[kind]
-mounted(env["data"]["BERTH_CONFIG"], "configMap")
-upstreams = tomllib.loads(config["data"]["berth.toml"])["upstream"]
+def rendered(file):  # the config file's tables, and where a path in it is mounted from
+    docs = [d for d in yaml.safe_load_all(open(file)) if d]
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "berth-config")
+    env = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "berth")
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in pod["containers"][0]["volumeMounts"]}
+    def mounted(path, kind):  # the volume of kind mounted at path's directory, holding its file
+        volume = mounts.get(posixpath.dirname(path))
+        assert volume and kind in volume, f"{path}: no {kind} volume mounted at its directory"
+        items = [i["path"] for i in volume[kind].get("items", [])]
+        assert not items or posixpath.basename(path) in items, f"{path}: not among {items}"
+        return volume[kind]
+    mounted(env["data"]["BERTH_CONFIG"], "configMap")
+    return tomllib.loads(config["data"]["berth.toml"]), mounted
+tables, mounted = rendered(sys.argv[1])
+assert "webhook" not in tables, tables
+upstreams = tables["upstream"]
 assert [u["name"] for u in upstreams] == ["dockerhub", "internal"], upstreams
 hub, internal = upstreams
 assert hub["default"] is True and hub["prefix"] == "dockerhub" and hub["tag_ttl"] == "10m", hub
 assert mounted(hub["password_file"], "secret")["secretName"] == "dockerhub-credentials"
 assert mounted(internal["ca_file"], "secret")["secretName"] == "internal-registry-ca"
 assert "default" not in internal and "password_file" not in internal, internal
+tables, mounted = rendered(sys.argv[2])
+assert "upstream" not in tables, tables
+webhooks = tables["webhook"]
+assert [w["name"] for w in webhooks] == ["ci", "audit"], webhooks
+ci, audit = webhooks
+secret = mounted(ci["secret_file"], "secret")
+assert secret["secretName"] == "ci-webhook" and secret["items"] == [{"key": "hmac-key", "path": "secret"}], secret
+assert ci["format"] == "cloudevents" and ci["actions"] == ["push", "delete"], ci
+assert ci["repositories"] == ["apps/**", "base/*"] and ci["max_in_flight"] == 8, ci
+assert ci["headers"] == {"X-Team": "platform", "X-Source": 'berth "prod"'}, ci
+assert audit["format"] == "distribution" and audit["batch_size"] == 100, audit
+assert "secret_file" not in audit and "headers" not in audit, audit
 PY
 echo "  mirror-values: [[upstream]] tables parse as TOML; BERTH_CONFIG, password_file and ca_file are mounted"
+echo "  webhook-values: [[webhook]] tables parse as TOML; BERTH_CONFIG and secret_file are mounted"
 
 echo "helm: contradictory values are refused with a message"
 check_refused() { # values-file expected-message
@@ -112,6 +150,8 @@ check_refused "$CHART"/ci/invalid/replicas-without-postgres.yaml "needs a shared
 check_refused "$CHART"/ci/invalid/upstream-without-url.yaml "has no url"
 check_refused "$CHART"/ci/invalid/two-default-upstreams.yaml "are all default: true"
 check_refused "$CHART"/ci/invalid/upstream-mapping-nothing.yaml "maps no names"
+check_refused "$CHART"/ci/invalid/webhook-without-name.yaml "has no name"
+check_refused "$CHART"/ci/invalid/two-webhooks-same-name.yaml "two webhooks are named ci"
 
 echo "terraform: formatting and parsing"
 python - <<'PY'
@@ -174,7 +214,7 @@ echo "  terraform: $(tr ',' '\n' <<<"$TF_CHECKS" | wc -l) checks passed"
 K8S_CHECKS=CKV_K8S_8,CKV_K8S_9,CKV_K8S_10,CKV_K8S_12,CKV_K8S_13,CKV_K8S_14,CKV_K8S_16,CKV_K8S_17,CKV_K8S_18,CKV_K8S_19,CKV_K8S_20,CKV_K8S_22,CKV_K8S_23,CKV_K8S_25,CKV_K8S_28,CKV_K8S_29,CKV_K8S_30,CKV_K8S_31,CKV_K8S_37,CKV_K8S_40,CKV_K8S_41
 # With networkPolicy.enabled (the EKS values), every pod is also covered by a NetworkPolicy.
 for scan in "eks-values.yaml:$K8S_CHECKS,CKV2_K8S_6" "minimal-values.yaml:$K8S_CHECKS" \
-            "mirror-values.yaml:$K8S_CHECKS"; do
+            "mirror-values.yaml:$K8S_CHECKS" "webhook-values.yaml:$K8S_CHECKS"; do
   rendered="$OUT/${scan%%:*}" checks="${scan#*:}"
   checkov -f "$rendered" --framework kubernetes --skip-download --quiet --compact --check "$checks" >/dev/null \
     || { checkov -f "$rendered" --framework kubernetes --skip-download --quiet --compact --check "$checks"; exit 1; }

@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use berth::RegistryOptions;
 use berth::client::TrustedProxies;
 use berth::http::{HttpOptions, ServeOptions};
+use berth::metadata::events::{EventAction, Subscription, Subscriptions};
 use berth::metadata::sql::SqlOptions;
 use berth::registry::gc::ImmutableTags;
 use berth::upstream::{Credentials, UpstreamSettings, Upstreams};
@@ -189,6 +190,49 @@ pub enum Command {
     /// than gc_grace_period (and untagged manifests, with gc_untagged_after), expire idle
     /// uploads, and remove their bytes. Safe while the registry serves.
     Gc(GcArgs),
+    /// Show the event outbox: per webhook, the events pending, delivered and dead-lettered,
+    /// and the events themselves; `events replay` makes delivered or dead events due again.
+    Events(EventsArgs),
+}
+
+/// Options of `berth events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(subcommand)]
+    pub action: Option<EventsAction>,
+    /// Only this webhook's events.
+    #[arg(long, value_name = "NAME")]
+    pub endpoint: Option<String>,
+    /// Only events in this state: pending, delivered, dead or all.
+    #[arg(long, value_name = "STATE", default_value = "pending")]
+    pub state: Option<String>,
+    /// Only events after this seq.
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    pub after: i64,
+    /// Most events to list.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: u32,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `berth events` does besides listing.
+#[derive(Debug, Subcommand)]
+pub enum EventsAction {
+    /// Make a webhook's delivered or dead-lettered events with seq FROM..=TO due again (with
+    /// their original ids, so receivers can tell them apart from new ones).
+    Replay {
+        /// The webhook.
+        #[arg(long, value_name = "NAME")]
+        endpoint: String,
+        /// First seq.
+        #[arg(long, value_name = "SEQ")]
+        from: i64,
+        /// Last seq [default: FROM].
+        #[arg(long, value_name = "SEQ")]
+        to: Option<i64>,
+    },
 }
 
 /// Options of `berth gc`.
@@ -233,6 +277,11 @@ macro_rules! settings {
             #[arg(skip)]
             #[serde(default, rename = "upstream")]
             pub upstreams: Vec<UpstreamEntry>,
+            /// `[[webhook]]` entries: endpoints that receive the registry's events (config
+            /// file only).
+            #[arg(skip)]
+            #[serde(default, rename = "webhook")]
+            pub webhooks: Vec<WebhookEntry>,
         }
 
         impl Settings {
@@ -245,6 +294,11 @@ macro_rules! settings {
                         lower.upstreams
                     } else {
                         self.upstreams
+                    },
+                    webhooks: if self.webhooks.is_empty() {
+                        lower.webhooks
+                    } else {
+                        self.webhooks
                     },
                 }
             }
@@ -355,6 +409,14 @@ settings! {
     mirror_fetch_lease: Span, env = "BERTH_MIRROR_FETCH_LEASE", value_name = "DURATION",
     /// The URL other replicas reach this one at (http://POD_IP:5000): pulls on them follow this replica's upstream fetches through it instead of waiting for the blobs to be stored [default: none].
     advertise_url: String, env = "BERTH_ADVERTISE_URL", value_name = "URL",
+    /// The URL clients reach the registry at (https://registry.example.com): event payloads name it as their source and in object URLs [default: none].
+    public_url: String, env = "BERTH_PUBLIC_URL", value_name = "URL",
+    /// How often each replica looks for events due to each webhook [default: 250ms].
+    event_poll_interval: Span, env = "BERTH_EVENT_POLL_INTERVAL", value_name = "DURATION",
+    /// How long delivered events are kept for `berth events` and replays [default: 24h].
+    event_retention: Span, env = "BERTH_EVENT_RETENTION", value_name = "DURATION",
+    /// How long dead-lettered events are kept [default: 14d].
+    event_dead_letter_retention: Span, env = "BERTH_EVENT_DEAD_LETTER_RETENTION", value_name = "DURATION",
     /// Send Docker-Content-Digest on manifest GETs by tag [default: true].
     tag_digest_header: bool, env = "BERTH_TAG_DIGEST_HEADER", value_name = "BOOL",
     /// Send Link headers for further pages [default: true].
@@ -488,6 +550,197 @@ impl UpstreamEntry {
     }
 }
 
+/// The body format of a webhook.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// CloudEvents 1.0, structured mode (a batch when batch_size > 1).
+    #[default]
+    CloudEvents,
+    /// CNCF Distribution's notification envelope.
+    Distribution,
+}
+
+/// One `[[webhook]]` of the config file: an endpoint that receives the registry's events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEntry {
+    /// A short name, for the outbox, metrics and `berth events` [default: the URL's host].
+    pub name: Option<String>,
+    /// Where events are POSTed.
+    pub url: String,
+    /// `cloudevents` or `distribution`.
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// A file holding the key of the HMAC-SHA256 signature sent in X-Berth-Signature-256.
+    pub secret_file: Option<PathBuf>,
+    /// Repository globs whose events it gets [default: all].
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// Actions it gets: push, delete, tag_delete, blob_delete, repository_create [default: all].
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// Headers sent with every request.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// How long one request may take [default: 10s].
+    pub timeout: Option<Span>,
+    /// Attempts after which an event is dead-lettered [default: 25].
+    pub max_attempts: Option<u32>,
+    /// Age after which a failing event is dead-lettered [default: 24h].
+    pub max_age: Option<Span>,
+    /// Most requests in flight at once, each for another repository [default: 4].
+    pub max_in_flight: Option<usize>,
+    /// Most events a request [default: 1 for cloudevents, 50 for distribution].
+    pub batch_size: Option<usize>,
+}
+
+/// A webhook, checked, with its secret read.
+// A build without event delivery only checks webhooks, to refuse them.
+#[cfg_attr(not(feature = "events"), allow(dead_code))]
+#[derive(Clone)]
+pub struct Webhook {
+    pub name: String,
+    pub url: String,
+    pub format: WebhookFormat,
+    pub secret: Option<Vec<u8>>,
+    pub repositories: Vec<String>,
+    pub actions: Vec<EventAction>,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    pub max_in_flight: usize,
+    pub batch_size: usize,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("format", &self.format)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("repositories", &self.repositories)
+            .field("actions", &self.actions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookEntry {
+    fn resolve(&self) -> anyhow::Result<Webhook> {
+        let host = self
+            .url
+            .strip_prefix("https://")
+            .or_else(|| self.url.strip_prefix("http://"))
+            .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""))
+            .filter(|host| !host.is_empty());
+        let Some(host) = host else {
+            bail!(
+                "webhook url must be http://HOST/… or https://HOST/…, got {:?}",
+                self.url
+            );
+        };
+        let name = self.name.clone().unwrap_or_else(|| host.to_owned());
+        let who = format!("webhook {name:?}");
+        if name.is_empty() || name.len() > 128 {
+            bail!("{who}: name must be 1 to 128 characters");
+        }
+        let secret = match &self.secret_file {
+            None => None,
+            Some(file) => {
+                let text = std::fs::read(file)
+                    .with_context(|| format!("{who}: reading secret_file {}", file.display()))?;
+                let secret = text.trim_ascii_end().to_vec();
+                if secret.is_empty() {
+                    bail!("{who}: secret_file {} is empty", file.display());
+                }
+                Some(secret)
+            }
+        };
+        let actions = self
+            .actions
+            .iter()
+            .map(|a| {
+                EventAction::parse(a).with_context(|| {
+                    format!(
+                        "{who}: unknown action {a:?}; use push, delete, tag_delete, blob_delete or repository_create"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for (header, value) in &self.headers {
+            http::HeaderName::from_bytes(header.as_bytes())
+                .with_context(|| format!("{who}: {header:?} is not a header name"))?;
+            http::HeaderValue::from_str(value)
+                .with_context(|| format!("{who}: the value of header {header} is not valid"))?;
+        }
+        let max_in_flight = self.max_in_flight.unwrap_or(4);
+        if !(1..=64).contains(&max_in_flight) {
+            bail!("{who}: max_in_flight must be between 1 and 64, got {max_in_flight}");
+        }
+        let batch_size = self.batch_size.unwrap_or(match self.format {
+            WebhookFormat::CloudEvents => 1,
+            WebhookFormat::Distribution => 50,
+        });
+        if !(1..=1000).contains(&batch_size) {
+            bail!("{who}: batch_size must be between 1 and 1000, got {batch_size}");
+        }
+        let max_attempts = self.max_attempts.unwrap_or(25);
+        if max_attempts == 0 {
+            bail!("{who}: max_attempts must be at least 1");
+        }
+        Ok(Webhook {
+            name,
+            url: self.url.clone(),
+            format: self.format,
+            secret,
+            repositories: self.repositories.clone(),
+            actions,
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            timeout: self
+                .timeout
+                .map_or(Duration::from_secs(10), |s| s.0)
+                .max(Duration::from_millis(10)),
+            max_attempts,
+            max_age: self.max_age.map_or(Duration::from_secs(24 * 3600), |s| s.0),
+            max_in_flight,
+            batch_size,
+        })
+    }
+}
+
+/// Where the registry's events go, and how they are kept.
+#[cfg_attr(not(feature = "events"), allow(dead_code))]
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    pub webhooks: Vec<Webhook>,
+    pub public_url: Option<String>,
+    pub poll_interval: Duration,
+    pub retention: Duration,
+    pub dead_letter_retention: Duration,
+}
+
+impl EventSettings {
+    /// Which changes write outbox rows, for which webhook.
+    pub fn subscriptions(&self) -> Subscriptions {
+        Subscriptions(
+            self.webhooks
+                .iter()
+                .map(|w| Subscription {
+                    endpoint: w.name.clone(),
+                    repositories: w.repositories.clone(),
+                    actions: w.actions.clone(),
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Resolved settings of a `berth` process.
 // Builds without some backends leave their settings unread.
 #[cfg_attr(
@@ -523,6 +776,7 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Upstream registries read through (none: no mirror).
     pub upstreams: Upstreams,
+    pub events: EventSettings,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -618,6 +872,7 @@ impl Settings {
                 .map(UpstreamEntry::resolve)
                 .collect::<anyhow::Result<_>>()?,
         )?;
+        let events = self.event_settings()?;
         let fs_part_size = self.fs_part_size.map_or(16 * MIB, |b| b.0);
         if !(64 * 1024..=1024 * MIB).contains(&fs_part_size) {
             bail!("fs_part_size must be between 64KiB and 1GiB, got {fs_part_size} bytes");
@@ -755,6 +1010,7 @@ impl Settings {
                 .unwrap_or(serve_defaults.max_connections),
             auth,
             upstreams,
+            events,
             log: self.log.unwrap_or_else(|| "info".to_owned()),
             log_format: self.log_format.unwrap_or(LogFormat::Text),
         })
@@ -762,6 +1018,44 @@ impl Settings {
 }
 
 impl Settings {
+    fn event_settings(&self) -> anyhow::Result<EventSettings> {
+        let webhooks = self
+            .webhooks
+            .iter()
+            .map(WebhookEntry::resolve)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut names = std::collections::BTreeSet::new();
+        for webhook in &webhooks {
+            if !names.insert(webhook.name.as_str()) {
+                bail!(
+                    "two webhooks are named {:?}: give each a name of its own",
+                    webhook.name
+                );
+            }
+        }
+        let public_url = match self.public_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                Some(url.trim_end_matches('/').to_owned())
+            }
+            Some(url) => bail!("public_url must start with https:// or http://, got {url:?}"),
+        };
+        Ok(EventSettings {
+            webhooks,
+            public_url,
+            poll_interval: self
+                .event_poll_interval
+                .map_or(Duration::from_millis(250), |s| s.0)
+                .max(Duration::from_millis(10)),
+            retention: self
+                .event_retention
+                .map_or(Duration::from_secs(24 * 3600), |s| s.0),
+            dead_letter_retention: self
+                .event_dead_letter_retention
+                .map_or(Duration::from_secs(14 * 24 * 3600), |s| s.0),
+        })
+    }
+
     fn tls_settings(&self) -> anyhow::Result<Option<TlsSettings>> {
         let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
         let (cert, key, client_ca) = (

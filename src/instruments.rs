@@ -85,6 +85,24 @@ pub const MIRROR_UPSTREAM_REQUESTS: &str = "berth_mirror_upstream_requests_total
 /// Writes of the pulls of kept manifests (for eviction), by `outcome` (`ok`, `error`).
 pub const MIRROR_PULL_FLUSHES: &str = "berth_mirror_pull_flushes_total";
 
+/// Events not yet delivered, by `endpoint` (all replicas; read by the delivering replicas).
+pub const EVENTS_PENDING: &str = "berth_events_pending";
+/// Dead-lettered events kept, by `endpoint`.
+pub const EVENTS_DEAD: &str = "berth_events_dead_letters";
+/// Events delivered, by `endpoint`.
+pub const EVENTS_DELIVERED: &str = "berth_events_delivered_total";
+/// Events delivered again after an attempt whose outcome was a failure or unknown (a
+/// receiver may have seen them before), by `endpoint`.
+pub const EVENTS_REDELIVERED: &str = "berth_events_redelivered_total";
+/// Failed attempts that will be retried, by `endpoint`.
+pub const EVENTS_RETRIED: &str = "berth_events_retried_total";
+/// Events dead-lettered, by `endpoint`.
+pub const EVENTS_DEAD_LETTERED: &str = "berth_events_dead_lettered_total";
+/// Time from a change's commit to its event's delivery, by `endpoint`.
+pub const EVENT_DELIVERY_LATENCY: &str = "berth_event_delivery_latency_seconds";
+/// Time of a successful delivery request, by `endpoint`.
+pub const EVENT_REQUEST_DURATION: &str = "berth_event_request_duration_seconds";
+
 /// Registers units and help texts with the installed recorder.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -105,6 +123,28 @@ pub fn describe() {
         "Response body bytes sent, by operation"
     );
     describe_gauge!(HTTP_IN_FLIGHT, "Requests being served");
+    describe_gauge!(EVENTS_PENDING, "Events not yet delivered, by endpoint");
+    describe_gauge!(EVENTS_DEAD, "Dead-lettered events kept, by endpoint");
+    describe_counter!(EVENTS_DELIVERED, "Events delivered, by endpoint");
+    describe_counter!(
+        EVENTS_REDELIVERED,
+        "Events delivered after an earlier failed or unsettled attempt, by endpoint"
+    );
+    describe_counter!(
+        EVENTS_RETRIED,
+        "Failed event deliveries to be retried, by endpoint"
+    );
+    describe_counter!(EVENTS_DEAD_LETTERED, "Events dead-lettered, by endpoint");
+    describe_histogram!(
+        EVENT_DELIVERY_LATENCY,
+        Unit::Seconds,
+        "Time from a change's commit to its event's delivery, by endpoint"
+    );
+    describe_histogram!(
+        EVENT_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time of a successful event delivery request, by endpoint"
+    );
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,
         "TLS connections refused during the handshake, by reason (timeout, handshake)"

@@ -16,8 +16,8 @@ const FLOORS: &[&[&str]] = &[
     &["metadata"],
     // The error every layer above returns, and its one mapping to HTTP.
     &["error"],
-    // OCI semantics over the stores.
-    &["registry"],
+    // OCI semantics over the stores, and the delivery of their events.
+    &["registry", "events"],
     // The distribution API.
     &["http"],
 ];

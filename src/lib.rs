@@ -65,7 +65,9 @@
 //! - `cli`: the `berth` binary;
 //! - `otel`: OpenTelemetry trace export from the binary (OTLP/HTTP);
 //! - `auth`: Berth's own authorizers (htpasswd, ACL files, Docker token authentication) and
-//!   token issuer ([`auth`]); the [`auth::Authorizer`] trait is always there.
+//!   token issuer ([`auth`]); the [`auth::Authorizer`] trait is always there;
+//! - `events`: delivery of the registry's events to webhooks and to an [`events::EventSink`]
+//!   of the embedding program ([`events`]); the outbox is written in every build.
 //!
 //! All are on by default; `--no-default-features` builds the core library with the filesystem
 //! and in-memory stores.
@@ -75,6 +77,8 @@ pub mod auth;
 pub mod buffers;
 pub mod client;
 pub mod error;
+#[cfg(feature = "events")]
+pub mod events;
 pub mod glob;
 pub mod http;
 pub mod instruments;

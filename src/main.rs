@@ -20,7 +20,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use config::{Cli, Command, Config, GcArgs, LogFormat, ScrubArgs, StorageKind};
+use config::{Cli, Command, Config, EventsArgs, GcArgs, LogFormat, ScrubArgs, StorageKind};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             Command::Migrate => migrate(config).await,
             Command::Scrub(args) => scrub(config, args).await,
             Command::Gc(args) => gc(config, args).await,
+            Command::Events(args) => events(config, args).await,
         }
     });
     drop(runtime);
@@ -90,12 +91,17 @@ async fn sql_store(config: &Config) -> anyhow::Result<berth::metadata::sql::SqlM
 }
 
 async fn metadata_store(config: &Config) -> anyhow::Result<Arc<dyn MetadataStore>> {
+    // Every process that changes the registry (`serve`, `gc`) writes the outbox rows of the
+    // webhooks it is configured with.
+    let subscriptions = config.events.subscriptions();
     if config.storage == StorageKind::Memory {
-        return Ok(Arc::new(MemoryMetadataStore::new()));
+        return Ok(Arc::new(
+            MemoryMetadataStore::new().with_subscriptions(subscriptions),
+        ));
     }
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     {
-        let store = sql_store(config).await?;
+        let store = sql_store(config).await?.with_subscriptions(subscriptions);
         if config.migrate_on_start {
             store
                 .migrate()
@@ -219,6 +225,204 @@ fn metrics_router(registry: Registry, handle: PrometheusHandle) -> axum::Router 
     )
 }
 
+/// Delivers the outbox to the configured webhooks from this process (feature `events`).
+#[cfg(feature = "events")]
+fn spawn_event_delivery(
+    config: &Config,
+    metadata: Arc<dyn MetadataStore>,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use berth::events::payload::{PayloadFormat, Source};
+    use berth::events::{Deliverer, DeliveryOptions, Endpoint, Target};
+
+    let events = &config.events;
+    if events.webhooks.is_empty() {
+        return Ok(());
+    }
+    let endpoints = events
+        .webhooks
+        .iter()
+        .map(|w| Endpoint {
+            name: w.name.clone(),
+            target: Target::Http {
+                url: w.url.clone(),
+                headers: w.headers.clone(),
+                secret: w.secret.clone(),
+            },
+            format: match w.format {
+                config::WebhookFormat::CloudEvents => PayloadFormat::CloudEvents,
+                config::WebhookFormat::Distribution => PayloadFormat::Distribution,
+            },
+            timeout: w.timeout,
+            max_in_flight: w.max_in_flight,
+            batch_size: w.batch_size,
+            max_attempts: w.max_attempts,
+            max_age: w.max_age,
+        })
+        .collect();
+    let options = DeliveryOptions {
+        poll_interval: events.poll_interval,
+        delivered_retention: events.retention,
+        dead_retention: events.dead_letter_retention,
+        source: Source {
+            public_url: events.public_url.clone(),
+            instance: uuid_like_instance(),
+        },
+        ..DeliveryOptions::default()
+    };
+    let deliverer = Deliverer::new(metadata, endpoints, options)?;
+    for webhook in &events.webhooks {
+        tracing::info!(webhook = %webhook.name, url = %webhook.url, "delivering events");
+    }
+    tokio::spawn(deliverer.run(stopped));
+    Ok(())
+}
+
+#[cfg(not(feature = "events"))]
+fn spawn_event_delivery(
+    config: &Config,
+    _metadata: Arc<dyn MetadataStore>,
+    _stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if !config.events.webhooks.is_empty() {
+        anyhow::bail!(
+            "this berth was built without event delivery (feature `events`); remove the [[webhook]] entries"
+        );
+    }
+    Ok(())
+}
+
+/// This process among the replicas, for Distribution's `source.instanceID`.
+#[cfg(feature = "events")]
+fn uuid_like_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// `berth events`: the outbox per endpoint, its rows, and replays.
+async fn events(config: Config, args: EventsArgs) -> anyhow::Result<()> {
+    use berth::metadata::events::{DeliveryState, OutboxQuery};
+    use config::EventsAction;
+
+    if config.storage == StorageKind::Memory {
+        anyhow::bail!(
+            "storage = memory keeps nothing between processes: there are no events to show"
+        );
+    }
+    let metadata = metadata_store(&config).await?;
+    let mut out = std::io::stdout().lock();
+    match args.action {
+        Some(EventsAction::Replay { endpoint, from, to }) => {
+            let to = to.unwrap_or(from);
+            let replayed = metadata
+                .replay_events(&endpoint, from, to, berth::metadata::now_millis())
+                .await?;
+            writeln!(
+                out,
+                "{replayed} event(s) of {endpoint} with seq {from}..={to} are due again"
+            )?;
+        }
+        None => {
+            let state = match args.state.as_deref() {
+                None | Some("all") => None,
+                Some(name) => Some(DeliveryState::parse(name).with_context(|| {
+                    format!("--state must be pending, delivered, dead or all, got {name:?}")
+                })?),
+            };
+            let backlog = metadata.event_backlog().await?;
+            let rows = metadata
+                .outbox_events(OutboxQuery {
+                    endpoint: args.endpoint.as_deref(),
+                    state,
+                    after: args.after,
+                    limit: args.limit,
+                })
+                .await?;
+            if args.json {
+                let rows: Vec<_> = rows.iter().map(event_json).collect();
+                let backlog: Vec<_> = backlog
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "endpoint": b.endpoint, "pending": b.pending,
+                            "delivered": b.delivered, "dead": b.dead,
+                            "oldest_pending_at": b.oldest_pending_at,
+                        })
+                    })
+                    .collect();
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "endpoints": backlog, "events": rows })
+                )?;
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<24} {:>9} {:>9} {:>6}",
+                "ENDPOINT", "PENDING", "DELIVERED", "DEAD"
+            )?;
+            for b in &backlog {
+                writeln!(
+                    out,
+                    "{:<24} {:>9} {:>9} {:>6}",
+                    b.endpoint, b.pending, b.delivered, b.dead
+                )?;
+            }
+            if !rows.is_empty() {
+                writeln!(out)?;
+                writeln!(
+                    out,
+                    "{:>8} {:<16} {:<10} {:<18} {:<36} {:>8}  REPOSITORY / ERROR",
+                    "SEQ", "ENDPOINT", "STATE", "ACTION", "EVENT ID", "ATTEMPTS"
+                )?;
+            }
+            for row in &rows {
+                let what = match (&row.event.tag, &row.event.digest) {
+                    (Some(tag), _) => format!("{}:{tag}", row.event.repository),
+                    (None, Some(digest)) => format!("{}@{digest}", row.event.repository),
+                    _ => row.event.repository.clone(),
+                };
+                writeln!(
+                    out,
+                    "{:>8} {:<16} {:<10} {:<18} {:<36} {:>8}  {what}{}",
+                    row.seq,
+                    row.endpoint,
+                    row.state.as_str(),
+                    row.event.action.as_str(),
+                    row.event.id,
+                    row.attempts,
+                    row.last_error
+                        .as_deref()
+                        .map(|e| format!("  ({e})"))
+                        .unwrap_or_default()
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn event_json(row: &berth::metadata::events::OutboxEvent) -> serde_json::Value {
+    serde_json::json!({
+        "seq": row.seq,
+        "endpoint": row.endpoint,
+        "state": row.state.as_str(),
+        "id": row.event.id,
+        "action": row.event.action.as_str(),
+        "repository": row.event.repository,
+        "digest": row.event.digest,
+        "media_type": row.event.media_type,
+        "size": row.event.size,
+        "tag": row.event.tag,
+        "at": row.event.at,
+        "attempts": row.attempts,
+        "next_attempt_at": row.next_attempt_at,
+        "last_error": row.last_error,
+        "settled_at": row.settled_at,
+    })
+}
+
 /// The upstreams read through, when the build can (feature `mirror`).
 #[cfg(feature = "mirror")]
 fn with_mirror(
@@ -295,6 +499,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(registry.clone().run_maintenance(stopped()));
     tokio::spawn(registry.clone().run_gc(stopped()));
     tokio::spawn(registry.clone().run_mirror_pull_flush(stopped()));
+    spawn_event_delivery(&config, registry.metadata_store().clone(), stopped())?;
     if let Some(admin) = config.admin_listen {
         let listener = tokio::net::TcpListener::bind(admin)
             .await

@@ -29,6 +29,7 @@ mod push;
 mod random;
 mod report;
 mod s3;
+mod sink;
 
 use report::report;
 use s3::s3_put;
@@ -107,9 +108,15 @@ struct Opts {
     /// Raw S3 bucket (default: $S3_BUCKET).
     #[arg(long)]
     s3_bucket: Option<String>,
+    /// Address `event-sink` listens on.
+    #[arg(long, default_value = "127.0.0.1:5390")]
+    sink_listen: String,
+    /// Seconds without an event after which `event-sink` reports.
+    #[arg(long, default_value_t = 3.0)]
+    sink_idle: f64,
     /// Workloads: push-mono push-chunked push-stream pull pull-warm manifest-get manifest-head
     /// small-images tags-list listings-scale push-beside-tricklers push-concurrent orphans rss s3-put
-    /// s3-put-parallel s3-get, or `report FILE`.
+    /// s3-put-parallel s3-get event-sink, or `report FILE`.
     #[arg(required = true)]
     workloads: Vec<String>,
 }
@@ -360,7 +367,8 @@ async fn main() -> Result<()> {
         last_blob: None,
     };
     for workload in &opts.workloads {
-        let needs_url = !workload.starts_with("s3-") && workload != "rss";
+        let needs_url =
+            !workload.starts_with("s3-") && workload != "rss" && workload != "event-sink";
         if needs_url && bench.base.is_empty() {
             return Err(format!("{workload} needs --url").into());
         }
@@ -382,6 +390,7 @@ async fn main() -> Result<()> {
             "s3-put" => s3_put(&mut bench, 1).await,
             "s3-put-parallel" => s3_put(&mut bench, 4).await,
             "s3-get" => Ok(()),
+            "event-sink" => bench.event_sink().await,
             other => Err(format!("unknown workload {other}").into()),
         };
         if let Err(e) = outcome {

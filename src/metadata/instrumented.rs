@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
+use super::events::{DeliveryOutcome, EndpointBacklog, OutboxEvent, OutboxQuery};
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
     ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
@@ -107,7 +108,7 @@ measured_calls! {
     fn put_manifest(&self, manifest: NewManifest<'_>) -> PutManifestOutcome;
     fn manifest(&self, repository: &RepositoryName, reference: &Reference) -> Option<ManifestRecord>;
     fn delete_manifest(&self, repository: &RepositoryName, digest: &Digest, immutable: TagGuard<'_>, now: i64) -> ManifestDeletion;
-    fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> bool;
+    fn delete_tag(&self, repository: &RepositoryName, tag: &Tag, now: i64) -> bool;
     fn tags(&self, repository: &RepositoryName, page: Page<'_>) -> Option<Vec<String>>;
     fn referrers(&self, repository: &RepositoryName, subject: &Digest, artifact_type: Option<&str>, page: Page<'_>) -> Vec<ReferrerRecord>;
     fn collect_links(&self, cutoff: i64, limit: u32, now: i64) -> Collected;
@@ -123,4 +124,11 @@ measured_calls! {
     fn disown_mirrored_manifest(&self, repository: &RepositoryName, digest: &Digest) -> ();
     fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> ();
     fn evict_unpulled_manifests(&self, upstream: &str, cutoff: i64, limit: u32, now: i64, apply: bool) -> u64;
+    fn claim_event_endpoint(&self, endpoint: &str, owner: &str, lease_until: i64, now: i64) -> bool;
+    fn due_events(&self, endpoint: &str, now: i64, limit: u32) -> Vec<OutboxEvent>;
+    fn settle_events(&self, outcomes: &[(i64, DeliveryOutcome)], now: i64) -> ();
+    fn event_backlog(&self) -> Vec<EndpointBacklog>;
+    fn outbox_events(&self, query: OutboxQuery<'_>) -> Vec<OutboxEvent>;
+    fn replay_events(&self, endpoint: &str, from: i64, to: i64, now: i64) -> u64;
+    fn prune_events(&self, delivered_before: i64, dead_before: i64, limit: u32) -> u64;
 }

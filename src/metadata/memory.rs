@@ -9,6 +9,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
+use super::events::{
+    DeliveryOutcome, DeliveryState, EndpointBacklog, EventAction, NewEvent, OutboxEvent,
+    OutboxQuery, Subscriptions,
+};
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingKind, DanglingReference, Garbage,
     ManifestDeletion, ManifestRecord, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
@@ -40,6 +44,11 @@ struct State {
     mirror_fetches: HashMap<Digest, MirrorFetchClaim>,
     /// Manifests kept from an upstream, by (repository, digest): (upstream, last pull).
     mirror_pulls: HashMap<(String, Digest), (String, i64)>,
+    /// The event outbox, by `seq`, the changes it is written for, and the endpoint claims:
+    /// (owner, lease end).
+    subscriptions: Subscriptions,
+    outbox: BTreeMap<i64, OutboxEvent>,
+    event_endpoints: HashMap<String, (String, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -91,10 +100,44 @@ impl State {
         id
     }
 
+    /// Writes the outbox rows of `events` for the endpoints subscribed to them.
+    fn record_events(&mut self, events: &[NewEvent]) {
+        let rows: Vec<(NewEvent, String)> = self
+            .subscriptions
+            .rows(events)
+            .map(|(e, endpoint)| (e.clone(), endpoint.to_owned()))
+            .collect();
+        for (event, endpoint) in rows {
+            let seq = self.outbox.last_key_value().map_or(1, |(seq, _)| seq + 1);
+            let next_attempt_at = event.at;
+            self.outbox.insert(
+                seq,
+                OutboxEvent {
+                    seq,
+                    endpoint,
+                    event,
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    next_attempt_at,
+                    last_error: None,
+                    settled_at: None,
+                },
+            );
+        }
+    }
+
+    /// Makes `repository` unless it exists, recording its creation.
+    fn ensure_repository(&mut self, repository: &str, now: i64) -> &mut Repository {
+        if !self.repositories.contains_key(repository)
+            && let Ok(name) = RepositoryName::parse(repository)
+        {
+            self.record_events(&[NewEvent::new(EventAction::RepositoryCreate, &name, now)]);
+        }
+        self.repositories.entry(repository.to_owned()).or_default()
+    }
+
     fn link(&mut self, repository: &str, digest: &Digest, now: i64) {
-        self.repositories
-            .entry(repository.to_owned())
-            .or_default()
+        self.ensure_repository(repository, now)
             .blobs
             .insert(digest.clone(), now);
         self.link_reviews
@@ -155,6 +198,15 @@ impl State {
             return false;
         };
         repo.tags.retain(|_, d| d != digest);
+        let size = stored.record.content.len() as u64;
+        if let Ok(name) = RepositoryName::parse(repository) {
+            self.record_events(&[NewEvent::new(EventAction::Delete, &name, now)
+                .with_digest(digest)
+                .with_object(&stored.record.media_type, size)]);
+        }
+        let Some(repo) = self.repositories.get_mut(repository) else {
+            return true;
+        };
         self.mirror_pulls
             .remove(&(repository.to_owned(), digest.clone()));
         for blob in stored.blobs {
@@ -165,6 +217,43 @@ impl State {
             self.link_reviews.insert((repository.to_owned(), blob), now);
         }
         true
+    }
+
+    /// Why a push is refused, if it is: references missing, or an immutable tag taken.
+    fn refused_push(&self, m: NewManifest<'_>) -> Option<PutManifestOutcome> {
+        let empty = Repository::default();
+        let repo = self
+            .repositories
+            .get(m.repository.as_str())
+            .unwrap_or(&empty);
+        let blobs: Vec<Digest> = m
+            .parsed
+            .blobs
+            .iter()
+            .filter(|d| !repo.blobs.contains_key(*d))
+            .cloned()
+            .collect();
+        let manifests: Vec<Digest> = m
+            .parsed
+            .children
+            .iter()
+            .filter(|d| !repo.manifests.contains_key(*d))
+            .cloned()
+            .collect();
+        if m.require_references && (!blobs.is_empty() || !manifests.is_empty()) {
+            return Some(PutManifestOutcome::MissingReferences { blobs, manifests });
+        }
+        for tag in m.immutable {
+            if let Some(current) = repo.tags.get(tag.as_str())
+                && current != m.digest
+            {
+                return Some(PutManifestOutcome::ImmutableTag {
+                    tag: tag.clone(),
+                    current: current.clone(),
+                });
+            }
+        }
+        None
     }
 
     fn session_update(&self, id: &str) -> SessionUpdate {
@@ -191,6 +280,12 @@ impl MemoryMetadataStore {
     /// An empty store.
     pub fn new() -> MemoryMetadataStore {
         MemoryMetadataStore::default()
+    }
+
+    /// The same store, writing outbox rows for `subscriptions` from now on.
+    pub fn with_subscriptions(self, subscriptions: Subscriptions) -> MemoryMetadataStore {
+        self.state().subscriptions = subscriptions;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -289,6 +384,9 @@ impl MetadataStore for MemoryMetadataStore {
             .is_some_and(|r| r.blobs.remove(digest).is_some());
         if removed {
             state.blob_reviews.insert(digest.clone(), now);
+            state.record_events(&[
+                NewEvent::new(EventAction::BlobDelete, repository, now).with_digest(digest)
+            ]);
         }
         Ok(removed)
     }
@@ -627,37 +725,18 @@ impl MetadataStore for MemoryMetadataStore {
 
     async fn put_manifest(&self, m: NewManifest<'_>) -> MetadataResult<PutManifestOutcome> {
         let mut state = self.state();
+        let new_repository = !state.repositories.contains_key(m.repository.as_str());
+        let refused = state.refused_push(m);
+        if let Some(refused) = refused {
+            return Ok(refused);
+        }
+        if new_repository && m.announce {
+            state.ensure_repository(m.repository.as_str(), m.now);
+        }
         let repo = state
             .repositories
             .entry(m.repository.as_str().to_owned())
             .or_default();
-        let blobs: Vec<Digest> = m
-            .parsed
-            .blobs
-            .iter()
-            .filter(|d| !repo.blobs.contains_key(*d))
-            .cloned()
-            .collect();
-        let manifests: Vec<Digest> = m
-            .parsed
-            .children
-            .iter()
-            .filter(|d| !repo.manifests.contains_key(*d))
-            .cloned()
-            .collect();
-        if m.require_references && (!blobs.is_empty() || !manifests.is_empty()) {
-            return Ok(PutManifestOutcome::MissingReferences { blobs, manifests });
-        }
-        for tag in m.immutable {
-            if let Some(current) = repo.tags.get(tag.as_str())
-                && current != m.digest
-            {
-                return Ok(PutManifestOutcome::ImmutableTag {
-                    tag: tag.clone(),
-                    current: current.clone(),
-                });
-            }
-        }
         repo.manifests
             .entry(m.digest.clone())
             .or_insert_with(|| StoredManifest {
@@ -676,6 +755,23 @@ impl MetadataStore for MemoryMetadataStore {
         for tag in m.tags {
             repo.tags.insert(tag.as_str().to_owned(), m.digest.clone());
         }
+        let push = NewEvent::new(EventAction::Push, m.repository, m.now)
+            .with_digest(m.digest)
+            .with_object(&m.parsed.media_type, m.content.len() as u64);
+        let events: Vec<NewEvent> = if !m.announce {
+            Vec::new()
+        } else if m.tags.is_empty() {
+            vec![push]
+        } else {
+            m.tags
+                .iter()
+                .map(|tag| NewEvent {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    ..push.clone().with_tag(tag)
+                })
+                .collect()
+        };
+        state.record_events(&events);
         Ok(PutManifestOutcome::Stored)
     }
 
@@ -696,7 +792,6 @@ impl MetadataStore for MemoryMetadataStore {
             .and_then(|d| repo.manifests.get(d))
             .map(|m| m.record.clone()))
     }
-
     async fn delete_manifest(
         &self,
         repository: &RepositoryName,
@@ -723,12 +818,24 @@ impl MetadataStore for MemoryMetadataStore {
         Ok(ManifestDeletion::Deleted)
     }
 
-    async fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> MetadataResult<bool> {
-        Ok(self
-            .state()
+    async fn delete_tag(
+        &self,
+        repository: &RepositoryName,
+        tag: &Tag,
+        now: i64,
+    ) -> MetadataResult<bool> {
+        let mut state = self.state();
+        let removed = state
             .repositories
             .get_mut(repository.as_str())
-            .is_some_and(|r| r.tags.remove(tag.as_str()).is_some()))
+            .and_then(|r| r.tags.remove(tag.as_str()));
+        let Some(digest) = removed else {
+            return Ok(false);
+        };
+        state.record_events(&[NewEvent::new(EventAction::TagDelete, repository, now)
+            .with_digest(&digest)
+            .with_tag(tag)]);
+        Ok(true)
     }
 
     async fn tags(
@@ -1047,5 +1154,172 @@ impl MetadataStore for MemoryMetadataStore {
                         .is_some_and(|r| r.manifests.contains_key(digest))
             });
         Ok(evicted)
+    }
+
+    async fn claim_event_endpoint(
+        &self,
+        endpoint: &str,
+        owner: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> MetadataResult<bool> {
+        let mut state = self.state();
+        let claim = state
+            .event_endpoints
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| (String::new(), 0));
+        if claim.0 != owner && claim.1 >= now {
+            return Ok(false);
+        }
+        *claim = (owner.to_owned(), lease_until);
+        Ok(true)
+    }
+
+    async fn due_events(
+        &self,
+        endpoint: &str,
+        now: i64,
+        limit: u32,
+    ) -> MetadataResult<Vec<OutboxEvent>> {
+        let state = self.state();
+        let mut waiting: BTreeSet<&str> = BTreeSet::new();
+        let mut due = Vec::new();
+        for row in state.outbox.values() {
+            if row.endpoint != endpoint || row.state != DeliveryState::Pending {
+                continue;
+            }
+            if row.next_attempt_at > now {
+                waiting.insert(&row.event.repository);
+            } else if !waiting.contains(row.event.repository.as_str()) {
+                due.push(row.clone());
+                if due.len() >= limit as usize {
+                    break;
+                }
+            }
+        }
+        Ok(due)
+    }
+
+    async fn settle_events(
+        &self,
+        outcomes: &[(i64, DeliveryOutcome)],
+        now: i64,
+    ) -> MetadataResult<()> {
+        let mut state = self.state();
+        for (seq, outcome) in outcomes {
+            let Some(row) = state
+                .outbox
+                .get_mut(seq)
+                .filter(|r| r.state == DeliveryState::Pending)
+            else {
+                continue;
+            };
+            row.attempts += 1;
+            match outcome {
+                DeliveryOutcome::Delivered => {
+                    row.state = DeliveryState::Delivered;
+                    row.settled_at = Some(now);
+                    row.last_error = None;
+                }
+                DeliveryOutcome::Retry {
+                    next_attempt_at,
+                    error,
+                } => {
+                    row.next_attempt_at = *next_attempt_at;
+                    row.last_error = Some(error.clone());
+                }
+                DeliveryOutcome::Dead { error } => {
+                    row.state = DeliveryState::Dead;
+                    row.settled_at = Some(now);
+                    row.last_error = Some(error.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn event_backlog(&self) -> MetadataResult<Vec<EndpointBacklog>> {
+        let state = self.state();
+        let mut backlog: BTreeMap<&str, EndpointBacklog> = BTreeMap::new();
+        for row in state.outbox.values() {
+            let entry = backlog
+                .entry(&row.endpoint)
+                .or_insert_with(|| EndpointBacklog {
+                    endpoint: row.endpoint.clone(),
+                    ..EndpointBacklog::default()
+                });
+            match row.state {
+                DeliveryState::Pending => {
+                    entry.pending += 1;
+                    entry.oldest_pending_at = Some(
+                        entry
+                            .oldest_pending_at
+                            .map_or(row.event.at, |at| at.min(row.event.at)),
+                    );
+                }
+                DeliveryState::Delivered => entry.delivered += 1,
+                DeliveryState::Dead => entry.dead += 1,
+            }
+        }
+        Ok(backlog.into_values().collect())
+    }
+
+    async fn outbox_events(&self, query: OutboxQuery<'_>) -> MetadataResult<Vec<OutboxEvent>> {
+        let state = self.state();
+        Ok(state
+            .outbox
+            .range(query.after.saturating_add(1)..)
+            .map(|(_, row)| row)
+            .filter(|row| query.endpoint.is_none_or(|e| e == row.endpoint))
+            .filter(|row| query.state.is_none_or(|s| s == row.state))
+            .take(query.limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn replay_events(
+        &self,
+        endpoint: &str,
+        from: i64,
+        to: i64,
+        now: i64,
+    ) -> MetadataResult<u64> {
+        let mut state = self.state();
+        let mut replayed = 0;
+        for (_, row) in state.outbox.range_mut(from..=to.max(from)) {
+            if row.endpoint == endpoint && row.state != DeliveryState::Pending {
+                row.state = DeliveryState::Pending;
+                row.attempts = 0;
+                row.next_attempt_at = now;
+                row.last_error = None;
+                row.settled_at = None;
+                replayed += 1;
+            }
+        }
+        Ok(replayed)
+    }
+
+    async fn prune_events(
+        &self,
+        delivered_before: i64,
+        dead_before: i64,
+        limit: u32,
+    ) -> MetadataResult<u64> {
+        let mut state = self.state();
+        let due: Vec<i64> = state
+            .outbox
+            .values()
+            .filter(|row| match (row.state, row.settled_at) {
+                (DeliveryState::Delivered, Some(at)) => at < delivered_before,
+                (DeliveryState::Dead, Some(at)) => at < dead_before,
+                _ => false,
+            })
+            .take(limit as usize)
+            .map(|row| row.seq)
+            .collect();
+        for seq in &due {
+            state.outbox.remove(seq);
+        }
+        Ok(due.len() as u64)
     }
 }

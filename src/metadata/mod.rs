@@ -24,8 +24,11 @@ pub mod sql {
     pub use options::SqlOptions;
 }
 
+pub mod events;
 pub mod instrumented;
 pub mod memory;
+
+use events::{DeliveryOutcome, EndpointBacklog, OutboxEvent, OutboxQuery};
 
 /// Errors of the metadata layer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -95,6 +98,9 @@ pub struct NewManifest<'a> {
     /// Refuse the manifest when a blob or child manifest it references is not in the
     /// repository; off for registries that accept sparse manifests (mirrors of one platform).
     pub require_references: bool,
+    /// A client's push, which subscribed endpoints hear of; false for what a mirror keeps
+    /// from its upstream (a cache fill is no change to announce).
+    pub announce: bool,
     /// Unix milliseconds.
     pub now: i64,
 }
@@ -523,7 +529,12 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: i64,
     ) -> MetadataResult<ManifestDeletion>;
     /// Deletes a tag; `false` if it did not exist.
-    async fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> MetadataResult<bool>;
+    async fn delete_tag(
+        &self,
+        repository: &RepositoryName,
+        tag: &Tag,
+        now: i64,
+    ) -> MetadataResult<bool>;
     /// Tags in lexical order; `None` if the repository does not exist.
     async fn tags(
         &self,
@@ -634,6 +645,54 @@ pub trait MetadataStore: Send + Sync + 'static {
         limit: u32,
         now: i64,
         apply: bool,
+    ) -> MetadataResult<u64>;
+
+    // The event outbox (see [`events`]): every change above writes its events, for the
+    // endpoints subscribed to them, in its own transaction; these calls deliver them.
+    /// Claims delivery to `endpoint` for `owner` until `lease_until`: true when no one held it,
+    /// its lease ran out before `now`, or `owner` already held it (a renewal). A replica that
+    /// finds the claim being written by another skips it rather than waiting.
+    async fn claim_event_endpoint(
+        &self,
+        endpoint: &str,
+        owner: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> MetadataResult<bool>;
+    /// Up to `limit` of `endpoint`'s pending rows due at `now`, in commit order, leaving out
+    /// those behind an earlier row of their repository that waits for a retry.
+    async fn due_events(
+        &self,
+        endpoint: &str,
+        now: i64,
+        limit: u32,
+    ) -> MetadataResult<Vec<OutboxEvent>>;
+    /// Records what became of attempts (by row `seq`); rows no longer pending are left alone.
+    async fn settle_events(
+        &self,
+        outcomes: &[(i64, DeliveryOutcome)],
+        now: i64,
+    ) -> MetadataResult<()>;
+    /// Rows per endpoint and state.
+    async fn event_backlog(&self) -> MetadataResult<Vec<EndpointBacklog>>;
+    /// Rows in `seq` order, filtered.
+    async fn outbox_events(&self, query: OutboxQuery<'_>) -> MetadataResult<Vec<OutboxEvent>>;
+    /// Makes `endpoint`'s delivered and dead rows with `seq` in `from..=to` pending again, due
+    /// now, with their attempts forgotten; how many.
+    async fn replay_events(
+        &self,
+        endpoint: &str,
+        from: i64,
+        to: i64,
+        now: i64,
+    ) -> MetadataResult<u64>;
+    /// Deletes up to `limit` rows delivered before `delivered_before` or dead-lettered before
+    /// `dead_before`; how many.
+    async fn prune_events(
+        &self,
+        delivered_before: i64,
+        dead_before: i64,
+        limit: u32,
     ) -> MetadataResult<u64>;
 }
 

@@ -8,7 +8,7 @@ use super::gc::ImmutableTags;
 use crate::error::{Condition, ErrorCode, RegistryError, RegistryResult};
 use crate::metadata::{
     ManifestDeletion, ManifestRecord, MetadataError, MetadataStore, NewManifest, Page,
-    PutManifestOutcome, ReferrerRecord,
+    PutManifestOutcome, ReferrerRecord, now_millis,
 };
 use crate::oci::{Digest, DigestAlgorithm, ParsedManifest, Reference, RepositoryName, Tag};
 
@@ -157,6 +157,7 @@ impl Registry {
                 tags: &all_tags,
                 immutable: &immutable,
                 require_references: !sparse,
+                announce: origin == ManifestOrigin::Client,
                 now: self.now(),
             })
             .await;
@@ -257,19 +258,18 @@ impl Registry {
         let guard = |tag: &str| immutable.protects(repository.as_str(), tag);
         self.manifests_changing();
         let deleted = match reference {
-            Reference::Tag(tag) => {
-                self.inner
-                    .metadata
-                    .delete_tag(repository, tag)
-                    .await
-                    .map(|found| {
-                        if found {
-                            ManifestDeletion::Deleted
-                        } else {
-                            ManifestDeletion::NotFound
-                        }
-                    })
-            }
+            Reference::Tag(tag) => self
+                .inner
+                .metadata
+                .delete_tag(repository, tag, now_millis())
+                .await
+                .map(|found| {
+                    if found {
+                        ManifestDeletion::Deleted
+                    } else {
+                        ManifestDeletion::NotFound
+                    }
+                }),
             Reference::Digest(digest) => {
                 self.inner
                     .metadata

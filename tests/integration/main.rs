@@ -32,6 +32,8 @@ mod auth_fixtures;
 mod clients;
 mod cluster;
 mod errors;
+#[cfg(all(feature = "events", feature = "auth"))]
+mod events;
 mod faults;
 mod gc;
 mod hardening;
@@ -65,6 +67,8 @@ fn main() {
     tests.extend(auth_clients::trials());
     tests.extend(clients::trials());
     tests.extend(errors::trials());
+    #[cfg(all(feature = "events", feature = "auth"))]
+    tests.extend(events::trials());
     tests.extend(faults::trials());
     tests.extend(gc::trials());
     tests.extend(hardening::trials());

@@ -78,6 +78,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "migrations.enabled runs against Postgres: set config.database, or disable migrations (SQLite migrates on start)" }}
 {{- end }}
 {{- include "berth.validateUpstreams" . }}
+{{- include "berth.validateWebhooks" . }}
 {{- end }}
 
 {{/* config.upstreams: what Berth would refuse at start, refused here with the item named. */}}
@@ -133,6 +134,39 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* Where an upstream's Secrets are mounted (credentials/password, ca/ca.crt under it). */}}
 {{- define "berth.upstreamDir" -}}
 /etc/berth/upstreams/{{ .name }}
+{{- end }}
+
+{{/* config.webhooks: what Berth would refuse at start, refused here with the item named. The
+chart needs a name where Berth would take the URL's host: it names the Secret's directory. */}}
+{{- define "berth.validateWebhooks" -}}
+{{- $names := list }}
+{{- range $i, $w := .Values.config.webhooks }}
+{{- if not $w.name }}
+{{- fail (printf "config.webhooks[%d] has no name: every webhook needs a name and a url" $i) }}
+{{- end }}
+{{- $at := printf "config.webhooks[%d] (%s)" $i $w.name }}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]*$" $w.name) }}
+{{- fail (printf "%s: the name may hold only letters, digits, '.', '_' and '-' (it names the directory its Secret is mounted in)" $at) }}
+{{- end }}
+{{- if has $w.name $names }}
+{{- fail (printf "config.webhooks: two webhooks are named %s" $w.name) }}
+{{- end }}
+{{- $names = append $names $w.name }}
+{{- if not $w.url }}
+{{- fail (printf "%s has no url: every webhook needs a name and a url" $at) }}
+{{- end }}
+{{- if not (regexMatch "^https?://[^/?#\\s]+([/?#].*)?$" $w.url) }}
+{{- fail (printf "%s: url %q is not http(s)://HOST[:PORT][/PATH]" $at $w.url) }}
+{{- end }}
+{{- if and $w.secretKey (not $w.existingSecret) }}
+{{- fail (printf "%s: secretKey names a key of existingSecret; set existingSecret too" $at) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Where a webhook's Secret is mounted (secret under it). */}}
+{{- define "berth.webhookDir" -}}
+/etc/berth/webhooks/{{ .name }}
 {{- end }}
 
 {{/* The environment every Berth container gets (the migrations Job too). */}}

@@ -14,6 +14,7 @@ use super::SqlMetadataStore;
 use super::dialect::built;
 use super::rows::{blob_record, digest_of, i64_of, u64_of};
 use super::transactions::{WriteTx, retrying};
+use crate::metadata::events::{EventAction, NewEvent};
 use crate::metadata::{BlobCommit, BlobRecord, Garbage, MetadataError, MetadataResult};
 use crate::oci::{Digest, RepositoryName};
 
@@ -112,7 +113,9 @@ impl SqlMetadataStore {
         now: i64,
     ) -> MetadataResult<Option<BlobRecord>> {
         let mut tx = self.write_tx().await?;
-        let repository_id = Self::ensure_repository(&mut tx, repository, now).await?;
+        let repository_id = self
+            .ensure_repository(&mut tx, repository, now, true)
+            .await?;
         Self::review_link(&mut tx, repository_id, digest.as_str(), now).await?;
         // The blob row is locked so that the collector cannot delete it before the link
         // commits; a blob it deleted first is not found.
@@ -175,6 +178,8 @@ impl SqlMetadataStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        let event = NewEvent::new(EventAction::BlobDelete, repository, now).with_digest(digest);
+        self.record_events(&mut tx, &[event]).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -200,7 +205,9 @@ impl SqlMetadataStore {
         let repository = RepositoryName::parse(&repository)
             .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
         let store_state: String = session.try_get("store_state")?;
-        let repository_id = Self::ensure_repository(&mut tx, &repository, now).await?;
+        let repository_id = self
+            .ensure_repository(&mut tx, &repository, now, true)
+            .await?;
         Self::review_link(&mut tx, repository_id, blob.digest.as_str(), now).await?;
         // An existing row is kept from the collector until the link commits; one it is
         // deleting is waited for, and then this upload's bytes become the blob.

@@ -19,6 +19,7 @@ use super::SqlMetadataStore;
 use super::dialect::{RowLocks, built, json_list, json_pairs};
 use super::rows::{digest_of, limit_of, u64_of};
 use super::transactions::{WriteTx, retrying};
+use crate::metadata::events::{EventAction, NewEvent};
 use crate::metadata::{
     DanglingKind, DanglingReference, ManifestDeletion, ManifestRecord, MetadataError,
     MetadataResult, NewManifest, Page, PutManifestOutcome, ReferrerRecord, TagGuard,
@@ -34,7 +35,9 @@ impl SqlMetadataStore {
         m: NewManifest<'_>,
     ) -> MetadataResult<PutManifestOutcome> {
         let mut tx = self.write_tx().await?;
-        let repository_id = Self::ensure_repository(&mut tx, m.repository, m.now).await?;
+        let repository_id = self
+            .ensure_repository(&mut tx, m.repository, m.now, m.announce)
+            .await?;
         // What this manifest will reference is kept from the collector until it commits;
         // whatever the collector deleted first is missing below.
         let referenced = RowLocks::Referenced {
@@ -56,6 +59,9 @@ impl SqlMetadataStore {
             tx.rollback().await?;
             return Ok(refused);
         }
+        // Written last, once every lock this push takes is held: of two pushes that conflict
+        // (one tag), the one that commits first also has the earlier outbox rows.
+        self.record_events(&mut tx, &pushed(m)).await?;
         tx.commit().await?;
         Ok(PutManifestOutcome::Stored)
     }
@@ -304,6 +310,29 @@ impl SqlMetadataStore {
         now: i64,
     ) -> MetadataResult<u64> {
         let list = self.dialect.pairs(1);
+        if self.subscriptions.any_wants(EventAction::Delete) {
+            let rows = sqlx::query(built(format!(
+                "SELECT r.name, m.digest, m.media_type, m.size FROM manifests m \
+                 JOIN repositories r ON r.id = m.repository_id \
+                 WHERE (m.repository_id, m.digest) IN {list} ORDER BY r.name, m.digest"
+            )))
+            .bind(pairs)
+            .fetch_all(&mut **tx)
+            .await?;
+            let deleted = rows
+                .iter()
+                .map(|row| {
+                    let name: String = row.try_get("name")?;
+                    let repository = RepositoryName::parse(&name)
+                        .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+                    let media_type: String = row.try_get("media_type")?;
+                    Ok(NewEvent::new(EventAction::Delete, &repository, now)
+                        .with_digest(&digest_of(row, "digest")?)
+                        .with_object(&media_type, u64_of(row, "size")?))
+                })
+                .collect::<MetadataResult<Vec<_>>>()?;
+            self.record_events(tx, &deleted).await?;
+        }
         sqlx::query(built(format!(
             "INSERT INTO gc_link_reviews (repository_id, digest, queued_at) \
              SELECT DISTINCT mb.repository_id, mb.blob_digest, $2 FROM manifest_blobs mb \
@@ -356,15 +385,34 @@ impl SqlMetadataStore {
         &self,
         repository: &RepositoryName,
         tag: &Tag,
+        now: i64,
     ) -> MetadataResult<bool> {
-        let deleted = sqlx::query(
-            "DELETE FROM tags WHERE name = $2 AND repository_id = (SELECT id FROM repositories WHERE name = $1)",
-        )
-        .bind(repository.as_str())
-        .bind(tag.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(deleted.rows_affected() > 0)
+        const DELETE: &str = "DELETE FROM tags WHERE name = $2 \
+             AND repository_id = (SELECT id FROM repositories WHERE name = $1)";
+        if !self.subscriptions.any_wants(EventAction::TagDelete) {
+            let deleted = sqlx::query(DELETE)
+                .bind(repository.as_str())
+                .bind(tag.as_str())
+                .execute(&self.pool)
+                .await?;
+            return Ok(deleted.rows_affected() > 0);
+        }
+        let mut tx = self.write_tx().await?;
+        let deleted = sqlx::query(built(format!("{DELETE} RETURNING manifest_digest")))
+            .bind(repository.as_str())
+            .bind(tag.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(deleted) = deleted else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let event = NewEvent::new(EventAction::TagDelete, repository, now)
+            .with_digest(&digest_of(&deleted, "manifest_digest")?)
+            .with_tag(tag);
+        self.record_events(&mut tx, &[event]).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub(super) async fn tags(
@@ -490,6 +538,28 @@ impl SqlMetadataStore {
             })
             .collect()
     }
+}
+
+/// The events of a push: one per tag it was pushed with (or one without a tag), after the
+/// repository's creation if the push made it.
+fn pushed(m: NewManifest<'_>) -> Vec<NewEvent> {
+    if !m.announce {
+        return Vec::new();
+    }
+    let push = NewEvent::new(EventAction::Push, m.repository, m.now)
+        .with_digest(m.digest)
+        .with_object(m.parsed.media_type.as_str(), m.content.len() as u64);
+    if m.tags.is_empty() {
+        return vec![push];
+    }
+    m.tags
+        .iter()
+        .map(|tag| {
+            let mut tagged = push.clone().with_tag(tag);
+            tagged.id = uuid::Uuid::new_v4().to_string();
+            tagged
+        })
+        .collect()
 }
 
 /// Those of `digests` the statement `sql` finds missing from repository `repository_id`

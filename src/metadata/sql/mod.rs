@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
+use super::events::{DeliveryOutcome, EndpointBacklog, OutboxEvent, OutboxQuery, Subscriptions};
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
     ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
@@ -37,6 +38,7 @@ use crate::storage::PartRecord;
 mod blobs;
 mod dialect;
 mod errors;
+mod events;
 mod gc;
 mod manifests;
 mod mirror;
@@ -56,6 +58,8 @@ pub struct SqlMetadataStore {
     dialect: Dialect,
     /// The database file, for SQLite.
     file: Option<std::path::PathBuf>,
+    /// Which changes make outbox rows, for which endpoints.
+    subscriptions: std::sync::Arc<Subscriptions>,
 }
 
 /// The file of a `sqlite:` URL, unless it is an in-memory database.
@@ -138,7 +142,14 @@ impl SqlMetadataStore {
             pool,
             dialect,
             file,
+            subscriptions: Default::default(),
         })
+    }
+
+    /// The same store, writing outbox rows for `subscriptions` from now on.
+    pub fn with_subscriptions(mut self, subscriptions: Subscriptions) -> SqlMetadataStore {
+        self.subscriptions = std::sync::Arc::new(subscriptions);
+        self
     }
 
     /// The database this store talks to.
@@ -399,8 +410,13 @@ impl MetadataStore for SqlMetadataStore {
             .await
     }
 
-    async fn delete_tag(&self, repository: &RepositoryName, tag: &Tag) -> MetadataResult<bool> {
-        self.delete_tag(repository, tag).await
+    async fn delete_tag(
+        &self,
+        repository: &RepositoryName,
+        tag: &Tag,
+        now: i64,
+    ) -> MetadataResult<bool> {
+        self.delete_tag(repository, tag, now).await
     }
 
     async fn tags(
@@ -518,6 +534,63 @@ impl MetadataStore for SqlMetadataStore {
         apply: bool,
     ) -> MetadataResult<u64> {
         self.evict_unpulled_manifests(upstream, cutoff, limit, now, apply)
+            .await
+    }
+
+    // events.rs
+    async fn claim_event_endpoint(
+        &self,
+        endpoint: &str,
+        owner: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> MetadataResult<bool> {
+        self.claim_event_endpoint(endpoint, owner, lease_until, now)
+            .await
+    }
+
+    async fn due_events(
+        &self,
+        endpoint: &str,
+        now: i64,
+        limit: u32,
+    ) -> MetadataResult<Vec<OutboxEvent>> {
+        self.due_events(endpoint, now, limit).await
+    }
+
+    async fn settle_events(
+        &self,
+        outcomes: &[(i64, DeliveryOutcome)],
+        now: i64,
+    ) -> MetadataResult<()> {
+        self.settle_events(outcomes, now).await
+    }
+
+    async fn event_backlog(&self) -> MetadataResult<Vec<EndpointBacklog>> {
+        self.event_backlog().await
+    }
+
+    async fn outbox_events(&self, query: OutboxQuery<'_>) -> MetadataResult<Vec<OutboxEvent>> {
+        self.outbox_events(query).await
+    }
+
+    async fn replay_events(
+        &self,
+        endpoint: &str,
+        from: i64,
+        to: i64,
+        now: i64,
+    ) -> MetadataResult<u64> {
+        self.replay_events(endpoint, from, to, now).await
+    }
+
+    async fn prune_events(
+        &self,
+        delivered_before: i64,
+        dead_before: i64,
+        limit: u32,
+    ) -> MetadataResult<u64> {
+        self.prune_events(delivered_before, dead_before, limit)
             .await
     }
 }

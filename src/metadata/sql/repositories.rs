@@ -6,6 +6,7 @@ use sqlx::Row;
 use super::SqlMetadataStore;
 use super::rows::limit_of;
 use super::transactions::{WriteTx, retrying};
+use crate::metadata::events::{EventAction, NewEvent};
 use crate::metadata::{MetadataResult, Page};
 use crate::oci::RepositoryName;
 
@@ -42,11 +43,14 @@ impl SqlMetadataStore {
         )
     }
 
-    /// The id of `repository`, made in `tx` if it is new.
+    /// The id of `repository`, made in `tx` if it is new (which subscribed endpoints hear of
+    /// in the same transaction, if `announce`).
     pub(super) async fn ensure_repository(
+        &self,
         tx: &mut WriteTx,
         repository: &RepositoryName,
         now: i64,
+        announce: bool,
     ) -> MetadataResult<i64> {
         if let Some(row) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
             .bind(repository.as_str())
@@ -55,13 +59,17 @@ impl SqlMetadataStore {
         {
             return Ok(row.try_get("id")?);
         }
-        sqlx::query(
+        let made = sqlx::query(
             "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
         .bind(repository.as_str())
         .bind(now)
         .execute(&mut **tx)
         .await?;
+        if announce && made.rows_affected() > 0 {
+            let created = NewEvent::new(EventAction::RepositoryCreate, repository, now);
+            self.record_events(tx, &[created]).await?;
+        }
         Ok(sqlx::query("SELECT id FROM repositories WHERE name = $1")
             .bind(repository.as_str())
             .fetch_one(&mut **tx)

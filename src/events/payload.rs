@@ -1,0 +1,308 @@
+//! What a receiver gets: the body in one of two formats, and the signature over it.
+//!
+//! - CloudEvents 1.0 in structured mode (`application/cloudevents+json`, one event), or its
+//!   batch form (`application/cloudevents-batch+json`, an array) when an endpoint batches.
+//! - The notification envelope of CNCF Distribution
+//!   (`application/vnd.docker.distribution.events.v1+json`): `{"events": [...]}` with
+//!   `target.mediaType/digest/size/length/repository/url/tag`, `request`, `actor` and
+//!   `source`, so that consumers written for Distribution work unchanged.
+
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::metadata::events::{EventAction, NewEvent};
+
+/// The body format of an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadFormat {
+    /// CloudEvents 1.0, structured mode.
+    CloudEvents,
+    /// CNCF Distribution's notification envelope.
+    Distribution,
+}
+
+/// Media type of Distribution's envelope.
+pub const DISTRIBUTION_MEDIA_TYPE: &str = "application/vnd.docker.distribution.events.v1+json";
+/// Media type of one structured CloudEvent.
+pub const CLOUDEVENT_MEDIA_TYPE: &str = "application/cloudevents+json";
+/// Media type of a batch of structured CloudEvents.
+pub const CLOUDEVENT_BATCH_MEDIA_TYPE: &str = "application/cloudevents-batch+json";
+/// The header carrying `sha256=<hex HMAC-SHA256 of the body>` under the endpoint's secret.
+pub const SIGNATURE_HEADER: &str = "x-berth-signature-256";
+
+/// Who sends the events, as payloads name it.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    /// The URL clients reach the registry at, without a trailing slash, if configured:
+    /// CloudEvents' `source` and Distribution's `target.url` are built on it.
+    pub public_url: Option<String>,
+    /// This process, for Distribution's `source.instanceID`.
+    pub instance: String,
+}
+
+impl Source {
+    fn uri(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| "urn:berth:registry".to_owned())
+    }
+
+    fn object_url(&self, event: &NewEvent) -> Option<String> {
+        let base = self.public_url.as_deref()?;
+        let digest = event.digest.as_deref()?;
+        let kind = match event.action {
+            EventAction::BlobDelete => "blobs",
+            _ => "manifests",
+        };
+        Some(format!("{base}/v2/{}/{kind}/{digest}", event.repository))
+    }
+}
+
+/// CloudEvents' `type` of an action.
+pub fn cloudevent_type(action: EventAction) -> &'static str {
+    match action {
+        EventAction::Push => "dev.berth.manifest.pushed",
+        EventAction::Delete => "dev.berth.manifest.deleted",
+        EventAction::TagDelete => "dev.berth.tag.deleted",
+        EventAction::BlobDelete => "dev.berth.blob.deleted",
+        EventAction::RepositoryCreate => "dev.berth.repository.created",
+    }
+}
+
+/// One event as a structured CloudEvent.
+pub fn cloudevent(event: &NewEvent, source: &Source) -> Value {
+    let subject = match (&event.tag, &event.digest) {
+        (Some(tag), _) => format!("{}:{tag}", event.repository),
+        (None, Some(digest)) => format!("{}@{digest}", event.repository),
+        (None, None) => event.repository.clone(),
+    };
+    let mut data = json!({ "repository": event.repository, "action": event.action.as_str() });
+    if let Some(digest) = &event.digest {
+        data["digest"] = json!(digest);
+    }
+    if let Some(media_type) = &event.media_type {
+        data["mediaType"] = json!(media_type);
+    }
+    if let Some(size) = event.size {
+        data["size"] = json!(size);
+    }
+    if let Some(tag) = &event.tag {
+        data["tag"] = json!(tag);
+    }
+    if let Some(url) = source.object_url(event) {
+        data["url"] = json!(url);
+    }
+    json!({
+        "specversion": "1.0",
+        "id": event.id,
+        "source": source.uri(),
+        "type": cloudevent_type(event.action),
+        "subject": subject,
+        "time": rfc3339(event.at),
+        "datacontenttype": "application/json",
+        "data": data,
+    })
+}
+
+/// One event as an entry of Distribution's envelope.
+pub fn distribution_event(event: &NewEvent, source: &Source) -> Value {
+    // Distribution knows push, pull, delete and mount: every removal is a delete (of a tag
+    // when `target.tag` is set), and a repository's creation is announced as `create`.
+    let (action, method) = match event.action {
+        EventAction::Push => ("push", "PUT"),
+        EventAction::Delete | EventAction::TagDelete | EventAction::BlobDelete => {
+            ("delete", "DELETE")
+        }
+        EventAction::RepositoryCreate => ("create", "PUT"),
+    };
+    let mut target = json!({ "repository": event.repository });
+    let media_type = match event.action {
+        EventAction::BlobDelete => Some("application/octet-stream"),
+        _ => event.media_type.as_deref(),
+    };
+    if let Some(media_type) = media_type {
+        target["mediaType"] = json!(media_type);
+    }
+    if let Some(digest) = &event.digest {
+        target["digest"] = json!(digest);
+    }
+    if let Some(size) = event.size {
+        target["size"] = json!(size);
+        target["length"] = json!(size);
+    }
+    if let Some(tag) = &event.tag {
+        target["tag"] = json!(tag);
+    }
+    if let Some(url) = source.object_url(event) {
+        target["url"] = json!(url);
+    }
+    let host = source
+        .public_url
+        .as_deref()
+        .and_then(|u| u.split_once("://"))
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(rest).to_owned())
+        .unwrap_or_default();
+    json!({
+        "id": event.id,
+        "timestamp": rfc3339(event.at),
+        "action": action,
+        "target": target,
+        "request": { "id": event.id, "method": method, "host": host, "useragent": "" },
+        "actor": {},
+        "source": { "addr": host, "instanceID": source.instance },
+    })
+}
+
+/// The body and content type of `events` in `format` (one CloudEvent alone is sent in
+/// structured mode, several as a batch).
+pub fn body(
+    format: PayloadFormat,
+    events: &[&NewEvent],
+    source: &Source,
+) -> (Vec<u8>, &'static str) {
+    match format {
+        PayloadFormat::CloudEvents if events.len() == 1 => (
+            cloudevent(events[0], source).to_string().into_bytes(),
+            CLOUDEVENT_MEDIA_TYPE,
+        ),
+        PayloadFormat::CloudEvents => {
+            let list: Vec<Value> = events.iter().map(|e| cloudevent(e, source)).collect();
+            (
+                Value::Array(list).to_string().into_bytes(),
+                CLOUDEVENT_BATCH_MEDIA_TYPE,
+            )
+        }
+        PayloadFormat::Distribution => {
+            let list: Vec<Value> = events
+                .iter()
+                .map(|e| distribution_event(e, source))
+                .collect();
+            (
+                json!({ "events": list }).to_string().into_bytes(),
+                DISTRIBUTION_MEDIA_TYPE,
+            )
+        }
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) of `body` under `key`.
+pub fn hmac_sha256(key: &[u8], body: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(body)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// The value of [`SIGNATURE_HEADER`] for `body` under `secret`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    format!("sha256={}", hex::encode(hmac_sha256(secret, body)))
+}
+
+/// Unix milliseconds as RFC 3339 in UTC, to the millisecond.
+pub fn rfc3339(millis: i64) -> String {
+    let secs = millis.div_euclid(1000);
+    let ms = millis.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{Digest, RepositoryName, Tag};
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test cases 1 and 6 of RFC 4231 (a short key, and a key longer than a block).
+        assert_eq!(
+            hex::encode(hmac_sha256(&[0x0b; 20], b"Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        assert_eq!(
+            hex::encode(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+        assert_ne!(signature(b"one", b"body"), signature(b"two", b"body"));
+    }
+
+    #[test]
+    fn times_are_rfc_3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_796_687_999_999), "2026-12-07T23:59:59.999Z");
+    }
+
+    fn pushed() -> NewEvent {
+        let digest = Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
+        NewEvent::new(
+            EventAction::Push,
+            &RepositoryName::parse("team/app").unwrap(),
+            0,
+        )
+        .with_digest(&digest)
+        .with_object("application/vnd.oci.image.manifest.v1+json", 512)
+        .with_tag(&Tag::parse("v1").unwrap())
+    }
+
+    #[test]
+    fn both_formats_carry_the_event() {
+        let source = Source {
+            public_url: Some("https://registry.example.com".into()),
+            instance: "replica-1".into(),
+        };
+        let event = pushed();
+        let ce = cloudevent(&event, &source);
+        assert_eq!(ce["specversion"], "1.0");
+        assert_eq!(ce["id"], event.id.as_str());
+        assert_eq!(ce["type"], "dev.berth.manifest.pushed");
+        assert_eq!(ce["subject"], "team/app:v1");
+        assert_eq!(ce["data"]["size"], 512);
+        let (bytes, media_type) = body(PayloadFormat::Distribution, &[&event, &event], &source);
+        assert_eq!(media_type, DISTRIBUTION_MEDIA_TYPE);
+        let envelope: Value = serde_json::from_slice(&bytes).unwrap();
+        let entry = &envelope["events"][1];
+        assert_eq!(entry["action"], "push");
+        assert_eq!(entry["target"]["tag"], "v1");
+        assert_eq!(entry["target"]["length"], 512);
+        assert_eq!(
+            entry["target"]["url"],
+            format!(
+                "https://registry.example.com/v2/team/app/manifests/{}",
+                event.digest.as_deref().unwrap()
+            )
+        );
+        assert_eq!(entry["source"]["addr"], "registry.example.com");
+    }
+}

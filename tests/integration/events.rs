@@ -1,0 +1,684 @@
+//! Events: a real HTTP receiver in the test process gets what the registry changed, signed,
+//! in both payload formats, at least once and in commit order per repository, through
+//! failures, timeouts, a receiver that goes away, a killed replica, a database outage and
+//! several replicas delivering at once; nothing for what was refused or not subscribed to.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use reqwest::Method;
+use serde::Deserialize;
+
+use crate::util::*;
+
+/// A webhook receiver: records every request, and answers 500 to the next `fail` requests
+/// and nothing (for `hang_for`) to the next `hang` ones.
+struct Receiver {
+    addr: SocketAddr,
+    state: Arc<ReceiverState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    requests: Mutex<Vec<Request>>,
+    fail: AtomicUsize,
+    hang: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct Request {
+    headers: HeaderMap,
+    body: Bytes,
+    accepted: bool,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        Receiver::start_on(0, Arc::default()).await
+    }
+
+    async fn start_on(port: u16, state: Arc<ReceiverState>) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::clone(&state);
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let state = Arc::clone(&shared);
+                async move {
+                    let take = |n: &AtomicUsize| {
+                        n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+                            .is_ok()
+                    };
+                    // A request left hanging was given up on by its sender: it never counts
+                    // as accepted.
+                    let hung = take(&state.hang);
+                    if hung {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
+                    let accepted = !hung && !take(&state.fail);
+                    state.requests.lock().unwrap().push(Request {
+                        headers,
+                        body,
+                        accepted,
+                    });
+                    if accepted {
+                        StatusCode::NO_CONTENT
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                }
+            }),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .ok();
+        });
+        Receiver {
+            addr,
+            state,
+            stop: Some(stop),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Every event of the accepted requests (or of all, with `all`), in arrival order.
+    fn events(&self, all: bool) -> Vec<serde_json::Value> {
+        self.requests()
+            .iter()
+            .filter(|r| all || r.accepted)
+            .flat_map(|r| events_in(&r.body))
+            .collect()
+    }
+}
+
+/// The events of one body: a CloudEvent, a batch of them, or Distribution's envelope.
+fn events_in(body: &[u8]) -> Vec<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+    match value {
+        serde_json::Value::Array(list) => list,
+        serde_json::Value::Object(ref map) if map.contains_key("events") => {
+            value["events"].as_array().unwrap().clone()
+        }
+        other => vec![other],
+    }
+}
+
+/// A process of a fresh deployment with `webhooks` (TOML `[[webhook]]` entries, where
+/// `@SECRET_FILE@` names a file holding `s3cr3t`) and quick polling.
+fn with_webhooks(webhooks: &str, extra: &[(&str, &str)]) -> Server {
+    let deployment = deployment_with_webhooks(webhooks, extra);
+    deployment.start()
+}
+
+fn deployment_with_webhooks(webhooks: &str, extra: &[(&str, &str)]) -> Arc<Deployment> {
+    let dir = std::env::temp_dir().join(format!("berth-events-{}", unique_seed()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("webhooks.toml");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "s3cr3t\n").unwrap();
+    let webhooks = webhooks.replace("@SECRET_FILE@", &secret.display().to_string());
+    std::fs::write(&config, webhooks).unwrap();
+    let config = config.display().to_string();
+    let mut settings = vec![
+        ("BERTH_CONFIG", config.as_str()),
+        ("BERTH_EVENT_POLL_INTERVAL", "50ms"),
+        ("BERTH_PUBLIC_URL", "https://registry.example.com"),
+    ];
+    settings.extend_from_slice(extra);
+    Deployment::new(&settings)
+}
+
+fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    hex::encode(aws_lc_rs::hmac::sign(&key, body).as_ref())
+}
+
+async fn wait_for_events(receiver: &Receiver, count: usize) -> Vec<serde_json::Value> {
+    eventually(
+        &format!("{count} events at the receiver"),
+        Duration::from_secs(30),
+        async || receiver.events(false).len() >= count,
+    )
+    .await;
+    receiver.events(false)
+}
+
+/// What each CloudEvent says, as `type subject`.
+fn summary(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["type"].as_str().unwrap(),
+                e["subject"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+async fn push_and_delete_events_reach_a_signed_cloudevents_webhook() {
+    let receiver = Receiver::start().await;
+    let server = with_webhooks(
+        &format!(
+            "[[webhook]]\nname = \"ci\"\nurl = \"{}\"\nsecret_file = \"@SECRET_FILE@\"\n",
+            receiver.url()
+        ),
+        &[],
+    );
+    let c = server.client();
+    let image = c.push_image("events/app", "v1", unique_seed()).await;
+    c.call(Method::DELETE, "/v2/events/app/manifests/v1")
+        .await
+        .expect(202, None);
+    let config_digest = sha256(&image.config);
+    c.call(
+        Method::DELETE,
+        &format!("/v2/events/app/blobs/{config_digest}"),
+    )
+    .await
+    .expect(202, None);
+    c.call(
+        Method::DELETE,
+        &format!("/v2/events/app/manifests/{}", image.digest),
+    )
+    .await
+    .expect(202, None);
+
+    let events = wait_for_events(&receiver, 5).await;
+    assert_eq!(
+        summary(&events),
+        [
+            "dev.berth.repository.created events/app".to_owned(),
+            "dev.berth.manifest.pushed events/app:v1".to_owned(),
+            "dev.berth.tag.deleted events/app:v1".to_owned(),
+            format!("dev.berth.blob.deleted events/app@{config_digest}"),
+            format!("dev.berth.manifest.deleted events/app@{}", image.digest),
+        ]
+    );
+    let pushed = &events[1];
+    assert_eq!(pushed["specversion"], "1.0");
+    assert_eq!(pushed["source"], "https://registry.example.com");
+    assert_eq!(pushed["data"]["digest"], image.digest.as_str());
+    assert_eq!(pushed["data"]["size"], image.manifest.len());
+    assert_eq!(
+        pushed["data"]["url"],
+        format!(
+            "https://registry.example.com/v2/events/app/manifests/{}",
+            image.digest
+        )
+    );
+    let ids: BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "every event has an id of its own");
+    for request in receiver.requests() {
+        assert_eq!(
+            request.headers["content-type"],
+            "application/cloudevents+json"
+        );
+        let signature = request.headers["x-berth-signature-256"].to_str().unwrap();
+        assert_eq!(
+            signature,
+            format!("sha256={}", hmac_hex(b"s3cr3t", &request.body)),
+            "the signature verifies with the secret (its file's trailing newline is not part of it)"
+        );
+        assert_ne!(
+            signature,
+            format!("sha256={}", hmac_hex(b"wrong", &request.body)),
+            "and not with another"
+        );
+    }
+}
+
+async fn refused_pushes_and_unsubscribed_changes_make_no_event() {
+    let receiver = Receiver::start().await;
+    let server = with_webhooks(
+        &format!(
+            "[[webhook]]\nname = \"team-a\"\nurl = \"{}\"\nrepositories = [\"team-a/**\"]\nactions = [\"push\"]\n",
+            receiver.url()
+        ),
+        &[("BERTH_IMMUTABLE_TAGS", "**:release")],
+    );
+    let c = server.client();
+    // Not subscribed: another repository, another action.
+    c.push_image("team-b/app", "v1", unique_seed()).await;
+    let first = c.push_image("team-a/app", "release", unique_seed()).await;
+    c.call(Method::DELETE, "/v2/team-a/app/manifests/release")
+        .await
+        .expect(403, Some("DENIED"));
+    // Refused: an immutable tag moved, a manifest whose blobs are missing.
+    let other = c.push_image("team-a/app", "other", unique_seed()).await;
+    c.put_manifest(
+        "team-a/app",
+        "release",
+        "application/vnd.oci.image.manifest.v1+json",
+        &other.manifest,
+    )
+    .await
+    .expect(403, Some("DENIED"));
+    let missing = image_manifest(
+        &sha256(b"no such config"),
+        14,
+        &[(&sha256(b"no such layer"), 13)],
+        None,
+    );
+    c.put_manifest(
+        "team-a/app",
+        "missing",
+        "application/vnd.oci.image.manifest.v1+json",
+        &missing,
+    )
+    .await
+    .expect(400, Some("MANIFEST_BLOB_UNKNOWN"));
+    let events = wait_for_events(&receiver, 2).await;
+    // A moment for anything that should not come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        summary(&receiver.events(true)),
+        [
+            "dev.berth.manifest.pushed team-a/app:release",
+            "dev.berth.manifest.pushed team-a/app:other"
+        ]
+    );
+    assert_eq!(events[0]["data"]["digest"], first.digest.as_str());
+}
+
+async fn a_failing_or_slow_receiver_gets_each_event_again_with_its_id_in_order() {
+    let receiver = Receiver::start().await;
+    receiver.state.fail.store(2, Ordering::SeqCst);
+    receiver.state.hang.store(1, Ordering::SeqCst);
+    let server = with_webhooks(
+        &format!(
+            "[[webhook]]\nname = \"flaky\"\nurl = \"{}\"\ntimeout = \"500ms\"\nactions = [\"push\"]\n",
+            receiver.url()
+        ),
+        &[],
+    );
+    let c = server.client();
+    let mut tags = Vec::new();
+    for tag in ["t1", "t2", "t3", "t4"] {
+        c.push_image("flaky/app", tag, unique_seed()).await;
+        tags.push(format!("dev.berth.manifest.pushed flaky/app:{tag}"));
+    }
+    let delivered = wait_for_events(&receiver, 4).await;
+    assert_eq!(
+        summary(&delivered),
+        tags,
+        "commit order, through the retries"
+    );
+    let delivered_ids: BTreeSet<String> = delivered
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let attempted = receiver.events(true);
+    assert!(
+        attempted.len() > delivered.len(),
+        "the failed attempts reached the receiver too"
+    );
+    for event in &attempted {
+        assert!(
+            delivered_ids.contains(event["id"].as_str().unwrap()),
+            "a retried event keeps its id: {event}"
+        );
+    }
+}
+
+async fn dead_letters_are_kept_listed_and_replayed() {
+    let receiver = Receiver::start().await;
+    receiver.state.fail.store(usize::MAX, Ordering::SeqCst);
+    let server = with_webhooks(
+        &format!(
+            "[[webhook]]\nname = \"down\"\nurl = \"{}\"\nmax_attempts = 2\nactions = [\"push\"]\n",
+            receiver.url()
+        ),
+        &[],
+    );
+    let c = server.client();
+    let image = c.push_image("dead/app", "v1", unique_seed()).await;
+    let listed = |state: &str| {
+        let out = server
+            .deployment
+            .command(&["events", "--state", state, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    eventually(
+        "the event to be dead-lettered",
+        Duration::from_secs(30),
+        async || listed("dead")["events"].as_array().unwrap().len() == 1,
+    )
+    .await;
+    let dead = listed("dead");
+    let row = &dead["events"][0];
+    assert_eq!(row["endpoint"], "down");
+    assert_eq!(row["digest"], image.digest.as_str());
+    assert_eq!(row["attempts"], 2);
+    assert!(row["last_error"].as_str().unwrap().contains("500"), "{row}");
+    assert_eq!(dead["endpoints"][0]["dead"], 1);
+    assert_eq!(receiver.events(true).len(), 2, "two attempts, then no more");
+    let text = server
+        .deployment
+        .command(&["events", "--state", "dead"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("down") && text.contains("dead/app:v1"),
+        "{text}"
+    );
+
+    receiver.state.fail.store(0, Ordering::SeqCst);
+    let seq = row["seq"].as_i64().unwrap().to_string();
+    let out = server
+        .deployment
+        .command(&["events", "replay", "--endpoint", "down", "--from", &seq])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let delivered = wait_for_events(&receiver, 1).await;
+    assert_eq!(delivered[0]["id"], row["id"], "replayed with its own id");
+    eventually(
+        "the replayed event to be settled",
+        Duration::from_secs(10),
+        async || listed("delivered")["events"].as_array().unwrap().len() == 1,
+    )
+    .await;
+}
+
+async fn events_outlive_a_killed_replica_and_a_receiver_that_went_away() {
+    let state: Arc<ReceiverState> = Arc::default();
+    let mut receiver = Receiver::start_on(0, Arc::clone(&state)).await;
+    let port = receiver.addr.port();
+    let url = receiver.url();
+    receiver.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut server = with_webhooks(
+        &format!("[[webhook]]\nname = \"away\"\nurl = \"{url}\"\nactions = [\"push\"]\n"),
+        &[],
+    );
+    let c = server.client();
+    let mut expected = Vec::new();
+    for tag in ["a", "b", "c"] {
+        c.push_image("away/app", tag, unique_seed()).await;
+        expected.push(format!("dev.berth.manifest.pushed away/app:{tag}"));
+    }
+    // Attempts fail while nobody listens; the replica is killed with the events pending.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.kill();
+    let receiver = Receiver::start_on(port, state).await;
+    server.restart();
+    let delivered = wait_for_events(&receiver, 3).await;
+    assert_eq!(summary(&delivered), expected);
+}
+
+async fn replicas_deliver_each_event_once() {
+    let receiver = Receiver::start().await;
+    let deployment = deployment_with_webhooks(
+        &format!(
+            "[[webhook]]\nname = \"shared\"\nurl = \"{}\"\nactions = [\"push\"]\nmax_in_flight = 8\n",
+            receiver.url()
+        ),
+        &[],
+    );
+    let replicas: Vec<Server> = (0..3).map(|_| deployment.start()).collect();
+    let clients: Vec<Client> = replicas.iter().map(Server::client).collect();
+    let pushes = futures::future::join_all((0..24).map(|i| {
+        let c = &clients[i % clients.len()];
+        async move {
+            c.push_image(
+                &format!("shared/app{}", i % 6),
+                &format!("t{i}"),
+                unique_seed(),
+            )
+            .await
+        }
+    }))
+    .await;
+    let delivered = wait_for_events(&receiver, pushes.len()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let delivered_now = receiver.events(true);
+    assert_eq!(delivered.len(), pushes.len());
+    assert_eq!(
+        delivered_now.len(),
+        pushes.len(),
+        "no event went out twice while nothing failed"
+    );
+    // Per repository, the tags arrive in the order their pushes committed: each push here
+    // ran alone in its repository, in the order the futures finished… which the receiver's
+    // per-repository sequence must not contradict: every tag once.
+    let mut by_repository: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for event in &delivered_now {
+        by_repository
+            .entry(event["data"]["repository"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(event["data"]["tag"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(by_repository.len(), 6);
+    assert!(by_repository.values().all(|tags| tags.len() == 4));
+}
+
+async fn a_database_outage_during_delivery_loses_nothing() {
+    let receiver = Receiver::start().await;
+    receiver.state.fail.store(3, Ordering::SeqCst);
+    let database = Deployment::new(&[]);
+    let url = database.database_url().unwrap();
+    let authority = url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(authority, _)| authority.to_owned())
+        .expect("the database URL names a host and port");
+    let proxy = TcpProxy::to_authority(&authority).await;
+    let proxied = url.replacen(&authority, &format!("127.0.0.1:{}", proxy.port), 1);
+    let server = with_webhooks(
+        &format!(
+            "[[webhook]]\nname = \"db\"\nurl = \"{}\"\nactions = [\"push\"]\n",
+            receiver.url()
+        ),
+        &[
+            ("BERTH_DATABASE_URL", &proxied),
+            ("BERTH_DB_ACQUIRE_TIMEOUT", "1s"),
+        ],
+    );
+    let c = server.client();
+    for tag in ["x", "y"] {
+        c.push_image("db/app", tag, unique_seed()).await;
+    }
+    // The receiver fails the first attempts; then the database goes away under the
+    // deliverer for a while, and comes back.
+    eventually("a failed attempt", Duration::from_secs(10), async || {
+        !receiver.requests().is_empty()
+    })
+    .await;
+    proxy.disable();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.enable();
+    let delivered = wait_for_events(&receiver, 2).await;
+    assert_eq!(
+        summary(&delivered[..2]),
+        [
+            "dev.berth.manifest.pushed db/app:x",
+            "dev.berth.manifest.pushed db/app:y"
+        ]
+    );
+}
+
+/// Distribution's notification envelope, as its documentation describes it, read by a
+/// consumer written against that schema and nothing else.
+#[derive(Deserialize)]
+struct Envelope {
+    events: Vec<DistributionEvent>,
+}
+
+#[derive(Deserialize)]
+struct DistributionEvent {
+    id: String,
+    timestamp: String,
+    action: String,
+    target: Target,
+    request: RequestRecord,
+    #[allow(dead_code)]
+    actor: serde_json::Value,
+    source: SourceRecord,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Target {
+    media_type: String,
+    digest: String,
+    size: u64,
+    length: u64,
+    repository: String,
+    url: String,
+    tag: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RequestRecord {
+    id: String,
+    method: String,
+    #[allow(dead_code)]
+    host: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SourceRecord {
+    addr: String,
+    #[serde(rename = "instanceID")]
+    instance_id: String,
+}
+
+async fn a_distribution_consumer_reads_the_distribution_envelope() {
+    let receiver = Receiver::start().await;
+    let server = with_webhooks(
+        &format!(
+            "[[webhook]]\nname = \"legacy\"\nurl = \"{}\"\nformat = \"distribution\"\nactions = [\"push\", \"delete\"]\n",
+            receiver.url()
+        ),
+        &[],
+    );
+    let c = server.client();
+    let image = c.push_image("legacy/app", "latest", unique_seed()).await;
+    c.call(
+        Method::DELETE,
+        &format!("/v2/legacy/app/manifests/{}", image.digest),
+    )
+    .await
+    .expect(202, None);
+    wait_for_events(&receiver, 2).await;
+    let mut seen = Vec::new();
+    for request in receiver.requests() {
+        assert_eq!(
+            request.headers["content-type"],
+            "application/vnd.docker.distribution.events.v1+json"
+        );
+        let envelope: Envelope = serde_json::from_slice(&request.body).unwrap();
+        for event in envelope.events {
+            assert_eq!(event.target.repository, "legacy/app");
+            assert_eq!(event.target.digest, image.digest);
+            assert_eq!(event.target.size, image.manifest.len() as u64);
+            assert_eq!(event.target.length, event.target.size);
+            assert_eq!(
+                event.target.media_type,
+                "application/vnd.oci.image.manifest.v1+json"
+            );
+            assert!(event.target.url.ends_with(&image.digest));
+            assert!(event.timestamp.ends_with('Z'), "{}", event.timestamp);
+            assert_eq!(event.request.id, event.id);
+            assert_eq!(event.source.addr, "registry.example.com");
+            assert!(!event.source.instance_id.is_empty());
+            seen.push((event.action, event.request.method, event.target.tag));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            (
+                "push".to_owned(),
+                "PUT".to_owned(),
+                Some("latest".to_owned())
+            ),
+            ("delete".to_owned(), "DELETE".to_owned(), None),
+        ]
+    );
+}
+
+async fn webhook_settings_that_cannot_work_are_refused_at_start() {
+    for (webhooks, says) in [
+        (
+            "[[webhook]]\nurl = \"ftp://example.com/hook\"\n",
+            "webhook url must be http",
+        ),
+        (
+            "[[webhook]]\nurl = \"http://a.example/hook\"\nactions = [\"pull\"]\n",
+            "unknown action \"pull\"",
+        ),
+        (
+            "[[webhook]]\nurl = \"http://a.example/1\"\n[[webhook]]\nurl = \"http://a.example/2\"\n",
+            "two webhooks are named \"a.example\"",
+        ),
+        (
+            "[[webhook]]\nurl = \"http://a.example/hook\"\nsecret_file = \"/nonexistent/secret\"\n",
+            "reading secret_file /nonexistent/secret",
+        ),
+        (
+            "[[webhook]]\nurl = \"http://a.example/hook\"\nbatch_size = 0\n",
+            "batch_size must be between 1 and 1000",
+        ),
+    ] {
+        let deployment = deployment_with_webhooks(webhooks, &[]);
+        let out = deployment.command(&["serve"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{webhooks} must be refused");
+        assert!(stderr.contains(says), "{webhooks}: {stderr}");
+    }
+}
+
+crate::harness::trials! {
+    push_and_delete_events_reach_a_signed_cloudevents_webhook.multi_thread(2);
+    refused_pushes_and_unsubscribed_changes_make_no_event.multi_thread(2);
+    a_failing_or_slow_receiver_gets_each_event_again_with_its_id_in_order.multi_thread(2);
+    dead_letters_are_kept_listed_and_replayed.multi_thread(2).needs(Persistence);
+    events_outlive_a_killed_replica_and_a_receiver_that_went_away.multi_thread(2).needs(Persistence);
+    replicas_deliver_each_event_once.multi_thread(2).needs(SharedState);
+    a_database_outage_during_delivery_loses_nothing.multi_thread(2).needs(Postgres);
+    a_distribution_consumer_reads_the_distribution_envelope.multi_thread(2);
+    webhook_settings_that_cannot_work_are_refused_at_start;
+}
