@@ -10,7 +10,9 @@
 //! each allowed to pull and push under one namespace. Berth asks the authorizer before every
 //! operation (with the accesses the operation needs) and answers its refusals with the spec's
 //! 401 and 403; it also asks the caller's `Grant` which repositories the catalog may show and
-//! whether a cross-repository mount's source may be read.
+//! whether a cross-repository mount's source may be read. The application also hears of what
+//! changed through an `EventSink`, with the outbox's guarantees (at least once, in commit order
+//! per repository).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,9 +23,26 @@ use axum::Router;
 use axum::routing::get;
 use berth::Registry;
 use berth::auth::{Access, AccessRequest, Authorizer, Denial, Grant, Resource};
+use berth::events::payload::PayloadFormat;
+use berth::events::{Deliverer, DeliveryOptions, Endpoint, EventSink, Target};
+use berth::metadata::events::{NewEvent, Subscription, Subscriptions};
 use berth::metadata::memory::MemoryMetadataStore;
 use berth::storage::memory::MemoryBlobStore;
 use http::{HeaderValue, header};
+
+/// The application's side of Berth's events: here, each one is printed and passed on.
+struct Announcements(tokio::sync::mpsc::UnboundedSender<NewEvent>);
+
+#[async_trait]
+impl EventSink for Announcements {
+    async fn deliver(&self, events: &[NewEvent]) -> Result<(), String> {
+        for event in events {
+            println!("event: {} in {}", event.action.as_str(), event.repository);
+            self.0.send(event.clone()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
 
 /// What one API key may do: pull and push in the repositories under `namespace/`.
 #[derive(Debug)]
@@ -106,13 +125,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ),
         ]),
     };
-    // A throwaway registry in memory; use the SQL and S3 stores for real data.
-    let registry = Registry::builder(
-        Arc::new(MemoryBlobStore::new(8 << 20)),
-        Arc::new(MemoryMetadataStore::new()),
-    )
-    .upload_buffers(4)
-    .build();
+    // A throwaway registry in memory; use the SQL and S3 stores for real data. The store writes
+    // an event for every change the subscription wants, in the change's own transaction.
+    let metadata = Arc::new(
+        MemoryMetadataStore::new().with_subscriptions(Subscriptions(vec![Subscription {
+            endpoint: "app".to_owned(),
+            repositories: vec![],
+            actions: vec![],
+        }])),
+    );
+    let (announced, mut announcements) = tokio::sync::mpsc::unbounded_channel();
+    let deliverer = Deliverer::new(
+        metadata.clone(),
+        vec![Endpoint {
+            name: "app".to_owned(),
+            target: Target::Sink(Arc::new(Announcements(announced))),
+            format: PayloadFormat::CloudEvents,
+            timeout: Duration::from_secs(10),
+            max_in_flight: 4,
+            batch_size: 100,
+            max_attempts: 25,
+            max_age: Duration::from_secs(3600),
+        }],
+        DeliveryOptions::default(),
+    )?;
+    tokio::spawn(deliverer.run(std::future::pending()));
+    let registry = Registry::builder(Arc::new(MemoryBlobStore::new(8 << 20)), metadata)
+        .upload_buffers(4)
+        .build();
     let listener = tokio::net::TcpListener::bind(if demo {
         "127.0.0.1:0"
     } else {
@@ -151,6 +191,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     assert_eq!(pushed.status(), 201);
     println!("ana pushed {digest} to ana/app: {}", pushed.status());
+    let created = tokio::time::timeout(Duration::from_secs(5), announcements.recv())
+        .await?
+        .ok_or("the event sink closed")?;
+    assert_eq!(created.repository, "ana/app");
 
     let pulled = client
         .get(format!("{base}/v2/ana/app/blobs/{digest}"))

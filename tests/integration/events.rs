@@ -138,14 +138,7 @@ fn with_webhooks(webhooks: &str, extra: &[(&str, &str)]) -> Server {
 }
 
 fn deployment_with_webhooks(webhooks: &str, extra: &[(&str, &str)]) -> Arc<Deployment> {
-    let dir = std::env::temp_dir().join(format!("berth-events-{}", unique_seed()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("webhooks.toml");
-    let secret = dir.join("secret");
-    std::fs::write(&secret, "s3cr3t\n").unwrap();
-    let webhooks = webhooks.replace("@SECRET_FILE@", &secret.display().to_string());
-    std::fs::write(&config, webhooks).unwrap();
-    let config = config.display().to_string();
+    let config = webhook_config(webhooks);
     let mut settings = vec![
         ("BERTH_CONFIG", config.as_str()),
         ("BERTH_EVENT_POLL_INTERVAL", "50ms"),
@@ -153,6 +146,18 @@ fn deployment_with_webhooks(webhooks: &str, extra: &[(&str, &str)]) -> Arc<Deplo
     ];
     settings.extend_from_slice(extra);
     Deployment::new(&settings)
+}
+
+/// A config file holding `webhooks`, with `@SECRET_FILE@` naming a file beside it.
+fn webhook_config(webhooks: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("berth-events-{}", unique_seed()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("webhooks.toml");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "s3cr3t\n").unwrap();
+    let webhooks = webhooks.replace("@SECRET_FILE@", &secret.display().to_string());
+    std::fs::write(&config, webhooks).unwrap();
+    config.display().to_string()
 }
 
 fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
@@ -538,6 +543,80 @@ async fn a_database_outage_during_delivery_loses_nothing() {
     );
 }
 
+async fn a_cluster_behind_haproxy_delivers_each_event_once_and_through_a_postgres_restart() {
+    let receiver = Receiver::start().await;
+    let config = webhook_config(&format!(
+        "[[webhook]]\nname = \"cluster\"\nurl = \"{}\"\nactions = [\"push\"]\nmax_in_flight = 8\n",
+        receiver.url()
+    ));
+    let cluster = crate::cluster::Cluster::start(
+        3,
+        &[
+            ("BERTH_CONFIG", &config),
+            ("BERTH_EVENT_POLL_INTERVAL", "50ms"),
+            ("BERTH_DB_ACQUIRE_TIMEOUT", "1s"),
+        ],
+    );
+    let c = cluster.client();
+    let pushed = futures::future::join_all((0..12).map(|i| {
+        let c = &c;
+        async move {
+            c.push_image(
+                &format!("cluster/app{}", i % 4),
+                &format!("t{i}"),
+                unique_seed(),
+            )
+            .await
+        }
+    }))
+    .await;
+    wait_for_events(&receiver, pushed.len()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ids: Vec<String> = receiver
+        .events(true)
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        pushed.len(),
+        "each event once while nothing failed"
+    );
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), ids.len());
+
+    // Pending events while Postgres restarts under every replica: none is lost.
+    receiver.state.fail.store(2, Ordering::SeqCst);
+    for tag in ["r1", "r2", "r3"] {
+        c.push_image("cluster/restart", tag, unique_seed()).await;
+    }
+    cluster.postgres.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.postgres.start_again();
+    eventually(
+        "the events pushed before the restart",
+        Duration::from_secs(60),
+        async || {
+            receiver
+                .events(false)
+                .iter()
+                .filter(|e| e["data"]["repository"] == "cluster/restart")
+                .count()
+                >= 3
+        },
+    )
+    .await;
+    let mut first_seen: Vec<String> = Vec::new();
+    for event in receiver.events(false) {
+        if event["data"]["repository"] == "cluster/restart" {
+            let tag = event["data"]["tag"].as_str().unwrap().to_owned();
+            if !first_seen.contains(&tag) {
+                first_seen.push(tag);
+            }
+        }
+    }
+    assert_eq!(first_seen, ["r1", "r2", "r3"], "in commit order");
+}
+
 /// Distribution's notification envelope, as its documentation describes it, read by a
 /// consumer written against that schema and nothing else.
 #[derive(Deserialize)]
@@ -678,6 +757,7 @@ crate::harness::trials! {
     dead_letters_are_kept_listed_and_replayed.multi_thread(2).needs(Persistence);
     events_outlive_a_killed_replica_and_a_receiver_that_went_away.multi_thread(2).needs(Persistence);
     replicas_deliver_each_event_once.multi_thread(2).needs(SharedState);
+    a_cluster_behind_haproxy_delivers_each_event_once_and_through_a_postgres_restart.multi_thread(2).needs(PostgresS3Run);
     a_database_outage_during_delivery_loses_nothing.multi_thread(2).needs(Postgres);
     a_distribution_consumer_reads_the_distribution_envelope.multi_thread(2);
     webhook_settings_that_cannot_work_are_refused_at_start;
