@@ -413,6 +413,8 @@ settings! {
     public_url: String, env = "BERTH_PUBLIC_URL", value_name = "URL",
     /// How often each replica looks for events due to each webhook [default: 250ms].
     event_poll_interval: Span, env = "BERTH_EVENT_POLL_INTERVAL", value_name = "DURATION",
+    /// How long a replica's claim on delivering to a webhook lasts unless renewed (another takes over a dead replica's after it); at least three times the longest webhook timeout [default: 30s].
+    event_lease: Span, env = "BERTH_EVENT_LEASE", value_name = "DURATION",
     /// How long delivered events are kept for `berth events` and replays [default: 24h].
     event_retention: Span, env = "BERTH_EVENT_RETENTION", value_name = "DURATION",
     /// How long dead-lettered events are kept [default: 14d].
@@ -577,7 +579,8 @@ pub struct WebhookEntry {
     /// Repository globs whose events it gets [default: all].
     #[serde(default)]
     pub repositories: Vec<String>,
-    /// Actions it gets: push, delete, tag_delete, blob_delete, repository_create [default: all].
+    /// Actions it gets: push, delete, tag_delete, blob_delete, repository_create, and pull
+    /// (manifest GETs; a write per pull, so only where named) [default: all but pull].
     #[serde(default)]
     pub actions: Vec<String>,
     /// Headers sent with every request.
@@ -664,14 +667,19 @@ impl WebhookEntry {
             .map(|a| {
                 EventAction::parse(a).with_context(|| {
                     format!(
-                        "{who}: unknown action {a:?}; use push, delete, tag_delete, blob_delete or repository_create"
+                        "{who}: unknown action {a:?}; use push, delete, tag_delete, blob_delete, repository_create or pull"
                     )
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         for (header, value) in &self.headers {
-            http::HeaderName::from_bytes(header.as_bytes())
+            let name = http::HeaderName::from_bytes(header.as_bytes())
                 .with_context(|| format!("{who}: {header:?} is not a header name"))?;
+            if ["content-type", "content-length", "host"].contains(&name.as_str())
+                || name.as_str().starts_with("x-berth-")
+            {
+                bail!("{who}: header {header} is set by Berth itself and cannot be configured");
+            }
             http::HeaderValue::from_str(value)
                 .with_context(|| format!("{who}: the value of header {header} is not valid"))?;
         }
@@ -721,6 +729,7 @@ pub struct EventSettings {
     pub webhooks: Vec<Webhook>,
     pub public_url: Option<String>,
     pub poll_interval: Duration,
+    pub lease: Duration,
     pub retention: Duration,
     pub dead_letter_retention: Duration,
 }
@@ -1047,6 +1056,10 @@ impl Settings {
                 .event_poll_interval
                 .map_or(Duration::from_millis(250), |s| s.0)
                 .max(Duration::from_millis(10)),
+            lease: self
+                .event_lease
+                .map_or(Duration::from_secs(30), |s| s.0)
+                .max(Duration::from_secs(1)),
             retention: self
                 .event_retention
                 .map_or(Duration::from_secs(24 * 3600), |s| s.0),

@@ -235,10 +235,8 @@ fn spawn_event_delivery(
     use berth::events::payload::{PayloadFormat, Source};
     use berth::events::{Deliverer, DeliveryOptions, Endpoint, Target};
 
+    // Started without webhooks too: it prunes what webhooks configured before left.
     let events = &config.events;
-    if events.webhooks.is_empty() {
-        return Ok(());
-    }
     let endpoints = events
         .webhooks
         .iter()
@@ -262,6 +260,7 @@ fn spawn_event_delivery(
         .collect();
     let options = DeliveryOptions {
         poll_interval: events.poll_interval,
+        lease: events.lease,
         delivered_retention: events.retention,
         dead_retention: events.dead_letter_retention,
         source: Source {
@@ -313,6 +312,11 @@ async fn events(config: Config, args: EventsArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match args.action {
         Some(EventsAction::Replay { endpoint, from, to }) => {
+            if !config.events.webhooks.iter().any(|w| w.name == endpoint) {
+                anyhow::bail!(
+                    "no [[webhook]] is named {endpoint:?} in this configuration: replayed events would never be sent"
+                );
+            }
             let to = to.unwrap_or(from);
             let replayed = metadata
                 .replay_events(&endpoint, from, to, berth::metadata::now_millis())

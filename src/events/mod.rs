@@ -93,7 +93,8 @@ pub struct Endpoint {
 pub struct DeliveryOptions {
     /// How often each endpoint's due rows are looked for.
     pub poll_interval: Duration,
-    /// How long a claim on an endpoint lasts unless renewed.
+    /// How long a claim on an endpoint lasts unless renewed; at least three times the longest
+    /// endpoint timeout (a shorter one is raised), so that a request always ends well within it.
     pub lease: Duration,
     /// First retry delay; doubled for each further attempt.
     pub retry_base: Duration,
@@ -145,7 +146,14 @@ struct EndpointState {
     endpoint: Endpoint,
     /// Until when this replica holds the endpoint's lease (Unix milliseconds; 0 for not).
     held_until: AtomicI64,
+    /// One claim or renewal at a time: two groups renewing at once would find the row locked
+    /// by each other (`SKIP LOCKED`) and give the lease up.
+    renewing: tokio::sync::Mutex<()>,
 }
+
+/// Least time a lease must have left when a request starts, beyond the request's timeout:
+/// for the settlement after it, and for clocks of replicas that differ a little.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Rows fetched for one endpoint in one round.
 const ROUND_LIMIT: u32 = 500;
@@ -165,6 +173,13 @@ impl Deliverer {
                 return Err(EventsError::DuplicateEndpoint(endpoint.name.clone()));
             }
         }
+        let longest = endpoints
+            .iter()
+            .map(|e| e.timeout)
+            .max()
+            .unwrap_or_default();
+        let mut options = options;
+        options.lease = options.lease.max(longest * 3 + LEASE_MARGIN);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
@@ -177,6 +192,7 @@ impl Deliverer {
                 .map(|endpoint| EndpointState {
                     endpoint,
                     held_until: AtomicI64::new(0),
+                    renewing: tokio::sync::Mutex::new(()),
                 })
                 .collect(),
             options,
@@ -185,27 +201,51 @@ impl Deliverer {
         })
     }
 
-    /// Delivers until `shutdown` completes; refreshes the backlog gauges every 15 s and prunes
-    /// settled rows every five minutes.
+    /// Delivers until `shutdown` completes, each endpoint on its own (a slow or failing
+    /// receiver holds back no other); refreshes the backlog gauges every 15 s and prunes
+    /// settled rows every five minutes, also with no endpoint configured (rows of endpoints
+    /// configured before).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let (mut last_prune, mut last_gauges) = (0, 0);
-        loop {
-            self.round().await;
-            let now = now_millis();
-            if now - last_gauges >= 15_000 {
-                last_gauges = now;
-                self.refresh_gauges().await;
-            }
-            if now - last_prune >= 300_000 {
-                last_prune = now;
-                self.prune(now).await;
-            }
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(self.options.poll_interval) => {}
-            }
+        let this = Arc::new(self);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut loops = tokio::task::JoinSet::new();
+        for index in 0..this.endpoints.len() {
+            let (this, mut stopped) = (Arc::clone(&this), stopped.clone());
+            loops.spawn(async move {
+                loop {
+                    this.deliver(&this.endpoints[index]).await;
+                    tokio::select! {
+                        _ = stopped.changed() => return,
+                        () = tokio::time::sleep(this.options.poll_interval) => {}
+                    }
+                }
+            });
         }
+        let housekeeping = {
+            let (this, mut stopped) = (Arc::clone(&this), stopped.clone());
+            async move {
+                let (mut last_prune, mut last_gauges) = (0, 0);
+                loop {
+                    let now = now_millis();
+                    if now - last_gauges >= 15_000 {
+                        last_gauges = now;
+                        this.refresh_gauges().await;
+                    }
+                    if now - last_prune >= 300_000 {
+                        last_prune = now;
+                        this.prune(now).await;
+                    }
+                    tokio::select! {
+                        _ = stopped.changed() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        loops.spawn(housekeeping);
+        shutdown.await;
+        let _ = stop.send(true);
+        while loops.join_next().await.is_some() {}
     }
 
     /// One pass over every endpoint: what is due is sent and settled.
@@ -241,13 +281,17 @@ impl Deliverer {
                 .or_default()
                 .push(row);
         }
-        let outcomes: Vec<(i64, DeliveryOutcome)> = futures::stream::iter(groups.into_values())
-            .map(|rows| self.deliver_group(state, rows))
-            .buffer_unordered(endpoint.max_in_flight.max(1))
-            .flat_map(futures::stream::iter)
-            .collect()
-            .await;
-        self.metadata.settle_events(&outcomes, now_millis()).await
+        // Each repository's rows are settled as soon as they are sent, not after the slowest.
+        let settled: Vec<Result<(), crate::metadata::MetadataError>> =
+            futures::stream::iter(groups.into_values())
+                .map(|rows| async move {
+                    let outcomes = self.deliver_group(state, rows).await;
+                    self.metadata.settle_events(&outcomes, now_millis()).await
+                })
+                .buffer_unordered(endpoint.max_in_flight.max(1))
+                .collect()
+                .await;
+        settled.into_iter().collect()
     }
 
     /// Sends one repository's rows in order, a batch at a time, up to the first failure,
@@ -371,12 +415,20 @@ impl Deliverer {
         }
     }
 
-    /// Whether this replica holds `state`'s endpoint now, claiming or renewing the lease when
-    /// less than half of it is left.
+    /// Whether this replica holds `state`'s endpoint for long enough to send a request and
+    /// settle it, claiming or renewing the lease when less than that, or than half of it, is
+    /// left.
     async fn hold(&self, state: &EndpointState) -> Result<bool, crate::metadata::MetadataError> {
-        let now = now_millis();
         let lease = self.options.lease.as_millis() as i64;
-        if state.held_until.load(Ordering::Acquire) - now > lease / 2 {
+        let needed = (state.endpoint.timeout + LEASE_MARGIN).as_millis() as i64;
+        let enough =
+            |now: i64| state.held_until.load(Ordering::Acquire) - now > needed.max(lease / 2);
+        if enough(now_millis()) {
+            return Ok(true);
+        }
+        let _renewing = state.renewing.lock().await;
+        let now = now_millis();
+        if enough(now) {
             return Ok(true);
         }
         let until = now + lease;

@@ -66,6 +66,7 @@ pub fn cloudevent_type(action: EventAction) -> &'static str {
         EventAction::TagDelete => "dev.berth.tag.deleted",
         EventAction::BlobDelete => "dev.berth.blob.deleted",
         EventAction::RepositoryCreate => "dev.berth.repository.created",
+        EventAction::Pull => "dev.berth.manifest.pulled",
     }
 }
 
@@ -114,6 +115,7 @@ pub fn distribution_event(event: &NewEvent, source: &Source) -> Value {
             ("delete", "DELETE")
         }
         EventAction::RepositoryCreate => ("create", "PUT"),
+        EventAction::Pull => ("pull", "GET"),
     };
     let mut target = json!({ "repository": event.repository });
     let media_type = match event.action {

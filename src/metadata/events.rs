@@ -22,16 +22,20 @@ pub enum EventAction {
     BlobDelete,
     /// A repository received its first content.
     RepositoryCreate,
+    /// A manifest was pulled (`GET`): only for endpoints that name this action, since it
+    /// makes every pull a write.
+    Pull,
 }
 
 impl EventAction {
     /// Every action.
-    pub const ALL: [EventAction; 5] = [
+    pub const ALL: [EventAction; 6] = [
         EventAction::Push,
         EventAction::Delete,
         EventAction::TagDelete,
         EventAction::BlobDelete,
         EventAction::RepositoryCreate,
+        EventAction::Pull,
     ];
 
     /// The name used in configuration, in rows and in `berth events`.
@@ -42,6 +46,7 @@ impl EventAction {
             EventAction::TagDelete => "tag_delete",
             EventAction::BlobDelete => "blob_delete",
             EventAction::RepositoryCreate => "repository_create",
+            EventAction::Pull => "pull",
         }
     }
 
@@ -58,16 +63,27 @@ pub struct Subscription {
     pub endpoint: String,
     /// Repository globs (`crate::glob` syntax); empty for every repository.
     pub repositories: Vec<String>,
-    /// Actions; empty for every action.
+    /// Actions; empty for every action but [`EventAction::Pull`], which is only sent where
+    /// named.
     pub actions: Vec<EventAction>,
 }
 
 impl Subscription {
     /// Whether a change of `action` in `repository` is for this endpoint.
     pub fn wants(&self, repository: &str, action: EventAction) -> bool {
-        (self.actions.is_empty() || self.actions.contains(&action))
+        self.wants_action(action)
             && (self.repositories.is_empty()
                 || self.repositories.iter().any(|g| glob_match(g, repository)))
+    }
+}
+
+impl Subscription {
+    fn wants_action(&self, action: EventAction) -> bool {
+        if self.actions.is_empty() {
+            action != EventAction::Pull
+        } else {
+            self.actions.contains(&action)
+        }
     }
 }
 
@@ -79,9 +95,7 @@ impl Subscriptions {
     /// Whether any endpoint may want `action` at all (so a store can skip reading what an
     /// event of it would say).
     pub fn any_wants(&self, action: EventAction) -> bool {
-        self.0
-            .iter()
-            .any(|s| s.actions.is_empty() || s.actions.contains(&action))
+        self.0.iter().any(|s| s.wants_action(action))
     }
 
     /// The rows to write for `events`: one per event and endpoint that wants it, in order.
@@ -272,6 +286,13 @@ mod tests {
     fn subscriptions_filter_by_repository_glob_and_action() {
         let all = subscription(&[], &[]);
         assert!(all.wants("any/thing", EventAction::BlobDelete));
+        assert!(
+            !all.wants("any/thing", EventAction::Pull),
+            "pulls only where named"
+        );
+        assert!(!Subscriptions(vec![all.clone()]).any_wants(EventAction::Pull));
+        let pulls = subscription(&[], &[EventAction::Pull]);
+        assert!(pulls.wants("any/thing", EventAction::Pull));
         let team = subscription(&["team-a/**"], &[EventAction::Push]);
         assert!(team.wants("team-a/app/web", EventAction::Push));
         assert!(!team.wants("team-a/app/web", EventAction::Delete));
@@ -279,7 +300,7 @@ mod tests {
         for action in EventAction::ALL {
             assert_eq!(EventAction::parse(action.as_str()), Some(action));
         }
-        assert_eq!(EventAction::parse("pull"), None);
+        assert_eq!(EventAction::parse("pulled"), None);
     }
 
     #[test]

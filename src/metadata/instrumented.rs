@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::events::{DeliveryOutcome, EndpointBacklog, OutboxEvent, OutboxQuery};
+use super::events::{
+    DeliveryOutcome, EndpointBacklog, EventAction, NewEvent, OutboxEvent, OutboxQuery,
+};
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
     ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
@@ -65,6 +67,9 @@ macro_rules! measured_calls {
         impl<M: MetadataStore + ?Sized> MetadataStore for Instrumented<M> {
             fn pool_usage(&self) -> Option<PoolUsage> {
                 self.inner.pool_usage()
+            }
+            fn announces(&self, action: EventAction) -> bool {
+                self.inner.announces(action)
             }
             $(
                 async fn $name(&self $(, $arg: $ty)*) -> MetadataResult<$out> {
@@ -124,6 +129,7 @@ measured_calls! {
     fn disown_mirrored_manifest(&self, repository: &RepositoryName, digest: &Digest) -> ();
     fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> ();
     fn evict_unpulled_manifests(&self, upstream: &str, cutoff: i64, limit: u32, now: i64, apply: bool) -> u64;
+    fn announce(&self, events: &[NewEvent]) -> ();
     fn claim_event_endpoint(&self, endpoint: &str, owner: &str, lease_until: i64, now: i64) -> bool;
     fn due_events(&self, endpoint: &str, now: i64, limit: u32) -> Vec<OutboxEvent>;
     fn settle_events(&self, outcomes: &[(i64, DeliveryOutcome)], now: i64) -> ();

@@ -1156,6 +1156,15 @@ impl MetadataStore for MemoryMetadataStore {
         Ok(evicted)
     }
 
+    fn announces(&self, action: EventAction) -> bool {
+        self.state().subscriptions.any_wants(action)
+    }
+
+    async fn announce(&self, events: &[NewEvent]) -> MetadataResult<()> {
+        self.state().record_events(events);
+        Ok(())
+    }
+
     async fn claim_event_endpoint(
         &self,
         endpoint: &str,

@@ -649,6 +649,15 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     // The event outbox (see [`events`]): every change above writes its events, for the
     // endpoints subscribed to them, in its own transaction; these calls deliver them.
+    /// Whether any endpoint is subscribed to `action` (so that a caller can skip preparing an
+    /// event nobody wants, and a pull stays free of writes).
+    fn announces(&self, action: events::EventAction) -> bool {
+        let _ = action;
+        false
+    }
+    /// Writes the rows of events that are no change of their own (pulls), for the endpoints
+    /// subscribed to them; nothing when none is.
+    async fn announce(&self, events: &[events::NewEvent]) -> MetadataResult<()>;
     /// Claims delivery to `endpoint` for `owner` until `lease_until`: true when no one held it,
     /// its lease ran out before `now`, or `owner` already held it (a renewal). A replica that
     /// finds the claim being written by another skips it rather than waiting.

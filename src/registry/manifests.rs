@@ -6,9 +6,10 @@ use super::Registry;
 use super::coalesce::Coalescer;
 use super::gc::ImmutableTags;
 use crate::error::{Condition, ErrorCode, RegistryError, RegistryResult};
+use crate::metadata::events::{EventAction, NewEvent};
 use crate::metadata::{
     ManifestDeletion, ManifestRecord, MetadataError, MetadataStore, NewManifest, Page,
-    PutManifestOutcome, ReferrerRecord, now_millis,
+    PutManifestOutcome, ReferrerRecord,
 };
 use crate::oci::{Digest, DigestAlgorithm, ParsedManifest, Reference, RepositoryName, Tag};
 
@@ -240,6 +241,29 @@ impl Registry {
         }
     }
 
+    /// Records a pull of `manifest` for the endpoints subscribed to pulls. None are by
+    /// default, and then nothing is written. The pull is served whether or not this works.
+    pub async fn announce_pull(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+        manifest: &ManifestRecord,
+    ) {
+        let metadata = &self.inner.metadata;
+        if !metadata.announces(EventAction::Pull) {
+            return;
+        }
+        let mut pulled = NewEvent::new(EventAction::Pull, repository, self.now())
+            .with_digest(&manifest.digest)
+            .with_object(&manifest.media_type, manifest.content.len() as u64);
+        if let Reference::Tag(tag) = reference {
+            pulled = pulled.with_tag(tag);
+        }
+        if let Err(error) = metadata.announce(&[pulled]).await {
+            tracing::warn!(%repository, digest = %manifest.digest, %error, "the pull's event was not recorded");
+        }
+    }
+
     /// Deletes a tag, or a manifest with all its tags (`DELETE`).
     pub async fn delete_manifest(
         &self,
@@ -261,7 +285,7 @@ impl Registry {
             Reference::Tag(tag) => self
                 .inner
                 .metadata
-                .delete_tag(repository, tag, now_millis())
+                .delete_tag(repository, tag, self.now())
                 .await
                 .map(|found| {
                     if found {

@@ -200,6 +200,8 @@ async fn push_and_delete_events_reach_a_signed_cloudevents_webhook() {
     );
     let c = server.client();
     let image = c.push_image("events/app", "v1", unique_seed()).await;
+    // A pull is no event unless a webhook names the action.
+    c.get("/v2/events/app/manifests/v1").await.expect(200, None);
     c.call(Method::DELETE, "/v2/events/app/manifests/v1")
         .await
         .expect(202, None);
@@ -433,9 +435,12 @@ async fn events_outlive_a_killed_replica_and_a_receiver_that_went_away() {
     let url = receiver.url();
     receiver.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // A short lease, so that the restarted replica takes over the killed one's soon.
     let mut server = with_webhooks(
-        &format!("[[webhook]]\nname = \"away\"\nurl = \"{url}\"\nactions = [\"push\"]\n"),
-        &[],
+        &format!(
+            "[[webhook]]\nname = \"away\"\nurl = \"{url}\"\nactions = [\"push\"]\ntimeout = \"1s\"\n"
+        ),
+        &[("BERTH_EVENT_LEASE", "2s")],
     );
     let c = server.client();
     let mut expected = Vec::new();
@@ -484,18 +489,43 @@ async fn replicas_deliver_each_event_once() {
         pushes.len(),
         "no event went out twice while nothing failed"
     );
-    // Per repository, the tags arrive in the order their pushes committed: each push here
-    // ran alone in its repository, in the order the futures finished… which the receiver's
-    // per-repository sequence must not contradict: every tag once.
-    let mut by_repository: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Per repository, events arrive in commit order: the order of their outbox rows.
+    let out = deployment
+        .command(&["events", "--state", "all", "--limit", "1000", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seq_of: BTreeMap<String, i64> = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["id"].as_str().unwrap().to_owned(),
+                row["seq"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut by_repository: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for event in &delivered_now {
         by_repository
             .entry(event["data"]["repository"].as_str().unwrap().to_owned())
             .or_default()
-            .push(event["data"]["tag"].as_str().unwrap().to_owned());
+            .push(seq_of[event["id"].as_str().unwrap()]);
     }
     assert_eq!(by_repository.len(), 6);
-    assert!(by_repository.values().all(|tags| tags.len() == 4));
+    for (repository, seqs) in &by_repository {
+        assert_eq!(seqs.len(), 4, "{repository}");
+        assert!(
+            seqs.is_sorted(),
+            "{repository} arrived out of commit order: {seqs:?}"
+        );
+    }
 }
 
 async fn a_database_outage_during_delivery_loses_nothing() {
@@ -617,6 +647,37 @@ async fn a_cluster_behind_haproxy_delivers_each_event_once_and_through_a_postgre
     assert_eq!(first_seen, ["r1", "r2", "r3"], "in commit order");
 }
 
+async fn pulls_are_events_only_for_webhooks_that_name_them() {
+    let receiver = Receiver::start().await;
+    let server = with_webhooks(
+        &format!(
+            "[[webhook]]\nname = \"pulls\"\nurl = \"{}\"\nactions = [\"pull\"]\n",
+            receiver.url()
+        ),
+        &[],
+    );
+    let c = server.client();
+    let image = c.push_image("pulled/app", "v1", unique_seed()).await;
+    c.call(Method::HEAD, "/v2/pulled/app/manifests/v1")
+        .await
+        .expect(200, None);
+    c.get("/v2/pulled/app/manifests/v1").await.expect(200, None);
+    c.get(&format!("/v2/pulled/app/manifests/{}", image.digest))
+        .await
+        .expect(200, None);
+    let events = wait_for_events(&receiver, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        summary(&receiver.events(true)),
+        [
+            "dev.berth.manifest.pulled pulled/app:v1".to_owned(),
+            format!("dev.berth.manifest.pulled pulled/app@{}", image.digest),
+        ],
+        "GETs only, not HEADs, and not the push"
+    );
+    assert_eq!(events[0]["data"]["size"], image.manifest.len());
+}
+
 /// Distribution's notification envelope, as its documentation describes it, read by a
 /// consumer written against that schema and nothing else.
 #[derive(Deserialize)]
@@ -726,8 +787,8 @@ async fn webhook_settings_that_cannot_work_are_refused_at_start() {
             "webhook url must be http",
         ),
         (
-            "[[webhook]]\nurl = \"http://a.example/hook\"\nactions = [\"pull\"]\n",
-            "unknown action \"pull\"",
+            "[[webhook]]\nurl = \"http://a.example/hook\"\nactions = [\"pulled\"]\n",
+            "unknown action \"pulled\"",
         ),
         (
             "[[webhook]]\nurl = \"http://a.example/1\"\n[[webhook]]\nurl = \"http://a.example/2\"\n",
@@ -740,6 +801,10 @@ async fn webhook_settings_that_cannot_work_are_refused_at_start() {
         (
             "[[webhook]]\nurl = \"http://a.example/hook\"\nbatch_size = 0\n",
             "batch_size must be between 1 and 1000",
+        ),
+        (
+            "[[webhook]]\nurl = \"http://a.example/hook\"\nheaders = { \"X-Berth-Signature-256\" = \"forged\" }\n",
+            "is set by Berth itself",
         ),
     ] {
         let deployment = deployment_with_webhooks(webhooks, &[]);
@@ -760,5 +825,6 @@ crate::harness::trials! {
     a_cluster_behind_haproxy_delivers_each_event_once_and_through_a_postgres_restart.multi_thread(2).needs(PostgresS3Run);
     a_database_outage_during_delivery_loses_nothing.multi_thread(2).needs(Postgres);
     a_distribution_consumer_reads_the_distribution_envelope.multi_thread(2);
+    pulls_are_events_only_for_webhooks_that_name_them.multi_thread(2);
     webhook_settings_that_cannot_work_are_refused_at_start;
 }

@@ -64,6 +64,9 @@ pub(super) async fn get_manifest(call: &Call) -> ApiResult<Response> {
     let body = if call.parts.method == Method::HEAD {
         Body::empty()
     } else {
+        call.registry
+            .announce_pull(&name, &reference, &manifest)
+            .await;
         Body::from(manifest.content)
     };
     Ok(response(StatusCode::OK, headers, body))

@@ -25,7 +25,10 @@ use async_trait::async_trait;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
-use super::events::{DeliveryOutcome, EndpointBacklog, OutboxEvent, OutboxQuery, Subscriptions};
+use super::events::{
+    DeliveryOutcome, EndpointBacklog, EventAction, NewEvent, OutboxEvent, OutboxQuery,
+    Subscriptions,
+};
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
     ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
@@ -538,6 +541,14 @@ impl MetadataStore for SqlMetadataStore {
     }
 
     // events.rs
+    fn announces(&self, action: EventAction) -> bool {
+        self.announces(action)
+    }
+
+    async fn announce(&self, events: &[NewEvent]) -> MetadataResult<()> {
+        self.announce(events).await
+    }
+
     async fn claim_event_endpoint(
         &self,
         endpoint: &str,
