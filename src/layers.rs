@@ -9,7 +9,14 @@ use std::path::Path;
 /// Floors from the bottom up; modules on one floor do not use each other.
 const FLOORS: &[&[&str]] = &[
     // Vocabulary and mechanisms that know nothing of a registry.
-    &["oci", "glob", "buffers", "instruments", "client"],
+    &[
+        "oci",
+        "glob",
+        "buffers",
+        "instruments",
+        "client",
+        "timestamps",
+    ],
     // Bytes, who may do what, and the registries a mirror reads through.
     &["storage", "auth", "upstream"],
     // Everything but bytes.

@@ -88,6 +88,7 @@ pub mod metadata;
 pub mod oci;
 pub mod registry;
 pub mod storage;
+pub mod timestamps;
 pub mod upstream;
 
 pub use error::{Condition, ErrorCode, RegistryError, RegistryResult};

@@ -120,28 +120,6 @@ impl std::fmt::Debug for TokenIssuer {
     }
 }
 
-/// Unix seconds as RFC 3339 UTC (`2009-11-10T23:00:00Z`).
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rest = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
 fn fingerprint(hash: &str) -> String {
     b64(&Sha256::digest(hash.as_bytes())[..12])
 }
@@ -322,7 +300,7 @@ impl TokenIssuer {
         Ok(IssuedToken {
             token,
             expires_in: lifetime,
-            issued_at: rfc3339(now),
+            issued_at: crate::timestamps::rfc3339(i64::try_from(now).unwrap_or(i64::MAX)),
             refresh_token,
             scope,
         })
@@ -345,18 +323,5 @@ impl TokenIssuer {
             access: Vec::new(),
             berth_refresh: Some(fingerprint(&hash)),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rfc3339;
-
-    #[test]
-    fn times_format_as_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_257_894_000), "2009-11-10T23:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 }

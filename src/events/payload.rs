@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::metadata::events::{EventAction, NewEvent};
+use crate::timestamps::rfc3339_millis;
 
 /// The body format of an endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +100,7 @@ pub fn cloudevent(event: &NewEvent, source: &Source) -> Value {
         "source": source.uri(),
         "type": cloudevent_type(event.action),
         "subject": subject,
-        "time": rfc3339(event.at),
+        "time": rfc3339_millis(event.at),
         "datacontenttype": "application/json",
         "data": data,
     })
@@ -146,7 +147,7 @@ pub fn distribution_event(event: &NewEvent, source: &Source) -> Value {
         .unwrap_or_default();
     json!({
         "id": event.id,
-        "timestamp": rfc3339(event.at),
+        "timestamp": rfc3339_millis(event.at),
         "action": action,
         "target": target,
         "request": { "id": event.id, "method": method, "host": host, "useragent": "" },
@@ -213,30 +214,6 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(hmac_sha256(secret, body)))
 }
 
-/// Unix milliseconds as RFC 3339 in UTC, to the millisecond.
-pub fn rfc3339(millis: i64) -> String {
-    let secs = millis.div_euclid(1000);
-    let ms = millis.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,13 +234,6 @@ mod tests {
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
         assert_ne!(signature(b"one", b"body"), signature(b"two", b"body"));
-    }
-
-    #[test]
-    fn times_are_rfc_3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(1_796_687_999_999), "2026-12-07T23:59:59.999Z");
     }
 
     fn pushed() -> NewEvent {

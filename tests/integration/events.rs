@@ -531,15 +531,7 @@ async fn replicas_deliver_each_event_once() {
 async fn a_database_outage_during_delivery_loses_nothing() {
     let receiver = Receiver::start().await;
     receiver.state.fail.store(3, Ordering::SeqCst);
-    let database = Deployment::new(&[]);
-    let url = database.database_url().unwrap();
-    let authority = url
-        .split_once('@')
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .map(|(authority, _)| authority.to_owned())
-        .expect("the database URL names a host and port");
-    let proxy = TcpProxy::to_authority(&authority).await;
-    let proxied = url.replacen(&authority, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (_database, proxy, proxied) = database_behind_proxy().await;
     let server = with_webhooks(
         &format!(
             "[[webhook]]\nname = \"db\"\nurl = \"{}\"\nactions = [\"push\"]\n",

@@ -329,16 +329,7 @@ async fn completed_uploads_leave_no_staging_or_stray_multipart_uploads() {
 // Multi-threaded: the proxy must keep running while the test thread waits on the server.
 async fn database_unreachable_answers_503_then_recovers_without_restart() {
     // Berth reaches Postgres through a proxy the test can cut.
-    let database = Deployment::new(&[]);
-    let url = database.database_url().unwrap();
-    // postgres://user@host:port/db: the server's address is between '@' and the next '/'.
-    let authority = url
-        .split_once('@')
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .map(|(authority, _)| authority.to_owned())
-        .expect("the database URL names a host and port");
-    let proxy = TcpProxy::to_authority(&authority).await;
-    let proxied = url.replacen(&authority, &format!("127.0.0.1:{}", proxy.port), 1);
+    let (_database, proxy, proxied) = database_behind_proxy().await;
     let server = Server::start_with(&[
         ("BERTH_DATABASE_URL", &proxied),
         ("BERTH_DB_ACQUIRE_TIMEOUT", "1s"),

@@ -386,6 +386,25 @@ impl Drop for Server {
     }
 }
 
+/// A Postgres database of its own that Berth reaches through a proxy the test can cut: the
+/// deployment that owns the database (it is dropped with it), the proxy, and the database URL
+/// through the proxy.
+pub async fn database_behind_proxy() -> (Arc<Deployment>, TcpProxy, String) {
+    let database = Deployment::new(&[]);
+    let url = database
+        .database_url()
+        .expect("a Postgres backend gives every deployment a database");
+    // postgres://user@host:port/db: the server's address is between '@' and the next '/'.
+    let authority = url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(authority, _)| authority.to_owned())
+        .expect("the database URL names a host and port");
+    let proxy = TcpProxy::to_authority(&authority).await;
+    let proxied = url.replacen(&authority, &format!("127.0.0.1:{}", proxy.port), 1);
+    (database, proxy, proxied)
+}
+
 impl Deployment {
     /// The Postgres URL of this deployment's database, if it has one.
     pub fn database_url(&self) -> Option<String> {
