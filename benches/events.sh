@@ -60,7 +60,7 @@ run() { # label, rep, config (or "")
       sinks+=($!)
     done
   fi
-  BERTH_LOG=warn BERTH_CONFIG=$config BERTH_EVENT_POLL_INTERVAL=100ms "$BERTH_BIN" serve \
+  env BERTH_LOG=warn ${config:+BERTH_CONFIG=$config} BERTH_EVENT_POLL_INTERVAL=100ms "$BERTH_BIN" serve \
     --listen 127.0.0.1:5380 --data-dir "$dir" >"$dir.log" 2>&1 &
   local berth=$!
   pids+=("$berth")
