@@ -87,6 +87,8 @@ grep -q 'checksum/config-file' "$OUT/webhook-values.yaml"
 grep -q 'BERTH_PUBLIC_URL: "https://registry.example.com"' "$OUT/webhook-values.yaml"
 grep -q 'BERTH_EVENT_POLL_INTERVAL: "500ms"' "$OUT/webhook-values.yaml"
 grep -q 'BERTH_EVENT_RETENTION: "48h"' "$OUT/webhook-values.yaml"
+grep -q 'BERTH_EVENT_RETRY_MAX: "2m"' "$OUT/webhook-values.yaml"
+grep -q 'BERTH_EVENT_LEASE: "45s"' "$OUT/webhook-values.yaml"
 grep -q 'BERTH_EVENT_DEAD_LETTER_RETENTION: "30d"' "$OUT/webhook-values.yaml"
 # Replicas follow each other's fetches only for upstreams.
 refute 'BERTH_ADVERTISE_URL' "$OUT/webhook-values.yaml"

@@ -415,6 +415,8 @@ settings! {
     event_poll_interval: Span, env = "BERTH_EVENT_POLL_INTERVAL", value_name = "DURATION",
     /// How long a replica's claim on delivering to a webhook lasts unless renewed (another takes over a dead replica's after it); at least three times the longest webhook timeout [default: 30s].
     event_lease: Span, env = "BERTH_EVENT_LEASE", value_name = "DURATION",
+    /// Longest wait between two attempts of an event a webhook failed (the wait doubles from 1s up to it) [default: 5m].
+    event_retry_max: Span, env = "BERTH_EVENT_RETRY_MAX", value_name = "DURATION",
     /// How long delivered events are kept for `berth events` and replays [default: 24h].
     event_retention: Span, env = "BERTH_EVENT_RETENTION", value_name = "DURATION",
     /// How long dead-lettered events are kept [default: 14d].
@@ -730,6 +732,7 @@ pub struct EventSettings {
     pub public_url: Option<String>,
     pub poll_interval: Duration,
     pub lease: Duration,
+    pub retry_max: Duration,
     pub retention: Duration,
     pub dead_letter_retention: Duration,
 }
@@ -1059,6 +1062,10 @@ impl Settings {
             lease: self
                 .event_lease
                 .map_or(Duration::from_secs(30), |s| s.0)
+                .max(Duration::from_secs(1)),
+            retry_max: self
+                .event_retry_max
+                .map_or(Duration::from_secs(300), |s| s.0)
                 .max(Duration::from_secs(1)),
             retention: self
                 .event_retention

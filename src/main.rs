@@ -261,6 +261,7 @@ fn spawn_event_delivery(
     let options = DeliveryOptions {
         poll_interval: events.poll_interval,
         lease: events.lease,
+        retry_max: events.retry_max,
         delivered_retention: events.retention,
         dead_retention: events.dead_letter_retention,
         source: Source {
@@ -333,7 +334,7 @@ async fn events(config: Config, args: EventsArgs) -> anyhow::Result<()> {
                     format!("--state must be pending, delivered, dead or all, got {name:?}")
                 })?),
             };
-            let backlog = metadata.event_backlog().await?;
+            let backlog = metadata.event_backlog(true).await?;
             let rows = metadata
                 .outbox_events(OutboxQuery {
                     endpoint: args.endpoint.as_deref(),

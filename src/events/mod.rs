@@ -4,12 +4,15 @@
 //! Each replica polls each endpoint's due rows (a read); when there are some, it claims the
 //! endpoint for a lease (`FOR UPDATE SKIP LOCKED` on Postgres), so that one replica at a time
 //! delivers to it, and sends them: grouped by repository, each group in commit order, up to
-//! `max_in_flight` groups at once, `batch_size` events a request. An acknowledged request
-//! (2xx) settles its rows as delivered; a failed one schedules a retry with exponential
-//! backoff and jitter, and holds back the later rows of its repository, until the row is too
-//! old or has failed too often and is dead-lettered. A replica killed between a send and its
-//! settlement leaves the rows pending: another replica sends them again when the lease runs
-//! out (at least once; the event id stays the same, so receivers deduplicate).
+//! `max_in_flight` groups at once, `batch_size` events a request. A replica that finds the
+//! endpoint held by another leaves it alone until that lease ends. Each attempt is counted in
+//! its rows before it is sent; an acknowledged request (2xx) settles its rows as delivered; a
+//! failed one schedules a retry with exponential backoff and jitter, and holds back the later
+//! rows of its repository, until the row is too old or has had too many attempts and is
+//! dead-lettered. A replica killed between a send and its settlement leaves the rows pending,
+//! their attempt counted: another replica sends them again when the lease runs out (at least
+//! once; the event id stays the same, so receivers deduplicate, and the resend is counted in
+//! `berth_events_redelivered_total`).
 
 pub mod payload;
 
@@ -22,7 +25,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use crate::instruments;
-use crate::metadata::events::{DeliveryOutcome, NewEvent, OutboxEvent};
+use crate::metadata::events::{DeliveryOutcome, EndpointClaim, NewEvent, OutboxEvent};
 use crate::metadata::{MetadataStore, now_millis};
 use payload::{PayloadFormat, SIGNATURE_HEADER, Source};
 
@@ -146,6 +149,9 @@ struct EndpointState {
     endpoint: Endpoint,
     /// Until when this replica holds the endpoint's lease (Unix milliseconds; 0 for not).
     held_until: AtomicI64,
+    /// Until when another replica holds it, as the last claim found (Unix milliseconds):
+    /// before then this replica does not look for due rows it could not send.
+    held_elsewhere_until: AtomicI64,
     /// One claim or renewal at a time: two groups renewing at once would find the row locked
     /// by each other (`SKIP LOCKED`) and give the lease up.
     renewing: tokio::sync::Mutex<()>,
@@ -192,6 +198,7 @@ impl Deliverer {
                 .map(|endpoint| EndpointState {
                     endpoint,
                     held_until: AtomicI64::new(0),
+                    held_elsewhere_until: AtomicI64::new(0),
                     renewing: tokio::sync::Mutex::new(()),
                 })
                 .collect(),
@@ -267,6 +274,9 @@ impl Deliverer {
     ) -> Result<(), crate::metadata::MetadataError> {
         let endpoint = &state.endpoint;
         let now = now_millis();
+        if state.held_elsewhere_until.load(Ordering::Acquire) >= now {
+            return Ok(());
+        }
         let due = self
             .metadata
             .due_events(&endpoint.name, now, ROUND_LIMIT)
@@ -305,6 +315,11 @@ impl Deliverer {
         let mut outcomes = Vec::with_capacity(rows.len());
         for batch in rows.chunks(endpoint.batch_size.max(1)) {
             if !matches!(self.hold(state).await, Ok(true)) {
+                break;
+            }
+            let seqs: Vec<i64> = batch.iter().map(|r| r.seq).collect();
+            if let Err(error) = self.metadata.start_event_attempts(&seqs).await {
+                tracing::warn!(endpoint = %endpoint.name, %error, "could not count an event attempt; not sending it now");
                 break;
             }
             let events: Vec<&NewEvent> = batch.iter().map(|r| &r.event).collect();
@@ -432,14 +447,23 @@ impl Deliverer {
             return Ok(true);
         }
         let until = now + lease;
-        let held = self
+        let claim = self
             .metadata
             .claim_event_endpoint(&state.endpoint.name, &self.owner, until, now)
             .await?;
-        state
-            .held_until
-            .store(if held { until } else { 0 }, Ordering::Release);
-        Ok(held)
+        match claim {
+            EndpointClaim::Held => {
+                state.held_until.store(until, Ordering::Release);
+                Ok(true)
+            }
+            EndpointClaim::HeldElsewhere { until: other } => {
+                state.held_until.store(0, Ordering::Release);
+                state
+                    .held_elsewhere_until
+                    .store(other.unwrap_or(0), Ordering::Release);
+                Ok(false)
+            }
+        }
     }
 
     async fn prune(&self, now: i64) {
@@ -462,7 +486,10 @@ impl Deliverer {
     }
 
     async fn refresh_gauges(&self) {
-        let Ok(backlog) = self.metadata.event_backlog().await else {
+        if self.endpoints.is_empty() {
+            return;
+        }
+        let Ok(backlog) = self.metadata.event_backlog(false).await else {
             return;
         };
         for state in &self.endpoints {
@@ -490,10 +517,9 @@ fn backoff(options: &DeliveryOptions, attempts: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::NewManifest;
-    use crate::metadata::events::{EventAction, Subscription, Subscriptions};
+    use crate::metadata::events::test_support::push_empty_index;
+    use crate::metadata::events::{EventAction, EventOrigin, Subscription, Subscriptions};
     use crate::metadata::memory::MemoryMetadataStore;
-    use crate::oci::{DigestAlgorithm, ParsedManifest, RepositoryName, Tag, media_type};
 
     /// A sink that refuses its first `refuse` deliveries and records the rest.
     #[derive(Default)]
@@ -518,25 +544,8 @@ mod tests {
     }
 
     async fn push(store: &MemoryMetadataStore, tag: &str) {
-        let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[],"annotations":{{"tag":"{tag}"}}}}"#,
-            media_type::OCI_INDEX
-        );
-        let parsed = ParsedManifest::parse(Some(media_type::OCI_INDEX), body.as_bytes()).unwrap();
-        store
-            .put_manifest(NewManifest {
-                repository: &RepositoryName::parse("embedded/app").unwrap(),
-                digest: &DigestAlgorithm::Sha256.digest(body.as_bytes()),
-                parsed: &parsed,
-                content: body.as_bytes(),
-                tags: &[Tag::parse(tag).unwrap()],
-                immutable: &[],
-                require_references: true,
-                announce: true,
-                now: now_millis(),
-            })
-            .await
-            .unwrap();
+        let origin = EventOrigin::default();
+        push_empty_index(store, "embedded/app", tag, tag, Some(&origin), now_millis()).await;
     }
 
     #[tokio::test]

@@ -94,6 +94,9 @@ pub fn cloudevent(event: &NewEvent, source: &Source) -> Value {
     if let Some(url) = source.object_url(event) {
         data["url"] = json!(url);
     }
+    if let Some(actor) = &event.origin.actor {
+        data["actor"] = json!(actor);
+    }
     json!({
         "specversion": "1.0",
         "id": event.id,
@@ -139,6 +142,11 @@ pub fn distribution_event(event: &NewEvent, source: &Source) -> Value {
     if let Some(url) = source.object_url(event) {
         target["url"] = json!(url);
     }
+    let origin = &event.origin;
+    let actor = match &origin.actor {
+        Some(name) => json!({ "name": name }),
+        None => json!({}),
+    };
     let host = source
         .public_url
         .as_deref()
@@ -150,8 +158,14 @@ pub fn distribution_event(event: &NewEvent, source: &Source) -> Value {
         "timestamp": rfc3339_millis(event.at),
         "action": action,
         "target": target,
-        "request": { "id": event.id, "method": method, "host": host, "useragent": "" },
-        "actor": {},
+        "request": {
+            "id": origin.request_id.as_deref().unwrap_or(&event.id),
+            "addr": origin.client_addr.as_deref().unwrap_or_default(),
+            "host": host,
+            "method": method,
+            "useragent": origin.user_agent.as_deref().unwrap_or_default(),
+        },
+        "actor": actor,
         "source": { "addr": host, "instanceID": source.instance },
     })
 }
@@ -217,6 +231,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::events::EventOrigin;
     use crate::oci::{Digest, RepositoryName, Tag};
 
     #[test]
@@ -246,6 +261,12 @@ mod tests {
         .with_digest(&digest)
         .with_object("application/vnd.oci.image.manifest.v1+json", 512)
         .with_tag(&Tag::parse("v1").unwrap())
+        .by(&EventOrigin {
+            actor: Some("alice".into()),
+            request_id: Some("req-1".into()),
+            client_addr: Some("192.0.2.7".into()),
+            user_agent: Some("docker/27.0".into()),
+        })
     }
 
     #[test]
@@ -276,5 +297,26 @@ mod tests {
             )
         );
         assert_eq!(entry["source"]["addr"], "registry.example.com");
+        assert_eq!(entry["actor"]["name"], "alice");
+        assert_eq!(entry["request"]["id"], "req-1");
+        assert_eq!(entry["request"]["addr"], "192.0.2.7");
+        assert_eq!(entry["request"]["useragent"], "docker/27.0");
+        assert_eq!(ce["data"]["actor"], "alice");
+        let anonymous = NewEvent {
+            origin: EventOrigin::default(),
+            ..event.clone()
+        };
+        let entry = distribution_event(&anonymous, &source);
+        assert_eq!(
+            entry["actor"],
+            json!({}),
+            "no actor for the registry's own changes"
+        );
+        assert_eq!(entry["request"]["id"], event.id.as_str());
+        assert!(
+            cloudevent(&anonymous, &source)["data"]
+                .get("actor")
+                .is_none()
+        );
     }
 }

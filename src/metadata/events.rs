@@ -132,6 +132,23 @@ pub struct NewEvent {
     pub tag: Option<String>,
     /// Unix milliseconds.
     pub at: i64,
+    /// Who asked for the change; empty for changes the registry made itself.
+    pub origin: EventOrigin,
+}
+
+/// Who asked for a change through the API, as events report it (Distribution's `actor` and
+/// `request`). Changes the registry makes on its own (collection, a mirror's eviction) have
+/// an empty origin.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventOrigin {
+    /// The user the caller authenticated as; `None` for an anonymous caller.
+    pub actor: Option<String>,
+    /// The id of the request (its `X-Request-Id`).
+    pub request_id: Option<String>,
+    /// The client's address (behind a trusted proxy, the address the proxy names).
+    pub client_addr: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
 }
 
 impl NewEvent {
@@ -146,7 +163,14 @@ impl NewEvent {
             size: None,
             tag: None,
             at,
+            origin: EventOrigin::default(),
         }
+    }
+
+    /// The same, asked for by `origin`.
+    pub fn by(mut self, origin: &EventOrigin) -> NewEvent {
+        self.origin = origin.clone();
+        self
     }
 
     /// The same, about `digest`.
@@ -213,7 +237,7 @@ pub struct OutboxEvent {
     pub event: NewEvent,
     /// Where it stands.
     pub state: DeliveryState,
-    /// Attempts so far.
+    /// Attempts started so far (an attempt counts from when it is sent).
     pub attempts: u32,
     /// When it is due next (Unix milliseconds).
     pub next_attempt_at: i64,
@@ -221,6 +245,19 @@ pub struct OutboxEvent {
     pub last_error: Option<String>,
     /// When it was delivered or dead-lettered.
     pub settled_at: Option<i64>,
+}
+
+/// Who delivers to an endpoint, as a claim found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointClaim {
+    /// The claimant, until the lease it asked for.
+    Held,
+    /// Another replica, whose lease runs until `until` (Unix milliseconds; `None` when the
+    /// claim could not tell, because another replica was writing it at that moment).
+    HeldElsewhere {
+        /// The end of the other replica's lease.
+        until: Option<i64>,
+    },
 }
 
 /// What became of one attempt.
@@ -328,5 +365,44 @@ mod tests {
             rows,
             [("x".into(), "a"), ("x".into(), "b"), ("y".into(), "a")]
         );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::EventOrigin;
+    use crate::metadata::{MetadataStore, NewManifest, PutManifestOutcome};
+    use crate::oci::{DigestAlgorithm, ParsedManifest, RepositoryName, Tag, media_type};
+
+    /// Pushes an index with no children (so that it needs no blobs), told apart by `seed`, to
+    /// `repository:tag` at `now`, announced as asked for by `announce`.
+    pub(crate) async fn push_empty_index(
+        store: &dyn MetadataStore,
+        repository: &str,
+        tag: &str,
+        seed: &str,
+        announce: Option<&EventOrigin>,
+        now: i64,
+    ) -> PutManifestOutcome {
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[],"annotations":{{"seed":"{seed}"}}}}"#,
+            media_type::OCI_INDEX
+        );
+        let parsed = ParsedManifest::parse(Some(media_type::OCI_INDEX), body.as_bytes())
+            .expect("an empty index parses");
+        store
+            .put_manifest(NewManifest {
+                repository: &RepositoryName::parse(repository).expect("a valid name"),
+                digest: &DigestAlgorithm::Sha256.digest(body.as_bytes()),
+                parsed: &parsed,
+                content: body.as_bytes(),
+                tags: &[Tag::parse(tag).expect("a valid tag")],
+                immutable: &[],
+                require_references: true,
+                announce,
+                now,
+            })
+            .await
+            .expect("the push is stored")
     }
 }

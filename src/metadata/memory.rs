@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::events::{
-    DeliveryOutcome, DeliveryState, EndpointBacklog, EventAction, NewEvent, OutboxEvent,
-    OutboxQuery, Subscriptions,
+    DeliveryOutcome, DeliveryState, EndpointBacklog, EndpointClaim, EventAction, EventOrigin,
+    NewEvent, OutboxEvent, OutboxQuery, Subscriptions,
 };
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingKind, DanglingReference, Garbage,
@@ -126,18 +126,33 @@ impl State {
         }
     }
 
-    /// Makes `repository` unless it exists, recording its creation.
-    fn ensure_repository(&mut self, repository: &str, now: i64) -> &mut Repository {
+    /// Makes `repository` unless it exists, recording its creation as asked for by
+    /// `announce`'s origin (unless `None`).
+    fn ensure_repository(
+        &mut self,
+        repository: &str,
+        now: i64,
+        announce: Option<&EventOrigin>,
+    ) -> &mut Repository {
         if !self.repositories.contains_key(repository)
             && let Ok(name) = RepositoryName::parse(repository)
+            && let Some(origin) = announce
         {
-            self.record_events(&[NewEvent::new(EventAction::RepositoryCreate, &name, now)]);
+            self.record_events(&[
+                NewEvent::new(EventAction::RepositoryCreate, &name, now).by(origin)
+            ]);
         }
         self.repositories.entry(repository.to_owned()).or_default()
     }
 
-    fn link(&mut self, repository: &str, digest: &Digest, now: i64) {
-        self.ensure_repository(repository, now)
+    fn link(
+        &mut self,
+        repository: &str,
+        digest: &Digest,
+        now: i64,
+        announce: Option<&EventOrigin>,
+    ) {
+        self.ensure_repository(repository, now, announce)
             .blobs
             .insert(digest.clone(), now);
         self.link_reviews
@@ -190,7 +205,13 @@ impl State {
                 .is_none_or(|s| !repo.manifests.contains_key(s))
     }
 
-    fn forget_manifest(&mut self, repository: &str, digest: &Digest, now: i64) -> bool {
+    fn forget_manifest(
+        &mut self,
+        repository: &str,
+        digest: &Digest,
+        origin: &EventOrigin,
+        now: i64,
+    ) -> bool {
         let Some(repo) = self.repositories.get_mut(repository) else {
             return false;
         };
@@ -201,6 +222,7 @@ impl State {
         let size = stored.record.content.len() as u64;
         if let Ok(name) = RepositoryName::parse(repository) {
             self.record_events(&[NewEvent::new(EventAction::Delete, &name, now)
+                .by(origin)
                 .with_digest(digest)
                 .with_object(&stored.record.media_type, size)]);
         }
@@ -351,6 +373,7 @@ impl MetadataStore for MemoryMetadataStore {
         repository: &RepositoryName,
         digest: &Digest,
         from: Option<&RepositoryName>,
+        announce: Option<&EventOrigin>,
         now: i64,
     ) -> MetadataResult<Option<BlobRecord>> {
         let mut state = self.state();
@@ -367,7 +390,7 @@ impl MetadataStore for MemoryMetadataStore {
         let Some(record) = found.then(|| state.blobs.get(digest).cloned()).flatten() else {
             return Ok(None);
         };
-        state.link(repository.as_str(), digest, now);
+        state.link(repository.as_str(), digest, now, announce);
         Ok(Some(record))
     }
 
@@ -375,6 +398,7 @@ impl MetadataStore for MemoryMetadataStore {
         &self,
         repository: &RepositoryName,
         digest: &Digest,
+        origin: &EventOrigin,
         now: i64,
     ) -> MetadataResult<bool> {
         let mut state = self.state();
@@ -384,9 +408,9 @@ impl MetadataStore for MemoryMetadataStore {
             .is_some_and(|r| r.blobs.remove(digest).is_some());
         if removed {
             state.blob_reviews.insert(digest.clone(), now);
-            state.record_events(&[
-                NewEvent::new(EventAction::BlobDelete, repository, now).with_digest(digest)
-            ]);
+            state.record_events(&[NewEvent::new(EventAction::BlobDelete, repository, now)
+                .with_digest(digest)
+                .by(origin)]);
         }
         Ok(removed)
     }
@@ -534,6 +558,7 @@ impl MetadataStore for MemoryMetadataStore {
         id: &str,
         blob: &BlobRecord,
         replacing: Option<&str>,
+        announce: Option<&EventOrigin>,
         now: i64,
     ) -> MetadataResult<BlobCommit> {
         let mut state = self.state();
@@ -561,7 +586,7 @@ impl MetadataStore for MemoryMetadataStore {
             state.blobs.insert(blob.digest.clone(), blob.clone());
             BlobCommit::Created
         };
-        state.link(session.repository.as_str(), &blob.digest, now);
+        state.link(session.repository.as_str(), &blob.digest, now, announce);
         Ok(outcome)
     }
 
@@ -730,8 +755,8 @@ impl MetadataStore for MemoryMetadataStore {
         if let Some(refused) = refused {
             return Ok(refused);
         }
-        if new_repository && m.announce {
-            state.ensure_repository(m.repository.as_str(), m.now);
+        if new_repository {
+            state.ensure_repository(m.repository.as_str(), m.now, m.announce);
         }
         let repo = state
             .repositories
@@ -756,9 +781,10 @@ impl MetadataStore for MemoryMetadataStore {
             repo.tags.insert(tag.as_str().to_owned(), m.digest.clone());
         }
         let push = NewEvent::new(EventAction::Push, m.repository, m.now)
+            .by(m.announce.unwrap_or(&EventOrigin::default()))
             .with_digest(m.digest)
             .with_object(&m.parsed.media_type, m.content.len() as u64);
-        let events: Vec<NewEvent> = if !m.announce {
+        let events: Vec<NewEvent> = if m.announce.is_none() {
             Vec::new()
         } else if m.tags.is_empty() {
             vec![push]
@@ -797,6 +823,7 @@ impl MetadataStore for MemoryMetadataStore {
         repository: &RepositoryName,
         digest: &Digest,
         immutable: TagGuard<'_>,
+        origin: &EventOrigin,
         now: i64,
     ) -> MetadataResult<ManifestDeletion> {
         let mut state = self.state();
@@ -814,7 +841,7 @@ impl MetadataStore for MemoryMetadataStore {
             let tag = Tag::parse(name).map_err(|e| super::MetadataError::Corrupt(e.to_string()))?;
             return Ok(ManifestDeletion::Protected { tag });
         }
-        state.forget_manifest(repository.as_str(), digest, now);
+        state.forget_manifest(repository.as_str(), digest, origin, now);
         Ok(ManifestDeletion::Deleted)
     }
 
@@ -822,6 +849,7 @@ impl MetadataStore for MemoryMetadataStore {
         &self,
         repository: &RepositoryName,
         tag: &Tag,
+        origin: &EventOrigin,
         now: i64,
     ) -> MetadataResult<bool> {
         let mut state = self.state();
@@ -833,6 +861,7 @@ impl MetadataStore for MemoryMetadataStore {
             return Ok(false);
         };
         state.record_events(&[NewEvent::new(EventAction::TagDelete, repository, now)
+            .by(origin)
             .with_digest(&digest)
             .with_tag(tag)]);
         Ok(true)
@@ -919,7 +948,7 @@ impl MetadataStore for MemoryMetadataStore {
             .collect();
         let mut collected = Collected::default();
         for (name, digest) in due {
-            if state.forget_manifest(&name, &digest, now) {
+            if state.forget_manifest(&name, &digest, &EventOrigin::default(), now) {
                 collected.manifests += 1;
             }
         }
@@ -1137,7 +1166,7 @@ impl MetadataStore for MemoryMetadataStore {
         }
         let mut evicted = 0;
         for (_, repository, digest) in due {
-            if state.forget_manifest(&repository, &digest, now) {
+            if state.forget_manifest(&repository, &digest, &EventOrigin::default(), now) {
                 evicted += 1;
             }
         }
@@ -1171,17 +1200,19 @@ impl MetadataStore for MemoryMetadataStore {
         owner: &str,
         lease_until: i64,
         now: i64,
-    ) -> MetadataResult<bool> {
+    ) -> MetadataResult<EndpointClaim> {
         let mut state = self.state();
         let claim = state
             .event_endpoints
             .entry(endpoint.to_owned())
             .or_insert_with(|| (String::new(), 0));
         if claim.0 != owner && claim.1 >= now {
-            return Ok(false);
+            return Ok(EndpointClaim::HeldElsewhere {
+                until: Some(claim.1),
+            });
         }
         *claim = (owner.to_owned(), lease_until);
-        Ok(true)
+        Ok(EndpointClaim::Held)
     }
 
     async fn due_events(
@@ -1209,6 +1240,20 @@ impl MetadataStore for MemoryMetadataStore {
         Ok(due)
     }
 
+    async fn start_event_attempts(&self, seqs: &[i64]) -> MetadataResult<()> {
+        let mut state = self.state();
+        for seq in seqs {
+            if let Some(row) = state
+                .outbox
+                .get_mut(seq)
+                .filter(|r| r.state == DeliveryState::Pending)
+            {
+                row.attempts += 1;
+            }
+        }
+        Ok(())
+    }
+
     async fn settle_events(
         &self,
         outcomes: &[(i64, DeliveryOutcome)],
@@ -1223,7 +1268,6 @@ impl MetadataStore for MemoryMetadataStore {
             else {
                 continue;
             };
-            row.attempts += 1;
             match outcome {
                 DeliveryOutcome::Delivered => {
                     row.state = DeliveryState::Delivered;
@@ -1247,10 +1291,13 @@ impl MetadataStore for MemoryMetadataStore {
         Ok(())
     }
 
-    async fn event_backlog(&self) -> MetadataResult<Vec<EndpointBacklog>> {
+    async fn event_backlog(&self, with_delivered: bool) -> MetadataResult<Vec<EndpointBacklog>> {
         let state = self.state();
         let mut backlog: BTreeMap<&str, EndpointBacklog> = BTreeMap::new();
         for row in state.outbox.values() {
+            if !with_delivered && row.state == DeliveryState::Delivered {
+                continue;
+            }
             let entry = backlog
                 .entry(&row.endpoint)
                 .or_insert_with(|| EndpointBacklog {

@@ -98,9 +98,9 @@ pub struct NewManifest<'a> {
     /// Refuse the manifest when a blob or child manifest it references is not in the
     /// repository; off for registries that accept sparse manifests (mirrors of one platform).
     pub require_references: bool,
-    /// A client's push, which subscribed endpoints hear of; false for what a mirror keeps
-    /// from its upstream (a cache fill is no change to announce).
-    pub announce: bool,
+    /// For a client's push, who pushed: subscribed endpoints hear of it. `None` for what a
+    /// mirror keeps from its upstream (a cache fill is no change to announce).
+    pub announce: Option<&'a events::EventOrigin>,
     /// Unix milliseconds.
     pub now: i64,
 }
@@ -416,6 +416,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         repository: &RepositoryName,
         digest: &Digest,
         from: Option<&RepositoryName>,
+        announce: Option<&events::EventOrigin>,
         now: i64,
     ) -> MetadataResult<Option<BlobRecord>>;
     /// Removes the blob's link to the repository, queueing the blob for review by the
@@ -424,6 +425,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         repository: &RepositoryName,
         digest: &Digest,
+        origin: &events::EventOrigin,
         now: i64,
     ) -> MetadataResult<bool>;
 
@@ -475,6 +477,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         id: &str,
         blob: &BlobRecord,
         replacing: Option<&str>,
+        announce: Option<&events::EventOrigin>,
         now: i64,
     ) -> MetadataResult<BlobCommit>;
     /// Ends a session without publishing; its storage is queued as garbage.
@@ -526,6 +529,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         repository: &RepositoryName,
         digest: &Digest,
         immutable: TagGuard<'_>,
+        origin: &events::EventOrigin,
         now: i64,
     ) -> MetadataResult<ManifestDeletion>;
     /// Deletes a tag; `false` if it did not exist.
@@ -533,6 +537,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         repository: &RepositoryName,
         tag: &Tag,
+        origin: &events::EventOrigin,
         now: i64,
     ) -> MetadataResult<bool>;
     /// Tags in lexical order; `None` if the repository does not exist.
@@ -658,7 +663,7 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Writes the rows of events that are no change of their own (pulls), for the endpoints
     /// subscribed to them; nothing when none is.
     async fn announce(&self, events: &[events::NewEvent]) -> MetadataResult<()>;
-    /// Claims delivery to `endpoint` for `owner` until `lease_until`: true when no one held it,
+    /// Claims delivery to `endpoint` for `owner` until `lease_until`: held when no one held it,
     /// its lease ran out before `now`, or `owner` already held it (a renewal). A replica that
     /// finds the claim being written by another skips it rather than waiting.
     async fn claim_event_endpoint(
@@ -667,7 +672,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         owner: &str,
         lease_until: i64,
         now: i64,
-    ) -> MetadataResult<bool>;
+    ) -> MetadataResult<events::EndpointClaim>;
     /// Up to `limit` of `endpoint`'s pending rows due at `now`, in commit order, leaving out
     /// those behind an earlier row of their repository that waits for a retry.
     async fn due_events(
@@ -676,14 +681,19 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: i64,
         limit: u32,
     ) -> MetadataResult<Vec<OutboxEvent>>;
+    /// Counts an attempt of each pending row of `seqs`, before it is sent: an attempt that
+    /// never settles (its replica was killed mid-request) still counts, so that a resend is
+    /// known for one and a row that kills every sender is dead-lettered in the end.
+    async fn start_event_attempts(&self, seqs: &[i64]) -> MetadataResult<()>;
     /// Records what became of attempts (by row `seq`); rows no longer pending are left alone.
     async fn settle_events(
         &self,
         outcomes: &[(i64, DeliveryOutcome)],
         now: i64,
     ) -> MetadataResult<()>;
-    /// Rows per endpoint and state.
-    async fn event_backlog(&self) -> MetadataResult<Vec<EndpointBacklog>>;
+    /// Rows per endpoint and state; delivered rows (the most, and read by no gauge) are
+    /// counted only `with_delivered`.
+    async fn event_backlog(&self, with_delivered: bool) -> MetadataResult<Vec<EndpointBacklog>>;
     /// Rows in `seq` order, filtered.
     async fn outbox_events(&self, query: OutboxQuery<'_>) -> MetadataResult<Vec<OutboxEvent>>;
     /// Makes `endpoint`'s delivered and dead rows with `seq` in `from..=to` pending again, due

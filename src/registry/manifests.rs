@@ -158,7 +158,10 @@ impl Registry {
                 tags: &all_tags,
                 immutable: &immutable,
                 require_references: !sparse,
-                announce: origin == ManifestOrigin::Client,
+                announce: match origin {
+                    ManifestOrigin::Client => self.announcing(),
+                    ManifestOrigin::Mirror => None,
+                },
                 now: self.now(),
             })
             .await;
@@ -254,6 +257,7 @@ impl Registry {
             return;
         }
         let mut pulled = NewEvent::new(EventAction::Pull, repository, self.now())
+            .by(self.origin())
             .with_digest(&manifest.digest)
             .with_object(&manifest.media_type, manifest.content.len() as u64);
         if let Reference::Tag(tag) = reference {
@@ -285,7 +289,7 @@ impl Registry {
             Reference::Tag(tag) => self
                 .inner
                 .metadata
-                .delete_tag(repository, tag, self.now())
+                .delete_tag(repository, tag, self.origin(), self.now())
                 .await
                 .map(|found| {
                     if found {
@@ -297,7 +301,7 @@ impl Registry {
             Reference::Digest(digest) => {
                 self.inner
                     .metadata
-                    .delete_manifest(repository, digest, &guard, self.now())
+                    .delete_manifest(repository, digest, &guard, self.origin(), self.now())
                     .await
             }
         };

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::buffers::BufferPool;
 use crate::error::RegistryResult;
+use crate::metadata::events::EventOrigin;
 use crate::metadata::instrumented::Instrumented;
 use crate::metadata::{BlobRecord, MetadataStore};
 use crate::storage::BlobStore;
@@ -162,7 +163,18 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Registry {
     pub(crate) inner: Arc<Inner>,
+    /// Who the changes made through this handle are announced as asked for by (events'
+    /// `actor` and `request`); `None` for a mirror's fills, which are announced as nothing.
+    announce: Option<Arc<EventOrigin>>,
 }
+
+/// The origin of the changes the registry makes on its own, and of an embedding program's.
+static NO_ORIGIN: EventOrigin = EventOrigin {
+    actor: None,
+    request_id: None,
+    client_addr: None,
+    user_agent: None,
+};
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -265,6 +277,36 @@ impl Registry {
     /// The time now, in Unix milliseconds, by the registry's clock.
     pub(crate) fn now(&self) -> i64 {
         (self.inner.clock)()
+    }
+
+    /// This registry, with the changes made through it announced as asked for by `origin`
+    /// (the HTTP layer's caller).
+    pub fn on_behalf_of(&self, origin: EventOrigin) -> Registry {
+        Registry {
+            inner: Arc::clone(&self.inner),
+            announce: Some(Arc::new(origin)),
+        }
+    }
+
+    /// This registry, for what a mirror keeps of its upstream: a cache fill is no change
+    /// subscribers hear of.
+    #[cfg_attr(not(feature = "mirror"), allow(dead_code))]
+    pub(crate) fn filling(&self) -> Registry {
+        Registry {
+            inner: Arc::clone(&self.inner),
+            announce: None,
+        }
+    }
+
+    /// Who this handle's changes are announced as asked for by, if they are announced.
+    pub(crate) fn announcing(&self) -> Option<&EventOrigin> {
+        self.announce.as_deref()
+    }
+
+    /// Who this handle's removals are announced as asked for by (removals are always
+    /// announced: a mirror's evictions too).
+    pub(crate) fn origin(&self) -> &EventOrigin {
+        self.announce.as_deref().unwrap_or(&NO_ORIGIN)
     }
 }
 
@@ -412,6 +454,7 @@ impl RegistryBuilder {
     pub fn build(self) -> Registry {
         let buffers = BufferPool::new(self.options.upload_buffers, self.blobs.part_size());
         Registry {
+            announce: Some(Arc::new(EventOrigin::default())),
             inner: Arc::new(Inner {
                 draining: std::sync::atomic::AtomicBool::new(false),
                 blobs: self.blobs,

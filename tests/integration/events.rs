@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::util::*;
 
 /// A webhook receiver: records every request, and answers 500 to the next `fail` requests
-/// and nothing (for `hang_for`) to the next `hang` ones.
+/// and nothing (for `hang_ms`, 3 s unless set) to the next `hang` ones.
 struct Receiver {
     addr: SocketAddr,
     state: Arc<ReceiverState>,
@@ -29,6 +29,9 @@ struct ReceiverState {
     requests: Mutex<Vec<Request>>,
     fail: AtomicUsize,
     hang: AtomicUsize,
+    hang_ms: AtomicU64,
+    /// Requests that arrived, answered or not yet.
+    arrived: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -60,9 +63,14 @@ impl Receiver {
                     };
                     // A request left hanging was given up on by its sender: it never counts
                     // as accepted.
+                    state.arrived.fetch_add(1, Ordering::SeqCst);
                     let hung = take(&state.hang);
                     if hung {
-                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        let ms = match state.hang_ms.load(Ordering::SeqCst) {
+                            0 => 3000,
+                            ms => ms,
+                        };
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
                     }
                     let accepted = !hung && !take(&state.fail);
                     state.requests.lock().unwrap().push(Request {
@@ -148,6 +156,11 @@ fn deployment_with_webhooks(webhooks: &str, extra: &[(&str, &str)]) -> Arc<Deplo
     Deployment::new(&settings)
 }
 
+/// A `[[webhook]]` entry named `name` for `url`, with `settings` (TOML lines) after them.
+fn webhook(name: &str, url: &str, settings: &str) -> String {
+    format!("[[webhook]]\nname = \"{name}\"\nurl = \"{url}\"\n{settings}")
+}
+
 /// A config file holding `webhooks`, with `@SECRET_FILE@` naming a file beside it.
 fn webhook_config(webhooks: &str) -> String {
     let dir = std::env::temp_dir().join(format!("berth-events-{}", unique_seed()));
@@ -192,10 +205,7 @@ fn summary(events: &[serde_json::Value]) -> Vec<String> {
 async fn push_and_delete_events_reach_a_signed_cloudevents_webhook() {
     let receiver = Receiver::start().await;
     let server = with_webhooks(
-        &format!(
-            "[[webhook]]\nname = \"ci\"\nurl = \"{}\"\nsecret_file = \"@SECRET_FILE@\"\n",
-            receiver.url()
-        ),
+        &webhook("ci", &receiver.url(), "secret_file = \"@SECRET_FILE@\"\n"),
         &[],
     );
     let c = server.client();
@@ -266,9 +276,10 @@ async fn push_and_delete_events_reach_a_signed_cloudevents_webhook() {
 async fn refused_pushes_and_unsubscribed_changes_make_no_event() {
     let receiver = Receiver::start().await;
     let server = with_webhooks(
-        &format!(
-            "[[webhook]]\nname = \"team-a\"\nurl = \"{}\"\nrepositories = [\"team-a/**\"]\nactions = [\"push\"]\n",
-            receiver.url()
+        &webhook(
+            "team-a",
+            &receiver.url(),
+            "repositories = [\"team-a/**\"]\nactions = [\"push\"]\n",
         ),
         &[("BERTH_IMMUTABLE_TAGS", "**:release")],
     );
@@ -321,9 +332,10 @@ async fn a_failing_or_slow_receiver_gets_each_event_again_with_its_id_in_order()
     receiver.state.fail.store(2, Ordering::SeqCst);
     receiver.state.hang.store(1, Ordering::SeqCst);
     let server = with_webhooks(
-        &format!(
-            "[[webhook]]\nname = \"flaky\"\nurl = \"{}\"\ntimeout = \"500ms\"\nactions = [\"push\"]\n",
-            receiver.url()
+        &webhook(
+            "flaky",
+            &receiver.url(),
+            "timeout = \"500ms\"\nactions = [\"push\"]\n",
         ),
         &[],
     );
@@ -360,27 +372,16 @@ async fn dead_letters_are_kept_listed_and_replayed() {
     let receiver = Receiver::start().await;
     receiver.state.fail.store(usize::MAX, Ordering::SeqCst);
     let server = with_webhooks(
-        &format!(
-            "[[webhook]]\nname = \"down\"\nurl = \"{}\"\nmax_attempts = 2\nactions = [\"push\"]\n",
-            receiver.url()
+        &webhook(
+            "down",
+            &receiver.url(),
+            "max_attempts = 2\nactions = [\"push\"]\n",
         ),
         &[],
     );
     let c = server.client();
     let image = c.push_image("dead/app", "v1", unique_seed()).await;
-    let listed = |state: &str| {
-        let out = server
-            .deployment
-            .command(&["events", "--state", state, "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let listed = |state: &str| events_listed(&server.deployment, &["--state", state]);
     eventually(
         "the event to be dead-lettered",
         Duration::from_secs(30),
@@ -395,12 +396,7 @@ async fn dead_letters_are_kept_listed_and_replayed() {
     assert!(row["last_error"].as_str().unwrap().contains("500"), "{row}");
     assert_eq!(dead["endpoints"][0]["dead"], 1);
     assert_eq!(receiver.events(true).len(), 2, "two attempts, then no more");
-    let text = server
-        .deployment
-        .command(&["events", "--state", "dead"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = ok(&mut server.deployment.command(&["events", "--state", "dead"]));
     assert!(
         text.contains("down") && text.contains("dead/app:v1"),
         "{text}"
@@ -408,16 +404,9 @@ async fn dead_letters_are_kept_listed_and_replayed() {
 
     receiver.state.fail.store(0, Ordering::SeqCst);
     let seq = row["seq"].as_i64().unwrap().to_string();
-    let out = server
+    ok(&mut server
         .deployment
-        .command(&["events", "replay", "--endpoint", "down", "--from", &seq])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .command(&["events", "replay", "--endpoint", "down", "--from", &seq]));
     let delivered = wait_for_events(&receiver, 1).await;
     assert_eq!(delivered[0]["id"], row["id"], "replayed with its own id");
     eventually(
@@ -428,41 +417,167 @@ async fn dead_letters_are_kept_listed_and_replayed() {
     .await;
 }
 
-async fn events_outlive_a_killed_replica_and_a_receiver_that_went_away() {
+/// What `berth events ARGS --json` prints on `deployment`.
+fn events_listed(deployment: &Deployment, args: &[&str]) -> serde_json::Value {
+    let out = ok(&mut deployment.command(&[&["events"], args, &["--json"]].concat()));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The rows of `deployment`'s outbox, in `seq` order.
+fn outbox_rows(deployment: &Deployment) -> Vec<serde_json::Value> {
+    let listed = events_listed(deployment, &["--state", "all", "--limit", "1000"]);
+    listed["events"].as_array().unwrap().clone()
+}
+
+/// A deployment with `webhooks` whose processes export metrics at the returned admin client.
+fn observed_deployment_with_webhooks(
+    webhooks: &str,
+    extra: &[(&str, &str)],
+) -> (Arc<Deployment>, Client) {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut settings = vec![("BERTH_ADMIN_LISTEN", admin.as_str())];
+    settings.extend_from_slice(extra);
+    let deployment = deployment_with_webhooks(webhooks, &settings);
+    (deployment, Client::new(&format!("http://{admin}")))
+}
+
+async fn events_outlive_a_receiver_away_for_a_minute_and_a_killed_replica() {
     let state: Arc<ReceiverState> = Arc::default();
     let mut receiver = Receiver::start_on(0, Arc::clone(&state)).await;
     let port = receiver.addr.port();
     let url = receiver.url();
     receiver.stop();
+    let away_since = std::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // A short lease, so that the restarted replica takes over the killed one's soon.
-    let mut server = with_webhooks(
-        &format!(
-            "[[webhook]]\nname = \"away\"\nurl = \"{url}\"\nactions = [\"push\"]\ntimeout = \"1s\"\n"
-        ),
-        &[("BERTH_EVENT_LEASE", "2s")],
+    // A short lease, so that the restarted replica takes over the killed one's soon; retries
+    // at most 4 s apart, so that the events go out soon after the receiver is back.
+    let (deployment, admin) = observed_deployment_with_webhooks(
+        &webhook("away", &url, "actions = [\"push\"]\ntimeout = \"1s\"\n"),
+        &[("BERTH_EVENT_LEASE", "2s"), ("BERTH_EVENT_RETRY_MAX", "4s")],
     );
+    let mut server = deployment.start();
     let c = server.client();
     let mut expected = Vec::new();
-    for tag in ["a", "b", "c"] {
+    for tag in ["a", "b"] {
         c.push_image("away/app", tag, unique_seed()).await;
         expected.push(format!("dev.berth.manifest.pushed away/app:{tag}"));
     }
-    // Attempts fail while nobody listens; the replica is killed with the events pending.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Attempts fail while nobody listens; the replica is killed with the events pending
+    // (committed, not delivered), and one more change is made after its restart.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     server.kill();
-    let receiver = Receiver::start_on(port, state).await;
     server.restart();
+    let c = server.client();
+    c.push_image("away/app", "c", unique_seed()).await;
+    expected.push("dev.berth.manifest.pushed away/app:c".to_owned());
+    let outage = Duration::from_secs(60);
+    tokio::time::sleep(outage.saturating_sub(away_since.elapsed())).await;
+    let attempted: Vec<u64> = outbox_rows(&deployment)
+        .iter()
+        .map(|row| row["attempts"].as_u64().unwrap())
+        .collect();
+    assert!(
+        attempted.len() == 3 && attempted[0] >= 5 && attempted[1..] == [0, 0],
+        "the first event attempted again and again while the receiver was away, the later \
+         ones of its repository held back behind it: {attempted:?}"
+    );
+
+    let receiver = Receiver::start_on(port, state).await;
     let delivered = wait_for_events(&receiver, 3).await;
-    assert_eq!(summary(&delivered), expected);
+    assert_eq!(
+        summary(&delivered),
+        expected,
+        "all of them, in commit order"
+    );
+    eventually(
+        "the deliveries to be settled",
+        Duration::from_secs(10),
+        async || {
+            outbox_rows(&deployment)
+                .iter()
+                .all(|row| row["state"] == "delivered")
+        },
+    )
+    .await;
+    let metrics = scrape(&admin).await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "berth_events_redelivered_total",
+            &[("endpoint", "away")]
+        ),
+        1.0,
+        "the first event counted as delivered after earlier attempts (on the restarted \
+         process, which made some of them)"
+    );
+}
+
+async fn a_replica_killed_while_its_request_is_in_flight_is_taken_over_and_the_resend_counted() {
+    let receiver = Receiver::start().await;
+    receiver.state.hang.store(1, Ordering::SeqCst);
+    receiver.state.hang_ms.store(20_000, Ordering::SeqCst);
+    let (deployment, admin) = observed_deployment_with_webhooks(
+        &webhook(
+            "inflight",
+            &receiver.url(),
+            "actions = [\"push\"]\ntimeout = \"1s\"\n",
+        ),
+        &[("BERTH_EVENT_LEASE", "2s")],
+    );
+    let mut server = deployment.start();
+    server
+        .client()
+        .push_image("inflight/app", "v1", unique_seed())
+        .await;
+    eventually(
+        "the request to reach the receiver",
+        Duration::from_secs(10),
+        async || receiver.state.arrived.load(Ordering::SeqCst) >= 1,
+    )
+    .await;
+    // Killed while the receiver holds the request: nothing was settled.
+    server.kill();
+    let attempts: Vec<u64> = outbox_rows(&deployment)
+        .iter()
+        .map(|row| row["attempts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, [1], "the attempt counted before it was sent");
+    server.restart();
+    // The new process takes the webhook over once the killed one's lease ends (the 2 s asked
+    // for are raised to 3 x the timeout + 2 s) and sends the event again.
+    let delivered = wait_for_events(&receiver, 1).await;
+    assert_eq!(
+        summary(&delivered),
+        ["dev.berth.manifest.pushed inflight/app:v1"]
+    );
+    let arrived = receiver.state.arrived.load(Ordering::SeqCst);
+    assert_eq!(arrived, 2, "sent once more, and only once");
+    eventually(
+        "the delivery to be settled",
+        Duration::from_secs(10),
+        async || outbox_rows(&deployment)[0]["state"] == "delivered",
+    )
+    .await;
+    assert_eq!(outbox_rows(&deployment)[0]["attempts"], 2);
+    let metrics = scrape(&admin).await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "berth_events_redelivered_total",
+            &[("endpoint", "inflight")]
+        ),
+        1.0,
+        "the resend is counted"
+    );
 }
 
 async fn replicas_deliver_each_event_once() {
     let receiver = Receiver::start().await;
     let deployment = deployment_with_webhooks(
-        &format!(
-            "[[webhook]]\nname = \"shared\"\nurl = \"{}\"\nactions = [\"push\"]\nmax_in_flight = 8\n",
-            receiver.url()
+        &webhook(
+            "shared",
+            &receiver.url(),
+            "actions = [\"push\"]\nmax_in_flight = 8\n",
         ),
         &[],
     );
@@ -490,19 +605,12 @@ async fn replicas_deliver_each_event_once() {
         "no event went out twice while nothing failed"
     );
     // Per repository, events arrive in commit order: the order of their outbox rows.
-    let out = deployment
-        .command(&["events", "--state", "all", "--limit", "1000", "--json"])
-        .output()
-        .unwrap();
+    let rows = outbox_rows(&deployment);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        rows.iter().all(|row| row["attempts"] == 1),
+        "one attempt each"
     );
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let seq_of: BTreeMap<String, i64> = listed["events"]
-        .as_array()
-        .unwrap()
+    let seq_of: BTreeMap<String, i64> = rows
         .iter()
         .map(|row| {
             (
@@ -533,10 +641,7 @@ async fn a_database_outage_during_delivery_loses_nothing() {
     receiver.state.fail.store(3, Ordering::SeqCst);
     let (_database, proxy, proxied) = database_behind_proxy().await;
     let server = with_webhooks(
-        &format!(
-            "[[webhook]]\nname = \"db\"\nurl = \"{}\"\nactions = [\"push\"]\n",
-            receiver.url()
-        ),
+        &webhook("db", &receiver.url(), "actions = [\"push\"]\n"),
         &[
             ("BERTH_DATABASE_URL", &proxied),
             ("BERTH_DB_ACQUIRE_TIMEOUT", "1s"),
@@ -567,9 +672,10 @@ async fn a_database_outage_during_delivery_loses_nothing() {
 
 async fn a_cluster_behind_haproxy_delivers_each_event_once_and_through_a_postgres_restart() {
     let receiver = Receiver::start().await;
-    let config = webhook_config(&format!(
-        "[[webhook]]\nname = \"cluster\"\nurl = \"{}\"\nactions = [\"push\"]\nmax_in_flight = 8\n",
-        receiver.url()
+    let config = webhook_config(&webhook(
+        "cluster",
+        &receiver.url(),
+        "actions = [\"push\"]\nmax_in_flight = 8\n",
     ));
     let cluster = crate::cluster::Cluster::start(
         3,
@@ -642,10 +748,7 @@ async fn a_cluster_behind_haproxy_delivers_each_event_once_and_through_a_postgre
 async fn pulls_are_events_only_for_webhooks_that_name_them() {
     let receiver = Receiver::start().await;
     let server = with_webhooks(
-        &format!(
-            "[[webhook]]\nname = \"pulls\"\nurl = \"{}\"\nactions = [\"pull\"]\n",
-            receiver.url()
-        ),
+        &webhook("pulls", &receiver.url(), "actions = [\"pull\"]\n"),
         &[],
     );
     let c = server.client();
@@ -684,9 +787,13 @@ struct DistributionEvent {
     action: String,
     target: Target,
     request: RequestRecord,
-    #[allow(dead_code)]
-    actor: serde_json::Value,
+    actor: ActorRecord,
     source: SourceRecord,
+}
+
+#[derive(Deserialize)]
+struct ActorRecord {
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -704,9 +811,10 @@ struct Target {
 #[derive(Deserialize)]
 struct RequestRecord {
     id: String,
+    addr: String,
     method: String,
-    #[allow(dead_code)]
     host: String,
+    useragent: String,
 }
 
 #[derive(Deserialize)]
@@ -719,18 +827,38 @@ struct SourceRecord {
 
 async fn a_distribution_consumer_reads_the_distribution_envelope() {
     let receiver = Receiver::start().await;
+    let files = crate::auth_fixtures::AuthFiles::new();
+    let auth = files.basic_settings();
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let server = with_webhooks(
-        &format!(
-            "[[webhook]]\nname = \"legacy\"\nurl = \"{}\"\nformat = \"distribution\"\nactions = [\"push\", \"delete\"]\n",
-            receiver.url()
+        &webhook(
+            "legacy",
+            &receiver.url(),
+            "format = \"distribution\"\nactions = [\"push\", \"delete\"]\n",
         ),
-        &[],
+        &auth,
     );
-    let c = server.client();
-    let image = c.push_image("legacy/app", "latest", unique_seed()).await;
+    // Alice, through a client that names itself: the events say who asked, from where.
+    let mut headers = reqwest::header::HeaderMap::new();
+    let credentials =
+        crate::auth_fixtures::basic("alice", crate::auth_fixtures::password_of("alice"));
+    headers.insert(reqwest::header::AUTHORIZATION, credentials.parse().unwrap());
+    headers.insert(
+        reqwest::header::USER_AGENT,
+        "legacy-consumer-test/1.0".parse().unwrap(),
+    );
+    let c = Client {
+        base: format!("http://{}", server.addr),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(headers)
+            .build()
+            .unwrap(),
+    };
+    let image = c.push_image("alice/legacy", "latest", unique_seed()).await;
     c.call(
         Method::DELETE,
-        &format!("/v2/legacy/app/manifests/{}", image.digest),
+        &format!("/v2/alice/legacy/manifests/{}", image.digest),
     )
     .await
     .expect(202, None);
@@ -743,7 +871,7 @@ async fn a_distribution_consumer_reads_the_distribution_envelope() {
         );
         let envelope: Envelope = serde_json::from_slice(&request.body).unwrap();
         for event in envelope.events {
-            assert_eq!(event.target.repository, "legacy/app");
+            assert_eq!(event.target.repository, "alice/legacy");
             assert_eq!(event.target.digest, image.digest);
             assert_eq!(event.target.size, image.manifest.len() as u64);
             assert_eq!(event.target.length, event.target.size);
@@ -753,7 +881,15 @@ async fn a_distribution_consumer_reads_the_distribution_envelope() {
             );
             assert!(event.target.url.ends_with(&image.digest));
             assert!(event.timestamp.ends_with('Z'), "{}", event.timestamp);
-            assert_eq!(event.request.id, event.id);
+            assert_eq!(event.actor.name.as_deref(), Some("alice"));
+            assert_eq!(event.request.addr, "127.0.0.1");
+            assert_eq!(event.request.useragent, "legacy-consumer-test/1.0");
+            assert_eq!(event.request.host, "registry.example.com");
+            assert!(
+                event.request.id.len() == 32 && event.request.id != event.id,
+                "the request's own id: {}",
+                event.request.id
+            );
             assert_eq!(event.source.addr, "registry.example.com");
             assert!(!event.source.instance_id.is_empty());
             seen.push((event.action, event.request.method, event.target.tag));
@@ -812,7 +948,8 @@ crate::harness::trials! {
     refused_pushes_and_unsubscribed_changes_make_no_event.multi_thread(2);
     a_failing_or_slow_receiver_gets_each_event_again_with_its_id_in_order.multi_thread(2);
     dead_letters_are_kept_listed_and_replayed.multi_thread(2).needs(Persistence);
-    events_outlive_a_killed_replica_and_a_receiver_that_went_away.multi_thread(2).needs(Persistence);
+    events_outlive_a_receiver_away_for_a_minute_and_a_killed_replica.multi_thread(2).needs(Persistence);
+    a_replica_killed_while_its_request_is_in_flight_is_taken_over_and_the_resend_counted.multi_thread(2).needs(Persistence);
     replicas_deliver_each_event_once.multi_thread(2).needs(SharedState);
     a_cluster_behind_haproxy_delivers_each_event_once_and_through_a_postgres_restart.multi_thread(2).needs(PostgresS3Run);
     a_database_outage_during_delivery_loses_nothing.multi_thread(2).needs(Postgres);

@@ -23,7 +23,8 @@ use async_trait::async_trait;
 use futures::FutureExt;
 
 use berth::metadata::events::{
-    DeliveryOutcome, EndpointBacklog, EventAction, NewEvent, OutboxEvent, OutboxQuery,
+    DeliveryOutcome, EndpointBacklog, EndpointClaim, EventAction, EventOrigin, NewEvent,
+    OutboxEvent, OutboxQuery,
 };
 use berth::metadata::{
     BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
@@ -392,8 +393,8 @@ faulty_calls! {
     fn repository_exists(&self, repository: &RepositoryName) -> bool;
     fn repositories(&self, page: Page<'_>) -> Vec<String>;
     fn blob(&self, repository: &RepositoryName, digest: &Digest) -> Option<BlobRecord>;
-    fn mount_blob(&self, repository: &RepositoryName, digest: &Digest, from: Option<&RepositoryName>, now: i64) -> Option<BlobRecord>;
-    fn unlink_blob(&self, repository: &RepositoryName, digest: &Digest, now: i64) -> bool;
+    fn mount_blob(&self, repository: &RepositoryName, digest: &Digest, from: Option<&RepositoryName>, announce: Option<&EventOrigin>, now: i64) -> Option<BlobRecord>;
+    fn unlink_blob(&self, repository: &RepositoryName, digest: &Digest, origin: &EventOrigin, now: i64) -> bool;
     fn create_upload(&self, session: &UploadSession) -> ();
     fn upload(&self, id: &str) -> Option<UploadSession>;
     fn upload_settled(&self, id: &str) -> Option<UploadSession>;
@@ -403,7 +404,7 @@ faulty_calls! {
     fn upload_staged(&self, id: &str) -> (u64, Vec<u8>);
     fn promote_staged(&self, id: &str, from: u64, to: u64, part: &PartRecord) -> bool;
     fn begin_commit(&self, id: &str, expected_offset: u64, now: i64) -> SessionUpdate;
-    fn commit_blob(&self, id: &str, blob: &BlobRecord, replacing: Option<&str>, now: i64) -> BlobCommit;
+    fn commit_blob(&self, id: &str, blob: &BlobRecord, replacing: Option<&str>, announce: Option<&EventOrigin>, now: i64) -> BlobCommit;
     fn cancel_upload(&self, id: &str, now: i64) -> Option<Garbage>;
     fn expire_uploads(&self, cutoff: i64, limit: u32, now: i64) -> u64;
     fn expired_upload_count(&self, cutoff: i64) -> u64;
@@ -416,8 +417,8 @@ faulty_calls! {
     fn forget_blob(&self, digest: &Digest, now: i64) -> Option<Garbage>;
     fn put_manifest(&self, manifest: NewManifest<'_>) -> PutManifestOutcome;
     fn manifest(&self, repository: &RepositoryName, reference: &Reference) -> Option<ManifestRecord>;
-    fn delete_manifest(&self, repository: &RepositoryName, digest: &Digest, immutable: TagGuard<'_>, now: i64) -> ManifestDeletion;
-    fn delete_tag(&self, repository: &RepositoryName, tag: &Tag, now: i64) -> bool;
+    fn delete_manifest(&self, repository: &RepositoryName, digest: &Digest, immutable: TagGuard<'_>, origin: &EventOrigin, now: i64) -> ManifestDeletion;
+    fn delete_tag(&self, repository: &RepositoryName, tag: &Tag, origin: &EventOrigin, now: i64) -> bool;
     fn tags(&self, repository: &RepositoryName, page: Page<'_>) -> Option<Vec<String>>;
     fn referrers(&self, repository: &RepositoryName, subject: &Digest, artifact_type: Option<&str>, page: Page<'_>) -> Vec<ReferrerRecord>;
     fn collect_links(&self, cutoff: i64, limit: u32, now: i64) -> Collected;
@@ -434,10 +435,11 @@ faulty_calls! {
     fn record_mirror_pulls(&self, pulls: &[MirrorPull]) -> ();
     fn evict_unpulled_manifests(&self, upstream: &str, cutoff: i64, limit: u32, now: i64, apply: bool) -> u64;
     fn announce(&self, events: &[NewEvent]) -> ();
-    fn claim_event_endpoint(&self, endpoint: &str, owner: &str, lease_until: i64, now: i64) -> bool;
+    fn claim_event_endpoint(&self, endpoint: &str, owner: &str, lease_until: i64, now: i64) -> EndpointClaim;
     fn due_events(&self, endpoint: &str, now: i64, limit: u32) -> Vec<OutboxEvent>;
+    fn start_event_attempts(&self, seqs: &[i64]) -> ();
     fn settle_events(&self, outcomes: &[(i64, DeliveryOutcome)], now: i64) -> ();
-    fn event_backlog(&self) -> Vec<EndpointBacklog>;
+    fn event_backlog(&self, with_delivered: bool) -> Vec<EndpointBacklog>;
     fn outbox_events(&self, query: OutboxQuery<'_>) -> Vec<OutboxEvent>;
     fn replay_events(&self, endpoint: &str, from: i64, to: i64, now: i64) -> u64;
     fn prune_events(&self, delivered_before: i64, dead_before: i64, limit: u32) -> u64;

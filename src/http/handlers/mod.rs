@@ -13,12 +13,14 @@ use std::time::Duration;
 use super::Api;
 use super::endpoint::{Action as EndpointAction, Operation, Route, RouteError, Target, route};
 use super::headers::query_pairs;
-use super::observe::Routed;
+use super::observe::{RequestId, Routed};
 use crate::auth::{
     Access, AccessRequest, Action as AuthAction, Denial, Everything, Grant, Resource,
 };
+use crate::client::ClientAddress;
 use crate::error::ErrorCode;
 use crate::http::error::ApiError;
+use crate::metadata::events::EventOrigin;
 mod blobs;
 mod common;
 mod listings;
@@ -105,6 +107,27 @@ pub(super) async fn handle(api: Arc<Api>, request: Request) -> Response {
     response
 }
 
+/// Who asks for the changes of the request of `parts` (or pulls), as their events name it.
+fn event_origin(parts: &Parts, grant: &dyn Grant) -> EventOrigin {
+    let client = match parts.extensions.get::<ClientAddress>() {
+        Some(client) => Some(client.0),
+        None => parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip()),
+    };
+    EventOrigin {
+        actor: grant.subject().map(str::to_owned),
+        request_id: parts.extensions.get::<RequestId>().map(|id| id.0.clone()),
+        client_addr: client.map(|ip| ip.to_string()),
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
+}
+
 /// Serves an authorized request.
 async fn serve(
     api: Arc<Api>,
@@ -115,8 +138,17 @@ async fn serve(
 ) -> Response {
     let operation = route.operation;
     let query = query_pairs(parts.uri.query());
+    let registry = match operation {
+        Operation::PutManifest
+        | Operation::DeleteManifest
+        | Operation::GetManifest
+        | Operation::DeleteBlob
+        | Operation::StartUpload
+        | Operation::FinishUpload => api.registry.on_behalf_of(event_origin(&parts, &*grant)),
+        _ => api.registry.clone(),
+    };
     let call = Call {
-        registry: api.registry.clone(),
+        registry,
         api,
         parts,
         route,

@@ -14,7 +14,7 @@ use super::SqlMetadataStore;
 use super::dialect::built;
 use super::rows::{blob_record, digest_of, i64_of, u64_of};
 use super::transactions::{WriteTx, retrying};
-use crate::metadata::events::{EventAction, NewEvent};
+use crate::metadata::events::{EventAction, EventOrigin, NewEvent};
 use crate::metadata::{BlobCommit, BlobRecord, Garbage, MetadataError, MetadataResult};
 use crate::oci::{Digest, RepositoryName};
 
@@ -110,11 +110,12 @@ impl SqlMetadataStore {
         repository: &RepositoryName,
         digest: &Digest,
         from: Option<&RepositoryName>,
+        announce: Option<&EventOrigin>,
         now: i64,
     ) -> MetadataResult<Option<BlobRecord>> {
         let mut tx = self.write_tx().await?;
         let repository_id = self
-            .ensure_repository(&mut tx, repository, now, true)
+            .ensure_repository(&mut tx, repository, now, announce)
             .await?;
         Self::review_link(&mut tx, repository_id, digest.as_str(), now).await?;
         // The blob row is locked so that the collector cannot delete it before the link
@@ -153,6 +154,7 @@ impl SqlMetadataStore {
         &self,
         repository: &RepositoryName,
         digest: &Digest,
+        origin: &EventOrigin,
         now: i64,
     ) -> MetadataResult<bool> {
         let mut tx = self.write_tx().await?;
@@ -178,7 +180,9 @@ impl SqlMetadataStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let event = NewEvent::new(EventAction::BlobDelete, repository, now).with_digest(digest);
+        let event = NewEvent::new(EventAction::BlobDelete, repository, now)
+            .with_digest(digest)
+            .by(origin);
         self.record_events(&mut tx, &[event]).await?;
         tx.commit().await?;
         Ok(true)
@@ -189,6 +193,7 @@ impl SqlMetadataStore {
         id: &str,
         blob: &BlobRecord,
         replacing: Option<&str>,
+        announce: Option<&EventOrigin>,
         now: i64,
     ) -> MetadataResult<BlobCommit> {
         let mut tx = self.write_tx().await?;
@@ -206,7 +211,7 @@ impl SqlMetadataStore {
             .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
         let store_state: String = session.try_get("store_state")?;
         let repository_id = self
-            .ensure_repository(&mut tx, &repository, now, true)
+            .ensure_repository(&mut tx, &repository, now, announce)
             .await?;
         Self::review_link(&mut tx, repository_id, blob.digest.as_str(), now).await?;
         // An existing row is kept from the collector until the link commits; one it is

@@ -207,6 +207,17 @@ impl Dialect {
         }
     }
 
+    /// A subquery of the integers of the JSON array bound to `$n` ([`json_integers`]), as
+    /// column `value`.
+    pub(super) fn integers(self, n: u8) -> String {
+        match self {
+            Dialect::Sqlite => format!("(SELECT j.value AS value FROM json_each(${n}) AS j)"),
+            Dialect::Postgres => format!(
+                "(SELECT j.value::bigint AS value FROM jsonb_array_elements_text(${n}::jsonb) AS j(value))"
+            ),
+        }
+    }
+
     /// A subquery of the (repository id, digest) pairs of [`json_pairs`] bound to `$n`.
     pub(super) fn pairs(self, n: u8) -> String {
         match self {
@@ -282,6 +293,11 @@ pub(super) fn json_pairs(pairs: &[(i64, String)]) -> String {
         .map(|(r, d)| serde_json::json!({ "r": r, "d": d }))
         .collect();
     serde_json::Value::Array(list).to_string()
+}
+
+/// A JSON array of integers, the form [`Dialect::integers`] reads.
+pub(super) fn json_integers(items: &[i64]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
 }
 
 /// A JSON array of strings, the form [`Dialect::strings`] reads.

@@ -6,17 +6,18 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::SqlMetadataStore;
-use super::dialect::built;
+use super::dialect::{built, json_integers};
 use super::rows::i64_of;
 use super::transactions::{WriteTx, retrying};
 use crate::metadata::events::{
-    DeliveryOutcome, DeliveryState, EndpointBacklog, EventAction, NewEvent, OutboxEvent,
-    OutboxQuery,
+    DeliveryOutcome, DeliveryState, EndpointBacklog, EndpointClaim, EventAction, EventOrigin,
+    NewEvent, OutboxEvent, OutboxQuery,
 };
 use crate::metadata::{MetadataError, MetadataResult};
 
 const COLUMNS: &str = "seq, event_id, endpoint, action, repository, digest, media_type, size, \
-                       tag, created_at, state, attempts, next_attempt_at, last_error, settled_at";
+                       tag, created_at, state, attempts, next_attempt_at, last_error, settled_at, \
+                       actor, request_id, client_addr, user_agent";
 
 impl SqlMetadataStore {
     /// Writes the rows of `events` for the endpoints subscribed to them, in `tx`: they commit
@@ -29,8 +30,9 @@ impl SqlMetadataStore {
         for (event, endpoint) in self.subscriptions.rows(events) {
             sqlx::query(
                 "INSERT INTO event_outbox (event_id, endpoint, action, repository, digest, \
-                 media_type, size, tag, created_at, next_attempt_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                 media_type, size, tag, created_at, next_attempt_at, actor, request_id, \
+                 client_addr, user_agent) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13)",
             )
             .bind(event.id.as_str())
             .bind(endpoint)
@@ -41,6 +43,10 @@ impl SqlMetadataStore {
             .bind(event.size.map(i64_of))
             .bind(event.tag.as_deref())
             .bind(event.at)
+            .bind(event.origin.actor.as_deref())
+            .bind(event.origin.request_id.as_deref())
+            .bind(event.origin.client_addr.as_deref())
+            .bind(event.origin.user_agent.as_deref())
             .execute(&mut **tx)
             .await?;
         }
@@ -67,7 +73,7 @@ impl SqlMetadataStore {
         owner: &str,
         lease_until: i64,
         now: i64,
-    ) -> MetadataResult<bool> {
+    ) -> MetadataResult<EndpointClaim> {
         // The row is locked only while the lease is written: a replica that finds it locked
         // skips it (another is claiming it) instead of waiting.
         let claimed = sqlx::query(built(format!(
@@ -82,7 +88,7 @@ impl SqlMetadataStore {
         .execute(&self.pool)
         .await?;
         if claimed.rows_affected() > 0 {
-            return Ok(true);
+            return Ok(EndpointClaim::Held);
         }
         let made = sqlx::query(
             "INSERT INTO event_endpoints (name, owner, lease_until) VALUES ($1, $2, $3) \
@@ -93,7 +99,24 @@ impl SqlMetadataStore {
         .bind(lease_until)
         .execute(&self.pool)
         .await?;
-        Ok(made.rows_affected() > 0)
+        if made.rows_affected() > 0 {
+            return Ok(EndpointClaim::Held);
+        }
+        // Held by another replica (or being claimed by one): until when, so that this one
+        // does not look for due rows again before it could take over.
+        let held = sqlx::query("SELECT owner, lease_until FROM event_endpoints WHERE name = $1")
+            .bind(endpoint)
+            .fetch_optional(&self.pool)
+            .await?;
+        let until = match held {
+            Some(row) => {
+                let holder: String = row.try_get("owner")?;
+                let until: i64 = row.try_get("lease_until")?;
+                (holder != owner && until >= now).then_some(until)
+            }
+            None => None,
+        };
+        Ok(EndpointClaim::HeldElsewhere { until })
     }
 
     pub(super) async fn due_events(
@@ -122,6 +145,21 @@ impl SqlMetadataStore {
         .await)
     }
 
+    pub(super) async fn start_event_attempts(&self, seqs: &[i64]) -> MetadataResult<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let seqs_sql = self.dialect.integers(1);
+        sqlx::query(built(format!(
+            "UPDATE event_outbox SET attempts = attempts + 1 \
+             WHERE seq IN {seqs_sql} AND state = 'pending'"
+        )))
+        .bind(json_integers(seqs))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub(super) async fn settle_events(
         &self,
         outcomes: &[(i64, DeliveryOutcome)],
@@ -134,7 +172,7 @@ impl SqlMetadataStore {
         for (seq, outcome) in outcomes {
             let query = match outcome {
                 DeliveryOutcome::Delivered => sqlx::query(
-                    "UPDATE event_outbox SET state = 'delivered', attempts = attempts + 1, \
+                    "UPDATE event_outbox SET state = 'delivered', \
                      settled_at = $2, last_error = NULL WHERE seq = $1 AND state = 'pending'",
                 )
                 .bind(*seq)
@@ -143,14 +181,14 @@ impl SqlMetadataStore {
                     next_attempt_at,
                     error,
                 } => sqlx::query(
-                    "UPDATE event_outbox SET attempts = attempts + 1, next_attempt_at = $2, \
+                    "UPDATE event_outbox SET next_attempt_at = $2, \
                      last_error = $3 WHERE seq = $1 AND state = 'pending'",
                 )
                 .bind(*seq)
                 .bind(*next_attempt_at)
                 .bind(error.as_str()),
                 DeliveryOutcome::Dead { error } => sqlx::query(
-                    "UPDATE event_outbox SET state = 'dead', attempts = attempts + 1, \
+                    "UPDATE event_outbox SET state = 'dead', \
                      settled_at = $2, last_error = $3 WHERE seq = $1 AND state = 'pending'",
                 )
                 .bind(*seq)
@@ -163,13 +201,21 @@ impl SqlMetadataStore {
         Ok(())
     }
 
-    pub(super) async fn event_backlog(&self) -> MetadataResult<Vec<EndpointBacklog>> {
+    pub(super) async fn event_backlog(
+        &self,
+        with_delivered: bool,
+    ) -> MetadataResult<Vec<EndpointBacklog>> {
+        let states = if with_delivered {
+            ""
+        } else {
+            "WHERE state = 'pending' OR state = 'dead'"
+        };
         retrying!(
             async {
-                let rows = sqlx::query(
+                let rows = sqlx::query(built(format!(
                     "SELECT endpoint, state, COUNT(*) AS n, MIN(created_at) AS oldest \
-                 FROM event_outbox GROUP BY endpoint, state ORDER BY endpoint",
-                )
+                     FROM event_outbox {states} GROUP BY endpoint, state ORDER BY endpoint",
+                )))
                 .fetch_all(&self.pool)
                 .await?;
                 let mut backlog: Vec<EndpointBacklog> = Vec::new();
@@ -288,6 +334,12 @@ fn outbox_event(row: &AnyRow) -> MetadataResult<OutboxEvent> {
             size: size.map(|s| u64::try_from(s).unwrap_or(0)),
             tag: row.try_get("tag")?,
             at: row.try_get("created_at")?,
+            origin: EventOrigin {
+                actor: row.try_get("actor")?,
+                request_id: row.try_get("request_id")?,
+                client_addr: row.try_get("client_addr")?,
+                user_agent: row.try_get("user_agent")?,
+            },
         },
         state: DeliveryState::parse(&state).ok_or_else(|| corrupt("state", &state))?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
@@ -300,11 +352,13 @@ fn outbox_event(row: &AnyRow) -> MetadataResult<OutboxEvent> {
 #[cfg(test)]
 mod tests {
     use super::super::tests::sqlite_store;
+    use crate::metadata::events::test_support::push_empty_index;
     use crate::metadata::events::{
-        DeliveryOutcome, DeliveryState, EventAction, OutboxQuery, Subscription, Subscriptions,
+        DeliveryOutcome, DeliveryState, EndpointClaim, EventAction, EventOrigin, OutboxQuery,
+        Subscription, Subscriptions,
     };
     use crate::metadata::{MetadataStore, NewManifest, PutManifestOutcome};
-    use crate::oci::{DigestAlgorithm, ParsedManifest, RepositoryName, Tag, media_type};
+    use crate::oci::{DigestAlgorithm, ParsedManifest, RepositoryName, media_type};
 
     fn subscriptions() -> Subscriptions {
         Subscriptions(vec![
@@ -321,28 +375,21 @@ mod tests {
         ])
     }
 
-    /// An index with no children, so that a push needs no blobs.
     async fn push(store: &dyn MetadataStore, repository: &str, tag: &str, seed: u32) {
-        let body = format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[],"annotations":{{"seed":"{seed}"}}}}"#,
-            media_type::OCI_INDEX
-        );
-        let parsed = ParsedManifest::parse(Some(media_type::OCI_INDEX), body.as_bytes()).unwrap();
-        let digest = DigestAlgorithm::Sha256.digest(body.as_bytes());
-        let outcome = store
-            .put_manifest(NewManifest {
-                repository: &RepositoryName::parse(repository).unwrap(),
-                digest: &digest,
-                parsed: &parsed,
-                content: body.as_bytes(),
-                tags: &[Tag::parse(tag).unwrap()],
-                immutable: &[],
-                require_references: true,
-                announce: true,
-                now: 1000,
-            })
-            .await
-            .unwrap();
+        let origin = EventOrigin {
+            actor: Some("alice".into()),
+            request_id: Some(format!("request-{seed}")),
+            ..EventOrigin::default()
+        };
+        let outcome = push_empty_index(
+            store,
+            repository,
+            tag,
+            &seed.to_string(),
+            Some(&origin),
+            1000,
+        )
+        .await;
         assert_eq!(outcome, PutManifestOutcome::Stored);
     }
 
@@ -378,6 +425,15 @@ mod tests {
             pushes[0].event.id, all[1].event.id,
             "one id for every endpoint"
         );
+        assert_eq!(pushes[0].event.origin.actor.as_deref(), Some("alice"));
+        assert_eq!(
+            pushes[0].event.origin.request_id.as_deref(),
+            Some("request-1"),
+            "who asked, kept with the row"
+        );
+
+        // An attempt counts from when it starts: one that never settles still counted.
+        store.start_event_attempts(&[all[0].seq]).await.unwrap();
 
         // A retry of a/one's first row holds back the rest of a/one, not b/two.
         let outcomes = [(
@@ -413,11 +469,18 @@ mod tests {
             },
         )];
         store.settle_events(&dead, 6000).await.unwrap();
-        let backlog = store.event_backlog().await.unwrap();
+        let backlog = store.event_backlog(true).await.unwrap();
         let all_backlog = backlog.iter().find(|b| b.endpoint == "all").unwrap();
         assert_eq!(
             (all_backlog.pending, all_backlog.delivered, all_backlog.dead),
             (2, 2, 1)
+        );
+        let gauges = store.event_backlog(false).await.unwrap();
+        let all_gauges = gauges.iter().find(|b| b.endpoint == "all").unwrap();
+        assert_eq!(
+            (all_gauges.pending, all_gauges.delivered, all_gauges.dead),
+            (2, 0, 1),
+            "delivered rows are not read for the gauges"
         );
         let listed = store
             .outbox_events(OutboxQuery {
@@ -447,29 +510,23 @@ mod tests {
     #[tokio::test]
     async fn one_replica_at_a_time_holds_an_endpoint() {
         let (_dir, store) = sqlite_store().await;
-        assert!(
+        let claim = async |owner: &str, until: i64, now: i64| {
             store
-                .claim_event_endpoint("e", "one", 100, 0)
+                .claim_event_endpoint("e", owner, until, now)
                 .await
                 .unwrap()
+        };
+        assert_eq!(claim("one", 100, 0).await, EndpointClaim::Held);
+        assert_eq!(
+            claim("two", 200, 50).await,
+            EndpointClaim::HeldElsewhere { until: Some(100) },
+            "and the other learns until when"
         );
-        assert!(
-            !store
-                .claim_event_endpoint("e", "two", 200, 50)
-                .await
-                .unwrap()
-        );
-        assert!(
-            store
-                .claim_event_endpoint("e", "one", 300, 60)
-                .await
-                .unwrap()
-        );
-        assert!(
-            store
-                .claim_event_endpoint("e", "two", 400, 301)
-                .await
-                .unwrap()
+        assert_eq!(claim("one", 300, 60).await, EndpointClaim::Held, "renewed");
+        assert_eq!(
+            claim("two", 400, 301).await,
+            EndpointClaim::Held,
+            "taken over"
         );
     }
 
@@ -494,7 +551,7 @@ mod tests {
                 tags: &[],
                 immutable: &[],
                 require_references: true,
-                announce: true,
+                announce: Some(&EventOrigin::default()),
                 now: 1000,
             })
             .await

@@ -17,6 +17,7 @@ use super::SqlMetadataStore;
 use super::dialect::{RowLocks, built, json_pairs, json_strings};
 use super::rows::{digests_of, pairs_of, u64_of};
 use super::transactions::{WriteTx, retrying};
+use crate::metadata::events::EventOrigin;
 use crate::metadata::{Census, Collected, Garbage, MetadataResult};
 
 /// The manifests the collector may delete as untagged (`m`, created at or before `$1`): no
@@ -334,7 +335,8 @@ impl SqlMetadataStore {
         if pairs.is_empty() {
             return Ok(0);
         }
-        self.forget_manifests(tx, &json_pairs(&pairs), now).await
+        self.forget_manifests(tx, &json_pairs(&pairs), &EventOrigin::default(), now)
+            .await
     }
 
     pub(super) async fn collect_preview(

@@ -19,7 +19,7 @@ use super::SqlMetadataStore;
 use super::dialect::{RowLocks, built, json_list, json_pairs};
 use super::rows::{digest_of, limit_of, u64_of};
 use super::transactions::{WriteTx, retrying};
-use crate::metadata::events::{EventAction, NewEvent};
+use crate::metadata::events::{EventAction, EventOrigin, NewEvent};
 use crate::metadata::{
     DanglingKind, DanglingReference, ManifestDeletion, ManifestRecord, MetadataError,
     MetadataResult, NewManifest, Page, PutManifestOutcome, ReferrerRecord, TagGuard,
@@ -259,6 +259,7 @@ impl SqlMetadataStore {
         repository: &RepositoryName,
         digest: &Digest,
         immutable: TagGuard<'_>,
+        origin: &EventOrigin,
         now: i64,
     ) -> MetadataResult<ManifestDeletion> {
         let mut tx = self.write_tx().await?;
@@ -294,7 +295,7 @@ impl SqlMetadataStore {
             }
         }
         let pair = json_pairs(&[(repository_id, digest.as_str().to_owned())]);
-        self.forget_manifests(&mut tx, &pair, now).await?;
+        self.forget_manifests(&mut tx, &pair, origin, now).await?;
         tx.commit().await?;
         Ok(ManifestDeletion::Deleted)
     }
@@ -307,6 +308,7 @@ impl SqlMetadataStore {
         &self,
         tx: &mut WriteTx,
         pairs: &str,
+        origin: &EventOrigin,
         now: i64,
     ) -> MetadataResult<u64> {
         let list = self.dialect.pairs(1);
@@ -327,6 +329,7 @@ impl SqlMetadataStore {
                         .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
                     let media_type: String = row.try_get("media_type")?;
                     Ok(NewEvent::new(EventAction::Delete, &repository, now)
+                        .by(origin)
                         .with_digest(&digest_of(row, "digest")?)
                         .with_object(&media_type, u64_of(row, "size")?))
                 })
@@ -385,6 +388,7 @@ impl SqlMetadataStore {
         &self,
         repository: &RepositoryName,
         tag: &Tag,
+        origin: &EventOrigin,
         now: i64,
     ) -> MetadataResult<bool> {
         const DELETE: &str = "DELETE FROM tags WHERE name = $2 \
@@ -408,6 +412,7 @@ impl SqlMetadataStore {
             return Ok(false);
         };
         let event = NewEvent::new(EventAction::TagDelete, repository, now)
+            .by(origin)
             .with_digest(&digest_of(&deleted, "manifest_digest")?)
             .with_tag(tag);
         self.record_events(&mut tx, &[event]).await?;
@@ -543,10 +548,11 @@ impl SqlMetadataStore {
 /// The events of a push: one per tag it was pushed with (or one without a tag), after the
 /// repository's creation if the push made it.
 fn pushed(m: NewManifest<'_>) -> Vec<NewEvent> {
-    if !m.announce {
+    let Some(origin) = m.announce else {
         return Vec::new();
-    }
+    };
     let push = NewEvent::new(EventAction::Push, m.repository, m.now)
+        .by(origin)
         .with_digest(m.digest)
         .with_object(m.parsed.media_type.as_str(), m.content.len() as u64);
     if m.tags.is_empty() {

@@ -26,8 +26,8 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
 use super::events::{
-    DeliveryOutcome, EndpointBacklog, EventAction, NewEvent, OutboxEvent, OutboxQuery,
-    Subscriptions,
+    DeliveryOutcome, EndpointBacklog, EndpointClaim, EventAction, EventOrigin, NewEvent,
+    OutboxEvent, OutboxQuery, Subscriptions,
 };
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
@@ -252,18 +252,21 @@ impl MetadataStore for SqlMetadataStore {
         repository: &RepositoryName,
         digest: &Digest,
         from: Option<&RepositoryName>,
+        announce: Option<&EventOrigin>,
         now: i64,
     ) -> MetadataResult<Option<BlobRecord>> {
-        self.mount_blob(repository, digest, from, now).await
+        self.mount_blob(repository, digest, from, announce, now)
+            .await
     }
 
     async fn unlink_blob(
         &self,
         repository: &RepositoryName,
         digest: &Digest,
+        origin: &EventOrigin,
         now: i64,
     ) -> MetadataResult<bool> {
-        self.unlink_blob(repository, digest, now).await
+        self.unlink_blob(repository, digest, origin, now).await
     }
 
     // uploads.rs
@@ -330,9 +333,10 @@ impl MetadataStore for SqlMetadataStore {
         id: &str,
         blob: &BlobRecord,
         replacing: Option<&str>,
+        announce: Option<&EventOrigin>,
         now: i64,
     ) -> MetadataResult<BlobCommit> {
-        self.commit_blob(id, blob, replacing, now).await
+        self.commit_blob(id, blob, replacing, announce, now).await
     }
 
     // uploads.rs
@@ -407,9 +411,10 @@ impl MetadataStore for SqlMetadataStore {
         repository: &RepositoryName,
         digest: &Digest,
         immutable: TagGuard<'_>,
+        origin: &EventOrigin,
         now: i64,
     ) -> MetadataResult<ManifestDeletion> {
-        self.delete_manifest(repository, digest, immutable, now)
+        self.delete_manifest(repository, digest, immutable, origin, now)
             .await
     }
 
@@ -417,9 +422,10 @@ impl MetadataStore for SqlMetadataStore {
         &self,
         repository: &RepositoryName,
         tag: &Tag,
+        origin: &EventOrigin,
         now: i64,
     ) -> MetadataResult<bool> {
-        self.delete_tag(repository, tag, now).await
+        self.delete_tag(repository, tag, origin, now).await
     }
 
     async fn tags(
@@ -555,7 +561,7 @@ impl MetadataStore for SqlMetadataStore {
         owner: &str,
         lease_until: i64,
         now: i64,
-    ) -> MetadataResult<bool> {
+    ) -> MetadataResult<EndpointClaim> {
         self.claim_event_endpoint(endpoint, owner, lease_until, now)
             .await
     }
@@ -569,6 +575,10 @@ impl MetadataStore for SqlMetadataStore {
         self.due_events(endpoint, now, limit).await
     }
 
+    async fn start_event_attempts(&self, seqs: &[i64]) -> MetadataResult<()> {
+        self.start_event_attempts(seqs).await
+    }
+
     async fn settle_events(
         &self,
         outcomes: &[(i64, DeliveryOutcome)],
@@ -577,8 +587,8 @@ impl MetadataStore for SqlMetadataStore {
         self.settle_events(outcomes, now).await
     }
 
-    async fn event_backlog(&self) -> MetadataResult<Vec<EndpointBacklog>> {
-        self.event_backlog().await
+    async fn event_backlog(&self, with_delivered: bool) -> MetadataResult<Vec<EndpointBacklog>> {
+        self.event_backlog(with_delivered).await
     }
 
     async fn outbox_events(&self, query: OutboxQuery<'_>) -> MetadataResult<Vec<OutboxEvent>> {

@@ -6,7 +6,7 @@ use sqlx::Row;
 use super::SqlMetadataStore;
 use super::rows::limit_of;
 use super::transactions::{WriteTx, retrying};
-use crate::metadata::events::{EventAction, NewEvent};
+use crate::metadata::events::{EventAction, EventOrigin, NewEvent};
 use crate::metadata::{MetadataResult, Page};
 use crate::oci::RepositoryName;
 
@@ -44,13 +44,13 @@ impl SqlMetadataStore {
     }
 
     /// The id of `repository`, made in `tx` if it is new (which subscribed endpoints hear of
-    /// in the same transaction, if `announce`).
+    /// in the same transaction, as asked for by `announce`'s origin, unless it is `None`).
     pub(super) async fn ensure_repository(
         &self,
         tx: &mut WriteTx,
         repository: &RepositoryName,
         now: i64,
-        announce: bool,
+        announce: Option<&EventOrigin>,
     ) -> MetadataResult<i64> {
         if let Some(row) = sqlx::query("SELECT id FROM repositories WHERE name = $1")
             .bind(repository.as_str())
@@ -66,8 +66,10 @@ impl SqlMetadataStore {
         .bind(now)
         .execute(&mut **tx)
         .await?;
-        if announce && made.rows_affected() > 0 {
-            let created = NewEvent::new(EventAction::RepositoryCreate, repository, now);
+        if let Some(origin) = announce
+            && made.rows_affected() > 0
+        {
+            let created = NewEvent::new(EventAction::RepositoryCreate, repository, now).by(origin);
             self.record_events(tx, &[created]).await?;
         }
         Ok(sqlx::query("SELECT id FROM repositories WHERE name = $1")

@@ -663,7 +663,7 @@ impl Registry {
             Ok(Some(_)) => Ok(self
                 .inner
                 .metadata
-                .mount_blob(local, digest, None, self.now())
+                .mount_blob(local, digest, None, None, self.now())
                 .await?),
             Ok(None) | Err(_) => Ok(None),
         }
@@ -836,6 +836,7 @@ impl Registry {
                 .boxed()
         };
         let outcome = self
+            .filling()
             .upload_blob(
                 local,
                 digest,

@@ -248,7 +248,13 @@ impl Registry {
         match self
             .inner
             .metadata
-            .commit_blob(id.as_str(), &blob, lost.as_deref(), self.now())
+            .commit_blob(
+                id.as_str(),
+                &blob,
+                lost.as_deref(),
+                self.announcing(),
+                self.now(),
+            )
             .await?
         {
             BlobCommit::Created => {
@@ -480,7 +486,7 @@ impl Registry {
         if self
             .inner
             .metadata
-            .unlink_blob(repository, digest, self.now())
+            .unlink_blob(repository, digest, self.origin(), self.now())
             .await?
         {
             Ok(())
@@ -502,7 +508,7 @@ impl Registry {
         Ok(self
             .inner
             .metadata
-            .mount_blob(repository, digest, from, self.now())
+            .mount_blob(repository, digest, from, self.announcing(), self.now())
             .await?)
     }
 
