@@ -313,6 +313,20 @@ impl Deliverer {
     ) -> Vec<(i64, DeliveryOutcome)> {
         let endpoint = &state.endpoint;
         let mut outcomes = Vec::with_capacity(rows.len());
+        // Rows whose attempts never settled (each one's replica died while sending it) as
+        // often as the endpoint allows: given up on like any other, not sent again forever.
+        let (exhausted, rows): (Vec<OutboxEvent>, Vec<OutboxEvent>) = rows
+            .into_iter()
+            .partition(|row| row.attempts >= endpoint.max_attempts);
+        for row in exhausted {
+            metrics::counter!(instruments::EVENTS_DEAD_LETTERED, "endpoint" => endpoint.name.clone())
+                .increment(1);
+            let error = format!(
+                "{} attempts never settled: each sender stopped before the answer (gave up)",
+                row.attempts
+            );
+            outcomes.push((row.seq, DeliveryOutcome::Dead { error }));
+        }
         for batch in rows.chunks(endpoint.batch_size.max(1)) {
             if !matches!(self.hold(state).await, Ok(true)) {
                 break;
@@ -594,6 +608,73 @@ mod tests {
         assert_eq!(tags, ["one", "two", "three"]);
         deliverer.round().await;
         assert_eq!(sink.taken.lock().unwrap().len(), 3, "delivered once");
+    }
+
+    #[tokio::test]
+    async fn an_event_whose_attempts_never_settle_is_dead_lettered_unsent() {
+        let store = Arc::new(
+            MemoryMetadataStore::new().with_subscriptions(Subscriptions(vec![Subscription {
+                endpoint: "in-process".into(),
+                repositories: vec![],
+                actions: vec![EventAction::Push],
+            }])),
+        );
+        let sink = Arc::new(Recorder::default());
+        let endpoint = Endpoint {
+            name: "in-process".into(),
+            target: Target::Sink(sink.clone()),
+            format: PayloadFormat::CloudEvents,
+            timeout: Duration::from_secs(1),
+            max_in_flight: 1,
+            batch_size: 10,
+            max_attempts: 3,
+            max_age: Duration::from_secs(60),
+        };
+        let deliverer =
+            Deliverer::new(store.clone(), vec![endpoint], DeliveryOptions::default()).unwrap();
+        push(&store, "poison").await;
+        // Three senders counted an attempt and died before settling it.
+        let seq = store
+            .due_events("in-process", now_millis(), 10)
+            .await
+            .unwrap()[0]
+            .seq;
+        for _ in 0..3 {
+            store.start_event_attempts(&[seq]).await.unwrap();
+        }
+        push(&store, "next").await;
+        deliverer.round().await;
+        let tags: Vec<String> = sink
+            .taken
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.tag.clone())
+            .collect();
+        assert_eq!(
+            tags,
+            ["next"],
+            "the exhausted event is not sent, and holds nothing back"
+        );
+        let dead = store
+            .outbox_events(crate::metadata::events::OutboxQuery {
+                state: Some(crate::metadata::events::DeliveryState::Dead),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].event.tag.as_deref(), Some("poison"));
+        assert!(
+            dead[0]
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("never settled"),
+            "{:?}",
+            dead[0].last_error
+        );
     }
 
     #[test]

@@ -51,6 +51,18 @@ pub(crate) struct Routed {
     pub(crate) user: Option<String>,
 }
 
+/// The client's `User-Agent`, at most 256 characters of it (it is logged, and kept with
+/// events): empty without one.
+pub(crate) fn user_agent(headers: &http::HeaderMap) -> String {
+    headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(256)
+        .collect()
+}
+
 /// `router`, with every request logged, measured and given an id (see the module).
 pub fn observed(router: Router, proxies: TrustedProxies) -> Router {
     router.layer(axum::middleware::from_fn(move |request, next| {
@@ -76,14 +88,7 @@ async fn observe(proxies: TrustedProxies, mut request: Request, next: Next) -> R
         id: id.clone(),
         client,
         method: request.method().clone(),
-        user_agent: request
-            .headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .chars()
-            .take(256)
-            .collect(),
+        user_agent: user_agent(request.headers()),
         received: Arc::clone(&received),
         sent: 0,
         expected: None,

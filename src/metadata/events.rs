@@ -253,7 +253,7 @@ pub enum EndpointClaim {
     /// The claimant, until the lease it asked for.
     Held,
     /// Another replica, whose lease runs until `until` (Unix milliseconds; `None` when the
-    /// claim could not tell, because another replica was writing it at that moment).
+    /// claim could not tell: another replica was writing it at that moment).
     HeldElsewhere {
         /// The end of the other replica's lease.
         until: Option<i64>,

@@ -410,7 +410,8 @@ pub trait MetadataStore: Send + Sync + 'static {
         digest: &Digest,
     ) -> MetadataResult<Option<BlobRecord>>;
     /// Links an existing blob to `repository`: from `from` if given, else from any repository.
-    /// Returns the blob if it was found (and is now linked).
+    /// Returns the blob if it was found (and is now linked). A repository this makes is
+    /// announced as asked for by `announce`'s origin; not at all with `None` (a mirror's fill).
     async fn mount_blob(
         &self,
         repository: &RepositoryName,
@@ -420,7 +421,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: i64,
     ) -> MetadataResult<Option<BlobRecord>>;
     /// Removes the blob's link to the repository, queueing the blob for review by the
-    /// collector; `false` if it was not linked.
+    /// collector, announced as asked for by `origin`; `false` if it was not linked.
     async fn unlink_blob(
         &self,
         repository: &RepositoryName,
@@ -471,7 +472,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Publishes the blob of a claimed session: records digest → key (unless the digest exists),
     /// links it to the repository and ends the session. With `replacing`, a row of the digest
     /// that still names that key (whose bytes were found lost) is pointed at the session's
-    /// bytes instead, and the old key is queued as garbage: the push heals the blob.
+    /// bytes instead, and the old key is queued as garbage: the push heals the blob. A
+    /// repository this makes is announced as asked for by `announce`'s origin; not at all
+    /// with `None` (a mirror's fill).
     async fn commit_blob(
         &self,
         id: &str,
@@ -523,7 +526,8 @@ pub trait MetadataStore: Send + Sync + 'static {
         reference: &Reference,
     ) -> MetadataResult<Option<ManifestRecord>>;
     /// Deletes a manifest with its tags and references, queueing the links of its blobs for
-    /// review by the collector; refused if `immutable` holds for one of its tags.
+    /// review by the collector, announced as asked for by `origin`; refused if `immutable`
+    /// holds for one of its tags.
     async fn delete_manifest(
         &self,
         repository: &RepositoryName,
@@ -532,7 +536,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         origin: &events::EventOrigin,
         now: i64,
     ) -> MetadataResult<ManifestDeletion>;
-    /// Deletes a tag; `false` if it did not exist.
+    /// Deletes a tag, announced as asked for by `origin`; `false` if it did not exist.
     async fn delete_tag(
         &self,
         repository: &RepositoryName,
@@ -664,7 +668,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// subscribed to them; nothing when none is.
     async fn announce(&self, events: &[events::NewEvent]) -> MetadataResult<()>;
     /// Claims delivery to `endpoint` for `owner` until `lease_until`: held when no one held it,
-    /// its lease ran out before `now`, or `owner` already held it (a renewal). A replica that
+    /// its lease ran out before `now`, or `owner` already held it (a renewal); else held
+    /// elsewhere, until the other lease's end where the store could read it. A replica that
     /// finds the claim being written by another skips it rather than waiting.
     async fn claim_event_endpoint(
         &self,

@@ -244,6 +244,11 @@ impl Registry {
         }
     }
 
+    /// Whether any endpoint may want events of `action` (a caller can skip preparing them).
+    pub fn announces(&self, action: EventAction) -> bool {
+        self.inner.metadata.announces(action)
+    }
+
     /// Records a pull of `manifest` for the endpoints subscribed to pulls. None are by
     /// default, and then nothing is written. The pull is served whether or not this works.
     pub async fn announce_pull(

@@ -21,7 +21,6 @@ use crate::util::*;
 struct Receiver {
     addr: SocketAddr,
     state: Arc<ReceiverState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -43,13 +42,8 @@ struct Request {
 
 impl Receiver {
     async fn start() -> Receiver {
-        Receiver::start_on(0, Arc::default()).await
-    }
-
-    async fn start_on(port: u16, state: Arc<ReceiverState>) -> Receiver {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let state: Arc<ReceiverState> = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::clone(&state);
         let app = axum::Router::new().route(
@@ -86,30 +80,12 @@ impl Receiver {
                 }
             }),
         );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .ok();
-        });
-        Receiver {
-            addr,
-            state,
-            stop: Some(stop),
-        }
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        Receiver { addr, state }
     }
 
     fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
-    }
-
-    fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 
     fn requests(&self) -> Vec<Request> {
@@ -202,29 +178,60 @@ fn summary(events: &[serde_json::Value]) -> Vec<String> {
         .collect()
 }
 
+/// A process with `webhooks` and Basic authentication of `auth_fixtures::USERS` (whose files
+/// live as long as the returned value).
+fn with_webhooks_and_users(webhooks: &str) -> (Server, crate::auth_fixtures::AuthFiles) {
+    let files = crate::auth_fixtures::AuthFiles::new();
+    let settings = files.basic_settings();
+    let settings: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    (with_webhooks(webhooks, &settings), files)
+}
+
+/// A client of `server` signed in as `user` (one of `auth_fixtures::USERS`), naming itself
+/// `agent` in `User-Agent`.
+fn signed_in(server: &Server, user: &str, agent: &str) -> Client {
+    let credentials = crate::auth_fixtures::basic(user, crate::auth_fixtures::password_of(user));
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, credentials.parse().unwrap());
+    headers.insert(reqwest::header::USER_AGENT, agent.parse().unwrap());
+    Client {
+        base: format!("http://{}", server.addr),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(headers)
+            .build()
+            .unwrap(),
+    }
+}
+
 async fn push_and_delete_events_reach_a_signed_cloudevents_webhook() {
     let receiver = Receiver::start().await;
-    let server = with_webhooks(
-        &webhook("ci", &receiver.url(), "secret_file = \"@SECRET_FILE@\"\n"),
-        &[],
-    );
-    let c = server.client();
-    let image = c.push_image("events/app", "v1", unique_seed()).await;
+    let (server, _users) = with_webhooks_and_users(&webhook(
+        "ci",
+        &receiver.url(),
+        "secret_file = \"@SECRET_FILE@\"\n",
+    ));
+    // Alice makes every change: each event names her.
+    let c = signed_in(&server, "alice", "events-test/1.0");
+    let image = c.push_image("alice/app", "v1", unique_seed()).await;
     // A pull is no event unless a webhook names the action.
-    c.get("/v2/events/app/manifests/v1").await.expect(200, None);
-    c.call(Method::DELETE, "/v2/events/app/manifests/v1")
+    c.get("/v2/alice/app/manifests/v1").await.expect(200, None);
+    c.call(Method::DELETE, "/v2/alice/app/manifests/v1")
         .await
         .expect(202, None);
     let config_digest = sha256(&image.config);
     c.call(
         Method::DELETE,
-        &format!("/v2/events/app/blobs/{config_digest}"),
+        &format!("/v2/alice/app/blobs/{config_digest}"),
     )
     .await
     .expect(202, None);
     c.call(
         Method::DELETE,
-        &format!("/v2/events/app/manifests/{}", image.digest),
+        &format!("/v2/alice/app/manifests/{}", image.digest),
     )
     .await
     .expect(202, None);
@@ -233,11 +240,11 @@ async fn push_and_delete_events_reach_a_signed_cloudevents_webhook() {
     assert_eq!(
         summary(&events),
         [
-            "dev.berth.repository.created events/app".to_owned(),
-            "dev.berth.manifest.pushed events/app:v1".to_owned(),
-            "dev.berth.tag.deleted events/app:v1".to_owned(),
-            format!("dev.berth.blob.deleted events/app@{config_digest}"),
-            format!("dev.berth.manifest.deleted events/app@{}", image.digest),
+            "dev.berth.repository.created alice/app".to_owned(),
+            "dev.berth.manifest.pushed alice/app:v1".to_owned(),
+            "dev.berth.tag.deleted alice/app:v1".to_owned(),
+            format!("dev.berth.blob.deleted alice/app@{config_digest}"),
+            format!("dev.berth.manifest.deleted alice/app@{}", image.digest),
         ]
     );
     let pushed = &events[1];
@@ -248,10 +255,13 @@ async fn push_and_delete_events_reach_a_signed_cloudevents_webhook() {
     assert_eq!(
         pushed["data"]["url"],
         format!(
-            "https://registry.example.com/v2/events/app/manifests/{}",
+            "https://registry.example.com/v2/alice/app/manifests/{}",
             image.digest
         )
     );
+    for event in &events {
+        assert_eq!(event["data"]["actor"], "alice", "{event}");
+    }
     let ids: BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), events.len(), "every event has an id of its own");
     for request in receiver.requests() {
@@ -442,13 +452,13 @@ fn observed_deployment_with_webhooks(
 }
 
 async fn events_outlive_a_receiver_away_for_a_minute_and_a_killed_replica() {
-    let state: Arc<ReceiverState> = Arc::default();
-    let mut receiver = Receiver::start_on(0, Arc::clone(&state)).await;
-    let port = receiver.addr.port();
-    let url = receiver.url();
-    receiver.stop();
+    // The receiver is reached through a proxy that takes it away: connections refused for
+    // the first half of the minute, accepted and never answered for the second.
+    let receiver = Receiver::start().await;
+    let proxy = TcpProxy::start(receiver.addr).await;
+    proxy.disable();
     let away_since = std::time::Instant::now();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = format!("http://127.0.0.1:{}/hook", proxy.port);
     // A short lease, so that the restarted replica takes over the killed one's soon; retries
     // at most 4 s apart, so that the events go out soon after the receiver is back.
     let (deployment, admin) = observed_deployment_with_webhooks(
@@ -470,8 +480,9 @@ async fn events_outlive_a_receiver_away_for_a_minute_and_a_killed_replica() {
     let c = server.client();
     c.push_image("away/app", "c", unique_seed()).await;
     expected.push("dev.berth.manifest.pushed away/app:c".to_owned());
-    let outage = Duration::from_secs(60);
-    tokio::time::sleep(outage.saturating_sub(away_since.elapsed())).await;
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(away_since.elapsed())).await;
+    proxy.stall();
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(away_since.elapsed())).await;
     let attempted: Vec<u64> = outbox_rows(&deployment)
         .iter()
         .map(|row| row["attempts"].as_u64().unwrap())
@@ -482,7 +493,11 @@ async fn events_outlive_a_receiver_away_for_a_minute_and_a_killed_replica() {
          ones of its repository held back behind it: {attempted:?}"
     );
 
-    let receiver = Receiver::start_on(port, state).await;
+    assert!(
+        receiver.requests().is_empty(),
+        "nothing reached the receiver"
+    );
+    proxy.enable();
     let delivered = wait_for_events(&receiver, 3).await;
     assert_eq!(
         summary(&delivered),
@@ -520,7 +535,7 @@ async fn a_replica_killed_while_its_request_is_in_flight_is_taken_over_and_the_r
         &webhook(
             "inflight",
             &receiver.url(),
-            "actions = [\"push\"]\ntimeout = \"1s\"\n",
+            "actions = [\"push\"]\ntimeout = \"3s\"\n",
         ),
         &[("BERTH_EVENT_LEASE", "2s")],
     );
@@ -537,14 +552,20 @@ async fn a_replica_killed_while_its_request_is_in_flight_is_taken_over_and_the_r
     .await;
     // Killed while the receiver holds the request: nothing was settled.
     server.kill();
-    let attempts: Vec<u64> = outbox_rows(&deployment)
-        .iter()
-        .map(|row| row["attempts"].as_u64().unwrap())
-        .collect();
-    assert_eq!(attempts, [1], "the attempt counted before it was sent");
+    let rows = outbox_rows(&deployment);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (
+            &rows[0]["state"],
+            &rows[0]["attempts"],
+            &rows[0]["last_error"]
+        ),
+        (&"pending".into(), &1.into(), &serde_json::Value::Null),
+        "the attempt counted before it was sent, and nothing settled"
+    );
     server.restart();
     // The new process takes the webhook over once the killed one's lease ends (the 2 s asked
-    // for are raised to 3 x the timeout + 2 s) and sends the event again.
+    // for are raised to 3 x the timeout + 2 s = 11 s) and sends the event again.
     let delivered = wait_for_events(&receiver, 1).await;
     assert_eq!(
         summary(&delivered),
@@ -773,6 +794,52 @@ async fn pulls_are_events_only_for_webhooks_that_name_them() {
     assert_eq!(events[0]["data"]["size"], image.manifest.len());
 }
 
+async fn a_mirror_announces_its_own_pushes_and_not_what_it_fetches() {
+    let origin = Server::start();
+    let upstream_image = origin
+        .client()
+        .push_image("library/app", "v1", unique_seed())
+        .await;
+    let receiver = Receiver::start().await;
+    let config = format!(
+        "[[upstream]]\nname = \"origin\"\nurl = \"http://{}\"\nprefix = \"cache\"\n{}",
+        origin.addr,
+        webhook("mirror", &receiver.url(), "")
+    );
+    let server = with_webhooks(&config, &[("BERTH_REDIRECT", "false")]);
+    let c = server.client();
+    // Fills under a new local name: a blob first (it makes the repository), then the
+    // manifest and the other blob.
+    c.get(&format!(
+        "/v2/cache/library/app/blobs/{}",
+        sha256(&upstream_image.layer)
+    ))
+    .await
+    .expect(200, None);
+    c.get("/v2/cache/library/app/manifests/v1")
+        .await
+        .expect(200, None);
+    c.get(&format!(
+        "/v2/cache/library/app/blobs/{}",
+        sha256(&upstream_image.config)
+    ))
+    .await
+    .expect(200, None);
+    // A moment for the fills' commits, which may end after the answers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.push_image("own/app", "v1", unique_seed()).await;
+    wait_for_events(&receiver, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        summary(&receiver.events(true)),
+        [
+            "dev.berth.repository.created own/app",
+            "dev.berth.manifest.pushed own/app:v1"
+        ],
+        "what the mirror fetched is no change to announce"
+    );
+}
+
 /// Distribution's notification envelope, as its documentation describes it, read by a
 /// consumer written against that schema and nothing else.
 #[derive(Deserialize)]
@@ -827,34 +894,13 @@ struct SourceRecord {
 
 async fn a_distribution_consumer_reads_the_distribution_envelope() {
     let receiver = Receiver::start().await;
-    let files = crate::auth_fixtures::AuthFiles::new();
-    let auth = files.basic_settings();
-    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = with_webhooks(
-        &webhook(
-            "legacy",
-            &receiver.url(),
-            "format = \"distribution\"\nactions = [\"push\", \"delete\"]\n",
-        ),
-        &auth,
-    );
+    let (server, _users) = with_webhooks_and_users(&webhook(
+        "legacy",
+        &receiver.url(),
+        "format = \"distribution\"\nactions = [\"push\", \"delete\"]\n",
+    ));
     // Alice, through a client that names itself: the events say who asked, from where.
-    let mut headers = reqwest::header::HeaderMap::new();
-    let credentials =
-        crate::auth_fixtures::basic("alice", crate::auth_fixtures::password_of("alice"));
-    headers.insert(reqwest::header::AUTHORIZATION, credentials.parse().unwrap());
-    headers.insert(
-        reqwest::header::USER_AGENT,
-        "legacy-consumer-test/1.0".parse().unwrap(),
-    );
-    let c = Client {
-        base: format!("http://{}", server.addr),
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .default_headers(headers)
-            .build()
-            .unwrap(),
-    };
+    let c = signed_in(&server, "alice", "legacy-consumer-test/1.0");
     let image = c.push_image("alice/legacy", "latest", unique_seed()).await;
     c.call(
         Method::DELETE,
@@ -955,5 +1001,6 @@ crate::harness::trials! {
     a_database_outage_during_delivery_loses_nothing.multi_thread(2).needs(Postgres);
     a_distribution_consumer_reads_the_distribution_envelope.multi_thread(2);
     pulls_are_events_only_for_webhooks_that_name_them.multi_thread(2);
+    a_mirror_announces_its_own_pushes_and_not_what_it_fetches.multi_thread(2);
     webhook_settings_that_cannot_work_are_refused_at_start;
 }

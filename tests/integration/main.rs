@@ -32,7 +32,7 @@ mod auth_fixtures;
 mod clients;
 mod cluster;
 mod errors;
-#[cfg(all(feature = "events", feature = "auth"))]
+#[cfg(all(feature = "events", feature = "auth", feature = "mirror"))]
 mod events;
 mod faults;
 mod gc;
@@ -67,7 +67,7 @@ fn main() {
     tests.extend(auth_clients::trials());
     tests.extend(clients::trials());
     tests.extend(errors::trials());
-    #[cfg(all(feature = "events", feature = "auth"))]
+    #[cfg(all(feature = "events", feature = "auth", feature = "mirror"))]
     tests.extend(events::trials());
     tests.extend(faults::trials());
     tests.extend(gc::trials());

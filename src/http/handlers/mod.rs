@@ -13,14 +13,14 @@ use std::time::Duration;
 use super::Api;
 use super::endpoint::{Action as EndpointAction, Operation, Route, RouteError, Target, route};
 use super::headers::query_pairs;
-use super::observe::{RequestId, Routed};
+use super::observe::{RequestId, Routed, user_agent};
 use crate::auth::{
     Access, AccessRequest, Action as AuthAction, Denial, Everything, Grant, Resource,
 };
 use crate::client::ClientAddress;
 use crate::error::ErrorCode;
 use crate::http::error::ApiError;
-use crate::metadata::events::EventOrigin;
+use crate::metadata::events::{EventAction, EventOrigin};
 mod blobs;
 mod common;
 mod listings;
@@ -120,11 +120,7 @@ fn event_origin(parts: &Parts, grant: &dyn Grant) -> EventOrigin {
         actor: grant.subject().map(str::to_owned),
         request_id: parts.extensions.get::<RequestId>().map(|id| id.0.clone()),
         client_addr: client.map(|ip| ip.to_string()),
-        user_agent: parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        user_agent: Some(user_agent(&parts.headers)).filter(|agent| !agent.is_empty()),
     }
 }
 
@@ -138,14 +134,21 @@ async fn serve(
 ) -> Response {
     let operation = route.operation;
     let query = query_pairs(parts.uri.query());
-    let registry = match operation {
+    // The requests that change something, or pull where a webhook wants pulls, carry who
+    // asked into the events they make.
+    let makes_events = match operation {
         Operation::PutManifest
         | Operation::DeleteManifest
-        | Operation::GetManifest
         | Operation::DeleteBlob
         | Operation::StartUpload
-        | Operation::FinishUpload => api.registry.on_behalf_of(event_origin(&parts, &*grant)),
-        _ => api.registry.clone(),
+        | Operation::FinishUpload => true,
+        Operation::GetManifest => api.registry.announces(EventAction::Pull),
+        _ => false,
+    };
+    let registry = if makes_events {
+        api.registry.on_behalf_of(event_origin(&parts, &*grant))
+    } else {
+        api.registry.clone()
     };
     let call = Call {
         registry,
