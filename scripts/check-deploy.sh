@@ -28,6 +28,19 @@ OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 
 echo "helm: lint and render"
+# No values at all: what `helm install berth ./helm/berth` makes, one replica with SQLite and
+# its blobs on a PersistentVolumeClaim.
+"$HELM" lint --strict "$CHART" >/dev/null
+"$HELM" template berth "$CHART" --namespace registry > "$OUT/defaults.yaml"
+kubernetes-validate --strict --kubernetes-version 1.30 "$OUT/defaults.yaml" \
+  | { grep -E "ERROR|WARN" && exit 1 || true; }
+grep -q "kind: PersistentVolumeClaim" "$OUT/defaults.yaml"
+grep -q "claimName: berth$" "$OUT/defaults.yaml"
+grep -q "replicas: 1$" "$OUT/defaults.yaml"
+grep -q "type: Recreate" "$OUT/defaults.yaml"
+grep -q 'BERTH_STORAGE: "filesystem"' "$OUT/defaults.yaml"
+grep -q 'BERTH_MIGRATE_ON_START: "true"' "$OUT/defaults.yaml"
+echo "  defaults: lint, render and schema validation passed"
 for values in "$CHART"/ci/minimal-values.yaml "$CHART"/ci/eks-values.yaml \
               "$CHART"/ci/filesystem-values.yaml "$CHART"/ci/mirror-values.yaml \
               "$CHART"/ci/webhook-values.yaml "$CHART"/values-dev.yaml; do
@@ -56,6 +69,14 @@ grep -q 'scheme: HTTPS' "$OUT/filesystem-values.yaml"
 refute() { # pattern rendered-file
   if grep -q "$1" "$2"; then echo "  $(basename "$2"): unexpected $1" >&2; exit 1; fi
 }
+# The defaults hold no Postgres, so no migrations Job, no Secret and no disruption budget.
+refute "kind: Job" "$OUT/defaults.yaml"
+refute "kind: Secret" "$OUT/defaults.yaml"
+refute "kind: PodDisruptionBudget" "$OUT/defaults.yaml"
+refute "BERTH_DATABASE_URL" "$OUT/defaults.yaml"
+# The production shape keeps nothing on a volume.
+refute "kind: PersistentVolumeClaim" "$OUT/minimal-values.yaml"
+grep -q 'BERTH_MIGRATE_ON_START: "false"' "$OUT/minimal-values.yaml"
 refute 'BERTH_TLS_CERT' "$OUT/minimal-values.yaml"
 # Upstreams: a config file of [[upstream]] tables named by BERTH_CONFIG, each Secret mounted as
 # a directory the file's password_file / ca_file point into.
@@ -149,6 +170,7 @@ check_refused() { # values-file expected-message
 check_refused "$CHART"/ci/invalid/s3-without-bucket.yaml "config.s3.bucket is empty"
 check_refused "$CHART"/ci/invalid/filesystem-with-replicas.yaml "keeps blobs on one pod's volume"
 check_refused "$CHART"/ci/invalid/replicas-without-postgres.yaml "needs a shared Postgres"
+check_refused "$CHART"/ci/invalid/sqlite-without-volume.yaml "keeps its metadata in SQLite"
 check_refused "$CHART"/ci/invalid/upstream-without-url.yaml "has no url"
 check_refused "$CHART"/ci/invalid/two-default-upstreams.yaml "are all default: true"
 check_refused "$CHART"/ci/invalid/upstream-mapping-nothing.yaml "maps no names"

@@ -36,6 +36,8 @@ output "database_password_secret_arn" {
 output "helm_values" {
   description = "Values for the Helm chart (helm/berth), with the database URL to put in a Secret named <name>-database."
   value = {
+    # Replicas share the bucket and the database: the chart's one-replica defaults scale out.
+    replicaCount = 2
     serviceAccount = {
       annotations = { "eks.amazonaws.com/role-arn" = aws_iam_role.berth.arn }
     }

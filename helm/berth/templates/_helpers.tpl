@@ -45,6 +45,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ add .Values.shutdownDelaySeconds .Values.shutdownTimeoutSeconds 15 }}
 {{- end }}
 
+{{/* "true" when a Postgres database is configured; else Berth keeps its metadata in SQLite. */}}
+{{- define "berth.postgres" -}}
+{{- if or .Values.config.database.url .Values.config.database.existingSecret.name }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the pod keeps state on its volume: blobs (filesystem storage) or SQLite. */}}
+{{- define "berth.localState" -}}
+{{- if or (eq .Values.config.storage "filesystem") (not (include "berth.postgres" .)) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when migrations run as a Job before the replicas start (Postgres only: SQLite is
+migrated by its one replica on start). */}}
+{{- define "berth.migrationsJob" -}}
+{{- if and .Values.migrations.enabled (include "berth.postgres" .) }}true{{ end }}
+{{- end }}
+
 {{/* Refuses values that cannot work, with a message saying what to change. */}}
 {{- define "berth.validate" -}}
 {{- $c := .Values.config }}
@@ -74,8 +90,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and (ne $c.auth.mode "none") (not $c.auth.existingSecret) }}
 {{- fail "config.auth.mode needs config.auth.existingSecret: a Secret with htpasswd (and acl.toml, token-key.pem)" }}
 {{- end }}
-{{- if and .Values.migrations.enabled (not (or $c.database.url $c.database.existingSecret.name)) }}
-{{- fail "migrations.enabled runs against Postgres: set config.database, or disable migrations (SQLite migrates on start)" }}
+{{- if and (not (include "berth.postgres" .)) (not .Values.persistence.enabled) }}
+{{- fail "without config.database Berth keeps its metadata in SQLite on the pod's volume: enable persistence, or set config.database" }}
 {{- end }}
 {{- include "berth.validateUpstreams" . }}
 {{- include "berth.validateWebhooks" . }}
@@ -171,6 +187,7 @@ chart needs a name where Berth would take the URL's host: it names the Secret's 
 
 {{/* The environment every Berth container gets (the migrations Job too). */}}
 {{- define "berth.env" -}}
+{{- if include "berth.postgres" . }}
 - name: BERTH_DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -181,7 +198,7 @@ chart needs a name where Berth would take the URL's host: it names the Secret's 
       name: {{ include "berth.fullname" . }}
       key: database-url
       {{- end }}
-      optional: true
+{{- end }}
 {{- with .Values.config.s3Credentials }}
 {{- if or .accessKeyId .existingSecret.name }}
 - name: AWS_ACCESS_KEY_ID
