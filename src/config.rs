@@ -193,6 +193,27 @@ pub enum Command {
     /// Show the event outbox: per webhook, the events pending, delivered and dead-lettered,
     /// and the events themselves; `events replay` makes delivered or dead events due again.
     Events(EventsArgs),
+    /// Check the configuration: load it exactly as `serve` does (flags over environment over
+    /// the config file), refuse contradictions with the same messages, and print the
+    /// effective settings with secrets redacted.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff; `berth man | man -l -`).
+    Man,
+}
+
+/// What `berth config` does.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Load and check the configuration, and print the effective settings.
+    Check,
 }
 
 /// Options of `berth events`.
@@ -285,6 +306,45 @@ macro_rules! settings {
         }
 
         impl Settings {
+            /// Every setting as TOML, as `berth config check` prints it: `key = value` for the
+            /// ones set (by a flag, the environment or the file), secrets redacted; the others
+            /// as comments naming their default.
+            pub fn effective(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let key = stringify!($field);
+                    match &self.$field {
+                        Some(value) => {
+                            out.push_str(&format!("{key} = {}\n", redacted(&value.as_toml())));
+                        }
+                        None => {
+                            let doc = concat!($($doc, " "),*);
+                            out.push_str(&format!("# {key} is not set{}\n", default_note(doc)));
+                        }
+                    }
+                )*
+                for upstream in &self.upstreams {
+                    out.push_str(&format!(
+                        "# [[upstream]] {}: {}\n",
+                        upstream.name,
+                        redacted(&upstream.url)
+                    ));
+                }
+                for webhook in &self.webhooks {
+                    let name = webhook.name.as_deref().unwrap_or("(named by its URL's host)");
+                    out.push_str(&format!(
+                        "# [[webhook]] {name}: {}{}\n",
+                        redacted(&webhook.url),
+                        if webhook.headers.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (headers {}: values not shown)", webhook.headers.keys().cloned().collect::<Vec<_>>().join(", "))
+                        }
+                    ));
+                }
+                out
+            }
+
             /// Fills every setting missing here from `lower`.
             fn or(self, lower: Settings) -> Settings {
                 Settings {
@@ -837,6 +897,119 @@ pub struct S3Settings {
     pub timeout: Duration,
 }
 
+/// A setting's value as TOML (for `berth config check`).
+trait AsToml {
+    fn as_toml(&self) -> String;
+}
+
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+impl AsToml for String {
+    fn as_toml(&self) -> String {
+        toml_string(self)
+    }
+}
+
+impl AsToml for PathBuf {
+    fn as_toml(&self) -> String {
+        toml_string(&self.display().to_string())
+    }
+}
+
+impl AsToml for SocketAddr {
+    fn as_toml(&self) -> String {
+        toml_string(&self.to_string())
+    }
+}
+
+macro_rules! plain_as_toml {
+    ($($ty:ty),*) => {$(
+        impl AsToml for $ty {
+            fn as_toml(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+plain_as_toml!(bool, u32, usize);
+
+macro_rules! choice_as_toml {
+    ($($ty:ty),*) => {$(
+        impl AsToml for $ty {
+            fn as_toml(&self) -> String {
+                toml_string(self.to_possible_value().as_ref().map_or("", |v| v.get_name()))
+            }
+        }
+    )*};
+}
+choice_as_toml!(StorageKind, LogFormat, AuthMode);
+
+impl AsToml for Span {
+    fn as_toml(&self) -> String {
+        let ms = self.0.as_millis();
+        let text = SPAN_UNITS
+            .iter()
+            .rev()
+            .map(|(names, unit)| (names[0], u128::from(*unit)))
+            .find(|(_, unit)| ms.is_multiple_of(*unit) && ms >= *unit)
+            .map_or_else(
+                || format!("{ms}ms"),
+                |(name, unit)| {
+                    let name = if name.is_empty() { "s" } else { name };
+                    format!("{}{name}", ms / unit)
+                },
+            );
+        toml_string(&text)
+    }
+}
+
+impl AsToml for ByteSize {
+    fn as_toml(&self) -> String {
+        let binary = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        match binary
+            .iter()
+            .find(|(unit, _)| self.0 >= *unit && self.0.is_multiple_of(*unit))
+        {
+            Some((unit, name)) => toml_string(&format!("{}{name}", self.0 / unit)),
+            None => self.0.to_string(),
+        }
+    }
+}
+
+/// `text` with the password of any URL in it (`scheme://user:password@host`) replaced.
+fn redacted(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return text.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let rest = &text[authority_start..];
+    let authority_len = rest.find(['/', '?', '#', '"']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let Some(at) = authority.rfind('@') else {
+        return text.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return text.to_owned();
+    };
+    format!(
+        "{}{}:REDACTED{}",
+        &text[..authority_start],
+        &userinfo[..colon],
+        &text[authority_start + at..]
+    )
+}
+
+/// `" (default: X)"` from a setting's documentation ending in `[default: X]`, else nothing.
+fn default_note(doc: &str) -> String {
+    doc.rsplit_once("[default: ")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(default, _)| format!(" (default: {default})"))
+        .unwrap_or_default()
+}
+
 const MIB: u64 = 1 << 20;
 
 impl Settings {
@@ -1248,6 +1421,28 @@ fn advertise_url(url: Option<&str>) -> anyhow::Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_check_shows_values_as_they_are_written_and_hides_passwords() {
+        let span = |ms: u64| Span(Duration::from_millis(ms)).as_toml();
+        assert_eq!(span(250), "\"250ms\"");
+        assert_eq!(span(90_000), "\"90s\"");
+        assert_eq!(span(120_000), "\"2m\"");
+        assert_eq!(span(7_200_000), "\"2h\"");
+        assert_eq!(span(86_400_000), "\"1d\"");
+        assert_eq!(span(0), "\"0ms\"");
+        assert_eq!(ByteSize(16 << 20).as_toml(), "\"16MiB\"");
+        assert_eq!(ByteSize(1000).as_toml(), "1000");
+        assert_eq!(
+            redacted("postgres://berth:pw@db/x?sslmode=require"),
+            "postgres://berth:REDACTED@db/x?sslmode=require"
+        );
+        assert_eq!(redacted("\"https://u:p:q@h/a@b\""), "\"https://u:REDACTED@h/a@b\"");
+        assert_eq!(redacted("https://user@host/"), "https://user@host/");
+        assert_eq!(redacted("sqlite:/data/berth.db"), "sqlite:/data/berth.db");
+        assert_eq!(default_note("Most [default: 16]."), " (default: 16)");
+        assert_eq!(default_note("No default."), "");
+    }
 
     #[test]
     fn sizes_and_durations_parse_with_units() {

@@ -14,17 +14,52 @@ use berth::metadata::memory::MemoryMetadataStore;
 use berth::storage::BlobStore;
 use berth::storage::fs::FsBlobStore;
 use berth::storage::memory::MemoryBlobStore;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use config::{Cli, Command, Config, EventsArgs, GcArgs, LogFormat, ScrubArgs, StorageKind};
+use config::{
+    Cli, Command, Config, ConfigAction, EventsArgs, GcArgs, LogFormat, ScrubArgs, StorageKind,
+};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = cli.settings.load()?.resolve()?;
+    // What describes the command line needs no configuration.
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "berth", &mut script);
+            return print_out(&script);
+        }
+        Some(Command::Man) => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .context("rendering the manual page")?;
+            return print_out(&page);
+        }
+        _ => {}
+    }
+    let settings = cli.settings.load()?;
+    let from_file = settings.config.clone();
+    let config = settings.clone().resolve()?;
+    if let Some(Command::Config {
+        action: ConfigAction::Check,
+    }) = &cli.command
+    {
+        let source = match &from_file {
+            Some(file) => format!("flags, then the environment, then {}", file.display()),
+            None => "flags, then the environment (no config file)".to_owned(),
+        };
+        let shown = format!(
+            "# The configuration `berth serve` runs with, from {source}; checked, and valid.\n\
+             # Secrets are redacted.\n{}",
+            settings.effective()
+        );
+        return print_out(shown.as_bytes());
+    }
     let filter = EnvFilter::try_new(&config.log)
         .with_context(|| format!("invalid log filter {:?}", config.log))?;
     // Boxed so that either format fits the one subscriber type.
@@ -63,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             Command::Scrub(args) => scrub(config, args).await,
             Command::Gc(args) => gc(config, args).await,
             Command::Events(args) => events(config, args).await,
+            Command::Config { .. } | Command::Completions { .. } | Command::Man => Ok(()),
         }
     });
     drop(runtime);
@@ -201,6 +237,18 @@ fn raise_open_file_limit(wanted: usize) {
             max_connections = wanted,
             "the open file limit is below max_connections; connections beyond it will wait"
         );
+    }
+}
+
+/// Writes `bytes` to standard output; a reader that stopped early (`| head`) is no error.
+fn print_out(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing to standard output")
+        }
+        _ => Ok(()),
     }
 }
 

@@ -29,6 +29,7 @@ mod api;
 mod auth;
 mod auth_clients;
 mod auth_fixtures;
+mod cli;
 mod clients;
 mod cluster;
 mod errors;
@@ -65,6 +66,7 @@ fn main() {
     tests.extend(api::trials());
     tests.extend(auth::trials());
     tests.extend(auth_clients::trials());
+    tests.extend(cli::trials());
     tests.extend(clients::trials());
     tests.extend(errors::trials());
     #[cfg(all(feature = "events", feature = "auth", feature = "mirror"))]
