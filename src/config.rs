@@ -1437,7 +1437,10 @@ mod tests {
             redacted("postgres://berth:pw@db/x?sslmode=require"),
             "postgres://berth:REDACTED@db/x?sslmode=require"
         );
-        assert_eq!(redacted("\"https://u:p:q@h/a@b\""), "\"https://u:REDACTED@h/a@b\"");
+        assert_eq!(
+            redacted("\"https://u:p:q@h/a@b\""),
+            "\"https://u:REDACTED@h/a@b\""
+        );
         assert_eq!(redacted("https://user@host/"), "https://user@host/");
         assert_eq!(redacted("sqlite:/data/berth.db"), "sqlite:/data/berth.db");
         assert_eq!(default_note("Most [default: 16]."), " (default: 16)");

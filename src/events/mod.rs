@@ -5,14 +5,15 @@
 //! endpoint for a lease (`FOR UPDATE SKIP LOCKED` on Postgres), so that one replica at a time
 //! delivers to it, and sends them: grouped by repository, each group in commit order, up to
 //! `max_in_flight` groups at once, `batch_size` events a request. A replica that finds the
-//! endpoint held by another leaves it alone until that lease ends. Each attempt is counted in
-//! its rows before it is sent; an acknowledged request (2xx) settles its rows as delivered; a
-//! failed one schedules a retry with exponential backoff and jitter, and holds back the later
-//! rows of its repository, until the row is too old or has had too many attempts and is
-//! dead-lettered. A replica killed between a send and its settlement leaves the rows pending,
-//! their attempt counted: another replica sends them again when the lease runs out (at least
-//! once; the event id stays the same, so receivers deduplicate, and the resend is counted in
-//! `berth_events_redelivered_total`).
+//! endpoint held by another leaves it alone until that lease ends. A round's attempts are
+//! counted in its rows before anything is sent (one write; rows it does not send after all are
+//! given back when their group settles). An acknowledged request (2xx) settles its rows as
+//! delivered; a failed one schedules a retry with exponential backoff and jitter, and holds
+//! back the later rows of its repository, until the row is too old or has had too many
+//! attempts and is dead-lettered. A replica killed between a send and its settlement leaves
+//! the rows pending, their attempt counted: another replica sends them again when the lease
+//! runs out (at least once; the event id stays the same, so receivers deduplicate, and the
+//! resend is counted in `berth_events_redelivered_total`).
 
 pub mod payload;
 
@@ -284,6 +285,14 @@ impl Deliverer {
         if due.is_empty() || !self.hold(state).await? {
             return Ok(());
         }
+        // The round's attempts are counted before anything is sent, in one write; those
+        // dead-lettered unsent below are not.
+        let attempted: Vec<i64> = due
+            .iter()
+            .filter(|row| row.attempts < endpoint.max_attempts)
+            .map(|row| row.seq)
+            .collect();
+        self.metadata.start_event_attempts(&attempted).await?;
         let mut groups: BTreeMap<String, Vec<OutboxEvent>> = BTreeMap::new();
         for row in due {
             groups
@@ -327,13 +336,10 @@ impl Deliverer {
             );
             outcomes.push((row.seq, DeliveryOutcome::Dead { error }));
         }
-        for batch in rows.chunks(endpoint.batch_size.max(1)) {
+        let mut batches = rows.chunks(endpoint.batch_size.max(1));
+        for batch in batches.by_ref() {
             if !matches!(self.hold(state).await, Ok(true)) {
-                break;
-            }
-            let seqs: Vec<i64> = batch.iter().map(|r| r.seq).collect();
-            if let Err(error) = self.metadata.start_event_attempts(&seqs).await {
-                tracing::warn!(endpoint = %endpoint.name, %error, "could not count an event attempt; not sending it now");
+                outcomes.extend(batch.iter().map(|r| (r.seq, DeliveryOutcome::Unsent)));
                 break;
             }
             let events: Vec<&NewEvent> = batch.iter().map(|r| &r.event).collect();
@@ -373,6 +379,8 @@ impl Deliverer {
                 }
             }
         }
+        // What the group did not get to: its attempt was counted with the round's.
+        outcomes.extend(batches.flatten().map(|r| (r.seq, DeliveryOutcome::Unsent)));
         outcomes
     }
 

@@ -277,6 +277,9 @@ pub enum DeliveryOutcome {
         /// Why it failed.
         error: String,
     },
+    /// Not sent after all (its repository's group stopped at an earlier failure, or the lease
+    /// was lost): the attempt counted for it before the round is given back.
+    Unsent,
 }
 
 /// One endpoint's rows, counted.

@@ -1286,6 +1286,7 @@ impl MetadataStore for MemoryMetadataStore {
                     row.settled_at = Some(now);
                     row.last_error = Some(error.clone());
                 }
+                DeliveryOutcome::Unsent => row.attempts = row.attempts.saturating_sub(1),
             }
         }
         Ok(())

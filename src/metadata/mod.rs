@@ -686,9 +686,11 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: i64,
         limit: u32,
     ) -> MetadataResult<Vec<OutboxEvent>>;
-    /// Counts an attempt of each pending row of `seqs`, before it is sent: an attempt that
-    /// never settles (its replica was killed mid-request) still counts, so that a resend is
-    /// known for one and a row that kills every sender is dead-lettered in the end.
+    /// Counts an attempt of each pending row of `seqs`, before a round sends them (one write a
+    /// round): an attempt that never settles (its replica was killed mid-request) still
+    /// counts, so that a resend is known for one and a row that kills every sender is
+    /// dead-lettered in the end. Rows the round does not send after all are settled
+    /// [`events::DeliveryOutcome::Unsent`], which gives their attempt back.
     async fn start_event_attempts(&self, seqs: &[i64]) -> MetadataResult<()>;
     /// Records what became of attempts (by row `seq`); rows no longer pending are left alone.
     async fn settle_events(

@@ -194,6 +194,11 @@ impl SqlMetadataStore {
                 .bind(*seq)
                 .bind(now)
                 .bind(error.as_str()),
+                DeliveryOutcome::Unsent => sqlx::query(
+                    "UPDATE event_outbox SET attempts = attempts - 1 \
+                     WHERE seq = $1 AND state = 'pending' AND attempts > 0",
+                )
+                .bind(*seq),
             };
             query.execute(&mut *tx).await?;
         }
@@ -452,6 +457,16 @@ mod tests {
             .map(|r| r.event.repository)
             .collect();
         assert_eq!(due, ["b/two", "b/two"]);
+        store.start_event_attempts(&[all[3].seq]).await.unwrap();
+        store
+            .settle_events(&[(all[3].seq, DeliveryOutcome::Unsent)], 1000)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.due_events("all", 2000, 100).await.unwrap()[0].attempts,
+            0,
+            "a row the round did not send gets its attempt back"
+        );
         let delivered: Vec<_> = all[3..]
             .iter()
             .map(|r| (r.seq, DeliveryOutcome::Delivered))
