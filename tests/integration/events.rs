@@ -487,8 +487,11 @@ async fn events_outlive_a_receiver_away_for_a_minute_and_a_killed_replica() {
         .iter()
         .map(|row| row["attempts"].as_u64().unwrap())
         .collect();
+    // The later ones of its repository are held back behind it: never sent, though a round
+    // read while it runs shows one attempt counted for them (a round counts its attempts
+    // before sending, and gives the unsent ones back when it settles).
     assert!(
-        attempted.len() == 3 && attempted[0] >= 5 && attempted[1..] == [0, 0],
+        attempted.len() == 3 && attempted[0] >= 5 && attempted[1..].iter().all(|&n| n <= 1),
         "the first event attempted again and again while the receiver was away, the later \
          ones of its repository held back behind it: {attempted:?}"
     );
@@ -523,7 +526,7 @@ async fn events_outlive_a_receiver_away_for_a_minute_and_a_killed_replica() {
         ),
         1.0,
         "the first event counted as delivered after earlier attempts (on the restarted \
-         process, which made some of them)"
+         process, which made some of them); the later ones were never sent"
     );
 }
 
