@@ -550,6 +550,14 @@ mod tests {
         taken: std::sync::Mutex<Vec<NewEvent>>,
     }
 
+    impl Recorder {
+        /// The tags of the events taken, in order.
+        fn tags(&self) -> Vec<String> {
+            let taken = self.taken.lock().unwrap();
+            taken.iter().filter_map(|e| e.tag.clone()).collect()
+        }
+    }
+
     #[async_trait]
     impl EventSink for Recorder {
         async fn deliver(&self, events: &[NewEvent]) -> Result<(), String> {
@@ -570,8 +578,9 @@ mod tests {
         push_empty_index(store, "embedded/app", tag, tag, Some(&origin), now_millis()).await;
     }
 
-    #[tokio::test]
-    async fn an_embedding_program_receives_events_through_its_sink_in_order_after_refusals() {
+    /// A memory store whose pushes are events for the endpoint `in-process`, and that
+    /// endpoint: a recording sink giving up after `max_attempts`.
+    fn in_process(max_attempts: u32) -> (Arc<MemoryMetadataStore>, Arc<Recorder>, Endpoint) {
         let store = Arc::new(
             MemoryMetadataStore::new().with_subscriptions(Subscriptions(vec![Subscription {
                 endpoint: "in-process".into(),
@@ -580,11 +589,6 @@ mod tests {
             }])),
         );
         let sink = Arc::new(Recorder::default());
-        sink.refuse.store(1, Ordering::SeqCst);
-        let options = DeliveryOptions {
-            retry_base: Duration::from_millis(1),
-            ..DeliveryOptions::default()
-        };
         let endpoint = Endpoint {
             name: "in-process".into(),
             target: Target::Sink(sink.clone()),
@@ -592,8 +596,19 @@ mod tests {
             timeout: Duration::from_secs(1),
             max_in_flight: 1,
             batch_size: 10,
-            max_attempts: 5,
+            max_attempts,
             max_age: Duration::from_secs(60),
+        };
+        (store, sink, endpoint)
+    }
+
+    #[tokio::test]
+    async fn an_embedding_program_receives_events_through_its_sink_in_order_after_refusals() {
+        let (store, sink, endpoint) = in_process(5);
+        sink.refuse.store(1, Ordering::SeqCst);
+        let options = DeliveryOptions {
+            retry_base: Duration::from_millis(1),
+            ..DeliveryOptions::default()
         };
         let deliverer = Deliverer::new(store.clone(), vec![endpoint], options).unwrap();
         for tag in ["one", "two", "three"] {
@@ -606,13 +621,7 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
         deliverer.round().await;
-        let tags: Vec<String> = sink
-            .taken
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e.tag.clone())
-            .collect();
+        let tags = sink.tags();
         assert_eq!(tags, ["one", "two", "three"]);
         deliverer.round().await;
         assert_eq!(sink.taken.lock().unwrap().len(), 3, "delivered once");
@@ -620,24 +629,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_whose_attempts_never_settle_is_dead_lettered_unsent() {
-        let store = Arc::new(
-            MemoryMetadataStore::new().with_subscriptions(Subscriptions(vec![Subscription {
-                endpoint: "in-process".into(),
-                repositories: vec![],
-                actions: vec![EventAction::Push],
-            }])),
-        );
-        let sink = Arc::new(Recorder::default());
-        let endpoint = Endpoint {
-            name: "in-process".into(),
-            target: Target::Sink(sink.clone()),
-            format: PayloadFormat::CloudEvents,
-            timeout: Duration::from_secs(1),
-            max_in_flight: 1,
-            batch_size: 10,
-            max_attempts: 3,
-            max_age: Duration::from_secs(60),
-        };
+        let (store, sink, endpoint) = in_process(3);
         let deliverer =
             Deliverer::new(store.clone(), vec![endpoint], DeliveryOptions::default()).unwrap();
         push(&store, "poison").await;
@@ -652,13 +644,7 @@ mod tests {
         }
         push(&store, "next").await;
         deliverer.round().await;
-        let tags: Vec<String> = sink
-            .taken
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e.tag.clone())
-            .collect();
+        let tags = sink.tags();
         assert_eq!(
             tags,
             ["next"],
