@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# Builds Berth's container image (deploy/Dockerfile, target prebuilt) from a host-built binary
-# on a Debian base made with debootstrap (no image registry is needed), then runs it the way
-# the Helm chart does - non-root, read-only root filesystem, no capabilities - and pushes and
-# pulls an image through it with skopeo, across a container restart.
+# Builds Berth's container image (deploy/Dockerfile, target prebuilt: FROM scratch) from a
+# host-built binary, with the libraries and certificates taken from a Debian image made with
+# debootstrap (no image registry is needed); checks that it holds nothing but what Berth needs
+# to run and stays within its size budget; then runs it the way the Helm chart does - non-root,
+# read-only root filesystem, no capabilities - and pushes and pulls an image through it with
+# skopeo, across a container restart.
 #   BERTH_IMAGE_BINARY   binary to put in the image [default: the integration suite's build of
 #                        target/debug/berth, default features]
-#   BERTH_RUNTIME_IMAGE  base image [default: local/bookworm:base, made here when missing]
+#   BERTH_RUNTIME_IMAGE  Debian image the libraries come from [default: local/bookworm:base,
+#                        made here when missing]
+#   BERTH_IMAGE_MAX_MB   most an image of a binary named by BERTH_IMAGE_BINARY (a release
+#                        build) may weigh, in MB (10^6 bytes) [default: 40]. Whatever the
+#                        binary, all the rest of the image together stays under 6 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE="${BERTH_RUNTIME_IMAGE:-local/bookworm:base}"
+BUDGET_MB="${BERTH_IMAGE_MAX_MB:-40}"
+MAX_MB="$BUDGET_MB"
+REST_MAX_MB=6
 BINARY="${BERTH_IMAGE_BINARY:-}"
 if [ -z "$BINARY" ]; then
+  # A debug build is larger than what ships: the image's total budget is for release builds.
+  MAX_MB=""
   # The binary the integration suite runs: built through `cargo test`, whose dependency
   # features differ from `cargo build`'s, so this reuses the suite's build instead of another.
   cargo test --quiet --no-run --test integration
@@ -36,8 +47,9 @@ fi
 
 echo "image: building from $BINARY on $BASE"
 mkdir "$WORK/context"
-# Debug information is for the host's debugger, not for the image.
-objcopy --strip-debug "$BINARY" "$WORK/context/berth"
+# Debug information and symbols are for the host's debugger, not for the image (a panic's
+# message still names its source file and line).
+objcopy --strip-all "$BINARY" "$WORK/context/berth"
 # COPY keeps the file's mode, and the image's user is not its owner: whatever umask built it,
 # the binary must be executable by everyone.
 chmod 0755 "$WORK/context/berth"
@@ -47,12 +59,37 @@ docker build -q -f deploy/Dockerfile --target prebuilt \
 user="$(docker image inspect -f '{{.Config.User}}' berth:check)"
 [ "$user" = "10001:10001" ] || { echo "the image runs as '$user', not a non-root user" >&2; exit 1; }
 size="$(docker image inspect -f '{{.Size}}' berth:check)"
-echo "  built: $((size / 1000000)) MB, user $user"
+binary_size="$(stat -c %s "$WORK/context/berth")"
+rest=$((size - binary_size))
+echo "  built: $size bytes: the binary $binary_size, the rest $rest; user $user"
+[ "$rest" -le $((REST_MAX_MB * 1000000)) ] \
+  || { echo "the image holds $rest bytes besides the binary, more than $REST_MAX_MB MB" >&2; exit 1; }
+if [ -n "$MAX_MB" ]; then
+  [ "$size" -le $((MAX_MB * 1000000)) ] \
+    || { echo "the image weighs $size bytes, more than $MAX_MB MB" >&2; exit 1; }
+else
+  echo "  (a debug build: the $BUDGET_MB MB budget is checked for a release build, BERTH_IMAGE_BINARY=target/release/berth)"
+fi
+
+echo "image: only the binary, its libraries, certificates and the user's entry"
+docker rm -f "$NAME" >/dev/null 2>&1 || true
+docker create --name "$NAME" berth:check >/dev/null
+docker export "$NAME" | tar -t | sed 's|/$||' | sort > "$WORK/files"
+docker rm "$NAME" >/dev/null
+# Docker adds these to every container: the mount points of its own files.
+unexpected="$(grep -Ev '^(\.dockerenv|dev(/.*)?|proc|sys|etc/(hosts|hostname|resolv\.conf|mtab))$' "$WORK/files" \
+  | grep -Ev '^(etc|etc/ssl|etc/ssl/certs|usr|usr/local|usr/local/bin|var|var/lib|tmp|lib|lib64|usr/lib|(usr/)?lib(64)?/x86_64-linux-gnu|(usr/)?lib(64)?/aarch64-linux-gnu)$' \
+  | grep -Ev '^(usr/local/bin/berth|var/lib/berth|etc/(passwd|group|nsswitch\.conf)|etc/ssl/certs/ca-certificates\.crt)$' \
+  | grep -Ev '^(usr/)?lib(64)?/([a-z0-9_]+-linux-gnu/)?(ld-linux[-a-z0-9_.]*\.so\.[0-9]+|lib[a-z0-9_+-]+\.so(\.[0-9]+)*)$' || true)"
+[ -z "$unexpected" ] || { echo "the image holds more than Berth needs to run:" >&2; echo "$unexpected" >&2; exit 1; }
+libraries="$(grep -Ec '\.so(\.[0-9]+)*$' "$WORK/files")"
+[ "$libraries" -ge 2 ] || { echo "the image holds $libraries shared libraries: not even the C library and its loader" >&2; exit 1; }
+echo "  $(wc -l < "$WORK/files") paths, $libraries of them shared libraries, no shell"
 
 echo "image: running read-only, non-root, without capabilities"
 start() {
   docker run -d --name "$NAME" --read-only --cap-drop ALL --security-opt no-new-privileges \
-    -v "$NAME:/var/lib/berth" -p 127.0.0.1::5000 -p 127.0.0.1::5001 \
+    -v "$NAME:/var/lib/berth" --tmpfs /tmp -p 127.0.0.1::5000 -p 127.0.0.1::5001 \
     -e BERTH_LOG_FORMAT=json berth:check >/dev/null
   API="$(docker port "$NAME" 5000/tcp | head -n1)"
   ADMIN="$(docker port "$NAME" 5001/tcp | head -n1)"
@@ -65,8 +102,13 @@ start() {
   exit 1
 }
 start
-[ "$(docker exec "$NAME" id -u)" = 10001 ] || { echo "the process is not uid 10001" >&2; exit 1; }
-if docker exec "$NAME" sh -c 'echo x > /usr/local/bin/probe' 2>/dev/null; then
+# There is no shell in the image to ask: the host sees the process's credentials and Docker
+# refuses to write to a read-only root.
+pid="$(docker inspect -f '{{.State.Pid}}' "$NAME")"
+uids="$(awk '/^Uid:/ {print $2, $3, $4, $5}' "/proc/$pid/status")"
+[ "$uids" = "10001 10001 10001 10001" ] || { echo "the process runs as uids $uids, not 10001" >&2; exit 1; }
+echo probe > "$WORK/probe"
+if docker cp "$WORK/probe" "$NAME:/usr/local/bin/probe" >/dev/null 2>&1; then
   echo "the root filesystem is writable" >&2; exit 1
 fi
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Berth's full test suite: lints, unit tests, the build without default features, docs and
 # examples, and the integration suite against the real binary on every backend
-# (SQLite + directory, Postgres + directory, Postgres + S3, memory), the deployment artifacts
+# (SQLite + directory, Postgres + directory, Postgres + S3, memory), the dependency tree
+# (scripts/check-dependencies.sh), the deployment artifacts
 # (Helm chart, Terraform module) and the container image. Installs and starts
 # what it needs (see scripts/services.sh); fails, never skips, when a service is missing.
 set -euo pipefail
@@ -22,6 +23,11 @@ step_done() {
 }
 step() { step_done "$*"; printf '\n==> %s\n' "$*"; }
 SUITE_START=$SECONDS
+# The dependency checkers compile for a few minutes: in the background, while the services
+# install (which mostly waits on the network and on one build of its own).
+DEPENDENCY_TOOLS_LOG="$(mktemp)"
+scripts/check-dependencies.sh --install >"$DEPENDENCY_TOOLS_LOG" 2>&1 &
+DEPENDENCY_TOOLS=$!
 step "install and start services"
 source scripts/services.sh
 trap '[ "$BERTH_STARTED_GARAGE" = 1 ] && scripts/garage.sh stop >/dev/null 2>&1; true' EXIT
@@ -33,6 +39,10 @@ export BERTH_TEST_REQUIRE_SERVICES=1
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+
+step "dependencies: none unused, licences, no test-only crate, duplicate versions"
+wait "$DEPENDENCY_TOOLS" || { cat "$DEPENDENCY_TOOLS_LOG" >&2; echo "installing the dependency checkers failed" >&2; exit 1; }
+scripts/check-dependencies.sh
 
 step "core library without default features, and the smallest binary"
 # Type-checked, not built: a build would compile every dependency again, optimized, for a

@@ -426,8 +426,8 @@ async fn events(config: Config, args: EventsArgs) -> anyhow::Result<()> {
                 writeln!(out)?;
                 writeln!(
                     out,
-                    "{:>8} {:<16} {:<10} {:<18} {:<36} {:>8}  REPOSITORY / ERROR",
-                    "SEQ", "ENDPOINT", "STATE", "ACTION", "EVENT ID", "ATTEMPTS"
+                    "{:>8} {:<16} {:<10} {:<18} {:<36} {:>8} {:<16} REPOSITORY / ERROR",
+                    "SEQ", "ENDPOINT", "STATE", "ACTION", "EVENT ID", "ATTEMPTS", "ACTOR"
                 )?;
             }
             for row in &rows {
@@ -438,13 +438,15 @@ async fn events(config: Config, args: EventsArgs) -> anyhow::Result<()> {
                 };
                 writeln!(
                     out,
-                    "{:>8} {:<16} {:<10} {:<18} {:<36} {:>8}  {what}{}",
+                    "{:>8} {:<16} {:<10} {:<18} {:<36} {:>8} {:<16} {what}{}",
                     row.seq,
                     row.endpoint,
                     row.state.as_str(),
                     row.event.action.as_str(),
                     row.event.id,
                     row.attempts,
+                    // Berth's own changes (collection, a mirror's eviction) have no actor.
+                    row.event.origin.actor.as_deref().unwrap_or("-"),
                     row.last_error
                         .as_deref()
                         .map(|e| format!("  ({e})"))
@@ -473,6 +475,12 @@ fn event_json(row: &berth::metadata::events::OutboxEvent) -> serde_json::Value {
         "next_attempt_at": row.next_attempt_at,
         "last_error": row.last_error,
         "settled_at": row.settled_at,
+        "origin": {
+            "actor": row.event.origin.actor,
+            "request_id": row.event.origin.request_id,
+            "client_addr": row.event.origin.client_addr,
+            "user_agent": row.event.origin.user_agent,
+        },
     })
 }
 

@@ -381,16 +381,13 @@ async fn a_failing_or_slow_receiver_gets_each_event_again_with_its_id_in_order()
 async fn dead_letters_are_kept_listed_and_replayed() {
     let receiver = Receiver::start().await;
     receiver.state.fail.store(usize::MAX, Ordering::SeqCst);
-    let server = with_webhooks(
-        &webhook(
-            "down",
-            &receiver.url(),
-            "max_attempts = 2\nactions = [\"push\"]\n",
-        ),
-        &[],
-    );
-    let c = server.client();
-    let image = c.push_image("dead/app", "v1", unique_seed()).await;
+    let (server, _users) = with_webhooks_and_users(&webhook(
+        "down",
+        &receiver.url(),
+        "max_attempts = 2\nactions = [\"push\"]\n",
+    ));
+    let c = signed_in(&server, "alice", "dead-letter-test/1.0");
+    let image = c.push_image("alice/dead", "v1", unique_seed()).await;
     let listed = |state: &str| events_listed(&server.deployment, &["--state", state]);
     eventually(
         "the event to be dead-lettered",
@@ -404,11 +401,15 @@ async fn dead_letters_are_kept_listed_and_replayed() {
     assert_eq!(row["digest"], image.digest.as_str());
     assert_eq!(row["attempts"], 2);
     assert!(row["last_error"].as_str().unwrap().contains("500"), "{row}");
+    assert_eq!(row["origin"]["actor"], "alice", "{row}");
+    assert_eq!(row["origin"]["user_agent"], "dead-letter-test/1.0", "{row}");
+    assert_eq!(row["origin"]["client_addr"], "127.0.0.1", "{row}");
+    assert!(row["origin"]["request_id"].is_string(), "{row}");
     assert_eq!(dead["endpoints"][0]["dead"], 1);
     assert_eq!(receiver.events(true).len(), 2, "two attempts, then no more");
     let text = ok(&mut server.deployment.command(&["events", "--state", "dead"]));
     assert!(
-        text.contains("down") && text.contains("dead/app:v1"),
+        text.contains("down") && text.contains("alice/dead:v1") && text.contains(" alice "),
         "{text}"
     );
 
