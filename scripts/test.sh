@@ -25,12 +25,16 @@ step() { step_done "$*"; printf '\n==> %s\n' "$*"; }
 SUITE_START=$SECONDS
 # The dependency checkers compile for a few minutes: in the background, while the services
 # install (which mostly waits on the network and on one build of its own).
+# In a session of its own, so that a suite that fails before it is waited for stops all of it
+# (cargo's compilers included), not only the script.
 DEPENDENCY_TOOLS_LOG="$(mktemp)"
-scripts/check-dependencies.sh --install >"$DEPENDENCY_TOOLS_LOG" 2>&1 &
+setsid --wait scripts/check-dependencies.sh --install >"$DEPENDENCY_TOOLS_LOG" 2>&1 &
 DEPENDENCY_TOOLS=$!
+BERTH_STARTED_GARAGE=0
+trap 'kill -- -"$DEPENDENCY_TOOLS" 2>/dev/null; rm -f "$DEPENDENCY_TOOLS_LOG"
+      [ "$BERTH_STARTED_GARAGE" = 1 ] && scripts/garage.sh stop >/dev/null 2>&1; true' EXIT
 step "install and start services"
 source scripts/services.sh
-trap '[ "$BERTH_STARTED_GARAGE" = 1 ] && scripts/garage.sh stop >/dev/null 2>&1; true' EXIT
 
 # The services scripts/services.sh started; a test that needs one it cannot find fails.
 export BERTH_TEST_DATABASE_URL="${BERTH_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"

@@ -509,7 +509,7 @@ settings! {
     auth_refresh_token_lifetime: Span, env = "BERTH_AUTH_REFRESH_TOKEN_LIFETIME", value_name = "DURATION",
     /// How long in-flight requests may run after SIGTERM/SIGINT [default: 30s].
     shutdown_timeout: Span, env = "BERTH_SHUTDOWN_TIMEOUT", value_name = "DURATION",
-    /// Log filter, e.g. info or berth=debug,tower_http=warn [default: info].
+    /// Log filter, e.g. info or berth=debug,sqlx=warn [default: info].
     log: String, env = "BERTH_LOG", value_name = "FILTER",
     /// Log lines as text (for people) or json (one object per line, for collectors) [default: text].
     log_format: LogFormat, env = "BERTH_LOG_FORMAT", value_name = "FORMAT",
