@@ -31,8 +31,10 @@ DEPENDENCY_TOOLS_LOG="$(mktemp)"
 setsid --wait scripts/check-dependencies.sh --install >"$DEPENDENCY_TOOLS_LOG" 2>&1 &
 DEPENDENCY_TOOLS=$!
 BERTH_STARTED_GARAGE=0
-trap 'kill -- -"$DEPENDENCY_TOOLS" 2>/dev/null; rm -f "$DEPENDENCY_TOOLS_LOG"
-      [ "$BERTH_STARTED_GARAGE" = 1 ] && scripts/garage.sh stop >/dev/null 2>&1; true' EXIT
+# (Under set -e a failing command in the trap would set the suite's exit status: the group is
+# usually gone by then.)
+trap 'kill -- -"$DEPENDENCY_TOOLS" 2>/dev/null || true; rm -f "$DEPENDENCY_TOOLS_LOG"
+      if [ "$BERTH_STARTED_GARAGE" = 1 ]; then scripts/garage.sh stop >/dev/null 2>&1 || true; fi' EXIT
 step "install and start services"
 source scripts/services.sh
 
