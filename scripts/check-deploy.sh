@@ -69,9 +69,16 @@ grep -q 'scheme: HTTPS' "$OUT/filesystem-values.yaml"
 refute() { # pattern rendered-file
   if grep -q "$1" "$2"; then echo "  $(basename "$2"): unexpected $1" >&2; exit 1; fi
 }
-# The defaults hold no Postgres, so no migrations Job, no Secret and no disruption budget.
+# The defaults hold no Postgres, so no migrations Job, no database Secret and no disruption
+# budget; the one Secret is the web UI's session key, made once and kept.
 refute "kind: Job" "$OUT/defaults.yaml"
-refute "kind: Secret" "$OUT/defaults.yaml"
+refute "database-url" "$OUT/defaults.yaml"
+grep -q "name: berth-ui-session" "$OUT/defaults.yaml"
+grep -q '"helm.sh/resource-policy": keep' "$OUT/defaults.yaml"
+grep -q 'BERTH_UI_SESSION_KEY: /etc/berth/ui/session-key' "$OUT/defaults.yaml"
+"$HELM" template berth "$CHART" --namespace registry --set config.ui.enabled=false > "$OUT/no-ui.yaml"
+grep -q 'BERTH_UI: "false"' "$OUT/no-ui.yaml"
+refute "kind: Secret" "$OUT/no-ui.yaml"
 refute "kind: PodDisruptionBudget" "$OUT/defaults.yaml"
 refute "BERTH_DATABASE_URL" "$OUT/defaults.yaml"
 # The production shape keeps nothing on a volume.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what Berth's tests need, on a fresh Debian machine or this one:
 # OCI clients (skopeo, podman, buildah, the Docker engine and its containerd, oras-py, Helm's
-# SDK, docker-compose, debootstrap for locally built images), HAProxy for the scale-out tests,
+# SDK, docker-compose, debootstrap for locally built images), headless Chromium and chromedriver
+# for the web UI's browser tests, HAProxy for the scale-out tests,
 # a running Postgres at
 # 127.0.0.1:5432, and Garage (a real S3-compatible store) on 127.0.0.1:3900. Source it: it
 # exports the S3 settings.
@@ -10,7 +11,7 @@
 berth_services_start() {
   local need=()
   for tool in skopeo podman buildah busybox haproxy curl psql tar gzip dockerd ctr runuser \
-              debootstrap docker-compose objcopy docker-registry; do
+              debootstrap docker-compose objcopy docker-registry chromium chromedriver; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
   done
   if [ "${#need[@]}" -gt 0 ]; then
@@ -20,7 +21,7 @@ berth_services_start() {
     apt-get install -y -qq --no-install-recommends \
       skopeo podman buildah busybox-static haproxy uidmap fuse-overlayfs slirp4netns curl \
       postgresql-client tar gzip ca-certificates docker.io containerd util-linux \
-      debootstrap docker-compose binutils docker-registry >/dev/null
+      debootstrap docker-compose binutils docker-registry chromium chromium-driver >/dev/null
   fi
   if ! python3 -c 'import oras.client, helm_python' >/dev/null 2>&1; then
     echo "installing oras-py and helm-python-sdk" >&2

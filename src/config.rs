@@ -369,6 +369,10 @@ macro_rules! settings {
 settings! {
     /// Address to listen on [default: 0.0.0.0:5000].
     listen: SocketAddr, env = "BERTH_LISTEN", value_name = "ADDR",
+    /// Serve the web UI at /ui/ [default: true].
+    ui: bool, env = "BERTH_UI", value_name = "BOOL",
+    /// File holding the key (at least 32 bytes) web UI sessions are signed with; give every replica the same [default: a random key per process].
+    ui_session_key: PathBuf, env = "BERTH_UI_SESSION_KEY", value_name = "FILE",
     /// PEM certificate chain (server certificate first) to serve HTTPS with; needs tls_key [default: plain HTTP].
     tls_cert: PathBuf, env = "BERTH_TLS_CERT", value_name = "FILE",
     /// PEM private key of tls_cert.
@@ -822,6 +826,8 @@ impl EventSettings {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The web UI.
+    pub ui: UiSettings,
     pub admin_listen: Option<SocketAddr>,
     /// HTTPS on `listen`, when configured.
     pub tls: Option<TlsSettings>,
@@ -851,6 +857,14 @@ pub struct Config {
     pub events: EventSettings,
     pub log: String,
     pub log_format: LogFormat,
+}
+
+/// The web UI as configured.
+#[cfg_attr(not(feature = "ui"), allow(dead_code))]
+#[derive(Debug, Clone)]
+pub struct UiSettings {
+    pub enabled: bool,
+    pub session_key: Option<PathBuf>,
 }
 
 /// HTTPS as configured.
@@ -1133,6 +1147,10 @@ impl Settings {
             listen: self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 5000))),
+            ui: UiSettings {
+                enabled: self.ui.unwrap_or(true),
+                session_key: self.ui_session_key,
+            },
             admin_listen: self.admin_listen,
             tls,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("berth-data")),

@@ -16,6 +16,7 @@ const FLOORS: &[&[&str]] = &[
         "instruments",
         "client",
         "timestamps",
+        "hmac",
     ],
     // Bytes, who may do what, and the registries a mirror reads through.
     &["storage", "auth", "upstream"],
@@ -27,6 +28,8 @@ const FLOORS: &[&[&str]] = &[
     &["registry", "events"],
     // The distribution API.
     &["http"],
+    // The web UI, over the registry and the API's access decisions and error mapping.
+    &["ui"],
 ];
 
 fn floor_of(module: &str) -> Option<usize> {

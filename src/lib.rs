@@ -67,7 +67,9 @@
 //! - `auth`: Berth's own authorizers (htpasswd, ACL files, Docker token authentication) and
 //!   token issuer ([`auth`]); the [`auth::Authorizer`] trait is always there;
 //! - `events`: delivery of the registry's events to webhooks and to an [`events::EventSink`]
-//!   of the embedding program ([`events`]); the outbox is written in every build.
+//!   of the embedding program ([`events`]); the outbox is written in every build;
+//! - `ui`: the web UI (`ui`): catalog, repositories, manifests and referrers in a browser,
+//!   under the same access control as the API.
 //!
 //! All are on by default; `--no-default-features` builds the core library with the filesystem
 //! and in-memory stores.
@@ -80,6 +82,7 @@ pub mod error;
 #[cfg(feature = "events")]
 pub mod events;
 pub mod glob;
+pub mod hmac;
 pub mod http;
 pub mod instruments;
 #[cfg(test)]
@@ -89,6 +92,8 @@ pub mod oci;
 pub mod registry;
 pub mod storage;
 pub mod timestamps;
+#[cfg(feature = "ui")]
+pub mod ui;
 pub mod upstream;
 
 pub use error::{Condition, ErrorCode, RegistryError, RegistryResult};

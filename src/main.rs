@@ -605,6 +605,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(authorizer) = auth.authorizer {
         api = api.authorizer(authorizer);
     }
+    #[cfg(feature = "ui")]
+    let registry_for_ui = registry.clone();
     let mut app = api
         .router()
         .merge(berth::http::health_router(registry.clone()));
@@ -614,6 +616,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     if let Some(tokens) = auth.token_router {
         app = app.merge(tokens);
+    }
+    #[cfg(feature = "ui")]
+    if config.ui.enabled {
+        app = app.merge(ui_router(
+            &config,
+            registry_for_ui,
+            auth.accounts,
+            tls.is_some(),
+        )?);
     }
     let options = berth::http::ServeOptions {
         grace: config.shutdown_timeout,
@@ -635,6 +646,43 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The web UI, with the session key every replica shares (or, without one, a key of this
+/// process's own, said in the log).
+#[cfg(feature = "ui")]
+fn ui_router(
+    config: &Config,
+    registry: Registry,
+    accounts: Option<(Arc<dyn berth::auth::Accounts>, bool)>,
+    tls: bool,
+) -> anyhow::Result<axum::Router> {
+    use berth::ui::session::SessionKey;
+
+    let key = match &config.ui.session_key {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading the UI session key {}", path.display()))?;
+            SessionKey::new(&bytes)
+                .with_context(|| format!("the UI session key {}", path.display()))?
+        }
+        None => {
+            tracing::info!(
+                "web UI sessions are signed with a key of this process: set ui_session_key \
+                 to share sign-ins between replicas and keep them across restarts"
+            );
+            SessionKey::random()
+        }
+    };
+    let mut ui = berth::ui::Ui::new(registry)
+        .session_key(key)
+        .secure_cookies(tls)
+        .trusted_proxies(config.http.trusted_proxies.clone());
+    if let Some((accounts, can_sign_in)) = accounts {
+        ui = ui.accounts(accounts, can_sign_in);
+    }
+    tracing::info!("web UI at /ui/");
+    Ok(ui.router())
 }
 
 /// The TLS settings to serve with and how often to read their files again, loaded now so that
@@ -663,10 +711,13 @@ fn server_tls(settings: Option<&config::TlsSettings>) -> anyhow::Result<Option<(
     Ok(None)
 }
 
-/// The authorizer (and token endpoint) access control needs.
+/// The authorizer (and token endpoint) access control needs, and who signs in to the web UI.
 struct AuthSetup {
     authorizer: Option<Arc<dyn berth::auth::Authorizer>>,
     token_router: Option<axum::Router>,
+    /// The UI's accounts, and whether they sign in here; `None` without access control.
+    #[cfg_attr(not(feature = "ui"), allow(dead_code))]
+    accounts: Option<(Arc<dyn berth::auth::Accounts>, bool)>,
 }
 
 #[cfg(feature = "auth")]
@@ -675,7 +726,7 @@ fn auth_setup(
     proxies: &berth::client::TrustedProxies,
 ) -> anyhow::Result<AuthSetup> {
     use berth::auth::acl::Acl;
-    use berth::auth::basic::BasicAuthorizer;
+    use berth::auth::basic::{BasicAuthorizer, PasswordAccounts};
     use berth::auth::bearer::{BearerAuthorizer, Realm, TokenVerifier};
     use berth::auth::htpasswd::Htpasswd;
     use berth::auth::issuer::{IssuerSettings, TokenIssuer};
@@ -687,6 +738,7 @@ fn auth_setup(
         return Ok(AuthSetup {
             authorizer: None,
             token_router: None,
+            accounts: None,
         });
     }
     let acl = Arc::new(match &settings.acl {
@@ -707,11 +759,17 @@ fn auth_setup(
             "access control: basic authentication"
         );
         let realm = settings.realm.clone().unwrap_or_else(|| "berth".to_owned());
+        let accounts = PasswordAccounts::new(
+            Some(Arc::clone(&htpasswd)),
+            Arc::clone(&acl),
+            Arc::clone(&limiter),
+        );
         return Ok(AuthSetup {
             authorizer: Some(Arc::new(BasicAuthorizer::new(
                 htpasswd, acl, realm, limiter,
             ))),
             token_router: None,
+            accounts: Some((Arc::new(accounts), true)),
         });
     }
     let signing = settings
@@ -739,6 +797,14 @@ fn auth_setup(
         Some(url) => Realm::Url(url.clone()),
         None => Realm::SameHost("/token".to_owned()),
     };
+    // The UI signs users in with the htpasswd file the built-in issuer uses; with an external
+    // token service, users cannot sign in here and visitors see what anonymous callers may.
+    let issues_tokens = signing.is_some() && htpasswd.is_some();
+    let accounts = PasswordAccounts::new(
+        htpasswd.clone().filter(|_| issues_tokens),
+        Arc::clone(&acl),
+        Arc::clone(&limiter),
+    );
     let token_router = match (signing, htpasswd) {
         (Some(key), Some(htpasswd)) => {
             tracing::info!(
@@ -777,6 +843,7 @@ fn auth_setup(
             settings.service.clone(),
         ))),
         token_router,
+        accounts: Some((Arc::new(accounts), issues_tokens)),
     })
 }
 
@@ -791,6 +858,7 @@ fn auth_setup(
     Ok(AuthSetup {
         authorizer: None,
         token_router: None,
+        accounts: None,
     })
 }
 

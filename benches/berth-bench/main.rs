@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Here: the command line, the figures and what the workloads share; the workloads by kind in
-//! `push.rs`, `pull.rs`, `listings.rs` and `s3.rs`, and `report.rs` for `berth-bench report`.
+//! `push.rs`, `pull.rs`, `listings.rs`, `ui.rs` (the web UI's pages) and `s3.rs`, and
+//! `report.rs` for `berth-bench report`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ mod random;
 mod report;
 mod s3;
 mod sink;
+mod ui;
 
 use report::report;
 use s3::s3_put;
@@ -81,9 +83,12 @@ struct Opts {
     /// Tags in one repository for listings-scale.
     #[arg(long, default_value_t = 1_000_000)]
     scale_tags: usize,
-    /// Repositories for listings-scale.
+    /// Repositories for listings-scale and ui-pages.
     #[arg(long, default_value_t = 100_000)]
     scale_repos: usize,
+    /// Tags in one repository for ui-pages.
+    #[arg(long, default_value_t = 10_000)]
+    ui_tags: usize,
     /// Credentials `user:password` for a registry with access control: sent as Basic, or, with
     /// `--auth-token`, exchanged at the registry's `/token` for a bearer token (pull and push on
     /// `--repo`), which every request then carries.
@@ -115,7 +120,7 @@ struct Opts {
     #[arg(long, default_value_t = 3.0)]
     sink_idle: f64,
     /// Workloads: push-mono push-chunked push-stream pull pull-warm manifest-get manifest-head
-    /// small-images tags-list listings-scale push-beside-tricklers push-concurrent orphans rss s3-put
+    /// small-images tags-list listings-scale ui-pages push-beside-tricklers push-concurrent orphans rss s3-put
     /// s3-put-parallel s3-get event-sink, or `report FILE`.
     #[arg(required = true)]
     workloads: Vec<String>,
@@ -385,6 +390,7 @@ async fn main() -> Result<()> {
             "orphans" => bench.orphans().await,
             "tags-list" => bench.tags_list().await,
             "listings-scale" => bench.listings_scale().await,
+            "ui-pages" => bench.ui_pages().await,
             "push-beside-tricklers" => bench.push_beside_tricklers().await,
             "rss" => bench.rss(),
             "s3-put" => s3_put(&mut bench, 1).await,

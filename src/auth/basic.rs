@@ -13,7 +13,12 @@ use super::acl::Acl;
 use super::bearer::credentials;
 use super::htpasswd::Htpasswd;
 use super::limiter::LoginLimiter;
-use super::{Access, AccessRequest, Authorizer, Denial, Grant, Resource, describe_needs};
+use std::net::IpAddr;
+
+use super::{
+    Access, AccessRequest, Accounts, Authorizer, Denial, Grant, Resource, SignInError,
+    describe_needs,
+};
 
 /// What the ACL gives a user (or an anonymous caller).
 #[derive(Debug)]
@@ -43,6 +48,64 @@ impl Grant for AclGrant {
                 .contains(action),
             (Resource::Repository(_), None) => false,
         }
+    }
+}
+
+/// The web UI's users: an htpasswd file (when the registry has one) and an ACL, the same as
+/// the API's, with the same failed-login limit.
+#[derive(Debug)]
+pub struct PasswordAccounts {
+    htpasswd: Option<Arc<Htpasswd>>,
+    acl: Arc<Acl>,
+    limiter: Arc<LoginLimiter>,
+}
+
+impl PasswordAccounts {
+    /// Users from `htpasswd` (`None`: nobody signs in here; anonymous visitors still get what
+    /// `acl` gives `anonymous`), permissions from `acl`.
+    pub fn new(
+        htpasswd: Option<Arc<Htpasswd>>,
+        acl: Arc<Acl>,
+        limiter: Arc<LoginLimiter>,
+    ) -> PasswordAccounts {
+        PasswordAccounts {
+            htpasswd,
+            acl,
+            limiter,
+        }
+    }
+}
+
+#[async_trait]
+impl Accounts for PasswordAccounts {
+    async fn sign_in(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<(), SignInError> {
+        let Some(htpasswd) = &self.htpasswd else {
+            return Err(SignInError::Unsupported(
+                "this registry's users sign in with an external token service, not here".to_owned(),
+            ));
+        };
+        if let Err(retry_after_secs) = self.limiter.check(client) {
+            return Err(SignInError::TooManyAttempts { retry_after_secs });
+        }
+        if htpasswd.verify(user, password).await {
+            Ok(())
+        } else {
+            self.limiter.failed(client);
+            tracing::warn!(user, ?client, "failed sign-in to the web UI");
+            Err(SignInError::WrongCredentials)
+        }
+    }
+
+    fn grant(&self, user: Option<&str>) -> Arc<dyn Grant> {
+        Arc::new(AclGrant::new(
+            user.map(str::to_owned),
+            Arc::clone(&self.acl),
+        ))
     }
 }
 

@@ -100,6 +100,61 @@ pub trait Authorizer: Send + Sync + 'static {
     async fn authorize(&self, request: &AccessRequest<'_>) -> Result<Arc<dyn Grant>, Denial>;
 }
 
+/// Why a sign-in (to the web UI) is refused.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SignInError {
+    /// The user is unknown or the password wrong (which of the two is not said).
+    #[error("the user name or password is wrong")]
+    WrongCredentials,
+    /// Too many failed sign-ins from this client.
+    #[error("too many failed sign-ins from this address: try again in {retry_after_secs} s")]
+    TooManyAttempts {
+        /// Seconds until the client may try again.
+        retry_after_secs: u64,
+    },
+    /// This registry's users cannot sign in here (their credentials live in an external
+    /// token service).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// The users of the web UI: the same as the API's, with the same permissions.
+#[async_trait]
+pub trait Accounts: Send + Sync + 'static {
+    /// Checks `user`'s `password`, counting failures against `client`'s limit.
+    async fn sign_in(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<(), SignInError>;
+    /// What `user` (`None`: an anonymous visitor) may do.
+    fn grant(&self, user: Option<&str>) -> Arc<dyn Grant>;
+}
+
+/// The accounts of a registry without access control: nobody signs in, everyone may do
+/// everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Open;
+
+#[async_trait]
+impl Accounts for Open {
+    async fn sign_in(
+        &self,
+        _user: &str,
+        _password: &str,
+        _client: Option<IpAddr>,
+    ) -> Result<(), SignInError> {
+        Err(SignInError::Unsupported(
+            "this registry has no access control: there is nothing to sign in to".to_owned(),
+        ))
+    }
+
+    fn grant(&self, _user: Option<&str>) -> Arc<dyn Grant> {
+        Arc::new(Everything)
+    }
+}
+
 /// The grant of a registry without access control: everything is allowed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Everything;

@@ -8,8 +8,8 @@
 //!   `source`, so that consumers written for Distribution work unchanged.
 
 use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
 
+use crate::hmac::hmac_sha256;
 use crate::metadata::events::{EventAction, NewEvent};
 use crate::timestamps::rfc3339_millis;
 
@@ -202,27 +202,6 @@ pub fn body(
     }
 }
 
-/// HMAC-SHA256 (RFC 2104) of `body` under `key`.
-pub fn hmac_sha256(key: &[u8], body: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(body)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
-}
-
 /// The value of [`SIGNATURE_HEADER`] for `body` under `secret`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(hmac_sha256(secret, body)))
@@ -235,19 +214,7 @@ mod tests {
     use crate::oci::{Digest, RepositoryName, Tag};
 
     #[test]
-    fn hmac_matches_rfc_4231() {
-        // Test cases 1 and 6 of RFC 4231 (a short key, and a key longer than a block).
-        assert_eq!(
-            hex::encode(hmac_sha256(&[0x0b; 20], b"Hi There")),
-            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
-        );
-        assert_eq!(
-            hex::encode(hmac_sha256(
-                &[0xaa; 131],
-                b"Test Using Larger Than Block-Size Key - Hash Key First"
-            )),
-            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
-        );
+    fn signatures_depend_on_the_secret() {
         assert_ne!(signature(b"one", b"body"), signature(b"two", b"body"));
     }
 

@@ -30,6 +30,7 @@ mod token;
 pub use api::{API_VERSION, Api, BlobLocationHook, HttpOptions, UploadLocationHook};
 pub use endpoint::{Action, Operation, Route, RouteError, Target, TargetError, route};
 pub use error::{ApiError, ApiResult};
+pub use handlers::event_origin;
 pub use observe::{RequestId, observed};
 #[cfg(feature = "mirror")]
 pub use relay::relay_router;

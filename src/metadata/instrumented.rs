@@ -12,10 +12,10 @@ use super::events::{
     OutboxEvent, OutboxQuery,
 };
 use super::{
-    BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
-    ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
-    NewManifest, Page, PoolUsage, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard,
-    UploadCheckpoint, UploadSession,
+    BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ListedManifest,
+    ManifestDeletion, ManifestRecord, MetadataError, MetadataResult, MetadataStore,
+    MirrorFetchClaim, MirrorPull, NewManifest, Page, PoolUsage, PushedBefore, PutManifestOutcome,
+    ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
 };
 use crate::instruments;
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
@@ -117,6 +117,11 @@ measured_calls! {
     fn delete_tag(&self, repository: &RepositoryName, tag: &Tag, origin: &EventOrigin, now: i64) -> bool;
     fn tags(&self, repository: &RepositoryName, page: Page<'_>) -> Option<Vec<String>>;
     fn referrers(&self, repository: &RepositoryName, subject: &Digest, artifact_type: Option<&str>, page: Page<'_>) -> Vec<ReferrerRecord>;
+    fn search_repositories(&self, needle: &str, page: Page<'_>) -> Vec<String>;
+    fn recent_tags(&self, repository: &RepositoryName, before: Option<PushedBefore<'_>>, limit: u32) -> Option<Vec<ListedManifest>>;
+    fn untagged_manifests(&self, repository: &RepositoryName, limit: u32) -> Vec<ListedManifest>;
+    fn manifests_among(&self, repository: &RepositoryName, digests: &[Digest]) -> Vec<ManifestRecord>;
+    fn tags_naming(&self, repository: &RepositoryName, digest: &Digest) -> Vec<String>;
     fn collect_links(&self, cutoff: i64, limit: u32, now: i64) -> Collected;
     fn collect_blobs(&self, cutoff: i64, limit: u32, now: i64) -> Collected;
     fn collect_untagged_manifests(&self, cutoff: i64, limit: u32, now: i64) -> Collected;

@@ -15,9 +15,9 @@ use super::events::{
 };
 use super::{
     BlobCommit, BlobRecord, Census, Collected, DanglingKind, DanglingReference, Garbage,
-    ManifestDeletion, ManifestRecord, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
-    NewManifest, Page, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard,
-    UploadCheckpoint, UploadSession,
+    ListedManifest, ManifestDeletion, ManifestRecord, MetadataResult, MetadataStore,
+    MirrorFetchClaim, MirrorPull, NewManifest, Page, PushedBefore, PutManifestOutcome,
+    ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
 };
 use crate::oci::{Digest, ParsedManifest, Reference, RepositoryName, Tag};
 use crate::storage::PartRecord;
@@ -57,6 +57,8 @@ struct Repository {
     blobs: BTreeMap<Digest, i64>,
     manifests: BTreeMap<Digest, StoredManifest>,
     tags: BTreeMap<String, Digest>,
+    /// When each tag was last pushed (entries of tags since deleted are ignored).
+    tag_pushed: HashMap<String, i64>,
 }
 
 #[derive(Debug)]
@@ -779,6 +781,7 @@ impl MetadataStore for MemoryMetadataStore {
             });
         for tag in m.tags {
             repo.tags.insert(tag.as_str().to_owned(), m.digest.clone());
+            repo.tag_pushed.insert(tag.as_str().to_owned(), m.now);
         }
         let push = NewEvent::new(EventAction::Push, m.repository, m.now)
             .by(m.announce.unwrap_or(&EventOrigin::default()))
@@ -1037,6 +1040,111 @@ impl MetadataStore for MemoryMetadataStore {
                 annotations: m.annotations.clone(),
             })
             .collect())
+    }
+
+    async fn search_repositories(
+        &self,
+        needle: &str,
+        page: Page<'_>,
+    ) -> MetadataResult<Vec<String>> {
+        let state = self.state();
+        let matching = state
+            .repositories
+            .iter()
+            .filter(|(name, _)| name.contains(needle));
+        Ok(page_of(matching, page).map(|(k, _)| k.clone()).collect())
+    }
+
+    async fn recent_tags(
+        &self,
+        repository: &RepositoryName,
+        before: Option<PushedBefore<'_>>,
+        limit: u32,
+    ) -> MetadataResult<Option<Vec<ListedManifest>>> {
+        let state = self.state();
+        let Some(repo) = state.repositories.get(repository.as_str()) else {
+            return Ok(None);
+        };
+        let mut listed: Vec<ListedManifest> = repo
+            .tags
+            .iter()
+            .filter_map(|(tag, digest)| {
+                let pushed_at = repo.tag_pushed.get(tag).copied().unwrap_or(0);
+                let after_cursor = before.is_none_or(|b| {
+                    pushed_at < b.pushed_at || (pushed_at == b.pushed_at && tag.as_str() < b.tag)
+                });
+                let manifest = repo.manifests.get(digest)?;
+                after_cursor.then(|| ListedManifest {
+                    tag: Some(tag.clone()),
+                    pushed_at,
+                    manifest: manifest.record.clone(),
+                })
+            })
+            .collect();
+        listed.sort_by(|a, b| (b.pushed_at, &b.tag).cmp(&(a.pushed_at, &a.tag)));
+        listed.truncate(limit as usize);
+        Ok(Some(listed))
+    }
+
+    async fn untagged_manifests(
+        &self,
+        repository: &RepositoryName,
+        limit: u32,
+    ) -> MetadataResult<Vec<ListedManifest>> {
+        let state = self.state();
+        let Some(repo) = state.repositories.get(repository.as_str()) else {
+            return Ok(Vec::new());
+        };
+        let tagged: BTreeSet<&Digest> = repo.tags.values().collect();
+        let mut listed: Vec<ListedManifest> = repo
+            .manifests
+            .values()
+            .filter(|m| !tagged.contains(&m.record.digest))
+            .map(|m| ListedManifest {
+                tag: None,
+                pushed_at: m.created_at,
+                manifest: m.record.clone(),
+            })
+            .collect();
+        listed.sort_by(|a, b| {
+            (b.pushed_at, &a.manifest.digest).cmp(&(a.pushed_at, &b.manifest.digest))
+        });
+        listed.truncate(limit as usize);
+        Ok(listed)
+    }
+
+    async fn manifests_among(
+        &self,
+        repository: &RepositoryName,
+        digests: &[Digest],
+    ) -> MetadataResult<Vec<ManifestRecord>> {
+        let state = self.state();
+        let Some(repo) = state.repositories.get(repository.as_str()) else {
+            return Ok(Vec::new());
+        };
+        Ok(digests
+            .iter()
+            .filter_map(|d| repo.manifests.get(d).map(|m| m.record.clone()))
+            .collect())
+    }
+
+    async fn tags_naming(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<Vec<String>> {
+        let state = self.state();
+        Ok(state
+            .repositories
+            .get(repository.as_str())
+            .map(|repo| {
+                repo.tags
+                    .iter()
+                    .filter(|(_, d)| *d == digest)
+                    .map(|(t, _)| t.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     async fn mirror_tag_checked(

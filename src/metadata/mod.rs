@@ -209,6 +209,29 @@ pub struct ReferrerRecord {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
+/// A manifest as a browser lists it: with the tag naming it (none for an untagged one) and
+/// when that tag was last pointed at it (for an untagged one, when the manifest was stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedManifest {
+    /// The tag, or `None` for a manifest no tag names.
+    pub tag: Option<String>,
+    /// When the push that set the tag (or stored the untagged manifest) was made, in Unix
+    /// milliseconds like every time the store keeps.
+    pub pushed_at: i64,
+    /// The manifest.
+    pub manifest: ManifestRecord,
+}
+
+/// Where a listing of tags by push time, newest first, goes on: after the tag `tag` pushed at
+/// `pushed_at` (ties broken by name, descending).
+#[derive(Clone, Copy, Debug)]
+pub struct PushedBefore<'a> {
+    /// The push time of the last tag shown.
+    pub pushed_at: i64,
+    /// Its name.
+    pub tag: &'a str,
+}
+
 /// A page of a lexically ordered listing: up to `limit` entries strictly after `after`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Page<'a> {
@@ -558,6 +581,39 @@ pub trait MetadataStore: Send + Sync + 'static {
         artifact_type: Option<&str>,
         page: Page<'_>,
     ) -> MetadataResult<Vec<ReferrerRecord>>;
+
+    /// Repositories whose name contains `needle` (bytewise), in the catalog's order.
+    async fn search_repositories(
+        &self,
+        needle: &str,
+        page: Page<'_>,
+    ) -> MetadataResult<Vec<String>>;
+    /// Up to `limit` tags of `repository` with their manifests, most recently pushed first,
+    /// those after `before`; `None` if the repository does not exist.
+    async fn recent_tags(
+        &self,
+        repository: &RepositoryName,
+        before: Option<PushedBefore<'_>>,
+        limit: u32,
+    ) -> MetadataResult<Option<Vec<ListedManifest>>>;
+    /// Up to `limit` manifests of `repository` that no tag names, newest first.
+    async fn untagged_manifests(
+        &self,
+        repository: &RepositoryName,
+        limit: u32,
+    ) -> MetadataResult<Vec<ListedManifest>>;
+    /// Those of `digests` that `repository` holds, in no particular order.
+    async fn manifests_among(
+        &self,
+        repository: &RepositoryName,
+        digests: &[Digest],
+    ) -> MetadataResult<Vec<ManifestRecord>>;
+    /// The tags of `repository` naming `digest`, in bytewise order.
+    async fn tags_naming(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<Vec<String>>;
 
     /// Garbage collection, one batch: takes up to `limit` link reviews queued at or before
     /// `cutoff` off the queue; deletes each link no manifest of its repository references and

@@ -56,6 +56,8 @@ mod stress;
 mod telemetry;
 #[cfg(feature = "tls")]
 mod tls;
+#[cfg(all(feature = "ui", feature = "auth"))]
+mod ui;
 #[cfg(feature = "mirror")]
 mod upstream;
 mod util;
@@ -89,6 +91,8 @@ fn main() {
     tests.extend(telemetry::trials());
     #[cfg(feature = "tls")]
     tests.extend(tls::trials());
+    #[cfg(all(feature = "ui", feature = "auth"))]
+    tests.extend(ui::trials());
     #[cfg(feature = "mirror")]
     tests.extend(upstream::trials());
     harness::run(args, tests).exit();

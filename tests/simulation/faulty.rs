@@ -27,10 +27,10 @@ use berth::metadata::events::{
     OutboxEvent, OutboxQuery,
 };
 use berth::metadata::{
-    BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
-    ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
-    NewManifest, Page, PoolUsage, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard,
-    UploadCheckpoint, UploadSession,
+    BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ListedManifest,
+    ManifestDeletion, ManifestRecord, MetadataError, MetadataResult, MetadataStore,
+    MirrorFetchClaim, MirrorPull, NewManifest, Page, PoolUsage, PushedBefore, PutManifestOutcome,
+    ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
 };
 use berth::oci::{Digest, Reference, RepositoryName, Tag};
 use berth::storage::{
@@ -418,6 +418,11 @@ faulty_calls! {
     fn put_manifest(&self, manifest: NewManifest<'_>) -> PutManifestOutcome;
     fn manifest(&self, repository: &RepositoryName, reference: &Reference) -> Option<ManifestRecord>;
     fn delete_manifest(&self, repository: &RepositoryName, digest: &Digest, immutable: TagGuard<'_>, origin: &EventOrigin, now: i64) -> ManifestDeletion;
+    fn search_repositories(&self, needle: &str, page: Page<'_>) -> Vec<String>;
+    fn recent_tags(&self, repository: &RepositoryName, before: Option<PushedBefore<'_>>, limit: u32) -> Option<Vec<ListedManifest>>;
+    fn untagged_manifests(&self, repository: &RepositoryName, limit: u32) -> Vec<ListedManifest>;
+    fn manifests_among(&self, repository: &RepositoryName, digests: &[Digest]) -> Vec<ManifestRecord>;
+    fn tags_naming(&self, repository: &RepositoryName, digest: &Digest) -> Vec<String>;
     fn delete_tag(&self, repository: &RepositoryName, tag: &Tag, origin: &EventOrigin, now: i64) -> bool;
     fn tags(&self, repository: &RepositoryName, page: Page<'_>) -> Option<Vec<String>>;
     fn referrers(&self, repository: &RepositoryName, subject: &Digest, artifact_type: Option<&str>, page: Page<'_>) -> Vec<ReferrerRecord>;

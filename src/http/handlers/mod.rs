@@ -108,7 +108,7 @@ pub(super) async fn handle(api: Arc<Api>, request: Request) -> Response {
 }
 
 /// Who asks for the changes of the request of `parts` (or pulls), as their events name it.
-fn event_origin(parts: &Parts, grant: &dyn Grant) -> EventOrigin {
+pub fn event_origin(parts: &Parts, grant: &dyn Grant) -> EventOrigin {
     let client = match parts.extensions.get::<ClientAddress>() {
         Some(client) => Some(client.0),
         None => parts

@@ -16,7 +16,8 @@
 //! - `repositories.rs`, `uploads.rs` (sessions, checkpoints, staged bytes, parts), `blobs.rs`
 //!   (blob rows, links, mounts, an upload's commit), `manifests.rs` (manifests, their
 //!   references, tags, referrers), `gc.rs` (reviews, collection passes, the storage garbage
-//!   queue, the census), `mirror.rs` (a mirror's tag checks and fetch claims);
+//!   queue, the census), `mirror.rs` (a mirror's tag checks and fetch claims), `browse.rs`
+//!   (the web UI's reads: search, tags by push time, untagged manifests);
 //! - `options.rs`: [`SqlOptions`], built with or without a SQL backend.
 //!
 //! Every method of the trait is one transaction.
@@ -30,15 +31,16 @@ use super::events::{
     OutboxEvent, OutboxQuery, Subscriptions,
 };
 use super::{
-    BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ManifestDeletion,
-    ManifestRecord, MetadataError, MetadataResult, MetadataStore, MirrorFetchClaim, MirrorPull,
-    NewManifest, Page, PoolUsage, PutManifestOutcome, ReferrerRecord, SessionUpdate, TagGuard,
-    UploadCheckpoint, UploadSession,
+    BlobCommit, BlobRecord, Census, Collected, DanglingReference, Garbage, ListedManifest,
+    ManifestDeletion, ManifestRecord, MetadataError, MetadataResult, MetadataStore,
+    MirrorFetchClaim, MirrorPull, NewManifest, Page, PoolUsage, PushedBefore, PutManifestOutcome,
+    ReferrerRecord, SessionUpdate, TagGuard, UploadCheckpoint, UploadSession,
 };
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::storage::PartRecord;
 
 mod blobs;
+mod browse;
 mod dialect;
 mod errors;
 mod events;
@@ -445,6 +447,48 @@ impl MetadataStore for SqlMetadataStore {
     ) -> MetadataResult<Vec<ReferrerRecord>> {
         self.referrers(repository, subject, artifact_type, page)
             .await
+    }
+
+    // browse.rs
+    async fn search_repositories(
+        &self,
+        needle: &str,
+        page: Page<'_>,
+    ) -> MetadataResult<Vec<String>> {
+        self.search_repositories(needle, page).await
+    }
+
+    async fn recent_tags(
+        &self,
+        repository: &RepositoryName,
+        before: Option<PushedBefore<'_>>,
+        limit: u32,
+    ) -> MetadataResult<Option<Vec<ListedManifest>>> {
+        self.recent_tags(repository, before, limit).await
+    }
+
+    async fn untagged_manifests(
+        &self,
+        repository: &RepositoryName,
+        limit: u32,
+    ) -> MetadataResult<Vec<ListedManifest>> {
+        self.untagged_manifests(repository, limit).await
+    }
+
+    async fn manifests_among(
+        &self,
+        repository: &RepositoryName,
+        digests: &[Digest],
+    ) -> MetadataResult<Vec<ManifestRecord>> {
+        self.manifests_among(repository, digests).await
+    }
+
+    async fn tags_naming(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> MetadataResult<Vec<String>> {
+        self.tags_naming(repository, digest).await
     }
 
     // gc.rs

@@ -15,6 +15,7 @@
 //! - `random` and `proxy` (in `tests/common/`, shared with the simulation and the bench):
 //!   pseudo-random data and the forwarding step of the S3 proxies;
 //! - `pki`: certificates for TLS tests;
+//! - `webdriver`: headless Chromium driven over WebDriver, for the web UI;
 //! - here: digests, seeds, polling and files.
 #![allow(dead_code)]
 
@@ -30,6 +31,7 @@ mod random;
 mod s3;
 mod server;
 mod tools;
+mod webdriver;
 
 pub use client::*;
 pub use layout::*;
@@ -40,6 +42,7 @@ pub use random::*;
 pub use s3::*;
 pub use server::*;
 pub use tools::*;
+pub use webdriver::*;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
