@@ -15,8 +15,10 @@ use super::htpasswd::Htpasswd;
 use super::limiter::LoginLimiter;
 use std::net::IpAddr;
 
+use sha2::{Digest as _, Sha256};
+
 use super::{
-    Access, AccessRequest, Accounts, Authorizer, Denial, Grant, Resource, SignInError,
+    Access, AccessRequest, Accounts, Authorizer, Denial, Grant, Nothing, Resource, SignInError,
     describe_needs,
 };
 
@@ -102,10 +104,20 @@ impl Accounts for PasswordAccounts {
     }
 
     fn grant(&self, user: Option<&str>) -> Arc<dyn Grant> {
+        // With an external token service the API ignores the ACL file for everyone but the
+        // catalog, so a visitor who cannot sign in here may see nothing.
+        if self.htpasswd.is_none() {
+            return Arc::new(Nothing);
+        }
         Arc::new(AclGrant::new(
             user.map(str::to_owned),
             Arc::clone(&self.acl),
         ))
+    }
+
+    fn fingerprint(&self, user: &str) -> Option<String> {
+        let hash = self.htpasswd.as_ref()?.hash_of(user)?;
+        Some(hex::encode(&Sha256::digest(hash.as_bytes())[..8]))
     }
 }
 

@@ -17,6 +17,9 @@ use super::cache::TtlCache;
 
 /// How long a successful password check is remembered.
 const REMEMBER: Duration = Duration::from_secs(60);
+/// A bcrypt hash (cost 10) no password is known for, checked against when the user is
+/// unknown.
+const UNKNOWN_USER_HASH: &str = "$2b$10$90KrSTaSMs3mHyuvzEYO8O2OTYxHCXtSk7ls4iVPi7CDjxp2wx5Vy";
 /// How often the file's modification time is looked at.
 const RELOAD_CHECK: Duration = Duration::from_secs(5);
 
@@ -187,15 +190,19 @@ impl Htpasswd {
         if self.remembered.get(&key).is_some() {
             return true;
         }
-        let Some(hash) = self.read_loaded().users.get(user).cloned() else {
-            return false;
-        };
+        let known = self.read_loaded().users.get(user).cloned();
+        // An unknown user costs a bcrypt run too, so the time taken does not tell which user
+        // names exist.
+        let hash = known
+            .clone()
+            .unwrap_or_else(|| UNKNOWN_USER_HASH.to_owned());
         let password = password.to_owned();
         let valid = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
             .await
             .ok()
             .and_then(Result::ok)
-            .unwrap_or(false);
+            .unwrap_or(false)
+            && known.is_some();
         if valid {
             self.remembered
                 .insert(key, Arc::new(()), Instant::now() + REMEMBER);

@@ -130,6 +130,9 @@ pub trait Accounts: Send + Sync + 'static {
     ) -> Result<(), SignInError>;
     /// What `user` (`None`: an anonymous visitor) may do.
     fn grant(&self, user: Option<&str>) -> Arc<dyn Grant>;
+    /// A short value that changes when `user`'s credentials do, kept in their session: a
+    /// session whose fingerprint no longer matches is over. `None` when the user is gone.
+    fn fingerprint(&self, user: &str) -> Option<String>;
 }
 
 /// The accounts of a registry without access control: nobody signs in, everyone may do
@@ -152,6 +155,24 @@ impl Accounts for Open {
 
     fn grant(&self, _user: Option<&str>) -> Arc<dyn Grant> {
         Arc::new(Everything)
+    }
+
+    fn fingerprint(&self, _user: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The grant of nobody: nothing is allowed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Nothing;
+
+impl Grant for Nothing {
+    fn subject(&self) -> Option<&str> {
+        None
+    }
+
+    fn allows(&self, _access: &Access) -> bool {
+        false
     }
 }
 

@@ -121,7 +121,7 @@ measured_calls! {
     fn recent_tags(&self, repository: &RepositoryName, before: Option<PushedBefore<'_>>, limit: u32) -> Option<Vec<ListedManifest>>;
     fn untagged_manifests(&self, repository: &RepositoryName, limit: u32) -> Vec<ListedManifest>;
     fn manifests_among(&self, repository: &RepositoryName, digests: &[Digest]) -> Vec<ManifestRecord>;
-    fn tags_naming(&self, repository: &RepositoryName, digest: &Digest) -> Vec<String>;
+    fn tags_naming(&self, repository: &RepositoryName, digest: &Digest, limit: u32) -> Vec<String>;
     fn collect_links(&self, cutoff: i64, limit: u32, now: i64) -> Collected;
     fn collect_blobs(&self, cutoff: i64, limit: u32, now: i64) -> Collected;
     fn collect_untagged_manifests(&self, cutoff: i64, limit: u32, now: i64) -> Collected;

@@ -57,7 +57,7 @@ struct Repository {
     blobs: BTreeMap<Digest, i64>,
     manifests: BTreeMap<Digest, StoredManifest>,
     tags: BTreeMap<String, Digest>,
-    /// When each tag was last pushed (entries of tags since deleted are ignored).
+    /// When each tag was last pushed.
     tag_pushed: HashMap<String, i64>,
 }
 
@@ -221,6 +221,8 @@ impl State {
             return false;
         };
         repo.tags.retain(|_, d| d != digest);
+        let tags = &repo.tags;
+        repo.tag_pushed.retain(|tag, _| tags.contains_key(tag));
         let size = stored.record.content.len() as u64;
         if let Ok(name) = RepositoryName::parse(repository) {
             self.record_events(&[NewEvent::new(EventAction::Delete, &name, now)
@@ -780,8 +782,12 @@ impl MetadataStore for MemoryMetadataStore {
                 created_at: m.now,
             });
         for tag in m.tags {
+            let kept = m.immutable.contains(tag) && repo.tags.contains_key(tag.as_str());
             repo.tags.insert(tag.as_str().to_owned(), m.digest.clone());
-            repo.tag_pushed.insert(tag.as_str().to_owned(), m.now);
+            // As in SQL: a set-once tag pushed again keeps the time it was set.
+            if !kept {
+                repo.tag_pushed.insert(tag.as_str().to_owned(), m.now);
+            }
         }
         let push = NewEvent::new(EventAction::Push, m.repository, m.now)
             .by(m.announce.unwrap_or(&EventOrigin::default()))
@@ -859,7 +865,10 @@ impl MetadataStore for MemoryMetadataStore {
         let removed = state
             .repositories
             .get_mut(repository.as_str())
-            .and_then(|r| r.tags.remove(tag.as_str()));
+            .and_then(|r| {
+                r.tag_pushed.remove(tag.as_str());
+                r.tags.remove(tag.as_str())
+            });
         let Some(digest) = removed else {
             return Ok(false);
         };
@@ -1132,6 +1141,7 @@ impl MetadataStore for MemoryMetadataStore {
         &self,
         repository: &RepositoryName,
         digest: &Digest,
+        limit: u32,
     ) -> MetadataResult<Vec<String>> {
         let state = self.state();
         Ok(state
@@ -1142,6 +1152,7 @@ impl MetadataStore for MemoryMetadataStore {
                     .iter()
                     .filter(|(_, d)| *d == digest)
                     .map(|(t, _)| t.clone())
+                    .take(limit as usize)
                     .collect()
             })
             .unwrap_or_default())

@@ -608,11 +608,12 @@ pub trait MetadataStore: Send + Sync + 'static {
         repository: &RepositoryName,
         digests: &[Digest],
     ) -> MetadataResult<Vec<ManifestRecord>>;
-    /// The tags of `repository` naming `digest`, in bytewise order.
+    /// Up to `limit` tags of `repository` naming `digest`, in bytewise order.
     async fn tags_naming(
         &self,
         repository: &RepositoryName,
         digest: &Digest,
+        limit: u32,
     ) -> MetadataResult<Vec<String>>;
 
     /// Garbage collection, one batch: takes up to `limit` link reviews queued at or before

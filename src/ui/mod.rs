@@ -52,9 +52,11 @@ const TAG_PAGE: u32 = 50;
 const UNTAGGED_PAGE: u32 = 100;
 /// Largest config shown; bigger ones are named, not read.
 const CONFIG_SHOWN: u64 = 1024 * 1024;
-/// Referrers shown per manifest, and how deep the tree goes.
-const REFERRERS_SHOWN: u32 = 50;
+/// Most referrers shown under one manifest, in the whole tree, and how deep it goes.
+const REFERRERS_SHOWN: usize = 100;
 const REFERRER_DEPTH: usize = 3;
+/// Most tags of one manifest read for its page (one more than it shows, to say there are more).
+const TAGS_SHOWN: u32 = pages::TAGS_SHOWN as u32;
 /// Largest form accepted (sign-in, delete).
 const FORM_LIMIT: usize = 16 * 1024;
 /// How long a session lasts.
@@ -246,9 +248,14 @@ impl Ui {
             || headers
                 .get("x-forwarded-proto")
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        // A session outlives neither its user nor a change of their password.
+        let found = found.filter(|session| match &session.user {
+            Some(user) => self.accounts.fingerprint(user).as_ref() == Some(&session.fingerprint),
+            None => true,
+        });
         let (session, new_session) = match found {
             Some(session) => (session, false),
-            None => (Session::start(None, now, SESSION_SECS), true),
+            None => (Session::start(None, String::new(), now, SESSION_SECS), true),
         };
         let grant = self.accounts.grant(session.user.as_deref());
         Visitor {
@@ -404,6 +411,23 @@ async fn catalog(State(ui): State<Arc<Ui>>, request: Request) -> Response {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
+    if let Some(name) = query_param(&parts, "open") {
+        let name = name.trim().trim_matches('/').to_ascii_lowercase();
+        return match RepositoryName::parse(&name) {
+            Ok(name) => redirect(&format!("/ui/r/{name}")),
+            Err(e) => ui.failure(
+                &visitor,
+                "/ui/",
+                UiError::BadRequest(format!("{name:?} is not a repository name: {e}")),
+            ),
+        };
+    }
+    // Listing is the catalog permission, as for the API: without it, visitors open
+    // repositories by name.
+    if !visitor.grant.allows(&Access::catalog()) {
+        let content = pages::open_by_name();
+        return ui.page(&visitor, StatusCode::OK, "Repositories", None, content);
+    }
     let last = query_param(&parts, "last");
     match ui.visible_repositories(&visitor, &query, last).await {
         Ok((names, next)) => {
@@ -433,7 +457,8 @@ impl Ui {
         let mut after = last;
         let mut scanned = 0;
         loop {
-            let batch = (CATALOG_PAGE + 1 - visible.len()).max(100) as u32;
+            // The first read is the page itself; more are read only when names were hidden.
+            let batch = if scanned == 0 { CATALOG_PAGE + 1 } else { 1000 } as u32;
             let page = Page {
                 limit: Some(batch),
                 after: after.as_deref(),
@@ -547,7 +572,9 @@ async fn sign_in(State(ui): State<Arc<Ui>>, request: Request) -> Response {
     match ui.accounts.sign_in(user, password, client).await {
         Ok(()) => {
             tracing::info!(user, ?client, "signed in to the web UI");
-            let session = Session::start(Some(user.to_owned()), ui.now(), SESSION_SECS);
+            let fingerprint = ui.accounts.fingerprint(user).unwrap_or_default();
+            let session =
+                Session::start(Some(user.to_owned()), fingerprint, ui.now(), SESSION_SECS);
             let mut response = redirect(safe_next(next));
             ui.set_session(&mut response, &session, visitor.secure);
             response
@@ -722,7 +749,8 @@ impl Ui {
             None => None,
         };
         let storage = metadata.blob_totals(Some(&repository)).await?;
-        let deleted = query_param(parts, "deleted");
+        // Only a tag or digest is named as deleted: the notice says no other text.
+        let deleted = query_param(parts, "deleted").filter(|d| parse_reference(d).is_ok());
         let host = host_of(parts);
         let page = RepositoryPage {
             name: repository.as_str(),
@@ -799,7 +827,9 @@ impl Ui {
             .await?;
         let view = ManifestView::of(&record);
         let metadata = self.registry.metadata_store();
-        let tags = metadata.tags_naming(&repository, &digest).await?;
+        let tags = metadata
+            .tags_naming(&repository, &digest, TAGS_SHOWN + 1)
+            .await?;
         let children = if view.is_index {
             let digests: Vec<Digest> = view.children.iter().map(|c| c.digest.clone()).collect();
             let held = metadata.manifests_among(&repository, &digests).await?;
@@ -879,6 +909,13 @@ impl Ui {
         digest: &Digest,
     ) -> Result<serde_json::Value, RegistryError> {
         let blob = self.registry.blob(repository, digest).await?;
+        // The size the manifest gave is the pusher's word; the stored blob's is not.
+        if blob.size > CONFIG_SHOWN {
+            return Err(RegistryError::new(
+                ErrorCode::Unknown,
+                format!("the config is {} bytes, too large to show here", blob.size),
+            ));
+        }
         let mut stream = self.registry.read_blob(&blob, None).await?;
         let mut bytes = Vec::with_capacity(blob.size as usize);
         while let Some(chunk) = stream.next().await {
@@ -893,7 +930,8 @@ impl Ui {
         })
     }
 
-    /// The referrers of `digest`, and theirs, `depth` levels down.
+    /// The referrers of `digest`, and theirs, `depth` levels down: at most
+    /// [`REFERRERS_SHOWN`] in all, read one query per manifest that has a place in the tree.
     async fn referrer_tree(
         &self,
         repository: &RepositoryName,
@@ -902,9 +940,14 @@ impl Ui {
     ) -> UiResult<Vec<ReferrerNode>> {
         let mut level: Vec<(Digest, Vec<usize>)> = vec![(digest.clone(), Vec::new())];
         let mut roots: Vec<ReferrerNode> = Vec::new();
+        let mut shown = 0;
         for _ in 0..depth {
             let mut next_level = Vec::new();
             for (subject, path) in level {
+                let room = REFERRERS_SHOWN.saturating_sub(shown);
+                if room == 0 {
+                    break;
+                }
                 let found = self
                     .registry
                     .referrers(
@@ -912,11 +955,12 @@ impl Ui {
                         &subject,
                         None,
                         Page {
-                            limit: Some(REFERRERS_SHOWN),
+                            limit: Some(room as u32),
                             after: None,
                         },
                     )
                     .await?;
+                shown += found.len();
                 let siblings = node_at(&mut roots, &path);
                 for record in found {
                     let created = record

@@ -10,6 +10,9 @@ use crate::oci::Descriptor;
 /// release is fetched again while an unchanged one is cached.
 const ASSET_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Tags of one manifest shown on its page; the page is given one more to know there are more.
+pub const TAGS_SHOWN: usize = 100;
+
 /// What every page shows around its content.
 pub struct Chrome<'a> {
     /// The page title.
@@ -101,6 +104,19 @@ pub fn catalog(query: &str, repositories: &[String], next: Option<&str>) -> Mark
             div.pager {
                 a #next rel="next" href={ "/ui/?" (query_string(&[("q", query), ("last", last)])) } { "Next page →" }
             }
+        }
+    }
+}
+
+/// The catalog for visitors who may not list it: a repository opened by its name.
+pub fn open_by_name() -> Markup {
+    html! {
+        h1 { "Repositories" }
+        p.muted #no-catalog { "You may not list this registry's repositories; open one by its name." }
+        form.search method="get" action="/ui/" {
+            label for="open" class="skip" { "Repository name" }
+            input #open type="text" name="open" placeholder="namespace/repository" autocomplete="off" required;
+            button type="submit" { "Open" }
         }
     }
 }
@@ -281,13 +297,17 @@ pub fn manifest(p: &ManifestPage<'_>) -> Markup {
             @if let Some(t) = &view.artifact_type { dt { "Artifact type" } dd { code { (t) } } }
             dt { "Manifest size" } dd { (human_size(p.size)) }
             @if !view.is_index { dt { "Compressed size" } dd #image-size { (human_size(view.image_size())) } }
-            dt { "Tags" } dd.tags #manifest-tags { @if p.tags.is_empty() { span.muted { "none" } } @for tag in p.tags { span.tag { (tag) } } }
+            dt { "Tags" } dd.tags #manifest-tags {
+                @if p.tags.is_empty() { span.muted { "none" } }
+                @for tag in p.tags.iter().take(TAGS_SHOWN) { span.tag { (tag) } }
+                @if p.tags.len() > TAGS_SHOWN { span.muted { "and more" } }
+            }
             @if let Some(subject) = &view.subject {
                 dt { "Refers to" } dd { a.mono href={ "/ui/r/" (p.name) "/-/manifest/" (subject.digest) } { (subject.digest) } }
             }
         }
         h2 { "Pull" }
-        @for tag in p.tags { (copy_button(&pull_command(p.host, p.name, tag))) }
+        @for tag in p.tags.iter().take(3) { (copy_button(&pull_command(p.host, p.name, tag))) }
         (copy_button(&pull_command(p.host, p.name, p.digest)))
         @if view.is_index {
             h2 { "Platforms" }

@@ -56,6 +56,10 @@ impl SessionKey {
 pub struct Session {
     /// Who signed in.
     pub user: Option<String>,
+    /// What the accounts said of the user's credentials at sign-in
+    /// ([`crate::auth::Accounts::fingerprint`]): a session outlives neither the user nor a
+    /// change of their password. Empty for anonymous sessions.
+    pub fingerprint: String,
     /// Unix seconds after which the cookie is no longer accepted.
     pub expires: i64,
     /// Random, per session: what the CSRF token is derived from.
@@ -63,21 +67,29 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new session for `user`, valid for `lifetime_secs` from `now`.
-    pub fn start(user: Option<String>, now: i64, lifetime_secs: i64) -> Session {
+    /// A new session for `user` (whose credentials have `fingerprint`), valid for
+    /// `lifetime_secs` from `now`.
+    pub fn start(
+        user: Option<String>,
+        fingerprint: String,
+        now: i64,
+        lifetime_secs: i64,
+    ) -> Session {
         Session {
             user,
+            fingerprint,
             expires: now.saturating_add(lifetime_secs),
             id: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
 
-    /// The cookie value: the hex of `expires:id:user` and of its MAC.
+    /// The cookie value: the hex of `expires:id:fingerprint:user` and of its MAC.
     pub fn encode(&self, key: &SessionKey) -> String {
         let payload = format!(
-            "{}:{}:{}",
+            "{}:{}:{}:{}",
             self.expires,
             self.id,
+            self.fingerprint,
             self.user.as_deref().unwrap_or("")
         );
         format!(
@@ -96,15 +108,17 @@ impl Session {
             return None;
         }
         let payload = String::from_utf8(payload).ok()?;
-        let mut fields = payload.splitn(3, ':');
+        let mut fields = payload.splitn(4, ':');
         let expires: i64 = fields.next()?.parse().ok()?;
         let id = fields.next()?.to_owned();
+        let fingerprint = fields.next()?.to_owned();
         let user = fields.next()?;
         if expires <= now || id.is_empty() {
             return None;
         }
         Some(Session {
             user: (!user.is_empty()).then(|| user.to_owned()),
+            fingerprint,
             expires,
             id,
         })
@@ -161,7 +175,12 @@ mod tests {
 
     #[test]
     fn a_session_reads_back_only_with_its_key_and_before_it_expires() {
-        let session = Session::start(Some("alice:with:colons".to_owned()), 1000, 60);
+        let session = Session::start(
+            Some("alice:with:colons".to_owned()),
+            "f1".to_owned(),
+            1000,
+            60,
+        );
         let cookie = session.encode(&key(1));
         assert_eq!(
             Session::decode(&cookie, &key(1), 1059),
@@ -169,7 +188,7 @@ mod tests {
         );
         assert_eq!(Session::decode(&cookie, &key(2), 1059), None);
         assert_eq!(Session::decode(&cookie, &key(1), 1060), None);
-        let anonymous = Session::start(None, 1000, 60);
+        let anonymous = Session::start(None, String::new(), 1000, 60);
         assert_eq!(
             Session::decode(&anonymous.encode(&key(1)), &key(1), 1001).map(|s| s.user),
             Some(None)
@@ -178,10 +197,10 @@ mod tests {
 
     #[test]
     fn a_changed_cookie_is_refused() {
-        let session = Session::start(Some("bob".to_owned()), 1000, 60);
+        let session = Session::start(Some("bob".to_owned()), "f2".to_owned(), 1000, 60);
         let cookie = session.encode(&key(1));
         let (payload, mac) = cookie.split_once('.').unwrap();
-        let forged_payload = hex::encode(format!("999999:{}:alice", session.id));
+        let forged_payload = hex::encode(format!("999999:{}:f2:alice", session.id));
         assert_eq!(
             Session::decode(&format!("{forged_payload}.{mac}"), &key(1), 1001),
             None
@@ -193,8 +212,8 @@ mod tests {
 
     #[test]
     fn csrf_tokens_belong_to_one_session() {
-        let one = Session::start(None, 0, 60);
-        let two = Session::start(None, 0, 60);
+        let one = Session::start(None, String::new(), 0, 60);
+        let two = Session::start(None, String::new(), 0, 60);
         assert!(one.csrf_matches(&key(1), &one.csrf_token(&key(1))));
         assert!(!one.csrf_matches(&key(1), &two.csrf_token(&key(1))));
         assert!(!one.csrf_matches(&key(2), &one.csrf_token(&key(1))));
@@ -210,7 +229,7 @@ mod tests {
             Some("xyz.abc")
         );
         assert_eq!(cookie_value(["berth_sessionx=1"].into_iter()), None);
-        let set = Session::start(None, 0, 60).set_cookie(&key(1), 0, true);
+        let set = Session::start(None, String::new(), 0, 60).set_cookie(&key(1), 0, true);
         assert!(
             set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.ends_with("Secure")
         );

@@ -75,7 +75,12 @@ impl ManifestView {
     /// An image's compressed size: its config and layers (what a pull downloads besides the
     /// manifest). An index has none of its own; see [`index_size`].
     pub fn image_size(&self) -> u64 {
-        self.config.as_ref().map_or(0, |c| c.size) + self.layers.iter().map(|l| l.size).sum::<u64>()
+        // Sizes are the pusher's word: a crafted manifest may not overflow the sum.
+        self.layers
+            .iter()
+            .fold(self.config.as_ref().map_or(0, |c| c.size), |sum, l| {
+                sum.saturating_add(l.size)
+            })
     }
 
     /// The platforms an index names, as `os/architecture[/variant]`, in its order.
@@ -107,7 +112,7 @@ pub fn index_size(index: &ManifestView, children: &[ManifestRecord]) -> u64 {
                 .find(|m| m.digest == c.digest)
                 .map_or(c.size, |m| ManifestView::of(m).image_size())
         })
-        .sum()
+        .fold(0u64, u64::saturating_add)
 }
 
 /// `n` bytes for people: `532 B`, `1.4 KiB`, `23.9 MiB`, `1.2 GiB`.

@@ -300,6 +300,42 @@ async fn sessions_and_forms_cannot_be_forged() {
         .await
         .expect(303, None);
     assert_eq!(admin_visitor.cookie, None);
+
+    // Bob may not list the catalog: he opens repositories by name.
+    let mut bob = Visitor::new(&server);
+    bob.sign_in("bob").await;
+    let catalog = text(&bob.get("/ui/").await);
+    assert!(
+        catalog.contains("id=\"no-catalog\"") && !catalog.contains("team/app"),
+        "{catalog}"
+    );
+    let opened = bob.get("/ui/?open=alice%2Fown").await;
+    assert_eq!(opened.header("location"), Some("/ui/r/alice/own"));
+    bob.get("/ui/r/alice/own").await.expect(403, None);
+
+    // A session outlives neither a password change nor its user.
+    let htpasswd = files.dir.path().join("htpasswd");
+    let changed = std::fs::read_to_string(&htpasswd)
+        .unwrap()
+        .lines()
+        .map(|line| match line.split_once(':') {
+            Some(("alice", _)) => format!(
+                "alice:{}",
+                bcrypt::hash("alice-New-2", 5)
+                    .unwrap()
+                    .replacen("$2b$", "$2y$", 1)
+            ),
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&htpasswd, changed + "\n").unwrap();
+    eventually(
+        "the password change ends alice's session",
+        Duration::from_secs(20),
+        async || alice.get("/ui/r/alice/own").await.status == reqwest::StatusCode::SEE_OTHER,
+    )
+    .await;
 }
 
 async fn tags_page_by_push_time_and_the_catalog_by_name() {
@@ -537,11 +573,17 @@ async fn a_real_browser_signs_in_browses_copies_and_deletes() {
     let browser = Browser::start(1280, 900).await;
     let base = format!("http://{host}");
 
-    // Anonymous: only what anonymous callers may pull.
+    // Anonymous: no catalog permission, so a repository is opened by name; only what
+    // anonymous callers may pull.
     browser.open(&format!("{base}/")).await;
     assert!(browser.url().await.ends_with("/ui/"));
-    wait_for_text(&browser, "#repositories", "public/hello").await;
-    assert!(!browser.source().await.contains("team/app"));
+    browser.find("#no-catalog").await;
+    browser.type_into("#open", "public/hello").await;
+    browser.press(&["\u{E007}"]).await;
+    wait_for_text(&browser, "#repository-name", "public/hello").await;
+    browser.open(&format!("{base}/ui/r/team/app")).await;
+    wait_for_text(&browser, "h1", "Sign in").await;
+    browser.open(&format!("{base}/ui/")).await;
 
     // Keyboard: the first Tab reaches the skip link.
     browser.press(&["\u{E004}"]).await;
@@ -585,6 +627,7 @@ async fn a_real_browser_signs_in_browses_copies_and_deletes() {
         "alice may not delete"
     );
     assert!(browser.text_of("#storage").await.contains("Storage used"));
+    browser.screenshot(&shots.join("repository.png")).await;
 
     // Copy a pull command.
     let command = browser.text_of("tr[data-tag=v1] code.pull-command").await;
@@ -596,7 +639,6 @@ async fn a_real_browser_signs_in_browses_copies_and_deletes() {
         browser.attribute(&copied, "data-copied").await,
         Some(command)
     );
-    browser.screenshot(&shots.join("repository.png")).await;
 
     // The index, a platform, and the referrers under the image.
     browser.click_on("tr[data-tag=v1] a.digest").await;

@@ -422,7 +422,7 @@ faulty_calls! {
     fn recent_tags(&self, repository: &RepositoryName, before: Option<PushedBefore<'_>>, limit: u32) -> Option<Vec<ListedManifest>>;
     fn untagged_manifests(&self, repository: &RepositoryName, limit: u32) -> Vec<ListedManifest>;
     fn manifests_among(&self, repository: &RepositoryName, digests: &[Digest]) -> Vec<ManifestRecord>;
-    fn tags_naming(&self, repository: &RepositoryName, digest: &Digest) -> Vec<String>;
+    fn tags_naming(&self, repository: &RepositoryName, digest: &Digest, limit: u32) -> Vec<String>;
     fn delete_tag(&self, repository: &RepositoryName, tag: &Tag, origin: &EventOrigin, now: i64) -> bool;
     fn tags(&self, repository: &RepositoryName, page: Page<'_>) -> Option<Vec<String>>;
     fn referrers(&self, repository: &RepositoryName, subject: &Digest, artifact_type: Option<&str>, page: Page<'_>) -> Vec<ReferrerRecord>;

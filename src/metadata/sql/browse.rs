@@ -97,7 +97,7 @@ impl SqlMetadataStore {
                  FROM tags t JOIN manifests m \
                    ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest \
                  WHERE t.repository_id = $1 \
-                   AND (t.updated_at < $2 OR (t.updated_at = $2 AND t.name < $3)) \
+                   AND (t.updated_at, t.name) < ($2, $3) \
                  ORDER BY t.updated_at DESC, t.name DESC LIMIT $4",
             )
             .bind(repository_id)
@@ -194,15 +194,17 @@ impl SqlMetadataStore {
         &self,
         repository: &RepositoryName,
         digest: &Digest,
+        limit: u32,
     ) -> MetadataResult<Vec<String>> {
         retrying!(
             async {
                 let rows = sqlx::query(
                     "SELECT t.name FROM tags t JOIN repositories r ON r.id = t.repository_id \
-                     WHERE r.name = $1 AND t.manifest_digest = $2 ORDER BY t.name",
+                     WHERE r.name = $1 AND t.manifest_digest = $2 ORDER BY t.name LIMIT $3",
                 )
                 .bind(repository.as_str())
                 .bind(digest.as_str())
+                .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter().map(|r| Ok(r.try_get("name")?)).collect()

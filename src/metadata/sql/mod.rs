@@ -487,8 +487,9 @@ impl MetadataStore for SqlMetadataStore {
         &self,
         repository: &RepositoryName,
         digest: &Digest,
+        limit: u32,
     ) -> MetadataResult<Vec<String>> {
-        self.tags_naming(repository, digest).await
+        self.tags_naming(repository, digest, limit).await
     }
 
     // gc.rs
