@@ -128,6 +128,52 @@ impl Bench {
         }
     }
 
+    /// Makes `count` repositories `{prefix}000000…` by mounting `blob` from `from` into each
+    /// (one request per repository).
+    pub(crate) async fn seed_repositories(
+        &self,
+        prefix: &str,
+        count: usize,
+        blob: &str,
+        from: &str,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let (http, base, prefix, blob, from) = (
+            self.http.clone(),
+            self.base.clone(),
+            prefix.to_owned(),
+            blob.to_owned(),
+            from.to_owned(),
+        );
+        each_index(16, count, move |i| {
+            let (http, base, prefix, from, blob) = (
+                http.clone(),
+                base.clone(),
+                prefix.clone(),
+                from.clone(),
+                blob.clone(),
+            );
+            async move {
+                let r = http
+                    .post(format!(
+                        "{base}/v2/{prefix}{i:06}/blobs/uploads/?mount={blob}&from={from}"
+                    ))
+                    .send()
+                    .await?;
+                if r.status() != 201 {
+                    return Err(format!("mount: {}", r.status()).into());
+                }
+                Ok(())
+            }
+        })
+        .await?;
+        eprintln!(
+            "seeded {count} repositories in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
     /// Tag and catalog pages at Distribution scale: `--scale-tags` tags in one repository and
     /// `--scale-repos` repositories, seeded through the API (100 tags per manifest push with
     /// `?tag=`, repositories by cross-repository mounts). Reports p50/p99 of pages of 100 at
@@ -167,28 +213,8 @@ impl Bench {
         })
         .await?;
         eprintln!("seeded {tags} tags in {:.1} s", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let (http, base, from) = (self.http.clone(), self.base.clone(), repo.clone());
-        each_index(16, repos, move |i| {
-            let (http, base, from, blob) = (http.clone(), base.clone(), from.clone(), blob.clone());
-            async move {
-                let r = http
-                    .post(format!(
-                        "{base}/v2/scale/r{i:06}/blobs/uploads/?mount={blob}&from={from}"
-                    ))
-                    .send()
-                    .await?;
-                if r.status() != 201 {
-                    return Err(format!("mount: {}", r.status()).into());
-                }
-                Ok(())
-            }
-        })
-        .await?;
-        eprintln!(
-            "seeded {repos} repositories in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
+        self.seed_repositories("scale/r", repos, &blob, &repo)
+            .await?;
 
         let mut state = seed() | 1;
         let mut random = move |below: usize| random::xorshift(&mut state) as usize % below.max(1);

@@ -78,29 +78,7 @@ impl Bench {
             .as_array()
             .is_none_or(|r| r.is_empty())
         {
-            let t = Instant::now();
-            let (http, base, from) = (self.http.clone(), self.base.clone(), repo.clone());
-            each_index(16, repos, move |i| {
-                let (http, base, from, blob) =
-                    (http.clone(), base.clone(), from.clone(), blob.clone());
-                async move {
-                    let r = http
-                        .post(format!(
-                            "{base}/v2/ui/r{i:06}/blobs/uploads/?mount={blob}&from={from}"
-                        ))
-                        .send()
-                        .await?;
-                    if r.status() != 201 {
-                        return Err(format!("mount: {}", r.status()).into());
-                    }
-                    Ok(())
-                }
-            })
-            .await?;
-            eprintln!(
-                "seeded {repos} repositories in {:.1} s",
-                t.elapsed().as_secs_f64()
-            );
+            self.seed_repositories("ui/r", repos, &blob, &repo).await?;
         }
         // An index of two images, for the index page.
         let other =
