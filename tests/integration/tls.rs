@@ -297,6 +297,23 @@ fn the_token_realm_names_https_when_served_over_tls() {
     assert!(head.contains(&expected), "{head}");
 }
 
+/// The web UI's session cookie is `Secure` when Berth serves TLS itself.
+fn the_ui_session_cookie_is_secure_over_tls() {
+    let setup = TlsSetup::new(&["127.0.0.1"]);
+    let server = setup.start(&[]);
+    let head = ok(curl(&setup.ca())
+        .args(["-o", "/dev/null", "-D", "-"])
+        .arg(format!("https://{}/ui/", server.addr)));
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no session cookie: {head}"));
+    assert!(
+        cookie.contains("berth_session=") && cookie.trim_end().ends_with("; Secure"),
+        "{cookie}"
+    );
+}
+
 fn skopeo_copies_over_https_verifying_the_server() {
     let setup = TlsSetup::new(&["127.0.0.1"]);
     let server = setup.start(&[]);
@@ -396,4 +413,5 @@ crate::harness::trials! {
     the_token_realm_names_https_when_served_over_tls.needs(Sqlite);
     skopeo_copies_over_https_verifying_the_server.needs(Sqlite);
     docker_pushes_and_pulls_over_https_with_the_ca_in_certs_d.needs(Sqlite).needs(Docker);
+    the_ui_session_cookie_is_secure_over_tls.needs(Sqlite);
 }

@@ -135,6 +135,21 @@ async fn served_and_switched_off() {
             .is_some_and(|t| t.starts_with("app;dur="))
     );
     assert!(text(&catalog).contains("Repositories"));
+    let cookie = catalog.header("set-cookie").unwrap_or_default();
+    assert!(
+        cookie.starts_with("berth_session=") && !cookie.contains("Secure"),
+        "{cookie}"
+    );
+    // Behind a proxy that ended TLS, the cookie is kept for HTTPS only.
+    let proxied = client
+        .send(
+            client
+                .request(Method::GET, "/ui/")
+                .header("x-forwarded-proto", "https"),
+        )
+        .await;
+    let cookie = proxied.header("set-cookie").unwrap_or_default();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
     client.get("/ui/assets/berth.css").await.expect(200, None);
     client.get("/ui/assets/berth.js").await.expect(200, None);
     client.get("/ui/assets/missing.js").await.expect(404, None);
